@@ -1,0 +1,263 @@
+//! The on-disk block cache: a sled index plus one sparse file per object.
+//!
+//! Owns the cache directory (0700) and every file in it (0600). An object is identified by a
+//! hash of (store URL, key, pinned version), so a changed object never reuses old bytes. A block
+//! is recorded in the index only after its bytes are written, with its CRC32C; a cached block's
+//! checksum is verified before its bytes are served for the first time in a process (and a bad
+//! block is dropped and fetched again). Knows nothing of stores or FUSE.
+
+mod object;
+
+pub use object::{BlockState, CachedObject, InFlight};
+
+use crate::checksum::Checksums;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::fs::{DirBuilder, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+
+/// A cache failure, naming the file or index it concerns.
+#[derive(Debug, Error)]
+pub enum CacheError {
+    /// The cache directory or a cache file could not be used.
+    #[error("cache {path}: {error}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// The sled index could not be opened or written.
+    #[error("cache index {path}: {error}")]
+    Index {
+        /// The index directory.
+        path: PathBuf,
+        /// sled's error.
+        error: sled::Error,
+    },
+    /// A cached block failed its checksum; it has been dropped and must be fetched again.
+    #[error("cached block {block} of {uri} failed its checksum and was dropped")]
+    Corrupt {
+        /// The object's URI.
+        uri: String,
+        /// The block index.
+        block: u64,
+    },
+}
+
+/// What the index remembers of a cached object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ObjectRecord {
+    /// The object's URI, for `status` and messages.
+    pub uri: String,
+    /// The pinned version (ETag, or the modification time where the store has no ETag).
+    pub version: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Block size the object's blocks were cut with.
+    pub block_size: u64,
+    /// Last access, seconds since the epoch.
+    pub last_access: u64,
+    /// Content checksums, once the whole object has been read.
+    pub checksums: Option<Checksums>,
+}
+
+/// Identity of a cached object: sha256 of (store URL, key, version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ObjectId(pub [u8; 32]);
+
+impl ObjectId {
+    /// The id of `key` at `version` in the store at `store_url`.
+    pub fn of(store_url: &str, key: &str, version: &str) -> Self {
+        let mut h = Sha256::new();
+        for part in [store_url, key, version] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        ObjectId(h.finalize().into())
+    }
+
+    /// Lowercase hex, used as the data file's name.
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+/// Counters shown by `status`.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    /// Bytes served from cached blocks.
+    pub hit_bytes: AtomicU64,
+    /// Bytes written into the cache from the store.
+    pub fetched_bytes: AtomicU64,
+    /// Blocks that failed verification and were dropped.
+    pub corrupt_blocks: AtomicU64,
+}
+
+pub(crate) struct CacheShared {
+    pub(crate) dir: PathBuf,
+    pub(crate) objects: sled::Tree,
+    pub(crate) blocks: sled::Tree,
+    pub(crate) stats: CacheStats,
+}
+
+/// The cache of one daemon: index, data files and the objects currently in use.
+pub struct Cache {
+    shared: Arc<CacheShared>,
+    db: sled::Db,
+    block_size: u64,
+    open: Mutex<HashMap<ObjectId, Weak<CachedObject>>>,
+}
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Creates `path` (and parents) as a directory private to the current user.
+pub fn create_private_dir(path: &Path) -> Result<(), CacheError> {
+    let io = |error| CacheError::Io { path: path.to_path_buf(), error };
+    DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(io)
+}
+
+impl Cache {
+    /// Opens (or creates) the cache in `dir`; new objects are cut into `block_size` blocks.
+    pub fn open(dir: &Path, block_size: u64) -> Result<Self, CacheError> {
+        create_private_dir(dir)?;
+        create_private_dir(&dir.join("objects"))?;
+        let index = dir.join("index");
+        let db = sled::Config::new()
+            .path(&index)
+            .cache_capacity(32 << 20)
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|error| CacheError::Index { path: index.clone(), error })?;
+        let objects = db.open_tree("objects").map_err(|error| CacheError::Index { path: index.clone(), error })?;
+        let blocks = db.open_tree("blocks").map_err(|error| CacheError::Index { path: index.clone(), error })?;
+        Ok(Self {
+            shared: Arc::new(CacheShared { dir: dir.to_path_buf(), objects, blocks, stats: CacheStats::default() }),
+            db,
+            block_size,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The cache directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Counters since the daemon started.
+    pub fn stats(&self) -> &CacheStats {
+        &self.shared.stats
+    }
+
+    /// The object `key` at `version`, opened once and shared by every reader while in use.
+    /// Blocks cached by earlier runs are known from the index (and verified before use).
+    pub fn object(
+        &self,
+        store_url: &str,
+        key: &str,
+        version: &str,
+        size: u64,
+        uri: &str,
+    ) -> Result<Arc<CachedObject>, CacheError> {
+        let id = ObjectId::of(store_url, key, version);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(obj) = open.get(&id).and_then(Weak::upgrade) {
+            obj.touch();
+            return Ok(obj);
+        }
+        let obj = Arc::new(self.load(id, version, size, uri)?);
+        open.retain(|_, w| w.strong_count() > 0);
+        open.insert(id, Arc::downgrade(&obj));
+        Ok(obj)
+    }
+
+    fn load(&self, id: ObjectId, version: &str, size: u64, uri: &str) -> Result<CachedObject, CacheError> {
+        let index_err = |error| CacheError::Index { path: self.shared.dir.join("index"), error };
+        let hex = id.hex();
+        let sub = self.shared.dir.join("objects").join(&hex[..2]);
+        create_private_dir(&sub)?;
+        let path = sub.join(&hex);
+        let stored: Option<ObjectRecord> =
+            self.shared.objects.get(id.0).map_err(index_err)?.and_then(|v| serde_json::from_slice(&v).ok());
+        let file_ok = std::fs::metadata(&path).map(|m| m.len() == size).unwrap_or(false);
+        let (record, crcs) = match stored {
+            Some(rec) if rec.size == size && file_ok => {
+                let crcs = object::load_block_crcs(&self.shared.blocks, &id).map_err(index_err)?;
+                (rec, crcs)
+            }
+            _ => {
+                // Unknown, or index and data file disagree: start this object afresh.
+                object::drop_blocks(&self.shared.blocks, &id).map_err(index_err)?;
+                let rec = ObjectRecord {
+                    uri: uri.to_string(),
+                    version: version.to_string(),
+                    size,
+                    block_size: self.block_size,
+                    last_access: now_secs(),
+                    checksums: None,
+                };
+                (rec, HashMap::new())
+            }
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|error| CacheError::Io { path: path.clone(), error })?;
+        if !file_ok {
+            file.set_len(0)
+                .and_then(|_| file.set_len(size))
+                .map_err(|error| CacheError::Io { path: path.clone(), error })?;
+        }
+        let obj = CachedObject::new(id, path, file, record, crcs, self.shared.clone());
+        obj.touch();
+        Ok(obj)
+    }
+
+    /// Checksums recorded for an object version, without opening it.
+    pub fn recorded_checksums(&self, store_url: &str, key: &str, version: &str) -> Option<Checksums> {
+        let id = ObjectId::of(store_url, key, version);
+        let raw = self.shared.objects.get(id.0).ok().flatten()?;
+        serde_json::from_slice::<ObjectRecord>(&raw).ok()?.checksums
+    }
+
+    /// Bytes of data files on disk (allocated blocks, not apparent sizes) and the number of objects.
+    pub fn usage(&self) -> (u64, u64) {
+        let mut bytes = 0;
+        let mut objects = 0;
+        for (_, v) in self.shared.objects.iter().flatten() {
+            if serde_json::from_slice::<ObjectRecord>(&v).is_ok() {
+                objects += 1;
+            }
+        }
+        if let Ok(dirs) = std::fs::read_dir(self.shared.dir.join("objects")) {
+            for d in dirs.flatten() {
+                if let Ok(files) = std::fs::read_dir(d.path()) {
+                    for f in files.flatten() {
+                        if let Ok(m) = f.metadata() {
+                            bytes += std::os::unix::fs::MetadataExt::blocks(&m) * 512;
+                        }
+                    }
+                }
+            }
+        }
+        (bytes, objects)
+    }
+
+    /// Writes the index to disk (called at unmount; sled also flushes every 500 ms).
+    pub fn flush(&self) -> Result<(), CacheError> {
+        self.db.flush().map(|_| ()).map_err(|error| CacheError::Index { path: self.shared.dir.join("index"), error })
+    }
+}

@@ -1,0 +1,362 @@
+//! One cached object: its sparse data file, which blocks are present, and their checksums.
+
+use super::{now_secs, CacheError, CacheShared, ObjectId, ObjectRecord};
+use crate::checksum::{Checksums, MultiHasher};
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Last-access times are written to the index at most this often per object.
+const TOUCH_INTERVAL_SECS: u64 = 60;
+
+/// A fetch in progress; waiters learn its failure here.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    /// Set when the fetch gave up; blocks it held are back to `Missing`.
+    pub error: OnceLock<crate::store::StoreError>,
+}
+
+/// Where one block stands.
+#[derive(Debug, Clone)]
+pub enum BlockState {
+    /// Not cached and nobody is fetching it.
+    Missing,
+    /// Being fetched; wait for the object's notification.
+    Fetching(Arc<InFlight>),
+    /// On disk with this CRC32C; `verified` once checked (or written) by this process.
+    Present {
+        /// CRC32C of the block's bytes.
+        crc: u32,
+        /// Whether this process has checked the bytes against `crc`.
+        verified: bool,
+    },
+}
+
+/// A cached object in use by at least one reader.
+pub struct CachedObject {
+    id: ObjectId,
+    path: PathBuf,
+    file: File,
+    size: u64,
+    block_size: u64,
+    blocks: Mutex<Vec<BlockState>>,
+    present: AtomicU64,
+    /// Woken whenever a block changes state.
+    pub changed: tokio::sync::Notify,
+    record: Mutex<ObjectRecord>,
+    checksums: tokio::sync::OnceCell<Checksums>,
+    shared: Arc<CacheShared>,
+}
+
+fn block_key(id: &ObjectId, block: u64) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..32].copy_from_slice(&id.0);
+    k[32..].copy_from_slice(&block.to_be_bytes());
+    k
+}
+
+pub(super) fn load_block_crcs(blocks: &sled::Tree, id: &ObjectId) -> sled::Result<HashMap<u64, u32>> {
+    let mut out = HashMap::new();
+    for kv in blocks.scan_prefix(id.0) {
+        let (k, v) = kv?;
+        if k.len() == 40 && v.len() == 4 {
+            let idx = u64::from_be_bytes(k[32..40].try_into().unwrap_or_default());
+            let crc = u32::from_be_bytes(v[..4].try_into().unwrap_or_default());
+            out.insert(idx, crc);
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn drop_blocks(blocks: &sled::Tree, id: &ObjectId) -> sled::Result<()> {
+    for kv in blocks.scan_prefix(id.0).keys() {
+        blocks.remove(kv?)?;
+    }
+    Ok(())
+}
+
+impl CachedObject {
+    pub(super) fn new(
+        id: ObjectId,
+        path: PathBuf,
+        file: File,
+        record: ObjectRecord,
+        crcs: HashMap<u64, u32>,
+        shared: Arc<CacheShared>,
+    ) -> Self {
+        let size = record.size;
+        let block_size = record.block_size.max(4096);
+        let n = size.div_ceil(block_size);
+        let mut blocks = vec![BlockState::Missing; n as usize];
+        let mut present = 0;
+        for (idx, crc) in crcs {
+            if idx < n {
+                blocks[idx as usize] = BlockState::Present { crc, verified: false };
+                present += 1;
+            }
+        }
+        let checksums = tokio::sync::OnceCell::new();
+        if let Some(c) = record.checksums.clone() {
+            if present == n {
+                let _ = checksums.set(c);
+            }
+        }
+        Self {
+            id,
+            path,
+            file,
+            size,
+            block_size,
+            blocks: Mutex::new(blocks),
+            present: AtomicU64::new(present),
+            changed: tokio::sync::Notify::new(),
+            record: Mutex::new(record),
+            checksums,
+            shared,
+        }
+    }
+
+    /// Size of the object in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Block size this object is cut with.
+    pub fn block_size(&self) -> u64 {
+        self.block_size
+    }
+
+    /// Number of blocks.
+    pub fn block_count(&self) -> u64 {
+        self.size.div_ceil(self.block_size)
+    }
+
+    /// Byte range of block `idx`.
+    pub fn block_range(&self, idx: u64) -> std::ops::Range<u64> {
+        let start = idx * self.block_size;
+        start..(start + self.block_size).min(self.size)
+    }
+
+    /// Whether every block is on disk.
+    pub fn is_complete(&self) -> bool {
+        self.present.load(Ordering::Acquire) == self.block_count()
+    }
+
+    /// The data file (for passthrough and status).
+    pub fn data_path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// State of block `idx`.
+    pub fn state(&self, idx: u64) -> BlockState {
+        self.lock_blocks().get(idx as usize).cloned().unwrap_or(BlockState::Missing)
+    }
+
+    fn lock_blocks(&self) -> std::sync::MutexGuard<'_, Vec<BlockState>> {
+        self.blocks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks every missing block in `range` as fetched by `flight` and returns the claimed
+    /// blocks, grouped into contiguous runs of at most `max_run` blocks.
+    pub fn claim_missing(
+        &self,
+        range: std::ops::Range<u64>,
+        flight_for_run: impl Fn() -> Arc<InFlight>,
+        max_run: u64,
+    ) -> Vec<(std::ops::Range<u64>, Arc<InFlight>)> {
+        let mut blocks = self.lock_blocks();
+        let end = range.end.min(blocks.len() as u64);
+        let mut runs: Vec<(std::ops::Range<u64>, Arc<InFlight>)> = Vec::new();
+        let mut i = range.start;
+        while i < end {
+            if !matches!(blocks[i as usize], BlockState::Missing) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            let flight = flight_for_run();
+            while i < end && i - start < max_run && matches!(blocks[i as usize], BlockState::Missing) {
+                blocks[i as usize] = BlockState::Fetching(flight.clone());
+                i += 1;
+            }
+            runs.push((start..i, flight));
+        }
+        runs
+    }
+
+    /// Gives back blocks of a failed fetch: those still held by `flight` become `Missing`.
+    pub fn release_failed(&self, range: std::ops::Range<u64>, flight: &Arc<InFlight>) {
+        {
+            let mut blocks = self.lock_blocks();
+            for i in range {
+                if let Some(BlockState::Fetching(f)) = blocks.get(i as usize) {
+                    if Arc::ptr_eq(f, flight) {
+                        blocks[i as usize] = BlockState::Missing;
+                    }
+                }
+            }
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Writes block `idx` (blocking I/O), then records it in the index. Returns true when this
+    /// write completed the object.
+    pub fn store_block(&self, idx: u64, data: &[u8]) -> Result<bool, CacheError> {
+        let range = self.block_range(idx);
+        debug_assert_eq!(data.len() as u64, range.end - range.start);
+        self.file.write_all_at(data, range.start).map_err(|error| CacheError::Io { path: self.path.clone(), error })?;
+        let crc = crc32c::crc32c(data);
+        self.shared
+            .blocks
+            .insert(block_key(&self.id, idx), &crc.to_be_bytes())
+            .map_err(|error| CacheError::Index { path: self.shared.dir.join("index"), error })?;
+        self.shared.stats.fetched_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        let newly = {
+            let mut blocks = self.lock_blocks();
+            let was_present = matches!(blocks[idx as usize], BlockState::Present { .. });
+            blocks[idx as usize] = BlockState::Present { crc, verified: true };
+            !was_present
+        };
+        let complete = newly && self.present.fetch_add(1, Ordering::AcqRel) + 1 == self.block_count();
+        self.changed.notify_waiters();
+        Ok(complete)
+    }
+
+    fn drop_block(&self, idx: u64) {
+        let _ = self.shared.blocks.remove(block_key(&self.id, idx));
+        let was_present = {
+            let mut blocks = self.lock_blocks();
+            let was = matches!(blocks[idx as usize], BlockState::Present { .. });
+            blocks[idx as usize] = BlockState::Missing;
+            was
+        };
+        if was_present {
+            self.present.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.shared.stats.corrupt_blocks.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    /// Reads `len` bytes at `offset` from present blocks (blocking I/O). Blocks not yet verified by
+    /// this process are read whole and checked first; a bad block is dropped and reported.
+    pub fn read_cached(&self, offset: u64, len: usize) -> Result<Vec<u8>, CacheError> {
+        let end = (offset + len as u64).min(self.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let first = offset / self.block_size;
+        let last = (end - 1) / self.block_size;
+        for idx in first..=last {
+            let crc = match self.state(idx) {
+                BlockState::Present { verified: true, .. } => continue,
+                BlockState::Present { crc, verified: false } => crc,
+                _ => return Err(self.io_missing(idx)),
+            };
+            self.verify_block(idx, crc)?;
+        }
+        let mut buf = vec![0u8; (end - offset) as usize];
+        self.file.read_exact_at(&mut buf, offset).map_err(|error| CacheError::Io { path: self.path.clone(), error })?;
+        self.shared.stats.hit_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok(buf)
+    }
+
+    fn io_missing(&self, idx: u64) -> CacheError {
+        CacheError::Io { path: self.path.clone(), error: std::io::Error::other(format!("block {idx} is not cached")) }
+    }
+
+    fn verify_block(&self, idx: u64, crc: u32) -> Result<(), CacheError> {
+        let range = self.block_range(idx);
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        let ok = self.file.read_exact_at(&mut buf, range.start).is_ok() && crc32c::crc32c(&buf) == crc;
+        if !ok {
+            let uri = self.record().uri;
+            tracing::warn!(uri = %uri, block = idx, "cached block failed its checksum; dropped, will fetch again");
+            self.drop_block(idx);
+            return Err(CacheError::Corrupt { uri, block: idx });
+        }
+        let mut blocks = self.lock_blocks();
+        if let Some(BlockState::Present { verified, .. }) = blocks.get_mut(idx as usize) {
+            *verified = true;
+        }
+        Ok(())
+    }
+
+    /// The content checksums, computing them from the cached file (verifying every block on the
+    /// way) the first time they are asked for. Only call once the object is complete.
+    pub async fn checksums(self: &Arc<Self>) -> Result<Checksums, CacheError> {
+        let this = self.clone();
+        self.checksums
+            .get_or_try_init(|| async move {
+                let worker = this.clone();
+                let sums = tokio::task::spawn_blocking(move || worker.hash_file())
+                    .await
+                    .map_err(|e| CacheError::Io { path: this.path.clone(), error: std::io::Error::other(e) })??;
+                let mut rec = this.record();
+                rec.checksums = Some(sums.clone());
+                this.save_record(&rec);
+                Ok(sums)
+            })
+            .await
+            .cloned()
+    }
+
+    /// Checksums if they are already known, without computing anything.
+    pub fn known_checksums(&self) -> Option<Checksums> {
+        self.checksums.get().cloned()
+    }
+
+    fn hash_file(&self) -> Result<Checksums, CacheError> {
+        let mut hasher = MultiHasher::new();
+        let mut buf = vec![0u8; self.block_size as usize];
+        for idx in 0..self.block_count() {
+            let crc = match self.state(idx) {
+                BlockState::Present { crc, .. } => crc,
+                _ => return Err(self.io_missing(idx)),
+            };
+            let range = self.block_range(idx);
+            let chunk = &mut buf[..(range.end - range.start) as usize];
+            self.file
+                .read_exact_at(chunk, range.start)
+                .map_err(|error| CacheError::Io { path: self.path.clone(), error })?;
+            if crc32c::crc32c(chunk) != crc {
+                let uri = self.record().uri;
+                self.drop_block(idx);
+                return Err(CacheError::Corrupt { uri, block: idx });
+            }
+            hasher.update(chunk);
+        }
+        Ok(hasher.finish())
+    }
+
+    /// A copy of the index record.
+    pub fn record(&self) -> ObjectRecord {
+        self.record.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn save_record(&self, rec: &ObjectRecord) {
+        *self.record.lock().unwrap_or_else(|e| e.into_inner()) = rec.clone();
+        if let Ok(bytes) = serde_json::to_vec(rec) {
+            if let Err(e) = self.shared.objects.insert(self.id.0, bytes) {
+                tracing::warn!(uri = %rec.uri, error = %e, "could not update the cache index");
+            }
+        }
+    }
+
+    /// Records an access; writes the index only when the stored time is stale, so reads stay cheap.
+    pub fn touch(&self) {
+        let now = now_secs();
+        let stale = {
+            let rec = self.record.lock().unwrap_or_else(|e| e.into_inner());
+            now.saturating_sub(rec.last_access) >= TOUCH_INTERVAL_SECS
+                || self.shared.objects.get(self.id.0).ok().flatten().is_none()
+        };
+        if stale {
+            let mut rec = self.record();
+            rec.last_access = now;
+            self.save_record(&rec);
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Streaming md5 + sha1 + sha256 in one pass over the bytes.
+
+use md5::Md5;
+use serde::{Deserialize, Serialize};
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+use std::io::Read;
+
+/// The three digests datumfs records for every file, as lowercase hex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checksums {
+    /// MD5 of the whole content.
+    pub md5: String,
+    /// SHA-1 of the whole content.
+    pub sha1: String,
+    /// SHA-256 of the whole content.
+    pub sha256: String,
+}
+
+/// Feeds bytes once into all three digests.
+#[derive(Default)]
+pub struct MultiHasher {
+    md5: Md5,
+    sha1: Sha1,
+    sha256: Sha256,
+    len: u64,
+}
+
+impl MultiHasher {
+    /// A hasher with nothing fed yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the next bytes of the content.
+    pub fn update(&mut self, data: &[u8]) {
+        self.md5.update(data);
+        self.sha1.update(data);
+        self.sha256.update(data);
+        self.len += data.len() as u64;
+    }
+
+    /// Number of bytes fed so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when nothing has been fed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The digests of everything fed.
+    pub fn finish(self) -> Checksums {
+        Checksums {
+            md5: hex::encode(self.md5.finalize()),
+            sha1: hex::encode(self.sha1.finalize()),
+            sha256: hex::encode(self.sha256.finalize()),
+        }
+    }
+
+    /// Hashes everything a reader yields, in 1 MiB steps.
+    pub fn of_reader(mut reader: impl Read) -> std::io::Result<(Checksums, u64)> {
+        let mut hasher = MultiHasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let len = hasher.len();
+        Ok((hasher.finish(), len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_digests() {
+        let mut h = MultiHasher::new();
+        h.update(b"hello ");
+        h.update(b"world");
+        let c = h.finish();
+        assert_eq!(c.md5, "5eb63bbbe01eeed093cb22bb8f5acdc3");
+        assert_eq!(c.sha1, "2aae6c35c94fcfb415dbe95f408b9ce91ee846ed");
+        assert_eq!(c.sha256, "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
+    }
+
+    #[test]
+    fn empty_input() {
+        let (c, n) = MultiHasher::of_reader(&b""[..]).unwrap();
+        assert_eq!(n, 0);
+        assert_eq!(c.md5, "d41d8cd98f00b204e9800998ecf8427e");
+    }
+}

@@ -1,0 +1,71 @@
+//! The command line: clap types, one file per subcommand, human and `--json` output.
+
+mod mount;
+mod status;
+mod unmount;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+/// datumfs: object-store data as plain files for machine-learning jobs.
+#[derive(Debug, Parser)]
+#[command(name = "datumfs", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Mount inputs (read-only, lazily fetched, cached) and outputs at MOUNTPOINT.
+    Mount(mount::MountArgs),
+    /// Unmount a datumfs mount and stop its daemon.
+    Unmount(unmount::UnmountArgs),
+    /// Show what a mount (or every datumfs mount) serves, its cache and the checksums read.
+    Status(status::StatusArgs),
+}
+
+/// Parses the command line and runs it; returns the exit code.
+pub fn run() -> Result<i32> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Mount(a) => mount::run(a),
+        Command::Unmount(a) => unmount::run(a),
+        Command::Status(a) => status::run(a),
+    }
+}
+
+/// `path` made absolute against the working directory (symlinks resolved when it exists).
+fn absolute(path: &Path) -> PathBuf {
+    if let Ok(p) = path.canonicalize() {
+        return p;
+    }
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_else(|_| "/".into()).join(path)
+    }
+}
+
+/// Reads an extended attribute of `path`.
+fn read_xattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let n = std::ffi::CString::new(name)?;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid NUL-terminated strings and a buffer of the stated length.
+    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if len < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(len as usize);
+    Ok(buf)
+}
+
+/// The control socket of the daemon serving `mountpoint`.
+fn control_socket_of(mountpoint: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    let raw = read_xattr(mountpoint, crate::fs::CONTROL_XATTR)?;
+    Ok(PathBuf::from(std::ffi::OsString::from_vec(raw)))
+}

@@ -1,0 +1,98 @@
+//! `datumfs mount`.
+
+use crate::config::{self, MountConfig};
+use crate::inputs::spec;
+use anyhow::{bail, Result};
+use clap::Args;
+use std::path::PathBuf;
+
+/// Flags of `datumfs mount`; each is also read from the `DATUMFS_*` variable it names.
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Where to mount (an existing, empty directory).
+    #[arg(env = "DATUMFS_MOUNTPOINT")]
+    mountpoint: PathBuf,
+    /// An input: NAME=URI (s3://, gs://, az://, abfs(s)://, http(s)://, file://, a local path; a
+    /// trailing '/' or a wildcard selects many). Repeat a NAME to merge URIs into one input.
+    /// DATUMFS_INPUT takes several, separated by ';'.
+    #[arg(long = "input", value_name = "NAME=URI", env = "DATUMFS_INPUT", value_delimiter = ';')]
+    input: Vec<String>,
+    /// A YAML or JSON file listing inputs as a Valohai step does (name, default,
+    /// keep-directories, filename, optional), or a valohai.yaml (with --step).
+    #[arg(long = "inputs", value_name = "FILE", env = "DATUMFS_INPUTS")]
+    inputs_file: Option<PathBuf>,
+    /// The step of a valohai.yaml whose inputs to mount.
+    #[arg(long, value_name = "NAME", env = "DATUMFS_STEP")]
+    step: Option<String>,
+    /// Data store URL for datumfs's records [default: $DATUMFS_HOME/store, a local store].
+    #[arg(long, value_name = "URL", env = "DATUMFS_STORE")]
+    store: Option<String>,
+    /// Cache directory [default: $DATUMFS_HOME/cache; DATUMFS_HOME defaults to ~/.local/share/datumfs].
+    #[arg(long, value_name = "DIR", env = "DATUMFS_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Cache size cap, e.g. 50GiB.
+    #[arg(long, value_name = "SIZE", env = "DATUMFS_CACHE_SIZE", value_parser = config::parse_size)]
+    cache_size: Option<u64>,
+    /// Cache block size (4KiB to 64MiB).
+    #[arg(long, value_name = "SIZE", env = "DATUMFS_BLOCK_SIZE", default_value = "1MiB", value_parser = config::parse_size)]
+    block_size: u64,
+    /// Largest read-ahead window for sequential readers.
+    #[arg(long, value_name = "SIZE", env = "DATUMFS_READ_AHEAD", default_value = "64MiB", value_parser = config::parse_size)]
+    read_ahead: u64,
+    /// Stay in the foreground and log to stderr too (for containers).
+    #[arg(long, env = "DATUMFS_FOREGROUND")]
+    foreground: bool,
+    /// Mount options, comma-separated: allow_other, allow_root, ro, noexec, noatime, ...
+    #[arg(short = 'o', value_name = "OPTIONS", env = "DATUMFS_OPTIONS")]
+    options: Vec<String>,
+    /// Owner shown for every file [default: the mounting user].
+    #[arg(long, env = "DATUMFS_UID")]
+    uid: Option<u32>,
+    /// Group shown for every file [default: the mounting user's group].
+    #[arg(long, env = "DATUMFS_GID")]
+    gid: Option<u32>,
+    /// Log level or filter (error, warn, info, debug, trace).
+    #[arg(long, value_name = "LEVEL", env = "DATUMFS_LOG", default_value = "info")]
+    log_level: String,
+}
+
+impl MountArgs {
+    fn into_config(self) -> Result<MountConfig> {
+        if !(4096..=64 << 20).contains(&self.block_size) {
+            bail!("--block-size {}: must be between 4KiB and 64MiB", self.block_size);
+        }
+        let flags = self.input.iter().map(|f| spec::parse_flag(f)).collect::<Result<Vec<_>, _>>()?;
+        let from_file = match &self.inputs_file {
+            Some(path) => spec::load_file(path, self.step.as_deref())?,
+            None if self.step.is_some() => bail!("--step needs --inputs FILE (a valohai.yaml)"),
+            None => vec![],
+        };
+        let inputs = spec::combine(from_file, &flags)?;
+        let home = config::datumfs_home();
+        let store_url = match self.store {
+            Some(s) => s,
+            None => format!("file://{}", super::absolute(&home.join("store")).display()),
+        };
+        Ok(MountConfig {
+            mountpoint: super::absolute(&self.mountpoint),
+            inputs,
+            store_url,
+            cache_dir: super::absolute(&self.cache_dir.unwrap_or_else(|| home.join("cache"))),
+            cache_size: self.cache_size,
+            block_size: self.block_size,
+            read_ahead: self.read_ahead.max(self.block_size),
+            foreground: self.foreground,
+            options: self.options,
+            uid: self.uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw()),
+            gid: self.gid.unwrap_or_else(|| nix::unistd::getegid().as_raw()),
+            log_level: self.log_level,
+        })
+    }
+}
+
+/// Runs `datumfs mount`.
+pub fn run(args: MountArgs) -> Result<i32> {
+    let cfg = args.into_config()?;
+    crate::daemon::mount(cfg)?;
+    Ok(0)
+}

@@ -1,0 +1,57 @@
+//! `datumfs unmount`.
+
+use crate::control::{self, Request};
+use crate::daemon::mounts;
+use anyhow::{bail, Result};
+use clap::Args;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Flags of `datumfs unmount`.
+#[derive(Debug, Args)]
+pub struct UnmountArgs {
+    /// The mountpoint.
+    mountpoint: PathBuf,
+    /// Detach the mount even when files are open or the daemon does not answer.
+    #[arg(long)]
+    force: bool,
+}
+
+fn pid_alive(pid: u32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+}
+
+/// Runs `datumfs unmount`.
+pub fn run(args: UnmountArgs) -> Result<i32> {
+    let mp = super::absolute(&args.mountpoint);
+    if mounts::is_dead(&mp) {
+        mounts::detach(&mp)?;
+        eprintln!("datumfs: {} was a dead mount (its daemon had gone); cleaned up", mp.display());
+        return Ok(0);
+    }
+    let Some(entry) = mounts::at(&mp) else { bail!("{} is not mounted", mp.display()) };
+    if !entry.is_datumfs() {
+        bail!("{} is not a datumfs mount (it is {})", mp.display(), entry.fstype);
+    }
+    let answer = super::control_socket_of(&mp).and_then(|sock| control::call(&sock, &Request::Unmount));
+    let failure = match answer {
+        Ok(resp) if resp.ok => {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while (pid_alive(resp.pid) || mounts::at(&mp).is_some()) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if mounts::at(&mp).is_none() {
+                return Ok(0);
+            }
+            "the daemon did not finish within 30 s".to_string()
+        }
+        Ok(resp) => resp.error.unwrap_or_else(|| "the daemon refused".into()),
+        Err(e) => format!("cannot reach its daemon: {e}"),
+    };
+    if args.force {
+        mounts::detach(&mp)?;
+        eprintln!("datumfs: {}: {failure}; detached it (--force)", mp.display());
+        return Ok(0);
+    }
+    bail!("could not unmount {}: {failure} (close open files, or use --force to detach)", mp.display())
+}

@@ -1,0 +1,87 @@
+//! Validated settings built from flags, environment and files. No I/O handles live here.
+
+use crate::inputs::spec::InputSpec;
+use std::path::PathBuf;
+
+/// `$DATUMFS_HOME`, defaulting to `~/.local/share/datumfs`.
+pub fn datumfs_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("DATUMFS_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".local/share/datumfs")
+}
+
+/// Parses `50GiB`, `512MiB`, `1M`, `4096`, `1.5GB` into bytes (binary units for `K/M/G/T` too).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 =
+        num.parse().map_err(|_| format!("'{text}' is not a size (examples: 4096, 512KiB, 1MiB, 50GiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(format!("'{text}': unknown unit '{unit}' (use B, KiB, MiB, GiB or TiB)")),
+    };
+    let bytes = value * mult as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("'{text}' is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+/// Everything `datumfs mount` needs, validated.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    /// Absolute mountpoint.
+    pub mountpoint: PathBuf,
+    /// Declared inputs.
+    pub inputs: Vec<InputSpec>,
+    /// Data store URL.
+    pub store_url: String,
+    /// Cache directory.
+    pub cache_dir: PathBuf,
+    /// Cache size cap in bytes (enforced by eviction; recorded here).
+    pub cache_size: Option<u64>,
+    /// Block size in bytes.
+    pub block_size: u64,
+    /// Largest read-ahead window in bytes.
+    pub read_ahead: u64,
+    /// Stay in the foreground (containers).
+    pub foreground: bool,
+    /// Extra mount options (`allow_other`, `ro`, ...).
+    pub options: Vec<String>,
+    /// Owner shown for files.
+    pub uid: u32,
+    /// Group shown for files.
+    pub gid: u32,
+    /// Log filter (tracing's syntax).
+    pub log_level: String,
+}
+
+impl MountConfig {
+    /// The daemon's log file.
+    pub fn log_file(&self) -> PathBuf {
+        self.cache_dir.join("datumfs.log")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_size("50GiB").unwrap(), 50 << 30);
+        assert_eq!(parse_size("512k").unwrap(), 512 << 10);
+        assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
+        assert!(parse_size("lots").unwrap_err().contains("lots"));
+        assert!(parse_size("5 parsecs").is_err());
+    }
+}

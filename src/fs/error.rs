@@ -1,0 +1,58 @@
+//! The one place that decides which errno a kernel request gets.
+
+use crate::reader::ReadError;
+use crate::store::StoreError;
+use thiserror::Error;
+
+/// A filesystem operation's failure, as the kernel will see it.
+#[derive(Debug, Error)]
+pub enum FsError {
+    /// No such file or directory.
+    #[error("no such entry")]
+    NotFound,
+    /// Not a directory.
+    #[error("not a directory")]
+    NotDir,
+    /// Is a directory.
+    #[error("is a directory")]
+    IsDir,
+    /// The tree is read-only here (inputs/, config/, and outputs/ until it is writable).
+    #[error("read-only file system")]
+    ReadOnly,
+    /// The attribute does not exist (yet).
+    #[error("no such attribute")]
+    NoAttr,
+    /// An unknown file handle.
+    #[error("bad file handle")]
+    BadHandle,
+    /// The store or the cache failed; logged with its cause, EIO to the caller.
+    #[error("{0}")]
+    Io(String),
+}
+
+impl From<ReadError> for FsError {
+    fn from(e: ReadError) -> Self {
+        FsError::Io(e.to_string())
+    }
+}
+
+impl From<StoreError> for FsError {
+    fn from(e: StoreError) -> Self {
+        FsError::Io(e.to_string())
+    }
+}
+
+impl FsError {
+    /// The errno for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::IsDir => libc::EISDIR,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::NoAttr => libc::ENODATA,
+            FsError::BadHandle => libc::EBADF,
+            FsError::Io(_) => libc::EIO,
+        }
+    }
+}

@@ -1,0 +1,494 @@
+//! Filesystem logic without fuser types: inodes, handles, the namespace (`inputs/`, `outputs/`,
+//! `config/`), the virtual `inputs.json`, xattrs. The FUSE adapter only translates to and from
+//! these calls; tests can drive them without a kernel.
+
+pub mod error;
+mod inputs_json;
+pub mod tree;
+
+use crate::cache::Cache;
+use crate::checksum::Checksums;
+use crate::inputs::integrity::{self, IntegrityRecord};
+use crate::inputs::resolve;
+use crate::reader::{self, OpenObject, Reader, Remote, Sequential};
+use crate::store::data::DataStore;
+pub use error::FsError;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+use tree::{FileNode, Node, NodeKind, Tree};
+
+/// Result of a filesystem operation.
+pub type FsResult<T> = Result<T, FsError>;
+
+/// File or directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A directory.
+    Dir,
+    /// A regular file.
+    File,
+}
+
+/// Attributes of an inode, in the filesystem's own terms.
+#[derive(Debug, Clone)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// File or directory.
+    pub kind: Kind,
+    /// Permission bits.
+    pub perm: u16,
+    /// Modification time.
+    pub mtime: SystemTime,
+    /// Whether the kernel may cache it for long (immutable inputs) or must ask again.
+    pub volatile: bool,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    /// Inode number.
+    pub ino: u64,
+    /// Name.
+    pub name: String,
+    /// File or directory.
+    pub kind: Kind,
+}
+
+/// How an opened file should be treated by the kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened {
+    /// The handle.
+    pub fh: u64,
+    /// Bypass the page cache (virtual files whose content is made at open).
+    pub direct_io: bool,
+    /// Keep cached pages across opens (immutable inputs).
+    pub keep_cache: bool,
+}
+
+enum Handle {
+    Input { node: Arc<Node>, obj: Arc<OpenObject>, seq: Mutex<Sequential> },
+    Virtual(Vec<u8>),
+    Dir(Vec<DirEntry>),
+}
+
+/// Settings the filesystem needs from the mount.
+#[derive(Debug, Clone)]
+pub struct FsSettings {
+    /// Where it is mounted (for paths in logs and `inputs.json`).
+    pub mountpoint: PathBuf,
+    /// Owner shown for every file.
+    pub uid: u32,
+    /// Group shown for every file.
+    pub gid: u32,
+    /// The daemon's control socket, offered as the root's `user.datumfs.control` xattr so that
+    /// `datumfs status|unmount MOUNTPOINT` find the daemon from the mountpoint alone.
+    pub control_socket: PathBuf,
+}
+
+/// A file whose checksums are known, for `status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HashedFile {
+    /// Path on the mount.
+    pub path: String,
+    /// Its URI.
+    pub uri: String,
+    /// Its size.
+    pub size: u64,
+    /// Its checksums.
+    pub checksums: Checksums,
+}
+
+/// Summary of one input for `status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InputSummary {
+    /// Its name.
+    pub name: String,
+    /// Its URIs.
+    pub uris: Vec<String>,
+}
+
+/// The mounted filesystem.
+pub struct Fs {
+    tree: Tree,
+    cache: Arc<Cache>,
+    reader: Reader,
+    data_store: Option<DataStore>,
+    settings: FsSettings,
+    inputs: Vec<InputSummary>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    started: SystemTime,
+    hashed: Arc<Mutex<BTreeMap<String, HashedFile>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// The root's xattr naming the control socket.
+pub const CONTROL_XATTR: &str = "user.datumfs.control";
+
+const FILE_PERM: u16 = 0o444;
+const DIR_PERM: u16 = 0o555;
+
+impl Fs {
+    /// A filesystem over resolved inputs. Must be called inside a tokio runtime.
+    pub fn new(
+        inputs: Vec<resolve::ResolvedInput>,
+        cache: Arc<Cache>,
+        reader: Reader,
+        data_store: Option<DataStore>,
+        settings: FsSettings,
+    ) -> Self {
+        let summaries = inputs.iter().map(|i| InputSummary { name: i.name.clone(), uris: i.uris.clone() }).collect();
+        let tree = Tree::default();
+        tree.build(inputs);
+        Self {
+            tree,
+            cache,
+            reader,
+            data_store,
+            settings,
+            inputs: summaries,
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            started: SystemTime::now(),
+            hashed: Arc::new(Mutex::new(BTreeMap::new())),
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// The tokio runtime the filesystem's work runs on.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
+    }
+
+    fn node(&self, ino: u64) -> FsResult<Arc<Node>> {
+        self.tree.get(ino).ok_or(FsError::NotFound)
+    }
+
+    /// The entries of a directory, listing it in the store the first time.
+    async fn children<'a>(&self, node: &'a Node) -> FsResult<&'a BTreeMap<String, u64>> {
+        let NodeKind::Dir { children, lister } = &node.kind else { return Err(FsError::NotDir) };
+        children
+            .get_or_try_init(|| async {
+                let Some(l) = lister else { return Ok(BTreeMap::new()) };
+                let listing = resolve::list_dir(&l.store, l.prefix.as_ref()).await.map_err(|e| {
+                    tracing::error!("listing {} failed: {e}", node.path);
+                    FsError::from(e)
+                })?;
+                Ok(self.tree.add_listing(node.ino, &node.path, listing, &l.store))
+            })
+            .await
+    }
+
+    /// Attributes of `ino`.
+    pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let node = self.node(ino)?;
+        Ok(match &node.kind {
+            NodeKind::Dir { .. } => {
+                Attr { ino, size: 0, kind: Kind::Dir, perm: DIR_PERM, mtime: self.started, volatile: false }
+            }
+            NodeKind::File(f) => Attr {
+                ino,
+                size: f.entry.size,
+                kind: Kind::File,
+                perm: FILE_PERM,
+                mtime: f.entry.mtime,
+                volatile: false,
+            },
+            NodeKind::InputsJson => {
+                let size = self.inputs_json().await.len() as u64;
+                Attr { ino, size, kind: Kind::File, perm: FILE_PERM, mtime: SystemTime::now(), volatile: true }
+            }
+        })
+    }
+
+    /// Looks `name` up in directory `parent`.
+    pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        let node = self.node(parent)?;
+        let ino = *self.children(&node).await?.get(name).ok_or(FsError::NotFound)?;
+        self.getattr(ino).await
+    }
+
+    /// Opens a directory: its entries are fixed for the handle's life.
+    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let node = self.node(ino)?;
+        let mut entries = vec![
+            DirEntry { ino, name: ".".into(), kind: Kind::Dir },
+            DirEntry { ino: node.parent, name: "..".into(), kind: Kind::Dir },
+        ];
+        for (name, &child) in self.children(&node).await? {
+            let kind = match self.tree.get(child).map(|n| matches!(n.kind, NodeKind::Dir { .. })) {
+                Some(true) => Kind::Dir,
+                _ => Kind::File,
+            };
+            entries.push(DirEntry { ino: child, name: name.clone(), kind });
+        }
+        Ok(self.add_handle(Handle::Dir(entries)))
+    }
+
+    /// Entries of an open directory from `offset` on (the caller stops when its buffer is full).
+    pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<(u64, DirEntry)>> {
+        match &*self.handle(fh)? {
+            Handle::Dir(entries) => {
+                Ok(entries.iter().enumerate().skip(offset as usize).map(|(i, e)| (i as u64 + 1, e.clone())).collect())
+            }
+            _ => Err(FsError::NotDir),
+        }
+    }
+
+    fn add_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap_or_else(|e| e.into_inner()).insert(fh, Arc::new(h));
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
+        self.handles.lock().unwrap_or_else(|e| e.into_inner()).get(&fh).cloned().ok_or(FsError::BadHandle)
+    }
+
+    /// Closes a file or directory handle.
+    pub fn release(&self, fh: u64) {
+        self.handles.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh);
+    }
+
+    /// Refuses any change: inputs and config are read-only (and outputs, for now).
+    pub fn check_writable(&self, ino: u64) -> FsResult<()> {
+        self.node(ino)?;
+        Err(FsError::ReadOnly)
+    }
+
+    /// Opens a file for reading; an input's version is pinned here if its listing had no ETag.
+    pub async fn open(&self, ino: u64, write: bool) -> FsResult<Opened> {
+        let node = self.node(ino)?;
+        if write {
+            return Err(FsError::ReadOnly);
+        }
+        match &node.kind {
+            NodeKind::Dir { .. } => Err(FsError::IsDir),
+            NodeKind::InputsJson => {
+                let content = self.inputs_json().await;
+                Ok(Opened { fh: self.add_handle(Handle::Virtual(content)), direct_io: true, keep_cache: false })
+            }
+            NodeKind::File(f) => {
+                let obj = self.open_object(&node, f).await?;
+                self.after_read(&node, f, &obj);
+                let fh =
+                    self.add_handle(Handle::Input { node: node.clone(), obj, seq: Mutex::new(Sequential::default()) });
+                Ok(Opened { fh, direct_io: false, keep_cache: true })
+            }
+        }
+    }
+
+    async fn open_object(&self, node: &Node, f: &FileNode) -> FsResult<Arc<OpenObject>> {
+        if let Some(obj) = f.open.lock().unwrap_or_else(|e| e.into_inner()).upgrade() {
+            return Ok(obj);
+        }
+        let e = &f.entry;
+        let pin = f
+            .pin
+            .get_or_try_init(|| reader::pin_by_head(&e.store, &e.key, &e.uri, e.size))
+            .await
+            .map_err(|err| {
+                tracing::error!("{}: {err}", self.mount_path(node));
+                FsError::from(err)
+            })?
+            .clone();
+        let cached = self
+            .cache
+            .object(&e.store.url, e.key.as_ref(), &pin.version(), e.size, &e.uri)
+            .map_err(|err| FsError::Io(err.to_string()))?;
+        let remote =
+            Arc::new(Remote { store: e.store.clone(), key: e.key.clone(), uri: e.uri.clone(), size: e.size, pin });
+        let mut slot = f.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(obj) = slot.upgrade() {
+            return Ok(obj);
+        }
+        let obj = Arc::new(OpenObject { remote, cached });
+        *slot = Arc::downgrade(&obj);
+        Ok(obj)
+    }
+
+    /// Serves a read without leaving the calling thread when every byte is already cached.
+    pub fn read_cached(&self, fh: u64, offset: u64, size: u32) -> Option<FsResult<Vec<u8>>> {
+        let h = self.handle(fh).ok()?;
+        match &*h {
+            Handle::Virtual(content) => {
+                let start = (offset as usize).min(content.len());
+                let end = (start + size as usize).min(content.len());
+                Some(Ok(content[start..end].to_vec()))
+            }
+            Handle::Input { obj, .. } if obj.cached.is_complete() => {
+                match obj.cached.read_cached(offset, size as usize) {
+                    Ok(buf) => Some(Ok(buf)),
+                    Err(_) => None, // a block failed verification: take the slow path, which refetches
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// Reads from an open file, fetching what is missing.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let h = self.handle(fh)?;
+        match &*h {
+            Handle::Input { node, obj, seq } => {
+                let res = self.reader.read(obj, seq, offset, size).await;
+                if let Err(e) = &res {
+                    tracing::error!("{}: read at {offset} failed: {e}", self.mount_path(node));
+                }
+                let buf = res?;
+                if let NodeKind::File(f) = &node.kind {
+                    self.after_read(node, f, obj);
+                }
+                Ok(buf)
+            }
+            Handle::Virtual(_) => self.read_cached(fh, offset, size).unwrap_or(Ok(Vec::new())),
+            Handle::Dir(_) => Err(FsError::IsDir),
+        }
+    }
+
+    fn mount_path(&self, node: &Node) -> String {
+        self.settings.mountpoint.join(&node.path).display().to_string()
+    }
+
+    /// Once a file is wholly cached, computes its checksums (once), logs them as Valohai does,
+    /// and records them in the data store's integrity history.
+    fn after_read(&self, node: &Arc<Node>, f: &FileNode, obj: &Arc<OpenObject>) {
+        if !obj.cached.is_complete() || f.hashing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let cached = obj.cached.clone();
+        let node = node.clone();
+        let path = self.mount_path(&node);
+        let ds = self.data_store.clone();
+        let version = obj.remote.pin.version();
+        let hashed = self.hashed.clone();
+        self.runtime.spawn(async move {
+            let NodeKind::File(f) = &node.kind else { return };
+            match cached.checksums().await {
+                Ok(sums) => {
+                    tracing::info!("{path}: md5 sum: {}", sums.md5);
+                    tracing::info!("{path}: sha1 sum: {}", sums.sha1);
+                    tracing::info!("{path}: sha256 sum: {}", sums.sha256);
+                    let _ = f.checksums.set(sums.clone());
+                    let file = HashedFile {
+                        path: path.clone(),
+                        uri: f.entry.uri.clone(),
+                        size: f.entry.size,
+                        checksums: sums.clone(),
+                    };
+                    hashed.lock().unwrap_or_else(|e| e.into_inner()).insert(path.clone(), file);
+                    if let Some(ds) = ds {
+                        let rec = IntegrityRecord {
+                            uri: f.entry.uri.clone(),
+                            size: f.entry.size,
+                            version,
+                            checksums: sums,
+                            recorded_at: chrono::Utc::now().to_rfc3339(),
+                            host: integrity::hostname(),
+                        };
+                        match integrity::record(&ds, &rec).await {
+                            Ok(Some(warning)) => tracing::warn!("{warning}"),
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!("could not record the checksums of {}: {e}", rec.uri),
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("{path}: could not compute checksums: {e}");
+                    f.hashing.store(false, Ordering::Release);
+                }
+            }
+        });
+    }
+
+    /// Extended attributes: `user.datumfs.{md5,sha1,sha256}` once a file was read whole (they are
+    /// computed on demand if it is cached whole), `user.datumfs.uri` and `user.datumfs.version`.
+    pub async fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
+        let node = self.node(ino)?;
+        if ino == tree::ROOT && name == CONTROL_XATTR {
+            return Ok(self.settings.control_socket.as_os_str().as_encoded_bytes().to_vec());
+        }
+        let NodeKind::File(f) = &node.kind else { return Err(FsError::NoAttr) };
+        match name {
+            "user.datumfs.uri" => return Ok(f.entry.uri.clone().into_bytes()),
+            "user.datumfs.version" => {
+                return f.pin.get().map(|p| p.version().into_bytes()).ok_or(FsError::NoAttr);
+            }
+            "user.datumfs.md5" | "user.datumfs.sha1" | "user.datumfs.sha256" => {}
+            _ => return Err(FsError::NoAttr),
+        }
+        let sums = match f.checksums.get() {
+            Some(s) => s.clone(),
+            None => {
+                let Some(pin) = f.pin.get() else { return Err(FsError::NoAttr) };
+                let e = &f.entry;
+                let cached = self
+                    .cache
+                    .object(&e.store.url, e.key.as_ref(), &pin.version(), e.size, &e.uri)
+                    .map_err(|err| FsError::Io(err.to_string()))?;
+                if !cached.is_complete() {
+                    return Err(FsError::NoAttr);
+                }
+                cached.checksums().await.map_err(|err| FsError::Io(err.to_string()))?
+            }
+        };
+        let v = match name {
+            "user.datumfs.md5" => sums.md5,
+            "user.datumfs.sha1" => sums.sha1,
+            _ => sums.sha256,
+        };
+        Ok(v.into_bytes())
+    }
+
+    /// Names of the extended attributes of `ino`, NUL-separated.
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let node = self.node(ino)?;
+        if ino == tree::ROOT {
+            return Ok(format!("{CONTROL_XATTR}\0").into_bytes());
+        }
+        let NodeKind::File(f) = &node.kind else { return Ok(Vec::new()) };
+        let mut names = vec!["user.datumfs.uri"];
+        if f.pin.get().is_some() {
+            names.push("user.datumfs.version");
+        }
+        if f.checksums.get().is_some() {
+            names.extend(["user.datumfs.md5", "user.datumfs.sha1", "user.datumfs.sha256"]);
+        }
+        Ok(names.iter().flat_map(|n| n.bytes().chain(std::iter::once(0))).collect())
+    }
+
+    /// Everything `datumfs status --json` shows about this mount.
+    pub fn status(&self) -> serde_json::Value {
+        let stats = self.cache.stats();
+        let (disk_bytes, objects) = self.cache.usage();
+        let files: Vec<HashedFile> = self.hashed.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        serde_json::json!({
+            "mountpoint": self.settings.mountpoint,
+            "pid": std::process::id(),
+            "started_at": chrono::DateTime::<chrono::Utc>::from(self.started).to_rfc3339(),
+            "data_store": self.data_store.as_ref().map(|d| d.url.clone()),
+            "inputs": self.inputs,
+            "inodes": self.tree.len(),
+            "cache": {
+                "dir": self.cache.dir(),
+                "disk_bytes": disk_bytes,
+                "objects": objects,
+                "hit_bytes": stats.hit_bytes.load(Ordering::Relaxed),
+                "fetched_bytes": stats.fetched_bytes.load(Ordering::Relaxed),
+                "corrupt_blocks": stats.corrupt_blocks.load(Ordering::Relaxed),
+            },
+            "files": files,
+        })
+    }
+
+    /// Space figures for `statfs`: those of the filesystem holding the cache.
+    pub fn statfs(&self) -> Option<nix::sys::statvfs::Statvfs> {
+        nix::sys::statvfs::statvfs(self.cache.dir()).ok()
+    }
+}

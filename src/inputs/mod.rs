@@ -1,0 +1,7 @@
+//! Inputs: URI forms, declarations (flags and files), resolution to pinned snapshots with
+//! keep-directories, and the integrity history of what was read.
+
+pub mod integrity;
+pub mod resolve;
+pub mod spec;
+pub mod uri;

@@ -1,0 +1,485 @@
+//! Resolution of an input's URIs into a snapshot: the files it holds, their sizes and pinned
+//! versions, and their paths under `inputs/NAME/` (keep-directories). A single `prefix/` URI is
+//! listed lazily, one directory at a time, when first needed; everything else is listed at mount.
+
+use super::spec::{InputSpec, KeepDirectories};
+use super::uri::{self, Selection, SourceUri, UriError};
+use crate::keys::{self, UnsafeKey};
+use crate::reader::Pin;
+use crate::store::{StoreError, StoreHandle, StoreRegistry};
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStoreExt};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Why an input could not be resolved.
+#[derive(Debug, Error)]
+pub enum ResolveError {
+    /// The URI is not usable.
+    #[error("input '{input}': {error}")]
+    Uri {
+        /// The input's name.
+        input: String,
+        /// What is wrong with the URI.
+        error: UriError,
+    },
+    /// The store failed or refused.
+    #[error("input '{input}': {error}")]
+    Store {
+        /// The input's name.
+        input: String,
+        /// The store's error (names the URI).
+        error: StoreError,
+    },
+    /// The input's files cannot be laid out (clashing names, nothing matched, ...).
+    #[error("input '{input}': {reason}")]
+    Layout {
+        /// The input's name.
+        input: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// A file of an input, pinned.
+#[derive(Debug, Clone)]
+pub struct FileEntry {
+    /// The store holding it.
+    pub store: Arc<StoreHandle>,
+    /// Its key.
+    pub key: Path,
+    /// Its URI.
+    pub uri: String,
+    /// Size at resolution.
+    pub size: u64,
+    /// Version at resolution; `None` when the listing had no ETag (pinned at first open).
+    pub pin: Option<Pin>,
+    /// Modification time in the store.
+    pub mtime: std::time::SystemTime,
+}
+
+/// One directory's listing below a prefix.
+#[derive(Debug, Default)]
+pub struct DirListing {
+    /// Files directly in the directory, by name.
+    pub files: BTreeMap<String, FileEntry>,
+    /// Subdirectories, by name, with their listing prefix.
+    pub dirs: BTreeMap<String, Path>,
+}
+
+/// The root of a resolved input.
+#[derive(Debug)]
+pub enum InputRoot {
+    /// A fixed set of files at these relative paths (object and wildcard URIs, several URIs).
+    Files(Vec<(Vec<String>, FileEntry)>),
+    /// A prefix listed lazily: `leading` static directories (keep-directories full), then the
+    /// listing of `prefix`, whose first level was fetched at mount.
+    Lazy {
+        /// The store.
+        store: Arc<StoreHandle>,
+        /// The URI of the prefix.
+        uri: String,
+        /// Static directories before the listed tree.
+        leading: Vec<String>,
+        /// The root listing, fetched at mount to check the URI.
+        root: DirListing,
+    },
+}
+
+/// A resolved input.
+#[derive(Debug)]
+pub struct ResolvedInput {
+    /// Its name.
+    pub name: String,
+    /// Its URIs as given.
+    pub uris: Vec<String>,
+    /// Its files.
+    pub root: InputRoot,
+}
+
+fn key_path(u: &SourceUri, key: &str) -> Result<Option<Path>, UriError> {
+    let trimmed = key.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Ok(None);
+    }
+    Path::parse(trimmed)
+        .map(Some)
+        .map_err(|e| UriError::Malformed { uri: u.original.clone(), reason: format!("not a valid object key: {e}") })
+}
+
+/// Decodes the percent-encoding local stores apply to odd bytes in file names.
+fn decode_name(store: &StoreHandle, name: &str) -> String {
+    if !store.encoded_names || !name.contains('%') {
+        return name.to_string();
+    }
+    let bytes = name.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&name[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| name.to_string())
+}
+
+fn entry(store: &Arc<StoreHandle>, meta: &ObjectMeta) -> FileEntry {
+    FileEntry {
+        store: store.clone(),
+        key: meta.location.clone(),
+        uri: store.uri_of(meta.location.as_ref()),
+        size: meta.size,
+        pin: meta.e_tag.as_ref().map(|_| Pin::from_meta(meta)),
+        mtime: meta.last_modified.into(),
+    }
+}
+
+fn warn_skipped(uri: &str, why: &UnsafeKey) {
+    tracing::warn!("skipping {uri}: {why}");
+}
+
+/// Lists one directory (one `/`-delimited level) below `prefix`.
+pub async fn list_dir(store: &Arc<StoreHandle>, prefix: Option<&Path>) -> Result<DirListing, StoreError> {
+    let uri = store.uri_of(prefix.map(|p| p.as_ref()).unwrap_or(""));
+    let res = store
+        .inner
+        .list_with_delimiter(prefix)
+        .await
+        .map_err(|e| StoreError::from_object_store(&uri, store.bucket.as_deref(), e))?;
+    let base_len = prefix.map(|p| p.as_ref().len() + 1).unwrap_or(0);
+    let mut out = DirListing::default();
+    for p in res.common_prefixes {
+        let raw = p.as_ref().get(base_len..).unwrap_or_default().to_string();
+        let name = decode_name(store, &raw);
+        match keys::check_segment(&name) {
+            Ok(()) => {
+                out.dirs.insert(name, p);
+            }
+            Err(why) => warn_skipped(&store.uri_of(p.as_ref()), &why),
+        }
+    }
+    for meta in res.objects {
+        let raw = meta.location.as_ref().get(base_len..).unwrap_or_default().to_string();
+        if raw.is_empty() {
+            continue; // the prefix's own directory marker
+        }
+        let name = decode_name(store, &raw);
+        if let Err(why) = keys::check_segment(&name) {
+            warn_skipped(&store.uri_of(meta.location.as_ref()), &why);
+            continue;
+        }
+        if out.dirs.contains_key(&name) {
+            if meta.size > 0 {
+                tracing::warn!(
+                    "skipping {}: a directory of the same name exists",
+                    store.uri_of(meta.location.as_ref())
+                );
+            }
+            continue;
+        }
+        out.files.insert(name, entry(store, &meta));
+    }
+    Ok(out)
+}
+
+/// Resolves an input: checks every URI against its store and fixes what can be fixed now.
+pub async fn resolve(
+    spec: &InputSpec,
+    registry: &StoreRegistry,
+    cwd: &std::path::Path,
+) -> Result<ResolvedInput, ResolveError> {
+    let input = spec.name.clone();
+    let uri_err = |error| ResolveError::Uri { input: input.clone(), error };
+    let store_err = |error| ResolveError::Store { input: input.clone(), error };
+    let layout_err = |reason: String| ResolveError::Layout { input: input.clone(), reason };
+    let parsed: Vec<SourceUri> =
+        spec.uris.iter().map(|u| uri::parse(u, cwd)).collect::<Result<_, _>>().map_err(uri_err)?;
+
+    // One prefix URI: lazy tree.
+    if let [u] = parsed.as_slice() {
+        if u.selection == Selection::Prefix {
+            let store = registry.open(u).map_err(store_err)?;
+            let prefix = key_path(u, &u.key).map_err(uri_err)?;
+            let root = list_dir(&store, prefix.as_ref()).await.map_err(store_err)?;
+            if root.files.is_empty() && root.dirs.is_empty() && !spec.optional {
+                check_bucket(&store, u).await.map_err(store_err)?;
+                return Err(layout_err(format!("{} matches no objects", u.original)));
+            }
+            let leading = if spec.keep_directories == KeepDirectories::Full {
+                u.key.trim_end_matches('/').split('/').filter(|s| !s.is_empty()).map(str::to_string).collect()
+            } else {
+                vec![]
+            };
+            return Ok(ResolvedInput {
+                name: spec.name.clone(),
+                uris: spec.uris.clone(),
+                root: InputRoot::Lazy { store, uri: u.original.clone(), leading, root },
+            });
+        }
+    }
+
+    let mut files: Vec<(Vec<String>, FileEntry)> = Vec::new();
+    for u in &parsed {
+        let store = registry.open(u).map_err(store_err)?;
+        let before = files.len();
+        match &u.selection {
+            Selection::Object => {
+                let key = key_path(u, &u.key)
+                    .map_err(uri_err)?
+                    .ok_or_else(|| layout_err(format!("{}: no key", u.original)))?;
+                let meta = match store.inner.head(&key).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let err = StoreError::from_object_store(&u.original, u.bucket.as_deref(), e);
+                        if matches!(err, StoreError::NotFound { .. }) {
+                            check_bucket(&store, u).await.map_err(store_err)?;
+                        }
+                        return Err(store_err(err));
+                    }
+                };
+                let mut e = entry(&store, &meta);
+                e.pin = Some(Pin::from_meta(&meta));
+                let base = decode_name(&store, meta.location.filename().unwrap_or_default());
+                let rel = match spec.keep_directories {
+                    KeepDirectories::Full => u.key.split('/').map(|s| decode_name(&store, s)).collect(),
+                    _ => vec![spec.filename.clone().unwrap_or(base)],
+                };
+                push_checked(&mut files, rel, e);
+            }
+            Selection::Prefix | Selection::Wildcard { .. } => {
+                let (list_prefix, matcher) = match &u.selection {
+                    Selection::Wildcard { fixed_prefix } => (
+                        fixed_prefix.clone(),
+                        Some(glob_for(&u.key).map_err(|reason| layout_err(format!("{}: {reason}", u.original)))?),
+                    ),
+                    _ => (u.key.clone(), None),
+                };
+                let lp = key_path(u, &list_prefix).map_err(uri_err)?;
+                let metas: Vec<ObjectMeta> = store
+                    .inner
+                    .list(lp.as_ref())
+                    .try_collect()
+                    .await
+                    .map_err(|e| store_err(StoreError::from_object_store(&u.original, u.bucket.as_deref(), e)))?;
+                for meta in metas {
+                    let key = meta.location.as_ref();
+                    if let Some(m) = &matcher {
+                        if !m.is_match(key) {
+                            continue;
+                        }
+                    }
+                    let rel_key = key.get(list_prefix.len()..).unwrap_or_default();
+                    let rel_src = match (&u.selection, spec.keep_directories) {
+                        (_, KeepDirectories::Full) => key,
+                        (Selection::Wildcard { .. }, KeepDirectories::None) => key.rsplit('/').next().unwrap_or(key),
+                        _ => rel_key,
+                    };
+                    let decoded = decode_name(&store, rel_src);
+                    match keys::relative_segments(&decoded) {
+                        Ok(segs) => push_checked(
+                            &mut files,
+                            segs.into_iter().map(str::to_string).collect(),
+                            entry(&store, &meta),
+                        ),
+                        Err(why) => warn_skipped(&store.uri_of(key), &why),
+                    }
+                }
+            }
+        }
+        if files.len() == before && !spec.optional {
+            check_bucket(&store, u).await.map_err(store_err)?;
+            return Err(layout_err(format!("{} matches no objects", u.original)));
+        }
+    }
+    check_layout(&files, spec.keep_directories).map_err(layout_err)?;
+    if let Some(name) = &spec.filename {
+        if files.len() != 1 {
+            return Err(layout_err(format!(
+                "'filename: {name}' needs exactly one file, but the input has {}",
+                files.len()
+            )));
+        }
+        keys::check_segment(name).map_err(|why| layout_err(format!("filename '{name}': {why}")))?;
+        if let Some((rel, _)) = files.first_mut() {
+            if let Some(last) = rel.last_mut() {
+                *last = name.clone();
+            }
+        }
+    }
+    Ok(ResolvedInput { name: spec.name.clone(), uris: spec.uris.clone(), root: InputRoot::Files(files) })
+}
+
+fn push_checked(files: &mut Vec<(Vec<String>, FileEntry)>, rel: Vec<String>, e: FileEntry) {
+    if rel.iter().all(|s| keys::check_segment(s).is_ok()) {
+        files.push((rel, e));
+    } else {
+        tracing::warn!("skipping {}: its path is not usable as a file name", e.uri);
+    }
+}
+
+/// Two files at one path, or a file where a directory must be, cannot be laid out.
+fn check_layout(files: &[(Vec<String>, FileEntry)], keep: KeepDirectories) -> Result<(), String> {
+    let mut seen: BTreeMap<&[String], &str> = BTreeMap::new();
+    let mut dirs: BTreeSet<&[String]> = BTreeSet::new();
+    for (rel, e) in files {
+        for i in 1..rel.len() {
+            dirs.insert(&rel[..i]);
+        }
+        if let Some(other) = seen.insert(rel.as_slice(), &e.uri) {
+            let hint = if keep == KeepDirectories::None { "; use keep-directories: suffix or full" } else { "" };
+            return Err(format!("{} and {} both map to '{}'{hint}", other, e.uri, rel.join("/")));
+        }
+    }
+    for (rel, uri) in &seen {
+        if dirs.contains(rel) {
+            return Err(format!("{uri} maps to '{}', which is also a directory of other files", rel.join("/")));
+        }
+    }
+    Ok(())
+}
+
+/// A glob over whole keys: `*` and `?` stay within one segment, `**` crosses segments; every
+/// other glob character in the key is literal.
+fn glob_for(key: &str) -> Result<globset::GlobMatcher, String> {
+    let mut pattern = String::with_capacity(key.len() + 8);
+    for c in key.chars() {
+        if matches!(c, '[' | ']' | '{' | '}' | '\\' | '!') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    globset::GlobBuilder::new(&pattern)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| format!("bad wildcard: {e}"))
+}
+
+/// Tells a missing bucket from a missing key (a HEAD of a key in a missing bucket is a bare 404).
+async fn check_bucket(store: &Arc<StoreHandle>, u: &SourceUri) -> Result<(), StoreError> {
+    if u.bucket.is_none() {
+        return Ok(());
+    }
+    match store.inner.list_with_delimiter(None).await {
+        Ok(_) => Ok(()),
+        Err(e) => match StoreError::from_object_store(&u.original, u.bucket.as_deref(), e) {
+            err @ (StoreError::NoSuchBucket { .. }
+            | StoreError::AccessDenied { .. }
+            | StoreError::Unreachable { .. }) => Err(err),
+            StoreError::NotFound { .. } => {
+                Err(StoreError::NoSuchBucket { uri: u.original.clone(), bucket: u.bucket.clone().unwrap_or_default() })
+            }
+            _ => Ok(()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+    use object_store::{ObjectStoreExt, PutPayload};
+
+    async fn store(keys: &[&str]) -> (StoreRegistry, Arc<StoreHandle>) {
+        let mem = Arc::new(InMemory::new());
+        for k in keys {
+            mem.put(&Path::parse(k).unwrap(), PutPayload::from(k.as_bytes().to_vec())).await.unwrap();
+        }
+        let h = Arc::new(StoreHandle::new("mem://b", mem));
+        (StoreRegistry::new(), h)
+    }
+
+    fn spec(uris: &[&str], keep: KeepDirectories) -> InputSpec {
+        InputSpec {
+            name: "x".into(),
+            uris: uris.iter().map(|s| s.to_string()).collect(),
+            keep_directories: keep,
+            filename: None,
+            optional: false,
+        }
+    }
+
+    #[test]
+    fn globs_stay_in_segments() {
+        let g = glob_for("images/*.jpg").unwrap();
+        assert!(g.is_match("images/a.jpg") && !g.is_match("images/sub/a.jpg"));
+        let g = glob_for("images/**/*.jpg").unwrap();
+        assert!(g.is_match("images/sub/deep/a.jpg"));
+        let g = glob_for("odd[1]/?.txt").unwrap();
+        assert!(g.is_match("odd[1]/a.txt") && !g.is_match("odd1/a.txt"));
+    }
+
+    #[tokio::test]
+    async fn lazy_listing_of_one_level() {
+        let (_, h) = store(&["t/a.bin", "t/d/b.bin", "t/d/e/c.bin", "u/x"]).await;
+        let l = list_dir(&h, Some(&Path::from("t"))).await.unwrap();
+        assert_eq!(l.files.keys().collect::<Vec<_>>(), vec!["a.bin"]);
+        assert_eq!(l.dirs.keys().collect::<Vec<_>>(), vec!["d"]);
+        assert_eq!(l.files["a.bin"].size, 7);
+        assert!(l.files["a.bin"].pin.is_some(), "in-memory listings carry ETags");
+    }
+
+    #[test]
+    fn layout_clash_is_an_error() {
+        let h = Arc::new(StoreHandle::new("mem://b", Arc::new(InMemory::new())));
+        let e = |uri: &str| FileEntry {
+            store: h.clone(),
+            key: Path::from(uri),
+            uri: uri.into(),
+            size: 0,
+            pin: None,
+            mtime: std::time::UNIX_EPOCH,
+        };
+        let files = vec![(vec!["1.jpg".to_string()], e("a/1.jpg")), (vec!["1.jpg".to_string()], e("b/1.jpg"))];
+        let err = check_layout(&files, KeepDirectories::None).unwrap_err();
+        assert!(err.contains("a/1.jpg") && err.contains("b/1.jpg") && err.contains("keep-directories"), "{err}");
+        let files = vec![(vec!["a".to_string()], e("a")), (vec!["a".to_string(), "b".to_string()], e("a/b"))];
+        assert!(check_layout(&files, KeepDirectories::Suffix).is_err());
+    }
+
+    async fn resolved(keys: &[&str], uris: &[&str], keep: KeepDirectories) -> Result<Vec<String>, ResolveError> {
+        let (reg, h) = store(keys).await;
+        reg.register("s3://b", h);
+        let r = resolve(&spec(uris, keep), &reg, std::path::Path::new("/")).await?;
+        match r.root {
+            InputRoot::Files(f) => Ok(f.into_iter().map(|(rel, _)| rel.join("/")).collect()),
+            InputRoot::Lazy { root, .. } => Ok(root.files.keys().chain(root.dirs.keys()).cloned().collect()),
+        }
+    }
+
+    #[tokio::test]
+    async fn keep_directories_for_wildcards() {
+        let keys = ["img/a/1.jpg", "img/b/2.jpg", "img/b/3.png", "img/4.jpg"];
+        let none = resolved(&keys, &["s3://b/img/**/*.jpg"], KeepDirectories::None).await.unwrap();
+        assert_eq!(none, vec!["1.jpg", "2.jpg"]);
+        let suffix = resolved(&keys, &["s3://b/img/**/*.jpg"], KeepDirectories::Suffix).await.unwrap();
+        assert_eq!(suffix, vec!["a/1.jpg", "b/2.jpg"]);
+        let full = resolved(&keys, &["s3://b/img/*.jpg"], KeepDirectories::Full).await.unwrap();
+        assert_eq!(full, vec!["img/4.jpg"]);
+        let clash = resolved(&["x/a/1.jpg", "x/b/1.jpg"], &["s3://b/x/**"], KeepDirectories::None).await.unwrap_err();
+        assert!(clash.to_string().contains("both map to '1.jpg'"), "{clash}");
+        let nothing = resolved(&keys, &["s3://b/img/*.gif"], KeepDirectories::None).await.unwrap_err();
+        assert!(nothing.to_string().contains("matches no objects"), "{nothing}");
+    }
+
+    #[tokio::test]
+    async fn single_objects_and_prefixes() {
+        let keys = ["d/x.csv", "d/sub/y.csv"];
+        assert_eq!(resolved(&keys, &["s3://b/d/x.csv"], KeepDirectories::None).await.unwrap(), vec!["x.csv"]);
+        assert_eq!(resolved(&keys, &["s3://b/d/x.csv"], KeepDirectories::Full).await.unwrap(), vec!["d/x.csv"]);
+        assert_eq!(resolved(&keys, &["s3://b/d/"], KeepDirectories::None).await.unwrap(), vec!["x.csv", "sub"]);
+        let two = resolved(&keys, &["s3://b/d/", "s3://b/d/x.csv"], KeepDirectories::None).await.unwrap_err();
+        assert!(two.to_string().contains("both map to 'x.csv'"), "{two}");
+        let missing = resolved(&keys, &["s3://b/d/nope.csv"], KeepDirectories::None).await.unwrap_err();
+        assert!(missing.to_string().contains("s3://b/d/nope.csv"), "{missing}");
+    }
+}

@@ -1,0 +1,19 @@
+//! datumfs: a FUSE filesystem that gives machine-learning jobs their data as plain files.
+//!
+//! `MOUNTPOINT/inputs/<name>/...` is served lazily from object storage through a persistent
+//! block cache; `config/inputs.json` describes every input file. See the README for the design.
+
+#![warn(missing_docs)]
+
+pub mod cache;
+pub mod checksum;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod fs;
+pub mod fuse;
+pub mod inputs;
+pub mod keys;
+pub mod reader;
+pub mod store;

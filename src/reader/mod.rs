@@ -1,0 +1,391 @@
+//! Bytes for (object version, offset, len): the block plan, read-ahead, ranged GETs pinned to
+//! the version, single-flight per block, retries.
+//!
+//! A read names the blocks it needs; missing ones are claimed (so a second reader waits for the
+//! same download instead of starting another) and fetched in runs of several blocks, each run
+//! one ranged GET with `If-Match` on the pinned ETag whose answer is checked again (some servers
+//! ignore `If-Match`). Blocks land in the cache as they stream in, so a reader waits only for
+//! its own blocks. Sequential readers grow a read-ahead window. Touches no FUSE types.
+
+use crate::cache::{BlockState, CacheError, CachedObject, InFlight};
+use crate::store::{StoreError, StoreHandle};
+use bytes::Buf;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectMeta};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::Semaphore;
+
+/// Why a read failed.
+#[derive(Debug, Error, Clone)]
+pub enum ReadError {
+    /// The store failed or the object changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The cache could not be used.
+    #[error("{0}")]
+    Cache(String),
+}
+
+impl From<CacheError> for ReadError {
+    fn from(e: CacheError) -> Self {
+        ReadError::Cache(e.to_string())
+    }
+}
+
+/// Tuning of the read path.
+#[derive(Debug, Clone)]
+pub struct ReadConfig {
+    /// Largest read-ahead window for a sequential reader, in bytes.
+    pub max_readahead: u64,
+    /// Most blocks fetched by one GET.
+    pub max_run_blocks: u64,
+    /// Most GETs in flight at once, over all objects.
+    pub max_inflight: usize,
+    /// Attempts per run after the store client's own retries gave up.
+    pub attempts: u32,
+}
+
+impl Default for ReadConfig {
+    fn default() -> Self {
+        Self { max_readahead: 64 << 20, max_run_blocks: 8, max_inflight: 16, attempts: 3 }
+    }
+}
+
+/// The version of an object a mount serves: fixed when first seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// The ETag, when the store gives one.
+    pub etag: Option<String>,
+    /// The modification time, used where there is no ETag.
+    pub last_modified: DateTime<Utc>,
+}
+
+impl Pin {
+    /// The pin from an object's listing or HEAD answer.
+    pub fn from_meta(meta: &ObjectMeta) -> Self {
+        Pin { etag: meta.e_tag.clone(), last_modified: meta.last_modified }
+    }
+
+    /// The version string that identifies this pin in the cache and in messages.
+    pub fn version(&self) -> String {
+        match &self.etag {
+            Some(e) => normalize_etag(e).to_string(),
+            None => format!("mtime:{}", self.last_modified.to_rfc3339()),
+        }
+    }
+}
+
+/// ETags differ only by quoting and weakness markers between listings and GETs on some servers.
+fn normalize_etag(e: &str) -> &str {
+    e.trim_start_matches("W/").trim_matches('"')
+}
+
+/// An object as a mount sees it: where it is, its size and its pinned version.
+#[derive(Debug)]
+pub struct Remote {
+    /// The store holding it.
+    pub store: Arc<StoreHandle>,
+    /// Its key in that store.
+    pub key: Path,
+    /// Its URI, for messages.
+    pub uri: String,
+    /// Size fixed at resolution.
+    pub size: u64,
+    /// Version fixed at resolution (or first HEAD).
+    pub pin: Pin,
+}
+
+impl Remote {
+    fn classify(&self, e: object_store::Error) -> StoreError {
+        match StoreError::from_object_store(&self.uri, self.store.bucket.as_deref(), e) {
+            StoreError::Changed { uri, now, .. } => StoreError::Changed { uri, pinned: self.pin.version(), now },
+            other => other,
+        }
+    }
+
+    /// Checks that an answer from the store is still the pinned version.
+    fn check(&self, meta: &ObjectMeta) -> Result<(), StoreError> {
+        let changed = |now: String| StoreError::Changed { uri: self.uri.clone(), pinned: self.pin.version(), now };
+        match (&self.pin.etag, &meta.e_tag) {
+            (Some(p), Some(n)) if normalize_etag(p) != normalize_etag(n) => {
+                return Err(changed(normalize_etag(n).to_string()))
+            }
+            (None, _) if meta.last_modified != self.pin.last_modified => {
+                return Err(changed(format!("mtime:{}", meta.last_modified.to_rfc3339())))
+            }
+            _ => {}
+        }
+        if meta.size != self.size {
+            return Err(changed(format!(
+                "{} (size {} instead of {})",
+                meta.e_tag.as_deref().map(normalize_etag).unwrap_or("?"),
+                meta.size,
+                self.size
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Fixes the version of an object whose listing carried no ETag: one HEAD, before any byte is
+/// served. A size that differs from the listing means the object changed in between.
+pub async fn pin_by_head(store: &Arc<StoreHandle>, key: &Path, uri: &str, listed_size: u64) -> Result<Pin, StoreError> {
+    let meta = store
+        .inner
+        .get_opts(key, GetOptions { head: true, ..Default::default() })
+        .await
+        .map_err(|e| StoreError::from_object_store(uri, store.bucket.as_deref(), e))?
+        .meta;
+    let pin = Pin::from_meta(&meta);
+    if meta.size != listed_size {
+        return Err(StoreError::Changed {
+            uri: uri.to_string(),
+            pinned: format!("listed with size {listed_size}"),
+            now: format!("{} with size {}", pin.version(), meta.size),
+        });
+    }
+    Ok(pin)
+}
+
+/// Per-handle memory of where the last read ended, to spot sequential readers.
+#[derive(Debug, Default)]
+pub struct Sequential {
+    next: u64,
+    window: u64,
+}
+
+/// An object open for reading: the remote side and its cache entry.
+pub struct OpenObject {
+    /// Where the bytes come from.
+    pub remote: Arc<Remote>,
+    /// Where they are kept.
+    pub cached: Arc<CachedObject>,
+}
+
+/// Serves reads of open objects; shared by every file of a daemon.
+pub struct Reader {
+    cfg: ReadConfig,
+    inflight: Arc<Semaphore>,
+}
+
+/// Where a read-ahead window starts when a reader turns out to be sequential.
+const INITIAL_WINDOW_BLOCKS: u64 = 2;
+
+impl Reader {
+    /// A reader with this tuning.
+    pub fn new(cfg: ReadConfig) -> Self {
+        let inflight = Arc::new(Semaphore::new(cfg.max_inflight.max(1)));
+        Self { cfg, inflight }
+    }
+
+    /// Reads up to `len` bytes at `offset`, fetching what is missing.
+    pub async fn read(
+        &self,
+        obj: &OpenObject,
+        seq: &Mutex<Sequential>,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<u8>, ReadError> {
+        let cached = &obj.cached;
+        let size = cached.size();
+        if offset >= size || len == 0 {
+            return Ok(Vec::new());
+        }
+        let end = (offset + len as u64).min(size);
+        let bs = cached.block_size();
+        let needed = offset / bs..(end - 1) / bs + 1;
+        let ahead = self.readahead(seq, offset, end, bs, cached.block_count(), needed.end);
+        for round in 0..4 {
+            self.start_fetches(obj, needed.clone());
+            if round == 0 && !ahead.is_empty() {
+                self.start_fetches(obj, ahead.clone());
+            }
+            match wait_present(cached, needed.clone()).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            let c = cached.clone();
+            let res = tokio::task::spawn_blocking(move || c.read_cached(offset, (end - offset) as usize))
+                .await
+                .map_err(|e| ReadError::Cache(format!("read task failed: {e}")))?;
+            match res {
+                Ok(buf) => return Ok(buf),
+                Err(CacheError::Corrupt { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ReadError::Cache(format!("{}: blocks kept disappearing from the cache", obj.remote.uri)))
+    }
+
+    fn readahead(&self, seq: &Mutex<Sequential>, offset: u64, end: u64, bs: u64, blocks: u64, from: u64) -> Range<u64> {
+        let mut s = seq.lock().unwrap_or_else(|e| e.into_inner());
+        // The kernel sends read-ahead requests slightly out of order: tolerate a little jitter.
+        let slack = 2 * bs;
+        let sequential = offset <= s.next + slack && offset + slack >= s.next;
+        s.window = if sequential {
+            (s.window * 2).clamp(INITIAL_WINDOW_BLOCKS * bs, self.cfg.max_readahead.max(bs))
+        } else {
+            0
+        };
+        s.next = s.next.max(end);
+        if !sequential {
+            s.next = end;
+        }
+        let n = s.window / bs;
+        from..(from + n).min(blocks)
+    }
+
+    fn start_fetches(&self, obj: &OpenObject, range: Range<u64>) {
+        let runs = obj.cached.claim_missing(range, || Arc::new(InFlight::default()), self.cfg.max_run_blocks);
+        for (run, flight) in runs {
+            let remote = obj.remote.clone();
+            let cached = obj.cached.clone();
+            let sem = self.inflight.clone();
+            let attempts = self.cfg.attempts;
+            tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                fetch_run(&remote, &cached, run, flight, attempts).await;
+            });
+        }
+    }
+}
+
+/// Waits until every block of `range` is present. `Ok(false)`: some block went back to missing
+/// without an error (dropped as corrupt): claim again.
+async fn wait_present(cached: &CachedObject, range: Range<u64>) -> Result<bool, StoreError> {
+    let mut last_flight: Option<Arc<InFlight>> = None;
+    loop {
+        let notified = cached.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let mut pending = false;
+        for i in range.clone() {
+            match cached.state(i) {
+                BlockState::Present { .. } => {}
+                BlockState::Fetching(f) => {
+                    if let Some(e) = f.error.get() {
+                        return Err(e.clone());
+                    }
+                    last_flight = Some(f);
+                    pending = true;
+                    break;
+                }
+                BlockState::Missing => {
+                    if let Some(e) = last_flight.as_ref().and_then(|f| f.error.get()) {
+                        return Err(e.clone());
+                    }
+                    return Ok(false);
+                }
+            }
+        }
+        if !pending {
+            return Ok(true);
+        }
+        notified.await;
+    }
+}
+
+async fn fetch_run(remote: &Remote, cached: &Arc<CachedObject>, run: Range<u64>, flight: Arc<InFlight>, attempts: u32) {
+    let mut next = run.start;
+    let mut attempt = 0;
+    loop {
+        match fetch_blocks(remote, cached, next..run.end, &mut next).await {
+            Ok(()) => return,
+            Err(e) if e.is_transient() && attempt + 1 < attempts => {
+                attempt += 1;
+                tracing::debug!(uri = %remote.uri, error = %e, attempt, "retrying a failed read");
+                tokio::time::sleep(Duration::from_millis(200 << (2 * attempt))).await;
+            }
+            Err(e) => {
+                match &e {
+                    StoreError::Changed { uri, pinned, now } => tracing::error!(
+                        "{uri}: the object changed under the mount (pinned version {pinned}, store now has {now}); reads fail with EIO"
+                    ),
+                    other => tracing::error!("read failed: {other}"),
+                }
+                let _ = flight.error.set(e);
+                cached.release_failed(run, &flight);
+                return;
+            }
+        }
+    }
+}
+
+/// One ranged GET for `blocks`; stores each block as soon as its bytes are in.
+async fn fetch_blocks(
+    remote: &Remote,
+    cached: &Arc<CachedObject>,
+    blocks: Range<u64>,
+    next: &mut u64,
+) -> Result<(), StoreError> {
+    if blocks.is_empty() {
+        return Ok(());
+    }
+    let start = cached.block_range(blocks.start).start;
+    let end = cached.block_range(blocks.end - 1).end;
+    let opts = GetOptions {
+        range: Some(GetRange::Bounded(start..end)),
+        if_match: remote.pin.etag.clone(),
+        ..Default::default()
+    };
+    let res = remote.store.inner.get_opts(&remote.key, opts).await.map_err(|e| remote.classify(e))?;
+    remote.check(&res.meta)?;
+    if res.range != (start..end) {
+        return Err(StoreError::Other {
+            uri: remote.uri.clone(),
+            cause: format!("asked for bytes {start}..{end}, the store sent {:?}", res.range),
+        });
+    }
+    let mut stream = res.into_stream();
+    let mut idx = blocks.start;
+    let mut want = cached.block_range(idx);
+    let mut buf: Vec<u8> = Vec::with_capacity((want.end - want.start) as usize);
+    while let Some(chunk) = stream.next().await {
+        let mut chunk = chunk.map_err(|e| remote.classify(e))?;
+        while chunk.has_remaining() {
+            if idx >= blocks.end {
+                return Err(StoreError::Other {
+                    uri: remote.uri.clone(),
+                    cause: "the store sent more bytes than asked for".into(),
+                });
+            }
+            let need = (want.end - want.start) as usize - buf.len();
+            let take = need.min(chunk.len());
+            buf.extend_from_slice(&chunk[..take]);
+            chunk.advance(take);
+            if buf.len() as u64 == want.end - want.start {
+                let data = std::mem::take(&mut buf);
+                let c = cached.clone();
+                tokio::task::spawn_blocking(move || c.store_block(idx, &data))
+                    .await
+                    .map_err(|e| StoreError::Other {
+                        uri: remote.uri.clone(),
+                        cause: format!("cache write task failed: {e}"),
+                    })?
+                    .map_err(|e| StoreError::Other {
+                        uri: remote.uri.clone(),
+                        cause: format!("could not write the cache: {e}"),
+                    })?;
+                idx += 1;
+                *next = idx;
+                if idx < blocks.end {
+                    want = cached.block_range(idx);
+                    buf = Vec::with_capacity((want.end - want.start) as usize);
+                }
+            }
+        }
+    }
+    if idx < blocks.end {
+        return Err(StoreError::Unreachable { uri: remote.uri.clone(), cause: "the response ended early".into() });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

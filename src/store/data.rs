@@ -1,0 +1,53 @@
+//! The data store: where datumfs keeps its own records (`--store URL`, default an embedded local
+//! store under `$DATUMFS_HOME/store`). Records live under a reserved `.datumfs/` prefix.
+
+use super::{StoreError, StoreHandle, StoreRegistry};
+use crate::inputs::uri::{self, Scheme};
+use object_store::path::Path;
+use std::sync::Arc;
+
+/// An opened data store and the prefix everything of datumfs lives under.
+#[derive(Debug, Clone)]
+pub struct DataStore {
+    /// The store client.
+    pub handle: Arc<StoreHandle>,
+    /// Key prefix (no trailing `/`; empty for the store's root).
+    pub prefix: String,
+    /// The URL as given, for messages.
+    pub url: String,
+}
+
+/// The reserved prefix for datumfs's records.
+pub const RESERVED: &str = ".datumfs";
+
+impl DataStore {
+    /// Opens the data store at `url` (a directory for local stores, created if missing).
+    pub fn open(url: &str, registry: &StoreRegistry) -> Result<Self, StoreError> {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+        let parsed =
+            uri::parse(url, &cwd).map_err(|e| StoreError::BadUri { uri: url.to_string(), reason: e.to_string() })?;
+        if parsed.scheme == Scheme::Http {
+            return Err(StoreError::BadUri {
+                uri: url.to_string(),
+                reason: "an http(s) URL cannot be a data store".into(),
+            });
+        }
+        if parsed.scheme == Scheme::File {
+            let dir = std::path::Path::new("/").join(&parsed.key);
+            crate::cache::create_private_dir(&dir)
+                .map_err(|e| StoreError::Other { uri: url.to_string(), cause: e.to_string() })?;
+        }
+        let handle = registry.open(&parsed)?;
+        Ok(Self { handle, prefix: parsed.key.trim_matches('/').to_string(), url: url.to_string() })
+    }
+
+    /// The key of a record `rel` under the reserved prefix.
+    pub fn record_key(&self, rel: &str) -> Path {
+        let full = if self.prefix.is_empty() {
+            format!("{RESERVED}/{rel}")
+        } else {
+            format!("{}/{RESERVED}/{rel}", self.prefix)
+        };
+        Path::from(full)
+    }
+}

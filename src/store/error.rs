@@ -1,0 +1,154 @@
+//! Errors from talking to an object store, each naming the URI it concerns.
+
+use thiserror::Error;
+
+/// A failed store operation, classified so callers (and users) can tell what to do.
+#[derive(Debug, Error, Clone)]
+pub enum StoreError {
+    /// The URI could not be turned into a store (bad form, unknown scheme).
+    #[error("{uri}: {reason}")]
+    BadUri {
+        /// The URI as given.
+        uri: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No credentials were found for a store that needs them.
+    #[error("{uri}: no credentials found: {hint}")]
+    MissingCredentials {
+        /// The URI being opened.
+        uri: String,
+        /// Which variables or files would provide them.
+        hint: String,
+    },
+    /// The bucket or container does not exist.
+    #[error("{uri}: bucket '{bucket}' does not exist")]
+    NoSuchBucket {
+        /// The URI being read.
+        uri: String,
+        /// The missing bucket.
+        bucket: String,
+    },
+    /// The object does not exist.
+    #[error("{uri}: no such object")]
+    NotFound {
+        /// The missing object's URI.
+        uri: String,
+    },
+    /// The credentials were refused.
+    #[error("{uri}: access denied: {cause}")]
+    AccessDenied {
+        /// The URI being read.
+        uri: String,
+        /// The store's answer.
+        cause: String,
+    },
+    /// The endpoint could not be reached (after retries).
+    #[error("{uri}: store unreachable: {cause}")]
+    Unreachable {
+        /// The URI being read.
+        uri: String,
+        /// The network error.
+        cause: String,
+    },
+    /// The object is no longer the version this mount pinned.
+    #[error("{uri}: object changed since it was pinned (pinned version {pinned}, store now has {now})")]
+    Changed {
+        /// The object's URI.
+        uri: String,
+        /// The ETag or version pinned at resolution.
+        pinned: String,
+        /// What the store answered now (or "unknown" for a refused precondition).
+        now: String,
+    },
+    /// Anything else the store reported.
+    #[error("{uri}: {cause}")]
+    Other {
+        /// The URI being accessed.
+        uri: String,
+        /// The store's error chain.
+        cause: String,
+    },
+}
+
+impl StoreError {
+    /// Whether retrying the same request may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unreachable { .. } | StoreError::Other { .. })
+    }
+
+    /// Classifies an object_store error for `uri`; `bucket` names the bucket when there is one.
+    pub fn from_object_store(uri: &str, bucket: Option<&str>, err: object_store::Error) -> Self {
+        let chain = error_chain(&err);
+        let uri = uri.to_string();
+        match err {
+            object_store::Error::NotFound { .. } => {
+                if chain.contains("NoSuchBucket") || chain.contains("ContainerNotFound") {
+                    StoreError::NoSuchBucket { uri, bucket: bucket.unwrap_or_default().to_string() }
+                } else {
+                    StoreError::NotFound { uri }
+                }
+            }
+            object_store::Error::Precondition { .. } => {
+                StoreError::Changed { uri, pinned: "?".into(), now: "unknown (precondition failed)".into() }
+            }
+            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+                StoreError::AccessDenied { uri, cause: short_cause(&chain) }
+            }
+            _ => classify_by_text(uri, bucket, &chain),
+        }
+    }
+}
+
+fn classify_by_text(uri: String, bucket: Option<&str>, chain: &str) -> StoreError {
+    let lower = chain.to_ascii_lowercase();
+    if chain.contains("NoSuchBucket") {
+        return StoreError::NoSuchBucket { uri, bucket: bucket.unwrap_or_default().to_string() };
+    }
+    if chain.contains("AccessDenied")
+        || chain.contains("InvalidAccessKeyId")
+        || chain.contains("SignatureDoesNotMatch")
+        || lower.contains("403 forbidden")
+        || lower.contains("401 unauthorized")
+    {
+        return StoreError::AccessDenied { uri, cause: short_cause(chain) };
+    }
+    if lower.contains("connection refused")
+        || lower.contains("error sending request")
+        || lower.contains("dns error")
+        || lower.contains("timed out")
+        || lower.contains("connect")
+    {
+        return StoreError::Unreachable { uri, cause: short_cause(chain) };
+    }
+    StoreError::Other { uri, cause: short_cause(chain) }
+}
+
+/// The error and its sources as one line.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = e.source();
+    }
+    out
+}
+
+/// Keeps a store's error readable on one line: no newlines, bounded length.
+fn short_cause(chain: &str) -> String {
+    let one_line: String = chain.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.len() > 400 {
+        let mut end = 400;
+        while !one_line.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}...", &one_line[..end])
+    } else {
+        one_line
+    }
+}
