@@ -68,6 +68,15 @@ pub struct ObjectRecord {
     pub checksums: Option<Checksums>,
 }
 
+/// A remembered object version: what a HEAD answered.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PinRecord {
+    /// The ETag, if the store gave one.
+    pub etag: Option<String>,
+    /// The modification time (RFC 3339).
+    pub last_modified: String,
+}
+
 /// Identity of a cached object: sha256 of (store URL, key, version).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ObjectId(pub [u8; 32]);
@@ -102,6 +111,7 @@ pub struct CacheStats {
 
 pub(crate) struct CacheShared {
     pub(crate) dir: PathBuf,
+    pub(crate) pins: sled::Tree,
     pub(crate) objects: sled::Tree,
     pub(crate) blocks: sled::Tree,
     pub(crate) stats: CacheStats,
@@ -140,8 +150,15 @@ impl Cache {
             .map_err(|error| CacheError::Index { path: index.clone(), error })?;
         let objects = db.open_tree("objects").map_err(|error| CacheError::Index { path: index.clone(), error })?;
         let blocks = db.open_tree("blocks").map_err(|error| CacheError::Index { path: index.clone(), error })?;
+        let pins = db.open_tree("pins").map_err(|error| CacheError::Index { path: index.clone(), error })?;
         Ok(Self {
-            shared: Arc::new(CacheShared { dir: dir.to_path_buf(), objects, blocks, stats: CacheStats::default() }),
+            shared: Arc::new(CacheShared {
+                dir: dir.to_path_buf(),
+                pins,
+                objects,
+                blocks,
+                stats: CacheStats::default(),
+            }),
             db,
             block_size,
             open: Mutex::new(HashMap::new()),
@@ -224,6 +241,22 @@ impl Cache {
         let obj = CachedObject::new(id, path, file, record, crcs, self.shared.clone());
         obj.touch();
         Ok(obj)
+    }
+
+    /// Remembers the version an object had when it was listed with this size and modification
+    /// time, for stores whose listings carry no ETag: a later mount that lists the same size and
+    /// time reuses the version (and the cached blocks) without a HEAD.
+    pub fn remember_version(&self, store_url: &str, key: &str, size: u64, listed_mtime: &str, version: &PinRecord) {
+        let k = ObjectId::of(store_url, key, &format!("{size}@{listed_mtime}"));
+        if let Ok(v) = serde_json::to_vec(version) {
+            let _ = self.shared.pins.insert(k.0, v);
+        }
+    }
+
+    /// The version remembered for an object listed with this size and modification time.
+    pub fn recall_version(&self, store_url: &str, key: &str, size: u64, listed_mtime: &str) -> Option<PinRecord> {
+        let k = ObjectId::of(store_url, key, &format!("{size}@{listed_mtime}"));
+        serde_json::from_slice(&self.shared.pins.get(k.0).ok().flatten()?).ok()
     }
 
     /// Checksums recorded for an object version, without opening it.

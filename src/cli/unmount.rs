@@ -17,8 +17,12 @@ pub struct UnmountArgs {
     force: bool,
 }
 
+/// Whether process `pid` still runs (a zombie waiting for its parent counts as gone).
 fn pid_alive(pid: u32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
 }
 
 /// Runs `datumfs unmount`.

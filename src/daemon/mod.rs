@@ -187,6 +187,7 @@ fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<(
     let _lock = lock_cache_dir(&cfg.cache_dir)?;
     logging::init(&cfg.log_file(), &cfg.log_level, cfg.foreground)
         .with_context(|| format!("log file {}", cfg.log_file().display()))?;
+    std::panic::set_hook(Box::new(|info| tracing::error!("internal error (please report it): {info}")));
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)

@@ -6,11 +6,11 @@ pub mod error;
 mod inputs_json;
 pub mod tree;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, PinRecord};
 use crate::checksum::Checksums;
 use crate::inputs::integrity::{self, IntegrityRecord};
 use crate::inputs::resolve;
-use crate::reader::{self, OpenObject, Reader, Remote, Sequential};
+use crate::reader::{self, OpenObject, Pin, Reader, Remote, Sequential};
 use crate::store::data::DataStore;
 pub use error::FsError;
 use std::collections::{BTreeMap, HashMap};
@@ -291,7 +291,18 @@ impl Fs {
         let e = &f.entry;
         let pin = f
             .pin
-            .get_or_try_init(|| reader::pin_by_head(&e.store, &e.key, &e.uri, e.size))
+            .get_or_try_init(|| async {
+                let listed = chrono::DateTime::<chrono::Utc>::from(e.mtime).to_rfc3339();
+                if let Some(rec) = self.cache.recall_version(&e.store.url, e.key.as_ref(), e.size, &listed) {
+                    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&rec.last_modified) {
+                        return Ok(Pin { etag: rec.etag, last_modified: t.with_timezone(&chrono::Utc) });
+                    }
+                }
+                let pin = reader::pin_by_head(&e.store, &e.key, &e.uri, e.size).await?;
+                let rec = PinRecord { etag: pin.etag.clone(), last_modified: pin.last_modified.to_rfc3339() };
+                self.cache.remember_version(&e.store.url, e.key.as_ref(), e.size, &listed, &rec);
+                Ok::<Pin, crate::store::StoreError>(pin)
+            })
             .await
             .map_err(|err| {
                 tracing::error!("{}: {err}", self.mount_path(node));

@@ -451,7 +451,11 @@ mod tests {
         reg.register("s3://b", h);
         let r = resolve(&spec(uris, keep), &reg, std::path::Path::new("/")).await?;
         match r.root {
-            InputRoot::Files(f) => Ok(f.into_iter().map(|(rel, _)| rel.join("/")).collect()),
+            InputRoot::Files(f) => {
+                let mut v: Vec<String> = f.into_iter().map(|(rel, _)| rel.join("/")).collect();
+                v.sort();
+                Ok(v)
+            }
             InputRoot::Lazy { root, .. } => Ok(root.files.keys().chain(root.dirs.keys()).cloned().collect()),
         }
     }
@@ -460,9 +464,9 @@ mod tests {
     async fn keep_directories_for_wildcards() {
         let keys = ["img/a/1.jpg", "img/b/2.jpg", "img/b/3.png", "img/4.jpg"];
         let none = resolved(&keys, &["s3://b/img/**/*.jpg"], KeepDirectories::None).await.unwrap();
-        assert_eq!(none, vec!["1.jpg", "2.jpg"]);
+        assert_eq!(none, vec!["1.jpg", "2.jpg", "4.jpg"], "** also matches no directory at all");
         let suffix = resolved(&keys, &["s3://b/img/**/*.jpg"], KeepDirectories::Suffix).await.unwrap();
-        assert_eq!(suffix, vec!["a/1.jpg", "b/2.jpg"]);
+        assert_eq!(suffix, vec!["4.jpg", "a/1.jpg", "b/2.jpg"]);
         let full = resolved(&keys, &["s3://b/img/*.jpg"], KeepDirectories::Full).await.unwrap();
         assert_eq!(full, vec!["img/4.jpg"]);
         let clash = resolved(&["x/a/1.jpg", "x/b/1.jpg"], &["s3://b/x/**"], KeepDirectories::None).await.unwrap_err();

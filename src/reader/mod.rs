@@ -228,11 +228,8 @@ impl Reader {
         // The kernel sends read-ahead requests slightly out of order: tolerate a little jitter.
         let slack = 2 * bs;
         let sequential = offset <= s.next + slack && offset + slack >= s.next;
-        s.window = if sequential {
-            (s.window * 2).clamp(INITIAL_WINDOW_BLOCKS * bs, self.cfg.max_readahead.max(bs))
-        } else {
-            0
-        };
+        let max = self.cfg.max_readahead.max(bs);
+        s.window = if sequential { (s.window * 2).clamp((INITIAL_WINDOW_BLOCKS * bs).min(max), max) } else { 0 };
         s.next = s.next.max(end);
         if !sequential {
             s.next = end;

@@ -1,0 +1,361 @@
+//! Test harness shared by the integration tests: a real S3 server (s3s-fs) on 127.0.0.1 that
+//! can be stopped and restarted on the same port, a request log to prove what was (not)
+//! downloaded, and `TestMount`, a real FUSE mount of the datumfs binary that is always
+//! unmounted and whose process is stopped by PID, even when the test panics.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const ACCESS_KEY: &str = "testkey";
+pub const SECRET_KEY: &str = "testsecret";
+
+/// One request the S3 server saw.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub range: Option<String>,
+}
+
+impl Logged {
+    /// A GET of an object's bytes (not a listing).
+    pub fn is_object_get(&self) -> bool {
+        self.method == "GET"
+            && !self.query.contains("list-type")
+            && !self.query.contains("delimiter")
+            && self.path.matches('/').count() >= 2
+    }
+}
+
+/// An in-process s3s-fs server. Buckets are directories under `root`.
+pub struct S3Server {
+    pub root: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<Vec<Logged>>>,
+    rt: tokio::runtime::Runtime,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl S3Server {
+    /// Starts a server on a free loopback port. Panics (fails the test) if it cannot.
+    pub fn start() -> Self {
+        let root = tempfile::tempdir().expect("temp dir for the S3 server");
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a loopback port for the S3 server");
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let mut s = Self { root, addr, log: Arc::new(Mutex::new(Vec::new())), rt, task: None };
+        s.resume();
+        s
+    }
+
+    /// (Re)starts serving on the same port.
+    pub fn resume(&mut self) {
+        assert!(self.task.is_none(), "server already running");
+        let fs = s3s_fs::FileSystem::new(self.root.path()).expect("s3s-fs on the temp dir");
+        let mut b = s3s::service::S3ServiceBuilder::new(fs);
+        b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let service = b.build();
+        let log = self.log.clone();
+        let addr = self.addr;
+        let listener = {
+            let _g = self.rt.enter();
+            let mut tries = 0;
+            loop {
+                match std::net::TcpListener::bind(addr) {
+                    Ok(l) => {
+                        l.set_nonblocking(true).unwrap();
+                        break tokio::net::TcpListener::from_std(l).unwrap();
+                    }
+                    Err(e) if tries < 50 => {
+                        tries += 1;
+                        let _ = e;
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(e) => panic!("the S3 server could not bind {addr}: {e}"),
+                }
+            }
+        };
+        self.task = Some(self.rt.spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((sock, _)) = listener.accept().await else { continue };
+                let _ = sock.set_nodelay(true);
+                let service = service.clone();
+                let log = log.clone();
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        log.lock().unwrap().push(Logged {
+                            method: req.method().to_string(),
+                            path: req.uri().path().to_string(),
+                            query: req.uri().query().unwrap_or_default().to_string(),
+                            range: req.headers().get("range").and_then(|v| v.to_str().ok()).map(str::to_string),
+                        });
+                        hyper::service::Service::call(&service, req)
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
+                        .await;
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        }));
+        // Wait until it answers.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "the S3 server did not start on {addr}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops serving: the port refuses connections and open connections are dropped.
+    pub fn stop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = self.rt.block_on(t);
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Writes an object (creating the bucket directory).
+    pub fn put(&self, bucket: &str, key: &str, data: &[u8]) {
+        let p = self.root.path().join(bucket).join(key);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+
+    pub fn bucket(&self, bucket: &str) {
+        std::fs::create_dir_all(self.root.path().join(bucket)).unwrap();
+    }
+
+    pub fn requests(&self) -> Vec<Logged> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn clear_log(&self) {
+        self.log.lock().unwrap().clear();
+    }
+
+    /// The environment a datumfs process needs to reach this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL".into(), self.endpoint()),
+            ("AWS_ALLOW_HTTP".into(), "true".into()),
+            ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Whether FUSE tests can run; with DATUMFS_REQUIRE_FUSE=1 a missing /dev/fuse fails the test.
+pub fn fuse_available() -> bool {
+    if Path::new("/dev/fuse").exists() {
+        return true;
+    }
+    if std::env::var("DATUMFS_REQUIRE_FUSE").as_deref() == Ok("1") {
+        panic!("/dev/fuse is missing and DATUMFS_REQUIRE_FUSE=1");
+    }
+    eprintln!("SKIPPED: /dev/fuse is missing (set DATUMFS_REQUIRE_FUSE=1 to make this a failure)");
+    false
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_datumfs")
+}
+
+/// A clean environment for datumfs commands: no AWS settings from the host.
+pub fn command(home: &Path, env: &[(String, String)]) -> Command {
+    let mut c = Command::new(bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") || k.starts_with("DATUMFS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("DATUMFS_HOME", home).env("HOME", home);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    text.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// A datumfs mount in the foreground, owned by the test. Dropping it unmounts and stops the
+/// process by PID.
+pub struct TestMount {
+    pub dir: tempfile::TempDir,
+    pub mnt: PathBuf,
+    pub home: PathBuf,
+    pub cache: PathBuf,
+    pub child: Option<Child>,
+    pub env: Vec<(String, String)>,
+}
+
+impl TestMount {
+    /// Mounts with `args` (after `mount MNT --foreground --cache-dir CACHE`), in a fresh temp dir.
+    pub fn new(args: &[&str], env: &[(String, String)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cache = dir.path().join("cache");
+        Self::with_cache(dir, cache, args, env)
+    }
+
+    /// Mounts again on an existing cache dir (the `dir` keeps mount, home and cache together).
+    pub fn with_cache(dir: tempfile::TempDir, cache: PathBuf, args: &[&str], env: &[(String, String)]) -> Self {
+        let mnt = dir.path().join("mnt");
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(&mnt).unwrap();
+        std::fs::create_dir_all(&home).unwrap();
+        let mut m = Self { dir, mnt, home, cache, child: None, env: env.to_vec() };
+        m.start(args);
+        m
+    }
+
+    fn start(&mut self, args: &[&str]) {
+        let log = std::fs::File::create(self.dir.path().join("fg.log")).unwrap();
+        let mut c = command(&self.home, &self.env);
+        c.arg("mount").arg(&self.mnt).arg("--foreground").arg("--cache-dir").arg(&self.cache).args(args);
+        c.stdout(Stdio::null()).stderr(log);
+        let child = c.spawn().expect("spawning datumfs mount");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !is_mounted(&self.mnt) {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("datumfs mount exited with {status}: {}", self.log());
+            }
+            assert!(Instant::now() < deadline, "not mounted after 30 s: {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("fg.log")).unwrap_or_default()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Runs a datumfs subcommand with this mount's environment.
+    pub fn run(&self, args: &[&str]) -> Output {
+        command(&self.home, &self.env).args(args).output().expect("running datumfs")
+    }
+
+    /// Unmounts through `datumfs unmount` and waits for the process to end.
+    pub fn unmount(&mut self) {
+        let out = self.run(&["unmount", self.mnt.to_str().unwrap()]);
+        assert!(out.status.success(), "datumfs unmount failed: {}", String::from_utf8_lossy(&out.stderr));
+        self.wait_exit();
+    }
+
+    fn wait_exit(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) => break,
+                    _ if Instant::now() > deadline => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+    }
+
+    /// Kills the daemon with SIGKILL (a crash) and cleans up the dead mount.
+    pub fn crash(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
+
+    /// Unmounts and hands back the temp dir so the cache can be mounted again.
+    pub fn into_parts(mut self) -> (tempfile::TempDir, PathBuf) {
+        self.unmount();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        (dir, self.cache.clone())
+    }
+}
+
+impl Drop for TestMount {
+    fn drop(&mut self) {
+        if is_mounted(&self.mnt) {
+            let _ = command(&self.home, &self.env).args(["unmount", "--force", self.mnt.to_str().unwrap()]).output();
+        }
+        if let Some(mut c) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    r.fill_bytes(&mut v);
+    v
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Reads `len` bytes at `offset` with pread.
+pub fn pread(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        let n = f.read_at(&mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    buf.truncate(done);
+    Ok(buf)
+}
+
+pub fn xattr(path: &Path, name: &str) -> Option<String> {
+    let out = Command::new("getfattr").args(["--only-values", "-n", name]).arg(path).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).to_string())
+}
