@@ -19,7 +19,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Mount inputs (read-only, lazily fetched, cached) and outputs at MOUNTPOINT.
-    Mount(mount::MountArgs),
+    Mount(Box<mount::MountArgs>),
     /// Unmount a datumfs mount and stop its daemon.
     Unmount(unmount::UnmountArgs),
     /// Show what a mount (or every datumfs mount) serves, its cache and the checksums read.
@@ -30,7 +30,7 @@ enum Command {
 pub fn run() -> Result<i32> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Mount(a) => mount::run(a),
+        Command::Mount(a) => mount::run(*a),
         Command::Unmount(a) => unmount::run(a),
         Command::Status(a) => status::run(a),
     }

@@ -18,7 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The control socket of the daemon owning `cache_dir` (kept short: socket paths are limited).
 pub fn control_socket(cache_dir: &Path) -> PathBuf {
@@ -225,13 +225,12 @@ fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<(
     }
 
     let adapter = FuseAdapter::new(fs.clone(), cfg.uid, cfg.gid, cfg.read_ahead.min(u32::MAX as u64) as u32);
-    let mut session = fuser::Session::new(adapter, &cfg.mountpoint, &mount_options(cfg))
+    let session = fuser::Session::new(adapter, &cfg.mountpoint, &mount_options(cfg))
         .with_context(|| format!("mounting {}", cfg.mountpoint.display()))?;
-    let unmounter = Arc::new(Mutex::new(session.unmount_callable()));
 
     {
         let fs = fs.clone();
-        let unmounter = unmounter.clone();
+        let mountpoint = cfg.mountpoint.clone();
         let cfg_json = serde_json::json!({
             "cache_size": cfg.cache_size,
             "block_size": cfg.block_size,
@@ -252,7 +251,8 @@ fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<(
                 }
             }
             Request::Unmount => {
-                let res = unmounter.lock().unwrap_or_else(|e| e.into_inner()).unmount();
+                // The session ends once the kernel drops the mount; EBUSY (open files) is reported.
+                let res = mounts::unmount(&mountpoint);
                 Response {
                     version: PROTOCOL_VERSION,
                     ok: res.is_ok(),
@@ -264,7 +264,6 @@ fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<(
         }));
     }
     {
-        let unmounter = unmounter.clone();
         let mountpoint = cfg.mountpoint.clone();
         runtime.spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
@@ -275,7 +274,7 @@ fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<(
             };
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {}, _ = hup.recv() => {} }
             tracing::info!("signal received: unmounting {}", mountpoint.display());
-            if unmounter.lock().unwrap_or_else(|e| e.into_inner()).unmount().is_err() {
+            if mounts::unmount(&mountpoint).is_err() {
                 let _ = mounts::detach(&mountpoint);
             }
         });

@@ -66,6 +66,23 @@ pub fn is_dead(path: &Path) -> bool {
     matches!(std::fs::metadata(path), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
 }
 
+/// Unmounts `path`; fails with EBUSY while files are open. Non-root users go through
+/// `fusermount3 -u`, as the kernel only lets root unmount directly.
+pub fn unmount(path: &Path) -> std::io::Result<()> {
+    match nix::mount::umount2(path, nix::mount::MntFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EPERM) => {
+            let out = std::process::Command::new("fusermount3").arg("-u").arg(path).output()?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Detaches the mount at `path` (lazy unmount): used on dead mounts and forced unmounts.
 pub fn detach(path: &Path) -> std::io::Result<()> {
     nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH).map_err(std::io::Error::from)

@@ -208,7 +208,7 @@ pub async fn resolve(
         if u.selection == Selection::Prefix {
             let store = registry.open(u).map_err(store_err)?;
             let prefix = key_path(u, &u.key).map_err(uri_err)?;
-            let root = list_dir(&store, prefix.as_ref()).await.map_err(store_err)?;
+            let root = list_dir(&store, prefix.as_ref()).await.map_err(|e| store_err(e.for_uri(&u.original)))?;
             if root.files.is_empty() && root.dirs.is_empty() && !spec.optional {
                 check_bucket(&store, u).await.map_err(store_err)?;
                 return Err(layout_err(format!("{} matches no objects", u.original)));

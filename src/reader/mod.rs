@@ -297,7 +297,7 @@ async fn fetch_run(remote: &Remote, cached: &Arc<CachedObject>, run: Range<u64>,
             Err(e) if e.is_transient() && attempt + 1 < attempts => {
                 attempt += 1;
                 tracing::debug!(uri = %remote.uri, error = %e, attempt, "retrying a failed read");
-                tokio::time::sleep(Duration::from_millis(200 << (2 * attempt))).await;
+                tokio::time::sleep(Duration::from_millis(100 << (2 * attempt))).await;
             }
             Err(e) => {
                 match &e {

@@ -61,6 +61,17 @@ pub enum StoreError {
         /// What the store answered now (or "unknown" for a refused precondition).
         now: String,
     },
+    /// The store lists a key that object_store refuses to parse (`.`/`..` or empty segments,
+    /// control characters); the listing page that holds it cannot be used.
+    #[error("{uri}: the store lists the key {key:?}, which is unsafe as a path ({reason}); list a prefix or wildcard that excludes it")]
+    UnsafeKey {
+        /// The URI being listed.
+        uri: String,
+        /// The offending key.
+        key: String,
+        /// Why it is unsafe.
+        reason: String,
+    },
     /// Anything else the store reported.
     #[error("{uri}: {cause}")]
     Other {
@@ -92,10 +103,42 @@ impl StoreError {
             object_store::Error::Precondition { .. } => {
                 StoreError::Changed { uri, pinned: "?".into(), now: "unknown (precondition failed)".into() }
             }
+            object_store::Error::InvalidPath { source } => unsafe_key(uri, &source),
             object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
                 StoreError::AccessDenied { uri, cause: short_cause(&chain) }
             }
             _ => classify_by_text(uri, bucket, &chain),
+        }
+    }
+}
+
+fn unsafe_key(uri: String, err: &object_store::path::Error) -> StoreError {
+    let text = err.to_string();
+    let key = text.split('"').nth(1).unwrap_or_default().to_string();
+    let reason = if text.contains("empty segment") {
+        "an empty path segment"
+    } else if key.split('/').any(|s| s == "." || s == "..") {
+        "a '.' or '..' segment"
+    } else {
+        "a control character"
+    };
+    StoreError::UnsafeKey { uri, key, reason: reason.to_string() }
+}
+
+impl StoreError {
+    /// The same error, naming `uri` (the URI as the user wrote it) instead.
+    pub fn for_uri(self, shown: &str) -> Self {
+        let uri = shown.to_string();
+        match self {
+            StoreError::BadUri { reason, .. } => StoreError::BadUri { uri, reason },
+            StoreError::MissingCredentials { hint, .. } => StoreError::MissingCredentials { uri, hint },
+            StoreError::NoSuchBucket { bucket, .. } => StoreError::NoSuchBucket { uri, bucket },
+            StoreError::NotFound { .. } => StoreError::NotFound { uri },
+            StoreError::AccessDenied { cause, .. } => StoreError::AccessDenied { uri, cause },
+            StoreError::Unreachable { cause, .. } => StoreError::Unreachable { uri, cause },
+            StoreError::Changed { pinned, now, .. } => StoreError::Changed { uri, pinned, now },
+            StoreError::UnsafeKey { key, reason, .. } => StoreError::UnsafeKey { uri, key, reason },
+            StoreError::Other { cause, .. } => StoreError::Other { uri, cause },
         }
     }
 }
@@ -139,8 +182,25 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// Keeps a store's error readable on one line: no newlines, bounded length.
+fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let start = text.find(open)? + open.len();
+    let end = text[start..].find(close)? + start;
+    Some(&text[start..end])
+}
+
+/// Keeps a store's error readable on one line: the S3/XML error code and message when there is
+/// one, else the chain without newlines, bounded in length.
 fn short_cause(chain: &str) -> String {
+    if let Some(code) = between(chain, "<Code>", "</Code>") {
+        let status = between(chain, "status code: ", ":").map(|s| format!("{} ", s.trim())).unwrap_or_default();
+        return match between(chain, "<Message>", "</Message>") {
+            Some(msg) => format!("{status}{code}: {msg}"),
+            None => format!("{status}{code}"),
+        };
+    }
+    if let Some(i) = chain.find("Connection refused") {
+        return chain[i..].split(':').next().unwrap_or("Connection refused").trim().to_string();
+    }
     let one_line: String = chain.split_whitespace().collect::<Vec<_>>().join(" ");
     if one_line.len() > 400 {
         let mut end = 400;

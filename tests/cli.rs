@@ -1,0 +1,296 @@
+//! The command-line contract: daemon mode, status, unmount, environment variables, inputs files,
+//! local inputs, and a clear one-line error (non-zero exit, no mount left) for each bad input.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+/// A daemon-mode mount started by a test; unmounted and its process killed by PID on drop.
+struct Daemon {
+    mnt: PathBuf,
+    home: PathBuf,
+    env: Vec<(String, String)>,
+    pid: Option<u32>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if is_mounted(&self.mnt) {
+            let _ = command(&self.home, &self.env).args(["unmount", "--force", self.mnt.to_str().unwrap()]).output();
+        }
+        if let Some(pid) = self.pid {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+fn mount_cmd(dir: &Path, env: &[(String, String)], args: &[&str]) -> Output {
+    std::fs::create_dir_all(dir.join("mnt")).unwrap();
+    command(&dir.join("home"), env)
+        .arg("mount")
+        .arg(dir.join("mnt"))
+        .args(["--cache-dir", dir.join("cache").to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Runs a mount that must fail; returns its stderr after checking nothing was left mounted.
+fn mount_fails(env: &[(String, String)], args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let out = mount_cmd(dir.path(), env, args);
+    let _guard = Daemon { mnt: dir.path().join("mnt"), home: dir.path().join("home"), env: env.to_vec(), pid: None };
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "mount {args:?} succeeded");
+    assert!(!is_mounted(&dir.path().join("mnt")), "a failed mount left a mount behind");
+    assert!(t.elapsed() < Duration::from_secs(60), "failing took {:?}", t.elapsed());
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    err
+}
+
+#[test]
+fn bad_inputs_fail_with_a_clear_message_and_leave_no_mount() {
+    if !fuse_available() {
+        return;
+    }
+    let s3 = S3Server::start();
+    s3.put("goodbkt", "x/a.bin", b"a");
+    let env = s3.env();
+
+    let e = mount_fails(&env, &["--input", "x=s3://no-such-bucket-here/"]);
+    assert!(e.contains("no-such-bucket-here") && e.contains("does not exist"), "{e}");
+    let e = mount_fails(&env, &["--input", "x=s3://no-such-bucket-here/some/key.bin"]);
+    assert!(e.contains("no-such-bucket-here") && e.contains("does not exist"), "{e}");
+    let e = mount_fails(&env, &["--input", "x=s3://goodbkt/x/missing.bin"]);
+    assert!(e.contains("s3://goodbkt/x/missing.bin") && e.contains("no such object"), "{e}");
+    let e = mount_fails(&env, &["--input", "x=s3://goodbkt/nothing-here/"]);
+    assert!(e.contains("matches no objects"), "{e}");
+    let e = mount_fails(&env, &["--input", "x=ftp://host/file"]);
+    assert!(e.contains("unknown scheme 'ftp'"), "{e}");
+    let e = mount_fails(&env, &["--input", "x=s3:///key"]);
+    assert!(e.contains("no bucket name"), "{e}");
+    let e = mount_fails(&env, &["--input", "noequals"]);
+    assert!(e.contains("NAME=URI"), "{e}");
+    let e = mount_fails(&env, &["--input", "x=/no/such/local/path/"]);
+    assert!(e.contains("/no/such/local/path"), "{e}");
+
+    let mut wrong = env.clone();
+    wrong.retain(|(k, _)| k != "AWS_SECRET_ACCESS_KEY");
+    wrong.push(("AWS_SECRET_ACCESS_KEY".into(), "not-the-secret".into()));
+    let e = mount_fails(&wrong, &["--input", "x=s3://goodbkt/x/"]);
+    assert!(e.contains("access denied") && e.contains("s3://goodbkt/x/"), "{e}");
+    assert!(!e.contains("not-the-secret"), "the secret leaked into the message: {e}");
+
+    let none: Vec<_> =
+        env.iter().filter(|(k, _)| !k.starts_with("AWS_ACCESS") && !k.starts_with("AWS_SECRET")).cloned().collect();
+    let e = mount_fails(&none, &["--input", "x=s3://goodbkt/x/"]);
+    assert!(e.contains("no credentials") && e.contains("AWS_ACCESS_KEY_ID"), "{e}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut unreachable = env.clone();
+    unreachable.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
+    unreachable.push(("AWS_ENDPOINT_URL".into(), format!("http://{closed}")));
+    let e = mount_fails(&unreachable, &["--input", "x=s3://goodbkt/x/"]);
+    assert!(e.contains("unreachable") && e.contains("s3://goodbkt/x/"), "{e}");
+
+    let e = mount_fails(&env, &["--input", "x=s3://goodbkt/x/", "--block-size", "1KiB"]);
+    assert!(e.contains("--block-size"), "{e}");
+    // Usage errors come from clap (with its usage hint), still naming the value.
+    let dir = tempfile::tempdir().unwrap();
+    let out = mount_cmd(dir.path(), &env, &["--input", "x=s3://goodbkt/x/", "--cache-size", "lots"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("'lots' is not a size"), "{e}");
+    assert!(!is_mounted(&dir.path().join("mnt")));
+}
+
+#[test]
+fn mountpoint_errors() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("src.txt"), b"x").unwrap();
+    let out = command(&dir.path().join("home"), &[])
+        .args(["mount", dir.path().join("absent").to_str().unwrap(), "--input"])
+        .arg(format!("x={}", dir.path().join("src.txt").display()))
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("does not exist"), "{e}");
+
+    let m = TestMount::new(&["--input", &format!("x={}", dir.path().join("src.txt").display())], &[]);
+    let out = command(&m.home, &[])
+        .args(["mount", m.mnt.to_str().unwrap(), "--cache-dir", dir.path().join("c2").to_str().unwrap(), "--input"])
+        .arg(format!("x={}", dir.path().join("src.txt").display()))
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("busy"), "{e}");
+    // A second daemon on the same cache dir is refused, naming the holder.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let out = command(&m.home, &[])
+        .args(["mount", other.to_str().unwrap(), "--cache-dir", m.cache.to_str().unwrap(), "--input"])
+        .arg(format!("x={}", dir.path().join("src.txt").display()))
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("in use") && e.contains(&m.pid().to_string()), "{e}");
+    assert!(!is_mounted(&other));
+}
+
+#[test]
+fn daemon_mode_status_and_unmount() {
+    if !fuse_available() {
+        return;
+    }
+    let s3 = S3Server::start();
+    let data = bytes(11, 3 << 20);
+    s3.put("dmn", "train/a/x.bin", &data);
+    s3.put("dmn", "labels.csv", b"id,label\n1,cat\n");
+    let dir = tempfile::tempdir().unwrap();
+    // Flags from the environment: DATUMFS_INPUT (several, ';'-separated) and DATUMFS_CACHE_DIR.
+    let mut env = s3.env();
+    env.push(("DATUMFS_INPUT".into(), "images=s3://dmn/train/;labels=s3://dmn/labels.csv".into()));
+    env.push(("DATUMFS_CACHE_DIR".into(), dir.path().join("cache").display().to_string()));
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let home = dir.path().join("home");
+    let t = Instant::now();
+    let out = command(&home, &env).arg("mount").arg(&mnt).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(is_mounted(&mnt), "mount returned before the mount was ready");
+    assert!(t.elapsed() < Duration::from_secs(5), "mount took {:?}", t.elapsed());
+    let mut guard = Daemon { mnt: mnt.clone(), home: home.clone(), env: env.clone(), pid: None };
+
+    assert_eq!(std::fs::read(mnt.join("inputs/labels/labels.csv")).unwrap(), b"id,label\n1,cat\n");
+    assert_eq!(sha256(&std::fs::read(mnt.join("inputs/images/a/x.bin")).unwrap()), sha256(&data));
+    let st = command(&home, &env).args(["status", mnt.to_str().unwrap(), "--json"]).output().unwrap();
+    assert!(st.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    guard.pid = v["pid"].as_u64().map(|p| p as u32);
+    assert_eq!(v["inputs"][0]["name"], "images");
+    assert_eq!(v["cache"]["fetched_bytes"].as_u64().unwrap(), (3 << 20) + 15);
+    assert!(dir.path().join("cache/datumfs.log").exists(), "the daemon logs under the cache dir");
+    let human = command(&home, &env).args(["status"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&human.stdout).contains("s3://dmn/train/"));
+
+    // Cache files are private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.path().join("cache")), 0o700);
+    assert_eq!(mode(&dir.path().join("cache/objects")), 0o700);
+    for e in std::fs::read_dir(dir.path().join("cache/objects")).unwrap() {
+        for f in std::fs::read_dir(e.unwrap().path()).unwrap() {
+            assert_eq!(mode(&f.unwrap().path()), 0o600);
+        }
+    }
+
+    // Unmount refuses while a file is open, then succeeds; the daemon exits.
+    let open = std::fs::File::open(mnt.join("inputs/labels/labels.csv")).unwrap();
+    let out = command(&home, &env).args(["unmount", mnt.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success(), "unmount with an open file");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    drop(open);
+    let out = command(&home, &env).args(["unmount", mnt.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!is_mounted(&mnt));
+    let pid = guard.pid.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "daemon {pid} still runs after unmount");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = command(&home, &env).args(["status", mnt.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not mounted"));
+}
+
+#[test]
+fn dead_mounts_are_detected_and_cleaned_up() {
+    if !fuse_available() {
+        return;
+    }
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("f.txt"), b"data").unwrap();
+    let input = format!("x={}", src.path().display());
+    let mut m = TestMount::new(&["--input", &input], &[]);
+    // Kill without cleanup: the mount stays as "Transport endpoint is not connected".
+    let pid = m.pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    if let Some(mut c) = m.child.take() {
+        let _ = c.wait();
+    }
+    assert!(is_mounted(&m.mnt));
+    let st = m.run(&["status", m.mnt.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(v["state"], "dead", "{v}");
+    // mount on the dead mountpoint cleans it up and mounts again on the same cache.
+    let out = command(&m.home, &[])
+        .arg("mount")
+        .arg(&m.mnt)
+        .args(["--cache-dir", m.cache.to_str().unwrap(), "--input", &input])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(m.path("inputs/x/f.txt")).unwrap(), b"data");
+    let v: serde_json::Value =
+        serde_json::from_slice(&m.run(&["status", m.mnt.to_str().unwrap(), "--json"]).stdout).unwrap();
+    let _daemon =
+        Daemon { mnt: m.mnt.clone(), home: m.home.clone(), env: vec![], pid: v["pid"].as_u64().map(|p| p as u32) };
+    let out = m.run(&["unmount", m.mnt.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn local_inputs_and_inputs_files() {
+    if !fuse_available() {
+        return;
+    }
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(src.path().join("a/b")).unwrap();
+    let big = bytes(12, (5 << 20) + 3);
+    std::fs::write(src.path().join("a/b/big.bin"), &big).unwrap();
+    std::fs::write(src.path().join("top.txt"), b"top").unwrap();
+    std::fs::write(src.path().join("with space.txt"), b"space").unwrap();
+    let yaml = src.path().join("valohai.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "- step:\n    name: train\n    image: x\n    command: x\n    inputs:\n      - name: tree\n        default: file://{}\n      - name: single\n        default: {}/top.txt\n- step:\n    name: other\n    image: x\n    command: x\n",
+            src.path().display(),
+            src.path().display()
+        ),
+    )
+    .unwrap();
+    let s3 = S3Server::start();
+    s3.put("oddkeys", "ok.txt", b"fine");
+    let mut args = vec!["--inputs", yaml.to_str().unwrap(), "--step", "train"];
+    args.extend(["--input", "odd=s3://oddkeys/"]);
+    let m = TestMount::new(&args, &s3.env());
+    assert_eq!(sha256(&std::fs::read(m.path("inputs/tree/a/b/big.bin")).unwrap()), sha256(&big));
+    assert_eq!(std::fs::read(m.path("inputs/tree/with space.txt")).unwrap(), b"space");
+    assert_eq!(std::fs::read(m.path("inputs/single/top.txt")).unwrap(), b"top");
+    assert_eq!(std::fs::read(m.path("inputs/odd/ok.txt")).unwrap(), b"fine");
+}
+
+#[test]
+fn unsafe_keys_are_never_served() {
+    if !fuse_available() {
+        return;
+    }
+    // object_store refuses to parse a listing page holding a key with a control byte (or a
+    // '.'/'..' segment), so such a prefix cannot be mounted: the error names the key.
+    let s3 = S3Server::start();
+    s3.put("oddkeys", "good/ok.txt", b"fine");
+    s3.put("oddkeys", "bad\u{1}name.txt", b"control byte");
+    let e = mount_fails(&s3.env(), &["--input", "odd=s3://oddkeys/"]);
+    assert!(e.contains("s3://oddkeys/") && e.contains("bad\\u{1}name.txt") && e.contains("control character"), "{e}");
+    // A wildcard that leaves it out works.
+    let m = TestMount::new(&["--input", "odd=s3://oddkeys/good/*"], &s3.env());
+    assert_eq!(std::fs::read(m.path("inputs/odd/ok.txt")).unwrap(), b"fine");
+}
