@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The main job on the embedded local store, no cloud account needed: builds datumfs, puts sample
+# data into the local store, mounts it as an input, lists and reads it, shows the checksums, and
+# unmounts. Everything lives under a temporary DATUMFS_HOME that is removed at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v fusermount3 >/dev/null 2>&1 || { echo "installing fuse3 and attr"; apt-get install -y -q fuse3 attr >/dev/null; }
+cargo build --release -q
+bin="$PWD/target/release/datumfs"
+
+export DATUMFS_HOME="$(mktemp -d /tmp/datumfs-demo.XXXXXX)"
+mnt="$DATUMFS_HOME/mnt"
+cleanup() { "$bin" unmount "$mnt" 2>/dev/null || true; rm -rf "$DATUMFS_HOME"; }
+trap cleanup EXIT
+
+data="$DATUMFS_HOME/store/demo/train"
+mkdir -p "$data/cats" "$data/dogs" "$mnt"
+for i in 1 2 3; do head -c $((i * 300000)) /dev/urandom >"$data/cats/cat$i.jpg"; done
+for i in 1 2; do head -c $((i * 200000)) /dev/urandom >"$data/dogs/dog$i.jpg"; done
+printf 'file,label\ncats/cat1.jpg,cat\ndogs/dog1.jpg,dog\n' >"$DATUMFS_HOME/store/demo/labels.csv"
+
+echo "== datumfs mount $mnt --input images=$data/ --input labels=.../labels.csv"
+"$bin" mount "$mnt" --input "images=file://$data/" --input "labels=file://$DATUMFS_HOME/store/demo/labels.csv"
+echo "== ls -lR $mnt/inputs"
+ls -lR "$mnt/inputs"
+echo "== cat $mnt/inputs/labels/labels.csv"
+cat "$mnt/inputs/labels/labels.csv"
+echo "== sha256sum of every image, read through the mount"
+find "$mnt/inputs/images" -type f -exec sha256sum {} +
+echo "== the checksums datumfs recorded (xattr user.datumfs.sha256)"
+getfattr -n user.datumfs.sha256 "$mnt/inputs/images/cats/cat1.jpg" 2>/dev/null | grep sha256
+echo "== $mnt/config/inputs.json (first lines)"
+head -20 "$mnt/config/inputs.json"
+echo "== datumfs status"
+"$bin" status "$mnt"
+echo "== datumfs unmount $mnt"
+"$bin" unmount "$mnt"
+echo "demo finished"
