@@ -197,6 +197,26 @@ impl Cache {
         Ok(obj)
     }
 
+    /// The object if the cache already knows it; never creates anything (for questions such as
+    /// "is it complete?" about files nobody has opened).
+    pub fn existing_object(
+        &self,
+        store_url: &str,
+        key: &str,
+        version: &str,
+        size: u64,
+        uri: &str,
+    ) -> Option<Arc<CachedObject>> {
+        let id = ObjectId::of(store_url, key, version);
+        if let Some(obj) = self.open.lock().unwrap_or_else(|e| e.into_inner()).get(&id).and_then(Weak::upgrade) {
+            return Some(obj);
+        }
+        if !self.shared.objects.contains_key(id.0).unwrap_or(false) {
+            return None;
+        }
+        self.object(store_url, key, version, size, uri).ok()
+    }
+
     fn load(&self, id: ObjectId, version: &str, size: u64, uri: &str) -> Result<CachedObject, CacheError> {
         let index_err = |error| CacheError::Index { path: self.shared.dir.join("index"), error };
         let hex = id.hex();

@@ -253,7 +253,12 @@ impl Fs {
 
     /// Closes a file or directory handle.
     pub fn release(&self, fh: u64) {
-        self.handles.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh);
+        let h = self.handles.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh);
+        if let Some(Handle::Input { node, obj, .. }) = h.as_deref() {
+            if let NodeKind::File(f) = &node.kind {
+                self.after_read(node, f, obj);
+            }
+        }
     }
 
     /// Refuses any change: inputs and config are read-only (and outputs, for now).
@@ -333,9 +338,15 @@ impl Fs {
                 let end = (start + size as usize).min(content.len());
                 Some(Ok(content[start..end].to_vec()))
             }
-            Handle::Input { obj, .. } if obj.cached.is_complete() => {
+            Handle::Input { node, obj, .. } if obj.cached.is_complete() => {
                 match obj.cached.read_cached(offset, size as usize) {
-                    Ok(buf) => Some(Ok(buf)),
+                    Ok(buf) => {
+                        // The last block may have come in by read-ahead: checksum from here too.
+                        if let NodeKind::File(f) = &node.kind {
+                            self.after_read(node, f, obj);
+                        }
+                        Some(Ok(buf))
+                    }
                     Err(_) => None, // a block failed verification: take the slow path, which refetches
                 }
             }
@@ -441,11 +452,9 @@ impl Fs {
                 let e = &f.entry;
                 let cached = self
                     .cache
-                    .object(&e.store.url, e.key.as_ref(), &pin.version(), e.size, &e.uri)
-                    .map_err(|err| FsError::Io(err.to_string()))?;
-                if !cached.is_complete() {
-                    return Err(FsError::NoAttr);
-                }
+                    .existing_object(&e.store.url, e.key.as_ref(), &pin.version(), e.size, &e.uri)
+                    .filter(|c| c.is_complete())
+                    .ok_or(FsError::NoAttr)?;
                 cached.checksums().await.map_err(|err| FsError::Io(err.to_string()))?
             }
         };

@@ -1,0 +1,99 @@
+//! Baseline client for `scripts/bench.sh`: loads test data into a store and reads it directly
+//! (parallel ranged GETs through object_store), so datumfs's figures can be shown as ratios.
+//!
+//!   s3bench put-file FILE URI                 upload one file (multipart)
+//!   s3bench put-many COUNT BYTES URI_PREFIX   upload COUNT objects of BYTES random bytes
+//!   s3bench get URI PARALLEL PART_BYTES       read one object with PARALLEL ranged GETs
+//!   s3bench get-many URI_PREFIX READERS       read every object below a prefix, READERS at once
+//!
+//! Prints one JSON line: {"bytes": N, "seconds": S}.
+
+use datumfs::inputs::uri;
+use datumfs::store::{StoreHandle, StoreRegistry};
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
+use std::sync::Arc;
+use std::time::Instant;
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn open(u: &str) -> Res<(Arc<StoreHandle>, String)> {
+    let parsed = uri::parse(u, std::path::Path::new("/"))?;
+    let reg = StoreRegistry::new();
+    Ok((reg.open(&parsed)?, parsed.key))
+}
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let t = Instant::now();
+    let bytes: u64 = match args.first().map(String::as_str) {
+        Some("put-file") => {
+            let (store, key) = open(&args[2])?;
+            let data = std::fs::read(&args[1])?;
+            let upload = store.inner.put_multipart(&Path::from(key)).await?;
+            let mut w = WriteMultipart::new_with_chunk_size(upload, 16 << 20);
+            for chunk in data.chunks(16 << 20) {
+                w.wait_for_capacity(8).await?;
+                w.write(chunk);
+            }
+            w.finish().await?;
+            data.len() as u64
+        }
+        Some("put-many") => {
+            let count: usize = args[1].parse()?;
+            let size: usize = args[2].parse()?;
+            let (store, prefix) = open(&args[3])?;
+            futures::stream::iter(0..count)
+                .map(|i| {
+                    let store = store.clone();
+                    let key = format!("{prefix}{:03}/f{i:06}.bin", i % 100);
+                    async move {
+                        let data: Vec<u8> = (0..size).map(|j| ((i * 7919 + j * 31) % 251) as u8).collect();
+                        store.inner.put(&Path::from(key), PutPayload::from(data)).await.map(|_| ())
+                    }
+                })
+                .buffer_unordered(32)
+                .try_collect::<Vec<()>>()
+                .await?;
+            (count * size) as u64
+        }
+        Some("get") => {
+            let (store, key) = open(&args[1])?;
+            let parallel: usize = args[2].parse()?;
+            let part: u64 = args[3].parse()?;
+            let key = Path::from(key);
+            let size = store.inner.head(&key).await?.size;
+            let ranges: Vec<_> = (0..size).step_by(part as usize).map(|s| s..(s + part).min(size)).collect();
+            let got: Vec<u64> = futures::stream::iter(ranges)
+                .map(|r| {
+                    let store = store.clone();
+                    let key = key.clone();
+                    async move { store.inner.get_range(&key, r).await.map(|b| b.len() as u64) }
+                })
+                .buffer_unordered(parallel)
+                .try_collect()
+                .await?;
+            got.iter().sum()
+        }
+        Some("get-many") => {
+            let (store, prefix) = open(&args[1])?;
+            let readers: usize = args[2].parse()?;
+            let p = Path::from(prefix.trim_end_matches('/'));
+            let keys: Vec<Path> = store.inner.list(Some(&p)).map_ok(|m| m.location).try_collect().await?;
+            let got: Vec<u64> = futures::stream::iter(keys)
+                .map(|k| {
+                    let store = store.clone();
+                    async move { store.inner.get(&k).await?.bytes().await.map(|b| b.len() as u64) }
+                })
+                .buffer_unordered(readers)
+                .try_collect()
+                .await?;
+            got.iter().sum()
+        }
+        _ => return Err("usage: s3bench put-file|put-many|get|get-many ... (see the source)".into()),
+    };
+    println!("{{\"bytes\": {bytes}, \"seconds\": {:.4}}}", t.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Read-path benchmark against a loopback S3 server. Every figure is a ratio to a baseline measured
+# in the same run (the machine is shared and noisy): direct parallel ranged GETs from the same
+# server for cold reads, the same bytes on local disk for warm reads and listings.
+#
+#   scripts/bench.sh [--json]
+#
+# Needs root, /dev/fuse, python3, and a fast S3 server binary: $S3_SERVER_BIN (s3s-fs compatible
+# flags: --host --port --access-key --secret-key ROOT), or the patched s3s-fs that
+# ../shared/s3-bed/install.sh builds when that folder is present. Sizes: BENCH_BIG_MIB (2048),
+# BENCH_SMALL_COUNT (10000), BENCH_LS_COUNT (100000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+json=0; [[ ${1:-} == --json ]] && json=1
+say() { ((json)) || echo "$@" >&2; }
+
+BIG_MIB=${BENCH_BIG_MIB:-2048}
+SMALL_COUNT=${BENCH_SMALL_COUNT:-10000}
+LS_COUNT=${BENCH_LS_COUNT:-100000}
+
+server=${S3_SERVER_BIN:-}
+if [[ -z $server && -x ../shared/s3-bed/install.sh ]]; then
+    say "building the loopback S3 server (../shared/s3-bed) if needed"
+    server=$(../shared/s3-bed/install.sh 2>/dev/null)
+fi
+[[ -x ${server:-} ]] || { echo "bench: no S3 server: set S3_SERVER_BIN" >&2; exit 2; }
+
+say "building datumfs (release)"
+cargo build --release -q --bin datumfs --example s3bench
+bin=$PWD/target/release/datumfs
+s3bench=$PWD/target/release/examples/s3bench
+
+T=$(mktemp -d /var/tmp/datumfs-bench.XXXXXX)
+export DATUMFS_HOME=$T/home AWS_ACCESS_KEY_ID=benchkey AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1 AWS_ALLOW_HTTP=true
+server_pid=""; mounts=()
+cleanup() {
+    for m in "${mounts[@]}"; do "$bin" unmount --force "$m" >/dev/null 2>&1 || true; done
+    [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null
+    rm -rf "$T"
+}
+trap cleanup EXIT
+mkdir -p "$T/s3/bench" "$T/src" "$DATUMFS_HOME"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$server" --host 127.0.0.1 --port "$port" --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" "$T/s3" >"$T/s3.log" 2>&1 &
+server_pid=$!
+export AWS_ENDPOINT_URL=http://127.0.0.1:$port
+for _ in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1',$port))" 2>/dev/null && break; sleep 0.1; done
+
+now() { date +%s.%N; }
+secs() { python3 -c "print(f'{$2 - $1:.4f}')"; }
+rss_of() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+peak=0
+mount_at() {  # mount_at NAME CACHE ARGS... -> mounts at $T/mnt-NAME, sets MNT and PID
+    MNT=$T/mnt-$1; local cache=$2; shift 2
+    mkdir -p "$MNT"; mounts+=("$MNT")
+    "$bin" mount "$MNT" --cache-dir "$cache" "$@"
+    PID=$("$bin" status "$MNT" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+}
+unmount_it() {
+    local r; r=$(rss_of "$PID"); ((r > peak)) && peak=$r
+    "$bin" unmount "$MNT"
+}
+results=()
+record() { results+=("$1 $2 $3"); say "$(printf '%-34s %8.3f s  baseline %8.3f s  ratio %.2f' "$1" "$2" "$3" "$(python3 -c "print($3/$2 if $2 > 0 else 0)")")"; }
+
+# 1. One big object: cold sequential read vs direct parallel ranged GETs; warm vs local disk.
+say "making a ${BIG_MIB} MiB object"
+head -c $((BIG_MIB << 20)) /dev/urandom >"$T/src/big.bin"
+"$s3bench" put-file "$T/src/big.bin" s3://bench/big/big.bin >/dev/null
+direct=$("$s3bench" get s3://bench/big/big.bin 8 8388608 | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])')
+mount_at big "$T/cache-big" --input big=s3://bench/big/
+t0=$(now); cat "$MNT/inputs/big/big.bin" >/dev/null; t1=$(now)
+record "cold sequential ${BIG_MIB} MiB" "$(secs "$t0" "$t1")" "$direct"
+t0=$(now); cat "$MNT/inputs/big/big.bin" >/dev/null; t1=$(now)
+l0=$(now); cat "$T/src/big.bin" >/dev/null; l1=$(now)
+record "hot sequential (same mount)" "$(secs "$t0" "$t1")" "$(secs "$l0" "$l1")"
+unmount_it
+mount_at big "$T/cache-big" --input big=s3://bench/big/
+t0=$(now); cat "$MNT/inputs/big/big.bin" >/dev/null; t1=$(now)
+l0=$(now); cat "$T/src/big.bin" >/dev/null; l1=$(now)
+record "warm sequential (remount)" "$(secs "$t0" "$t1")" "$(secs "$l0" "$l1")"
+randread() {
+    python3 - "$1" <<'PY'
+import os, random, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY); size = os.fstat(fd).st_size; r = random.Random(1)
+offs = [r.randrange(0, size // 4096) * 4096 for _ in range(20000)]
+t = time.time()
+for o in offs: os.pread(fd, 4096, o)
+print(f"{time.time() - t:.4f}")
+PY
+}
+record "random 4 KiB reads, warm (20k)" "$(randread "$MNT/inputs/big/big.bin")" "$(randread "$T/src/big.bin")"
+unmount_it
+
+# 2. Many small files: 100 KiB each, 1 and 8 readers, cold, vs direct GETs with as many readers.
+say "uploading $SMALL_COUNT x 100 KiB objects"
+"$s3bench" put-many "$SMALL_COUNT" 102400 s3://bench/small/ >/dev/null
+for readers in 1 8; do
+    direct=$("$s3bench" get-many s3://bench/small/ "$readers" | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])')
+    mount_at "small$readers" "$T/cache-small$readers" --input small=s3://bench/small/
+    t0=$(now); (cd "$MNT/inputs/small" && find . -type f -print0 | xargs -0 -P "$readers" -n 64 cat >/dev/null); t1=$(now)
+    record "small files cold, $readers reader(s)" "$(secs "$t0" "$t1")" "$direct"
+    unmount_it
+done
+
+# 3. ls -lR of many objects (made on the server's disk directly), cold and warm, vs local ls -lR.
+say "making $LS_COUNT objects for ls -lR"
+python3 - "$T/s3/bench/tree" "$LS_COUNT" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = os.path.join(root, f"d{i % 100:03d}", f"e{i % 7}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i:06d}.txt"), "w") as f: f.write("x")
+PY
+l0=$(now); ls -lR "$T/s3/bench/tree" >/dev/null; l1=$(now); local_ls=$(secs "$l0" "$l1")
+mount_at tree "$T/cache-tree" --input tree=s3://bench/tree/
+t0=$(now); ls -lR "$MNT/inputs/tree" >/dev/null; t1=$(now)
+record "ls -lR $LS_COUNT objects, cold" "$(secs "$t0" "$t1")" "$local_ls"
+t0=$(now); ls -lR "$MNT/inputs/tree" >/dev/null; t1=$(now)
+record "ls -lR $LS_COUNT objects, warm" "$(secs "$t0" "$t1")" "$local_ls"
+unmount_it
+
+say "$(printf '%-34s %8d MiB (limit 200 MiB)' "peak daemon RSS" $((peak / 1024)))"
+if ((json)); then
+    printf '%s\n' "${results[@]}" | python3 -c '
+import json, sys
+out = {"results": [], "peak_rss_mib": round(int(sys.argv[1]) / 1024, 1)}
+for line in sys.stdin:
+    *name, t, base = line.split()
+    t, base = float(t), float(base)
+    out["results"].append({"name": " ".join(name), "seconds": t, "baseline_seconds": base, "ratio": round(base / t, 3) if t else None})
+print(json.dumps(out, indent=2))' "$peak"
+fi
