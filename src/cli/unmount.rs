@@ -44,6 +44,11 @@ pub fn run(args: UnmountArgs) -> Result<i32> {
             while (pid_alive(resp.pid) || mounts::at(&mp).is_some()) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
+            // The daemon is gone once its cache lock is free (a zombie may still hold files).
+            let lock = resp.status.as_ref().and_then(|s| s["cache_lock"].as_str()).map(PathBuf::from);
+            if let Some(lock) = lock {
+                crate::daemon::wait_cache_lock_free(&lock, deadline.saturating_duration_since(Instant::now()));
+            }
             if mounts::at(&mp).is_none() {
                 return Ok(0);
             }

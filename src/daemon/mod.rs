@@ -112,6 +112,21 @@ struct CacheLock {
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
+/// Waits until no process holds the cache-dir lock at `path` (a daemon that is exiting).
+pub fn wait_cache_lock_free(path: &Path, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let Ok(file) = std::fs::File::open(path) else { return true };
+        if nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn lock_cache_dir(dir: &Path) -> Result<CacheLock> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join("lock");
@@ -184,7 +199,9 @@ fn serve(cfg: MountConfig, ready: Option<OwnedFd>) -> Result<()> {
 
 fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<()> {
     cache::create_private_dir(&cfg.cache_dir)?;
-    let _lock = lock_cache_dir(&cfg.cache_dir)?;
+    // Held until the process is gone (never dropped): the index's own lock lives as long as any
+    // thread still holds the cache, so releasing ours earlier would let a new daemon in too soon.
+    std::mem::forget(lock_cache_dir(&cfg.cache_dir)?);
     logging::init(&cfg.log_file(), &cfg.log_level, cfg.foreground)
         .with_context(|| format!("log file {}", cfg.log_file().display()))?;
     std::panic::set_hook(Box::new(|info| tracing::error!("internal error (please report it): {info}")));
@@ -231,6 +248,7 @@ fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<(
     {
         let fs = fs.clone();
         let mountpoint = cfg.mountpoint.clone();
+        let cache_lock = cfg.cache_dir.join("lock");
         let cfg_json = serde_json::json!({
             "cache_size": cfg.cache_size,
             "block_size": cfg.block_size,
@@ -258,7 +276,7 @@ fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<(
                     ok: res.is_ok(),
                     error: res.err().map(|e| format!("unmount failed: {e}")),
                     pid: std::process::id(),
-                    status: None,
+                    status: Some(serde_json::json!({ "cache_lock": cache_lock })),
                 }
             }
         }));

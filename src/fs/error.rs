@@ -22,6 +22,10 @@ pub enum FsError {
     /// The attribute does not exist (yet).
     #[error("no such attribute")]
     NoAttr,
+    /// The attribute namespace is not supported (ACLs, security labels): tools such as `ls` stop
+    /// asking for the whole filesystem after this answer.
+    #[error("not supported")]
+    NotSupported,
     /// An unknown file handle.
     #[error("bad file handle")]
     BadHandle,
@@ -52,6 +56,7 @@ impl FsError {
             FsError::ReadOnly => libc::EROFS,
             FsError::NoAttr => libc::ENODATA,
             FsError::BadHandle => libc::EBADF,
+            FsError::NotSupported => libc::EOPNOTSUPP,
             FsError::Io(_) => libc::EIO,
         }
     }

@@ -61,7 +61,7 @@ pub struct DirEntry {
 }
 
 /// How an opened file should be treated by the kernel.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Opened {
     /// The handle.
     pub fh: u64,
@@ -69,6 +69,8 @@ pub struct Opened {
     pub direct_io: bool,
     /// Keep cached pages across opens (immutable inputs).
     pub keep_cache: bool,
+    /// The verified cache file, when the kernel may read it directly (FUSE passthrough).
+    pub backing: Option<std::fs::File>,
 }
 
 enum Handle {
@@ -185,10 +187,9 @@ impl Fs {
             .await
     }
 
-    /// Attributes of `ino`.
-    pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
-        let node = self.node(ino)?;
-        Ok(match &node.kind {
+    fn attr_now(&self, node: &Node) -> Option<Attr> {
+        let ino = node.ino;
+        Some(match &node.kind {
             NodeKind::Dir { .. } => {
                 Attr { ino, size: 0, kind: Kind::Dir, perm: DIR_PERM, mtime: self.started, volatile: false }
             }
@@ -200,35 +201,91 @@ impl Fs {
                 mtime: f.entry.mtime,
                 volatile: false,
             },
-            NodeKind::InputsJson => {
-                let size = self.inputs_json().await.len() as u64;
-                Attr { ino, size, kind: Kind::File, perm: FILE_PERM, mtime: SystemTime::now(), volatile: true }
-            }
+            NodeKind::InputsJson => return None,
         })
+    }
+
+    fn loaded_children<'a>(&self, node: &'a Node) -> Option<FsResult<&'a BTreeMap<String, u64>>> {
+        match &node.kind {
+            NodeKind::Dir { children, .. } => children.get().map(Ok),
+            _ => Some(Err(FsError::NotDir)),
+        }
+    }
+
+    /// Attributes of `ino` when they need no I/O (`None`: call [`Fs::getattr`]).
+    pub fn try_getattr(&self, ino: u64) -> Option<FsResult<Attr>> {
+        match self.node(ino) {
+            Ok(node) => self.attr_now(&node).map(Ok),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// Attributes of `ino`.
+    pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        if let Some(res) = self.try_getattr(ino) {
+            return res;
+        }
+        let size = self.inputs_json().await.len() as u64;
+        Ok(Attr { ino, size, kind: Kind::File, perm: FILE_PERM, mtime: SystemTime::now(), volatile: true })
+    }
+
+    /// Looks `name` up when its directory is already listed (`None`: call [`Fs::lookup`]).
+    pub fn try_lookup(&self, parent: u64, name: &str) -> Option<FsResult<Attr>> {
+        let node = match self.node(parent) {
+            Ok(n) => n,
+            Err(e) => return Some(Err(e)),
+        };
+        let ino = match self.loaded_children(&node)? {
+            Ok(children) => match children.get(name) {
+                Some(&ino) => ino,
+                None => return Some(Err(FsError::NotFound)),
+            },
+            Err(e) => return Some(Err(e)),
+        };
+        self.try_getattr(ino)
     }
 
     /// Looks `name` up in directory `parent`.
     pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        if let Some(res) = self.try_lookup(parent, name) {
+            return res;
+        }
         let node = self.node(parent)?;
         let ino = *self.children(&node).await?.get(name).ok_or(FsError::NotFound)?;
         self.getattr(ino).await
     }
 
-    /// Opens a directory: its entries are fixed for the handle's life.
-    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
-        let node = self.node(ino)?;
-        let mut entries = vec![
-            DirEntry { ino, name: ".".into(), kind: Kind::Dir },
-            DirEntry { ino: node.parent, name: "..".into(), kind: Kind::Dir },
-        ];
-        for (name, &child) in self.children(&node).await? {
+    fn dir_handle(&self, node: &Node, children: &BTreeMap<String, u64>) -> u64 {
+        let mut entries = Vec::with_capacity(children.len() + 2);
+        entries.push(DirEntry { ino: node.ino, name: ".".into(), kind: Kind::Dir });
+        entries.push(DirEntry { ino: node.parent, name: "..".into(), kind: Kind::Dir });
+        for (name, &child) in children {
             let kind = match self.tree.get(child).map(|n| matches!(n.kind, NodeKind::Dir { .. })) {
                 Some(true) => Kind::Dir,
                 _ => Kind::File,
             };
             entries.push(DirEntry { ino: child, name: name.clone(), kind });
         }
-        Ok(self.add_handle(Handle::Dir(entries)))
+        self.add_handle(Handle::Dir(entries))
+    }
+
+    /// Opens a directory that is already listed (`None`: call [`Fs::opendir`]).
+    pub fn try_opendir(&self, ino: u64) -> Option<FsResult<u64>> {
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(self.loaded_children(&node)?.map(|c| self.dir_handle(&node, c)))
+    }
+
+    /// Opens a directory: its entries are fixed for the handle's life.
+    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        if let Some(res) = self.try_opendir(ino) {
+            return res;
+        }
+        let node = self.node(ino)?;
+        let children = self.children(&node).await?;
+        Ok(self.dir_handle(&node, children))
     }
 
     /// Entries of an open directory from `offset` on (the caller stops when its buffer is full).
@@ -268,7 +325,9 @@ impl Fs {
     }
 
     /// Opens a file for reading; an input's version is pinned here if its listing had no ETag.
-    pub async fn open(&self, ino: u64, write: bool) -> FsResult<Opened> {
+    /// With `passthrough`, a wholly cached file comes back with its verified cache file, which
+    /// the kernel can then read directly at local-disk speed.
+    pub async fn open(&self, ino: u64, write: bool, passthrough: bool) -> FsResult<Opened> {
         let node = self.node(ino)?;
         if write {
             return Err(FsError::ReadOnly);
@@ -277,14 +336,34 @@ impl Fs {
             NodeKind::Dir { .. } => Err(FsError::IsDir),
             NodeKind::InputsJson => {
                 let content = self.inputs_json().await;
-                Ok(Opened { fh: self.add_handle(Handle::Virtual(content)), direct_io: true, keep_cache: false })
+                Ok(Opened {
+                    fh: self.add_handle(Handle::Virtual(content)),
+                    direct_io: true,
+                    keep_cache: false,
+                    backing: None,
+                })
             }
             NodeKind::File(f) => {
                 let obj = self.open_object(&node, f).await?;
                 self.after_read(&node, f, &obj);
+                let backing = if passthrough && obj.cached.is_complete() {
+                    let cached = obj.cached.clone();
+                    match tokio::task::spawn_blocking(move || cached.verify_all().map(|_| cached.verified_data_file()))
+                        .await
+                    {
+                        Ok(Ok(file)) => file,
+                        Ok(Err(e)) => {
+                            tracing::warn!("{e}");
+                            None
+                        }
+                        Err(_) => None,
+                    }
+                } else {
+                    None
+                };
                 let fh =
                     self.add_handle(Handle::Input { node: node.clone(), obj, seq: Mutex::new(Sequential::default()) });
-                Ok(Opened { fh, direct_io: false, keep_cache: true })
+                Ok(Opened { fh, direct_io: false, keep_cache: true, backing })
             }
         }
     }
@@ -429,35 +508,55 @@ impl Fs {
         });
     }
 
+    /// Extended attributes that need no I/O (`None`: call [`Fs::getxattr`]). Everything but our
+    /// own names answers "no such attribute" at once: `ls -l` asks for ACLs and labels per file.
+    pub fn try_getxattr(&self, ino: u64, name: &str) -> Option<FsResult<Vec<u8>>> {
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return Some(Err(e)),
+        };
+        if ino == tree::ROOT && name == CONTROL_XATTR {
+            return Some(Ok(self.settings.control_socket.as_os_str().as_encoded_bytes().to_vec()));
+        }
+        if !name.starts_with("user.") {
+            return Some(Err(FsError::NotSupported));
+        }
+        let NodeKind::File(f) = &node.kind else { return Some(Err(FsError::NoAttr)) };
+        let pick = |sums: &Checksums| -> Vec<u8> {
+            match name {
+                "user.datumfs.md5" => sums.md5.clone().into_bytes(),
+                "user.datumfs.sha1" => sums.sha1.clone().into_bytes(),
+                _ => sums.sha256.clone().into_bytes(),
+            }
+        };
+        Some(match name {
+            "user.datumfs.uri" => Ok(f.entry.uri.clone().into_bytes()),
+            "user.datumfs.version" => f.pin.get().map(|p| p.version().into_bytes()).ok_or(FsError::NoAttr),
+            "user.datumfs.md5" | "user.datumfs.sha1" | "user.datumfs.sha256" => match f.checksums.get() {
+                Some(sums) => Ok(pick(sums)),
+                None if f.pin.get().is_none() => Err(FsError::NoAttr),
+                None => return None,
+            },
+            _ => Err(FsError::NoAttr),
+        })
+    }
+
     /// Extended attributes: `user.datumfs.{md5,sha1,sha256}` once a file was read whole (they are
     /// computed on demand if it is cached whole), `user.datumfs.uri` and `user.datumfs.version`.
     pub async fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
+        if let Some(res) = self.try_getxattr(ino, name) {
+            return res;
+        }
         let node = self.node(ino)?;
-        if ino == tree::ROOT && name == CONTROL_XATTR {
-            return Ok(self.settings.control_socket.as_os_str().as_encoded_bytes().to_vec());
-        }
         let NodeKind::File(f) = &node.kind else { return Err(FsError::NoAttr) };
-        match name {
-            "user.datumfs.uri" => return Ok(f.entry.uri.clone().into_bytes()),
-            "user.datumfs.version" => {
-                return f.pin.get().map(|p| p.version().into_bytes()).ok_or(FsError::NoAttr);
-            }
-            "user.datumfs.md5" | "user.datumfs.sha1" | "user.datumfs.sha256" => {}
-            _ => return Err(FsError::NoAttr),
-        }
-        let sums = match f.checksums.get() {
-            Some(s) => s.clone(),
-            None => {
-                let Some(pin) = f.pin.get() else { return Err(FsError::NoAttr) };
-                let e = &f.entry;
-                let cached = self
-                    .cache
-                    .existing_object(&e.store.url, e.key.as_ref(), &pin.version(), e.size, &e.uri)
-                    .filter(|c| c.is_complete())
-                    .ok_or(FsError::NoAttr)?;
-                cached.checksums().await.map_err(|err| FsError::Io(err.to_string()))?
-            }
-        };
+        let Some(pin) = f.pin.get() else { return Err(FsError::NoAttr) };
+        let e = &f.entry;
+        let cached = self
+            .cache
+            .existing_object(&e.store.url, e.key.as_ref(), &pin.version(), e.size, &e.uri)
+            .filter(|c| c.is_complete())
+            .ok_or(FsError::NoAttr)?;
+        let sums = cached.checksums().await.map_err(|err| FsError::Io(err.to_string()))?;
         let v = match name {
             "user.datumfs.md5" => sums.md5,
             "user.datumfs.sha1" => sums.sha1,

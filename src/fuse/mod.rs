@@ -3,14 +3,16 @@
 //! the network), and sends errors as the errno `fs::error` chose.
 
 use crate::fs::{Attr, Fs, FsError, Kind};
+use fuser::BackingId;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 /// Inputs are snapshots: the kernel may keep their attributes for long.
@@ -22,43 +24,31 @@ pub struct FuseAdapter {
     uid: u32,
     gid: u32,
     max_readahead: u32,
+    passthrough: Arc<Passthrough>,
+}
+
+/// FUSE passthrough bookkeeping. The kernel wants one backing file per inode for all its
+/// passthrough handles, and refuses to mix passthrough and ordinary handles on one inode.
+#[derive(Default)]
+struct Passthrough {
+    enabled: std::sync::atomic::AtomicBool,
+    state: Mutex<PassthroughState>,
+}
+
+#[derive(Default)]
+struct PassthroughState {
+    by_inode: HashMap<u64, Weak<BackingId>>,
+    by_handle: HashMap<u64, Arc<BackingId>>,
+    /// Open ordinary (non-passthrough) handles per inode.
+    ordinary: HashMap<u64, usize>,
+    /// Inode of each ordinary handle.
+    ordinary_handles: HashMap<u64, u64>,
 }
 
 impl FuseAdapter {
     /// An adapter serving `fs`, showing every file as owned by `uid:gid`.
     pub fn new(fs: Arc<Fs>, uid: u32, gid: u32, max_readahead: u32) -> Self {
-        Self { fs, uid, gid, max_readahead }
-    }
-
-    fn attr(&self, a: &Attr) -> FileAttr {
-        FileAttr {
-            ino: INodeNo(a.ino),
-            size: a.size,
-            blocks: a.size.div_ceil(512),
-            atime: a.mtime,
-            mtime: a.mtime,
-            ctime: a.mtime,
-            crtime: a.mtime,
-            kind: match a.kind {
-                Kind::Dir => FileType::Directory,
-                Kind::File => FileType::RegularFile,
-            },
-            perm: a.perm,
-            nlink: if a.kind == Kind::Dir { 2 } else { 1 },
-            uid: self.uid,
-            gid: self.gid,
-            rdev: 0,
-            flags: 0,
-            blksize: 1 << 20,
-        }
-    }
-
-    fn ttl(a: &Attr) -> Duration {
-        if a.volatile {
-            Duration::ZERO
-        } else {
-            STABLE_TTL
-        }
+        Self { fs, uid, gid, max_readahead, passthrough: Arc::default() }
     }
 
     /// Runs `work` on the runtime and lets it answer.
@@ -68,6 +58,58 @@ impl FuseAdapter {
     {
         let fs = self.fs.clone();
         self.fs.runtime().spawn(async move { work(fs).await });
+    }
+}
+
+fn file_attr(a: &Attr, uid: u32, gid: u32) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: a.mtime,
+        kind: match a.kind {
+            Kind::Dir => FileType::Directory,
+            Kind::File => FileType::RegularFile,
+        },
+        perm: a.perm,
+        nlink: if a.kind == Kind::Dir { 2 } else { 1 },
+        uid,
+        gid,
+        rdev: 0,
+        flags: 0,
+        blksize: 1 << 20,
+    }
+}
+
+fn ttl(a: &Attr) -> Duration {
+    if a.volatile {
+        Duration::ZERO
+    } else {
+        STABLE_TTL
+    }
+}
+
+fn reply_entry(reply: ReplyEntry, res: Result<Attr, FsError>, uid: u32, gid: u32) {
+    match res {
+        Ok(a) => reply.entry(&ttl(&a), &file_attr(&a, uid, gid), Generation(0)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn reply_attr(reply: ReplyAttr, res: Result<Attr, FsError>, uid: u32, gid: u32) {
+    match res {
+        Ok(a) => reply.attr(&ttl(&a), &file_attr(&a, uid, gid)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn reply_opendir(reply: ReplyOpen, res: Result<u64, FsError>) {
+    match res {
+        Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
+        Err(e) => reply.error(errno(&e)),
     }
 }
 
@@ -88,30 +130,28 @@ impl Filesystem for FuseAdapter {
         let _ = config.set_max_readahead(self.max_readahead);
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
+        // Passthrough needs CAP_SYS_ADMIN and Linux 6.9+; without it reads simply come to us.
+        if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() && config.set_max_stack_depth(2).is_ok() {
+            self.passthrough.enabled.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let Some(name) = name_str(name) else { return reply.error(Errno::ENOENT) };
-        let (uid, gid, mra) = (self.uid, self.gid, self.max_readahead);
-        self.spawn(move |fs| async move {
-            let adapter = FuseAdapter { fs: fs.clone(), uid, gid, max_readahead: mra };
-            match fs.lookup(parent.0, &name).await {
-                Ok(a) => reply.entry(&FuseAdapter::ttl(&a), &adapter.attr(&a), Generation(0)),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        if let Some(res) = self.fs.try_lookup(parent.0, &name) {
+            return reply_entry(reply, res, self.uid, self.gid);
+        }
+        let (uid, gid) = (self.uid, self.gid);
+        self.spawn(move |fs| async move { reply_entry(reply, fs.lookup(parent.0, &name).await, uid, gid) });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let (uid, gid, mra) = (self.uid, self.gid, self.max_readahead);
-        self.spawn(move |fs| async move {
-            let adapter = FuseAdapter { fs: fs.clone(), uid, gid, max_readahead: mra };
-            match fs.getattr(ino.0).await {
-                Ok(a) => reply.attr(&FuseAdapter::ttl(&a), &adapter.attr(&a)),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        if let Some(res) = self.fs.try_getattr(ino.0) {
+            return reply_attr(reply, res, self.uid, self.gid);
+        }
+        let (uid, gid) = (self.uid, self.gid);
+        self.spawn(move |fs| async move { reply_attr(reply, fs.getattr(ino.0).await, uid, gid) });
     }
 
     fn setattr(
@@ -196,18 +236,11 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = (flags.0 & libc::O_ACCMODE) != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        let pt = self.passthrough.clone();
         self.spawn(move |fs| async move {
-            match fs.open(ino.0, write).await {
-                Ok(o) => {
-                    let mut f = FopenFlags::empty();
-                    if o.direct_io {
-                        f |= FopenFlags::FOPEN_DIRECT_IO;
-                    }
-                    if o.keep_cache {
-                        f |= FopenFlags::FOPEN_KEEP_CACHE;
-                    }
-                    reply.opened(FileHandle(o.fh), f)
-                }
+            let allowed = pt.enabled.load(std::sync::atomic::Ordering::Relaxed) && !pt.has_ordinary(ino.0);
+            match fs.open(ino.0, write, allowed).await {
+                Ok(o) => pt.reply_open(reply, ino.0, o),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -268,6 +301,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.passthrough.release(fh.0);
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -277,12 +311,10 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.spawn(move |fs| async move {
-            match fs.opendir(ino.0).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        if let Some(res) = self.fs.try_opendir(ino.0) {
+            return reply_opendir(reply, res);
+        }
+        self.spawn(move |fs| async move { reply_opendir(reply, fs.opendir(ino.0).await) });
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
@@ -336,6 +368,12 @@ impl Filesystem for FuseAdapter {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let Some(name) = name_str(name) else { return reply.error(Errno::ENODATA) };
+        if let Some(res) = self.fs.try_getxattr(ino.0, &name) {
+            return match res {
+                Ok(v) => reply_xattr(reply, size, &v),
+                Err(e) => reply.error(errno(&e)),
+            };
+        }
         self.spawn(move |fs| async move {
             match fs.getxattr(ino.0, &name).await {
                 Ok(v) => reply_xattr(reply, size, &v),
@@ -357,6 +395,72 @@ impl Filesystem for FuseAdapter {
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
         reply.ok();
+    }
+}
+
+impl Passthrough {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PassthroughState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn has_ordinary(&self, ino: u64) -> bool {
+        self.lock().ordinary.contains_key(&ino)
+    }
+
+    /// Answers an open: through the kernel's passthrough when the filesystem offered a verified
+    /// backing file and no ordinary handle is open on the inode, otherwise normally.
+    fn reply_open(&self, reply: ReplyOpen, ino: u64, o: crate::fs::Opened) {
+        let mut flags = FopenFlags::empty();
+        if o.direct_io {
+            flags |= FopenFlags::FOPEN_DIRECT_IO;
+        }
+        if o.keep_cache {
+            flags |= FopenFlags::FOPEN_KEEP_CACHE;
+        }
+        let mut st = self.lock();
+        let existing = st.by_inode.get(&ino).and_then(Weak::upgrade);
+        let backing = match (o.backing, existing) {
+            (_, Some(id)) => Some(id),
+            (Some(file), None) if !st.ordinary.contains_key(&ino) => match reply.open_backing(&file) {
+                Ok(id) => {
+                    let id = Arc::new(id);
+                    st.by_inode.insert(ino, Arc::downgrade(&id));
+                    Some(id)
+                }
+                Err(e) => {
+                    tracing::debug!("passthrough refused by the kernel: {e}");
+                    None
+                }
+            },
+            _ => None,
+        };
+        match backing {
+            Some(id) => {
+                st.by_handle.insert(o.fh, id.clone());
+                drop(st);
+                // The kernel accepts no page-cache flags with passthrough (EIO at open otherwise).
+                reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id);
+            }
+            None => {
+                *st.ordinary.entry(ino).or_default() += 1;
+                st.ordinary_handles.insert(o.fh, ino);
+                drop(st);
+                reply.opened(FileHandle(o.fh), flags);
+            }
+        }
+    }
+
+    fn release(&self, fh: u64) {
+        let mut st = self.lock();
+        st.by_handle.remove(&fh);
+        if let Some(ino) = st.ordinary_handles.remove(&fh) {
+            if let Some(n) = st.ordinary.get_mut(&ino) {
+                *n -= 1;
+                if *n == 0 {
+                    st.ordinary.remove(&ino);
+                }
+            }
+        }
     }
 }
 

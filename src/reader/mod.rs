@@ -201,10 +201,18 @@ impl Reader {
         let needed = offset / bs..(end - 1) / bs + 1;
         let ahead = self.readahead(seq, offset, end, bs, cached.block_count(), needed.end);
         for round in 0..4 {
-            self.start_fetches(obj, needed.clone());
-            if round == 0 && !ahead.is_empty() {
-                self.start_fetches(obj, ahead.clone());
-            }
+            // One claim for what is needed and what lies ahead, so that the kernel's parallel
+            // requests for neighbouring blocks join multi-block GETs instead of each starting a
+            // one-block GET (blocks are stored as they stream in: the first is not delayed).
+            // The window's end is rounded up to whole runs: a window sliding one block at a time
+            // would otherwise claim (and GET) one block at a time at its edge.
+            let upto = if round == 0 && !ahead.is_empty() {
+                let run = self.cfg.max_run_blocks.max(1);
+                ahead.end.div_ceil(run).saturating_mul(run).min(cached.block_count()).max(needed.end)
+            } else {
+                needed.end
+            };
+            self.start_fetches(obj, needed.start..upto);
             match wait_present(cached, needed.clone()).await {
                 Ok(true) => {}
                 Ok(false) => continue,
@@ -225,16 +233,22 @@ impl Reader {
 
     fn readahead(&self, seq: &Mutex<Sequential>, offset: u64, end: u64, bs: u64, blocks: u64, from: u64) -> Range<u64> {
         let mut s = seq.lock().unwrap_or_else(|e| e.into_inner());
-        // The kernel sends read-ahead requests slightly out of order: tolerate a little jitter.
-        let slack = 2 * bs;
-        let sequential = offset <= s.next + slack && offset + slack >= s.next;
         let max = self.cfg.max_readahead.max(bs);
-        s.window = if sequential { (s.window * 2).clamp((INITIAL_WINDOW_BLOCKS * bs).min(max), max) } else { 0 };
-        s.next = s.next.max(end);
-        if !sequential {
+        // The kernel's own read-ahead sends many requests at once, slightly out of order and up
+        // to its window ahead of the last one: a read is sequential when it lands near the
+        // furthest point read so far, a little behind it or up to a window ahead.
+        let behind = s.window.max(4 * bs);
+        let ahead = max + 2 * bs;
+        let sequential = offset + behind >= s.next && offset <= s.next + ahead;
+        if sequential {
+            s.window = (s.window * 2).clamp((INITIAL_WINDOW_BLOCKS * bs).min(max), max);
+            s.next = s.next.max(end);
+        } else {
+            s.window = 0;
             s.next = end;
         }
         let n = s.window / bs;
+        tracing::trace!(offset, end, sequential, window = s.window, next = s.next, "read-ahead");
         from..(from + n).min(blocks)
     }
 
@@ -331,6 +345,7 @@ async fn fetch_blocks(
         if_match: remote.pin.etag.clone(),
         ..Default::default()
     };
+    tracing::debug!(uri = %remote.uri, start, end, "ranged GET");
     let res = remote.store.inner.get_opts(&remote.key, opts).await.map_err(|e| remote.classify(e))?;
     remote.check(&res.meta)?;
     if res.range != (start..end) {

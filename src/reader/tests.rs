@@ -98,7 +98,8 @@ async fn persistent_failures_become_errors_and_a_later_read_recovers() {
 async fn a_changed_object_is_refused() {
     let f = fixture(300_000, 1 << 16).await;
     let r = reader();
-    r.read(&f.obj, &Mutex::new(Sequential::default()), 0, 10).await.unwrap();
+    // A random (not sequential) reader: only block 0 is fetched before the change.
+    r.read(&f.obj, &Mutex::new(Sequential { next: u64::MAX / 2, window: 0 }), 0, 10).await.unwrap();
     f.mem.put(&Path::from("k/obj.bin"), PutPayload::from(vec![7u8; 300_000])).await.unwrap();
     let err = r.read(&f.obj, &Mutex::new(Sequential { next: u64::MAX / 2, window: 0 }), 250_000, 10).await.unwrap_err();
     assert!(matches!(err, ReadError::Store(StoreError::Changed { .. })), "{err}");
