@@ -67,6 +67,7 @@ record() { results+=("$1 $2 $3"); say "$(printf '%-34s %8.3f s  baseline %8.3f s
 say "making a ${BIG_MIB} MiB object"
 head -c $((BIG_MIB << 20)) /dev/urandom >"$T/src/big.bin"
 "$s3bench" put-file "$T/src/big.bin" s3://bench/big/big.bin >/dev/null
+sync  # the test data just written must not count against the cache's own writes
 direct=$("$s3bench" get s3://bench/big/big.bin 8 8388608 | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])')
 mount_at big "$T/cache-big" --input big=s3://bench/big/
 t0=$(now); cat "$MNT/inputs/big/big.bin" >/dev/null; t1=$(now)
@@ -95,6 +96,7 @@ unmount_it
 # 2. Many small files: 100 KiB each, 1 and 8 readers, cold, vs direct GETs with as many readers.
 say "uploading $SMALL_COUNT x 100 KiB objects"
 "$s3bench" put-many "$SMALL_COUNT" 102400 s3://bench/small/ >/dev/null
+sync
 for readers in 1 8; do
     direct=$("$s3bench" get-many s3://bench/small/ "$readers" | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])')
     mount_at "small$readers" "$T/cache-small$readers" --input small=s3://bench/small/
@@ -113,6 +115,7 @@ for i in range(n):
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, f"f{i:06d}.txt"), "w") as f: f.write("x")
 PY
+sync
 l0=$(now); ls -lR "$T/s3/bench/tree" >/dev/null; l1=$(now); local_ls=$(secs "$l0" "$l1")
 mount_at tree "$T/cache-tree" --input tree=s3://bench/tree/
 t0=$(now); ls -lR "$MNT/inputs/tree" >/dev/null; t1=$(now)

@@ -362,3 +362,21 @@ fn checksums_are_logged_exposed_and_recorded() {
     }
     assert!(m.log().contains(&sha256(&data)), "the warning names the old hash");
 }
+
+#[test]
+fn cold_and_cached_files_can_be_memory_mapped() {
+    if !fuse_available() {
+        return;
+    }
+    let s3 = S3Server::start();
+    let data = bytes(21, (3 << 20) + 123);
+    s3.put("mmapbkt", "arr.npy", &data);
+    let m = TestMount::new(&["--input", "a=s3://mmapbkt/"], &s3.env());
+    let path = m.path("inputs/a/arr.npy");
+    let script = "import hashlib, mmap, sys\nf = open(sys.argv[1], 'rb')\nm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)\nprint(hashlib.sha256(m[:]).hexdigest())";
+    for round in ["cold", "cached"] {
+        let out = std::process::Command::new("python3").arg("-c").arg(script).arg(&path).output().unwrap();
+        assert!(out.status.success(), "{round}: mmap failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), sha256(&data), "{round}: bytes through mmap");
+    }
+}

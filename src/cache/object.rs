@@ -208,6 +208,20 @@ impl CachedObject {
         let range = self.block_range(idx);
         debug_assert_eq!(data.len() as u64, range.end - range.start);
         self.file.write_all_at(data, range.start).map_err(|error| CacheError::Io { path: self.path.clone(), error })?;
+        // Start writing the block back now, asynchronously: a cache filling at network speed
+        // otherwise piles up dirty pages until the kernel throttles every writer.
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a valid descriptor and a range inside the file; the call only queues I/O.
+            unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    range.start as libc::off64_t,
+                    data.len() as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+        }
         let crc = crc32c::crc32c(data);
         self.shared
             .blocks

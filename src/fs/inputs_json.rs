@@ -13,7 +13,7 @@ impl Fs {
     /// All files of all inputs, with the checksums known so far.
     pub(crate) async fn inputs_json(&self) -> Vec<u8> {
         let mut doc = Map::new();
-        let Some(inputs_dir) = self.tree.get(2) else { return b"{}".to_vec() };
+        let Some(inputs_dir) = self.tree.get(super::tree::INPUTS) else { return b"{}".to_vec() };
         let tops: Vec<(String, u64)> = match self.children(&inputs_dir).await {
             Ok(c) => c.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             Err(_) => vec![],

@@ -346,7 +346,8 @@ impl Fs {
             NodeKind::File(f) => {
                 let obj = self.open_object(&node, f).await?;
                 self.after_read(&node, f, &obj);
-                let backing = if passthrough && obj.cached.is_complete() {
+                let complete = obj.cached.is_complete();
+                let backing = if passthrough && complete {
                     let cached = obj.cached.clone();
                     match tokio::task::spawn_blocking(move || cached.verify_all().map(|_| cached.verified_data_file()))
                         .await
@@ -363,7 +364,11 @@ impl Fs {
                 };
                 let fh =
                     self.add_handle(Handle::Input { node: node.clone(), obj, seq: Mutex::new(Sequential::default()) });
-                Ok(Opened { fh, direct_io: false, keep_cache: true, backing })
+                // Until a file is cached whole its bytes already sit in the cache file's pages:
+                // direct I/O keeps the kernel from holding a second copy (and our read-ahead does
+                // the prefetching). Whole files go through passthrough, or the page cache.
+                let direct_io = backing.is_none() && !complete;
+                Ok(Opened { fh, direct_io, keep_cache: !direct_io, backing })
             }
         }
     }

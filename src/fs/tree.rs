@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 /// Inode of the mount's root.
 pub const ROOT: u64 = 1;
+/// Inode of `inputs/` (made right after the root by [`Tree::build`]).
+pub const INPUTS: u64 = 2;
 
 /// Where a lazily listed directory's entries come from.
 #[derive(Debug)]
@@ -125,6 +127,7 @@ impl Tree {
     pub fn build(&self, inputs: Vec<ResolvedInput>) -> u64 {
         let root = self.push(0, String::new(), NodeKind::Dir { children: tokio::sync::OnceCell::new(), lister: None });
         let inputs_dir_ino = self.reserve_dir(root, "inputs");
+        debug_assert_eq!((root, inputs_dir_ino), (ROOT, INPUTS));
         let outputs =
             self.push(root, "outputs".into(), NodeKind::Dir { children: filled(BTreeMap::new()), lister: None });
         let config = self.reserve_dir(root, "config");

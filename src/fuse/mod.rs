@@ -127,6 +127,9 @@ impl Filesystem for FuseAdapter {
         // background requests) are the first limit on throughput otherwise.
         let _ = config
             .add_capabilities(InitFlags::FUSE_MAX_PAGES | InitFlags::FUSE_ASYNC_READ | InitFlags::FUSE_PARALLEL_DIROPS);
+        // Files not yet cached whole are opened with direct I/O; jobs still mmap them (numpy,
+        // torch), which the kernel allows with this flag (Linux 6.6+).
+        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         let _ = config.set_max_readahead(self.max_readahead);
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
