@@ -465,7 +465,8 @@ impl Fs {
     /// Once a file is wholly cached, computes its checksums (once), logs them as Valohai does,
     /// and records them in the data store's integrity history.
     fn after_read(&self, node: &Arc<Node>, f: &FileNode, obj: &Arc<OpenObject>) {
-        if !obj.cached.is_complete() || f.hashing.swap(true, Ordering::AcqRel) {
+        // A plain load first: this runs on every cached read, and the swap writes a shared line.
+        if f.hashing.load(Ordering::Acquire) || !obj.cached.is_complete() || f.hashing.swap(true, Ordering::AcqRel) {
             return;
         }
         let cached = obj.cached.clone();
