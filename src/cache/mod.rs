@@ -186,7 +186,7 @@ impl Cache {
         uri: &str,
     ) -> Result<Arc<CachedObject>, CacheError> {
         let id = ObjectId::of(store_url, key, version);
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = self.lock_open();
         if let Some(obj) = open.get(&id).and_then(Weak::upgrade) {
             obj.touch();
             return Ok(obj);
@@ -207,14 +207,13 @@ impl Cache {
         size: u64,
         uri: &str,
     ) -> Option<Arc<CachedObject>> {
-        let id = ObjectId::of(store_url, key, version);
-        if let Some(obj) = self.open.lock().unwrap_or_else(|e| e.into_inner()).get(&id).and_then(Weak::upgrade) {
-            return Some(obj);
-        }
-        if !self.shared.objects.contains_key(id.0).unwrap_or(false) {
-            return None;
-        }
-        self.object(store_url, key, version, size, uri).ok()
+        let known = self.shared.objects.contains_key(ObjectId::of(store_url, key, version).0).unwrap_or(false);
+        // Known to the index (or open, which implies known): the shared path opens it once.
+        known.then(|| self.object(store_url, key, version, size, uri).ok()).flatten()
+    }
+
+    fn lock_open(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectId, Weak<CachedObject>>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn load(&self, id: ObjectId, version: &str, size: u64, uri: &str) -> Result<CachedObject, CacheError> {

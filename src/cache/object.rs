@@ -145,11 +145,6 @@ impl CachedObject {
         self.present.load(Ordering::Acquire) == self.block_count()
     }
 
-    /// The data file (for passthrough and status).
-    pub fn data_path(&self) -> &std::path::Path {
-        &self.path
-    }
-
     /// State of block `idx`.
     pub fn state(&self, idx: u64) -> BlockState {
         self.lock_blocks().get(idx as usize).cloned().unwrap_or(BlockState::Missing)
@@ -351,11 +346,6 @@ impl CachedObject {
             })
             .await
             .cloned()
-    }
-
-    /// Checksums if they are already known, without computing anything.
-    pub fn known_checksums(&self) -> Option<Checksums> {
-        self.checksums.get().cloned()
     }
 
     fn hash_file(&self) -> Result<Checksums, CacheError> {

@@ -81,16 +81,6 @@ pub struct SourceUri {
     pub selection: Selection,
 }
 
-impl SourceUri {
-    /// The URI of one key in the same store, for messages and `inputs.json`.
-    pub fn uri_of(&self, key: &str) -> String {
-        match self.scheme {
-            Scheme::File => format!("file:///{key}"),
-            _ => format!("{}/{}", self.store_url, key),
-        }
-    }
-}
-
 fn has_wildcard(s: &str) -> bool {
     s.contains('*') || s.contains('?')
 }
