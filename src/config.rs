@@ -61,9 +61,18 @@ pub struct MountConfig {
     pub gid: u32,
     /// Log filter (tracing's syntax).
     pub log_level: String,
+    /// The execution id: names the staged outputs and every datum they become.
+    pub execution: String,
+    /// The command run in the mount (`datumfs run`), for the execution record.
+    pub command: Option<Vec<String>>,
 }
 
 impl MountConfig {
+    /// Where this execution's outputs are staged.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.cache_dir.join("outputs").join(&self.execution)
+    }
+
     /// The daemon's log file.
     pub fn log_file(&self) -> PathBuf {
         self.cache_dir.join("datumfs.log")

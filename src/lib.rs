@@ -1,11 +1,13 @@
 //! datumfs: a FUSE filesystem that gives machine-learning jobs their data as plain files.
 //!
 //! `MOUNTPOINT/inputs/<name>/...` is served lazily from object storage through a persistent
-//! block cache; `config/inputs.json` describes every input file. See the README for the design.
+//! block cache; `outputs/` is staged on local disk and becomes immutable datums on `datumfs sync`;
+//! `config/inputs.json` describes every input file. See the README for the design.
 
 #![warn(missing_docs)]
 
 pub mod cache;
+pub mod catalog;
 pub mod checksum;
 pub mod cli;
 pub mod config;
@@ -15,5 +17,7 @@ pub mod fs;
 pub mod fuse;
 pub mod inputs;
 pub mod keys;
+pub mod outputs;
 pub mod reader;
 pub mod store;
+pub mod sync;

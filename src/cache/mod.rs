@@ -165,6 +165,11 @@ impl Cache {
         })
     }
 
+    /// The index database, for the other index users of the daemon (the outputs' sync state).
+    pub fn index(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// The cache directory.
     pub fn dir(&self) -> &Path {
         &self.shared.dir

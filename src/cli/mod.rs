@@ -1,7 +1,10 @@
 //! The command line: clap types, one file per subcommand, human and `--json` output.
 
+mod datum;
 mod mount;
+mod run;
 mod status;
+mod sync;
 mod unmount;
 
 use anyhow::Result;
@@ -24,6 +27,16 @@ enum Command {
     Unmount(unmount::UnmountArgs),
     /// Show what a mount (or every datumfs mount) serves, its cache and the checksums read.
     Status(status::StatusArgs),
+    /// Upload new and changed outputs of a mount as datums.
+    Sync(sync::SyncArgs),
+    /// Mount, run a command, sync its outputs, unmount; exits with the command's status.
+    Run(Box<run::RunArgs>),
+    /// Turn local files or directories into datums, without a job.
+    Push(datum::PushArgs),
+    /// Datums in the catalog: show, ls, get.
+    Datum(datum::DatumArgs),
+    /// What made a datum, and what read it.
+    Lineage(datum::LineageArgs),
 }
 
 /// Parses the command line and runs it; returns the exit code.
@@ -33,6 +46,11 @@ pub fn run() -> Result<i32> {
         Command::Mount(a) => mount::run(*a),
         Command::Unmount(a) => unmount::run(a),
         Command::Status(a) => status::run(a),
+        Command::Sync(a) => sync::run(a),
+        Command::Run(a) => run::run(*a),
+        Command::Push(a) => datum::run_push(a),
+        Command::Datum(a) => datum::run_datum(a),
+        Command::Lineage(a) => datum::run_lineage(a),
     }
 }
 

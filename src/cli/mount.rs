@@ -54,10 +54,15 @@ pub struct MountArgs {
     /// Log level or filter (error, warn, info, debug, trace).
     #[arg(long, value_name = "LEVEL", env = "DATUMFS_LOG", default_value = "info")]
     log_level: String,
+    /// Execution id [default: a new one]. Mounting again with the same id brings back its staged
+    /// outputs (after a crash) and their sync state.
+    #[arg(long, value_name = "ID", env = "DATUMFS_EXECUTION")]
+    execution: Option<String>,
 }
 
 impl MountArgs {
-    fn into_config(self) -> Result<MountConfig> {
+    /// The validated settings.
+    pub fn into_config(self) -> Result<MountConfig> {
         if !(4096..=64 << 20).contains(&self.block_size) {
             bail!("--block-size {}: must be between 4KiB and 64MiB", self.block_size);
         }
@@ -68,6 +73,13 @@ impl MountArgs {
             None => vec![],
         };
         let inputs = spec::combine(from_file, &flags)?;
+        let execution = match self.execution {
+            Some(id) => {
+                crate::catalog::check_name(&id, "an execution id")?;
+                id
+            }
+            None => format!("exec-{}", crate::catalog::new_id().to_ascii_lowercase()),
+        };
         let home = config::datumfs_home();
         let store_url = match self.store {
             Some(s) => s,
@@ -86,6 +98,8 @@ impl MountArgs {
             uid: self.uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw()),
             gid: self.gid.unwrap_or_else(|| nix::unistd::getegid().as_raw()),
             log_level: self.log_level,
+            execution,
+            command: None,
         })
     }
 }

@@ -1,6 +1,6 @@
 //! `datumfs unmount`.
 
-use crate::control::{self, Request};
+use crate::control::{self, Request, UnsyncedOutputs};
 use crate::daemon::mounts;
 use anyhow::{bail, Result};
 use clap::Args;
@@ -12,9 +12,16 @@ use std::time::{Duration, Instant};
 pub struct UnmountArgs {
     /// The mountpoint.
     mountpoint: PathBuf,
-    /// Detach the mount even when files are open or the daemon does not answer.
+    /// Detach the mount even when files are open or the daemon does not answer (unsynced
+    /// outputs stay staged for a later mount with the same --execution).
     #[arg(long)]
     force: bool,
+    /// Sync outputs first; do not unmount if that fails.
+    #[arg(long, conflicts_with = "discard")]
+    sync: bool,
+    /// Throw unsynced outputs away.
+    #[arg(long)]
+    discard: bool,
 }
 
 /// Whether process `pid` still runs (a zombie waiting for its parent counts as gone).
@@ -27,7 +34,13 @@ fn pid_alive(pid: u32) -> bool {
 
 /// Runs `datumfs unmount`.
 pub fn run(args: UnmountArgs) -> Result<i32> {
-    let mp = super::absolute(&args.mountpoint);
+    let mode = if args.discard { UnsyncedOutputs::Discard } else { UnsyncedOutputs::Refuse };
+    unmount(&args.mountpoint, mode, args.sync, args.force)
+}
+
+/// Unmounts `mountpoint` (syncing first with `sync`); `force` detaches when the daemon cannot.
+pub(super) fn unmount(mountpoint: &std::path::Path, mode: UnsyncedOutputs, sync: bool, force: bool) -> Result<i32> {
+    let mp = super::absolute(mountpoint);
     if mounts::is_dead(&mp) {
         mounts::detach(&mp)?;
         eprintln!("datumfs: {} was a dead mount (its daemon had gone); cleaned up", mp.display());
@@ -37,7 +50,14 @@ pub fn run(args: UnmountArgs) -> Result<i32> {
     if !entry.is_datumfs() {
         bail!("{} is not a datumfs mount (it is {})", mp.display(), entry.fstype);
     }
-    let answer = super::control_socket_of(&mp).and_then(|sock| control::call(&sock, &Request::Unmount));
+    if sync {
+        let (_, ok) = super::sync::sync_mount(&mp, false)?;
+        if !ok {
+            bail!("not unmounting {}: its outputs did not all sync", mp.display());
+        }
+    }
+    let answer =
+        super::control_socket_of(&mp).and_then(|sock| control::call(&sock, &Request::Unmount { unsynced: mode }));
     let failure = match answer {
         Ok(resp) if resp.ok => {
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -54,10 +74,13 @@ pub fn run(args: UnmountArgs) -> Result<i32> {
             }
             "the daemon did not finish within 30 s".to_string()
         }
+        Ok(resp) if !force => {
+            bail!("could not unmount {}: {}", mp.display(), resp.error.unwrap_or_else(|| "the daemon refused".into()))
+        }
         Ok(resp) => resp.error.unwrap_or_else(|| "the daemon refused".into()),
         Err(e) => format!("cannot reach its daemon: {e}"),
     };
-    if args.force {
+    if force {
         mounts::detach(&mp)?;
         eprintln!("datumfs: {}: {failure}; detached it (--force)", mp.display());
         return Ok(0);

@@ -1,6 +1,8 @@
-//! The local control socket: `datumfs status` and `unmount` talk to a running daemon here.
-//! One JSON request line, one JSON answer line; `version` lets later clients detect old daemons.
+//! The local control socket: `datumfs status`, `sync` and `unmount` talk to a running daemon
+//! here. One JSON request line; the daemon may answer with progress lines (`{"progress": ...}`)
+//! before its one final response line. `version` lets later clients detect old daemons.
 
+use crate::sync::ProgressSnapshot;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -8,7 +10,20 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Protocol version spoken by this build.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// What an unmount does with outputs that are not synced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnsyncedOutputs {
+    /// Refuse to unmount while there are any.
+    #[default]
+    Refuse,
+    /// Delete them.
+    Discard,
+    /// Keep them staged on disk (a later mount with the same execution id finds them).
+    Keep,
+}
 
 /// A request to the daemon.
 #[derive(Debug, Serialize, Deserialize)]
@@ -16,8 +31,14 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub enum Request {
     /// Everything `status` shows.
     Status,
+    /// Upload new and changed outputs as datums.
+    Sync,
     /// Unmount and exit.
-    Unmount,
+    Unmount {
+        /// What to do with unsynced outputs.
+        #[serde(default)]
+        unsynced: UnsyncedOutputs,
+    },
 }
 
 /// The daemon's answer.
@@ -32,51 +53,96 @@ pub struct Response {
     pub error: Option<String>,
     /// The daemon's process id.
     pub pid: u32,
-    /// The status document (for `status`).
+    /// The status document (for `status`), the sync report (for `sync`).
     #[serde(default)]
     pub status: Option<serde_json::Value>,
 }
 
-/// Sends one request and waits for the answer.
-pub fn call(socket: &Path, req: &Request) -> std::io::Result<Response> {
+impl Response {
+    /// A successful answer carrying `status`.
+    pub fn ok(status: Option<serde_json::Value>) -> Self {
+        Self { version: PROTOCOL_VERSION, ok: true, error: None, pid: std::process::id(), status }
+    }
+
+    /// A failed answer.
+    pub fn failed(error: String, status: Option<serde_json::Value>) -> Self {
+        Self { version: PROTOCOL_VERSION, ok: false, error: Some(error), pid: std::process::id(), status }
+    }
+}
+
+/// Sends one request and waits for the answer, passing progress lines to `on_progress`.
+pub fn call_with_progress(
+    socket: &Path,
+    req: &Request,
+    mut on_progress: impl FnMut(ProgressSnapshot),
+) -> std::io::Result<Response> {
     let mut stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    // Long jobs send progress at least every second, so a silent minute means a stuck daemon.
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
     stream.write_all(&line)?;
-    let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer)?;
-    serde_json::from_str(&answer).map_err(std::io::Error::other)
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut answer = String::new();
+        if reader.read_line(&mut answer)? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the daemon closed the connection"));
+        }
+        let v: serde_json::Value = serde_json::from_str(&answer).map_err(std::io::Error::other)?;
+        if let Some(p) = v.get("progress") {
+            if let Ok(p) = serde_json::from_value(p.clone()) {
+                on_progress(p);
+            }
+            continue;
+        }
+        return serde_json::from_value(v).map_err(std::io::Error::other);
+    }
 }
 
-/// Serves requests on `socket` until the process ends; `handle` answers each one.
-pub async fn serve<F>(listener: tokio::net::UnixListener, handle: F)
-where
-    F: Fn(Request) -> Response + Send + Sync + 'static,
-{
+/// Sends one request and waits for the answer.
+pub fn call(socket: &Path, req: &Request) -> std::io::Result<Response> {
+    call_with_progress(socket, req, |_| {})
+}
+
+/// Answers requests; may report progress through the sender while working.
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one request.
+    async fn handle(&self, req: Request, progress: tokio::sync::mpsc::UnboundedSender<ProgressSnapshot>) -> Response;
+}
+
+/// Serves requests on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::UnixListener, handler: std::sync::Arc<dyn Handler>) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let handle = std::sync::Arc::new(handle);
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        let handle = handle.clone();
+        let handler = handler.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut lines = tokio::io::BufReader::new(read).lines();
-            if let Ok(Some(line)) = lines.next_line().await {
-                let resp = match serde_json::from_str::<Request>(&line) {
-                    Ok(req) => handle(req),
-                    Err(e) => Response {
-                        version: PROTOCOL_VERSION,
-                        ok: false,
-                        error: Some(format!("bad request: {e}")),
-                        pid: std::process::id(),
-                        status: None,
-                    },
-                };
-                let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+            let Ok(Some(line)) = lines.next_line().await else { return };
+            let req = match serde_json::from_str::<Request>(&line) {
+                Ok(req) => req,
+                Err(e) => {
+                    let resp = Response::failed(format!("bad request: {e}"), None);
+                    let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+                    out.push(b'\n');
+                    let _ = write.write_all(&out).await;
+                    return;
+                }
+            };
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let work = tokio::spawn(async move { handler.handle(req, tx).await });
+            while let Some(p) = rx.recv().await {
+                let mut out = serde_json::to_vec(&serde_json::json!({ "progress": p })).unwrap_or_default();
                 out.push(b'\n');
+                // A client that went away does not stop the work.
                 let _ = write.write_all(&out).await;
             }
+            let resp = work.await.unwrap_or_else(|e| Response::failed(format!("internal error: {e}"), None));
+            let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+            out.push(b'\n');
+            let _ = write.write_all(&out).await;
         });
     }
 }

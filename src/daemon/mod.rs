@@ -2,18 +2,23 @@
 //! `datumfs mount` returns only once the mount is live, or fails with the daemon's message), the
 //! cache-dir lock, the runtime, wiring of the parts, signals, and a clean shutdown.
 
+mod execution;
 pub mod logging;
 pub mod mounts;
 
 use crate::cache::{self, Cache};
+use crate::catalog::Catalog;
 use crate::config::MountConfig;
-use crate::control::{self, Request, Response, PROTOCOL_VERSION};
+use crate::control::{self, UnsyncedOutputs};
 use crate::fs::{Fs, FsSettings};
 use crate::fuse::FuseAdapter;
 use crate::inputs::{resolve, uri};
+use crate::outputs::state::SyncState;
+use crate::outputs::Staging;
 use crate::reader::{ReadConfig, Reader};
 use crate::store::data::DataStore;
 use crate::store::StoreRegistry;
+use crate::sync::Syncer;
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -216,19 +221,29 @@ fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<(
 
     let registry = StoreRegistry::new();
     let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+    let data_store = DataStore::open(&cfg.store_url, &registry).map_err(|e| anyhow!("--store: {e}"))?;
+    let catalog = Catalog::new(data_store.clone());
     let resolved = runtime.block_on(async {
-        let jobs = cfg.inputs.iter().filter(|i| !i.uris.is_empty()).map(|spec| resolve::resolve(spec, &registry, &cwd));
+        let jobs = cfg
+            .inputs
+            .iter()
+            .filter(|i| !i.uris.is_empty())
+            .map(|spec| resolve::resolve(spec, &registry, Some(&catalog), &cwd));
         futures::future::try_join_all(jobs).await
     })?;
-    let data_store = DataStore::open(&cfg.store_url, &registry).map_err(|e| anyhow!("--store: {e}"))?;
     let cache = Arc::new(Cache::open(&cfg.cache_dir, cfg.block_size)?);
+    let staging = Arc::new(
+        Staging::open(&cfg.staging_dir(), crate::fs::tree::OUTPUTS)
+            .with_context(|| format!("outputs staging {}", cfg.staging_dir().display()))?,
+    );
+    let state = SyncState::open(cache.index(), &cfg.execution)?;
     let reader = Reader::new(ReadConfig { max_readahead: cfg.read_ahead, ..ReadConfig::default() });
     let socket = control_socket(&cfg.cache_dir);
     let settings =
         FsSettings { mountpoint: cfg.mountpoint.clone(), uid: cfg.uid, gid: cfg.gid, control_socket: socket.clone() };
     let fs = {
         let _guard = runtime.enter();
-        Arc::new(Fs::new(resolved, cache.clone(), reader, Some(data_store), settings))
+        Arc::new(Fs::new(resolved, cache.clone(), reader, Some(data_store), settings, Some(staging.clone())))
     };
 
     let _ = std::fs::remove_file(&socket);
@@ -245,42 +260,28 @@ fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<(
     let session = fuser::Session::new(adapter, &cfg.mountpoint, &mount_options(cfg))
         .with_context(|| format!("mounting {}", cfg.mountpoint.display()))?;
 
-    {
-        let fs = fs.clone();
-        let mountpoint = cfg.mountpoint.clone();
-        let cache_lock = cfg.cache_dir.join("lock");
-        let cfg_json = serde_json::json!({
+    let execution = Arc::new(execution::Execution {
+        id: cfg.execution.clone(),
+        command: cfg.command.clone(),
+        started_at: crate::catalog::now(),
+        mountpoint: cfg.mountpoint.clone(),
+        fs: fs.clone(),
+        staging,
+        state,
+        syncer: Syncer { catalog, execution: cfg.execution.clone() },
+        sync_lock: tokio::sync::Mutex::new(()),
+        on_exit: std::sync::Mutex::new(UnsyncedOutputs::Keep),
+        config_json: serde_json::json!({
             "cache_size": cfg.cache_size,
             "block_size": cfg.block_size,
             "read_ahead": cfg.read_ahead,
             "log_file": cfg.log_file(),
             "control_socket": socket,
-        });
-        runtime.spawn(control::serve(listener, move |req| match req {
-            Request::Status => {
-                let mut status = fs.status();
-                status["config"] = cfg_json.clone();
-                Response {
-                    version: PROTOCOL_VERSION,
-                    ok: true,
-                    error: None,
-                    pid: std::process::id(),
-                    status: Some(status),
-                }
-            }
-            Request::Unmount => {
-                // The session ends once the kernel drops the mount; EBUSY (open files) is reported.
-                let res = mounts::unmount(&mountpoint);
-                Response {
-                    version: PROTOCOL_VERSION,
-                    ok: res.is_ok(),
-                    error: res.err().map(|e| format!("unmount failed: {e}")),
-                    pid: std::process::id(),
-                    status: Some(serde_json::json!({ "cache_lock": cache_lock })),
-                }
-            }
-        }));
-    }
+            "cache_lock": cfg.cache_dir.join("lock"),
+        }),
+    });
+    runtime.block_on(execution.record_start());
+    runtime.spawn(control::serve(listener, execution.clone()));
     {
         let mountpoint = cfg.mountpoint.clone();
         runtime.spawn(async move {
@@ -299,8 +300,9 @@ fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<(
     }
 
     tracing::info!(
-        "mounted {} (cache {}, pid {})",
+        "mounted {} (execution {}, cache {}, pid {})",
         cfg.mountpoint.display(),
+        cfg.execution,
         cfg.cache_dir.display(),
         std::process::id()
     );
@@ -309,6 +311,7 @@ fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<(
     }
     let run = session.run();
     tracing::info!("unmounted {}", cfg.mountpoint.display());
+    execution.finish();
     if let Err(e) = cache.flush() {
         tracing::warn!("{e}");
     }

@@ -16,7 +16,7 @@ pub enum FsError {
     /// Is a directory.
     #[error("is a directory")]
     IsDir,
-    /// The tree is read-only here (inputs/, config/, and outputs/ until it is writable).
+    /// The tree is read-only here (inputs/ and config/).
     #[error("read-only file system")]
     ReadOnly,
     /// The attribute does not exist (yet).
@@ -29,6 +29,9 @@ pub enum FsError {
     /// An unknown file handle.
     #[error("bad file handle")]
     BadHandle,
+    /// An operation on the staging area failed with this OS error (outputs).
+    #[error("os error {0}")]
+    Os(i32),
     /// The store or the cache failed; logged with its cause, EIO to the caller.
     #[error("{0}")]
     Io(String),
@@ -37,6 +40,15 @@ pub enum FsError {
 impl From<ReadError> for FsError {
     fn from(e: ReadError) -> Self {
         FsError::Io(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for FsError {
+    fn from(e: std::io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(errno) => FsError::Os(errno),
+            None => FsError::Io(e.to_string()),
+        }
     }
 }
 
@@ -57,6 +69,7 @@ impl FsError {
             FsError::NoAttr => libc::ENODATA,
             FsError::BadHandle => libc::EBADF,
             FsError::NotSupported => libc::EOPNOTSUPP,
+            FsError::Os(errno) => *errno,
             FsError::Io(_) => libc::EIO,
         }
     }

@@ -4,12 +4,14 @@
 
 pub mod error;
 mod inputs_json;
+mod outputs_ops;
 pub mod tree;
 
 use crate::cache::{Cache, PinRecord};
 use crate::checksum::Checksums;
 use crate::inputs::integrity::{self, IntegrityRecord};
 use crate::inputs::resolve;
+use crate::outputs::Staging;
 use crate::reader::{self, OpenObject, Pin, Reader, Remote, Sequential};
 use crate::store::data::DataStore;
 pub use error::FsError;
@@ -30,6 +32,8 @@ pub enum Kind {
     Dir,
     /// A regular file.
     File,
+    /// A symbolic link (outputs only).
+    Symlink,
 }
 
 /// Attributes of an inode, in the filesystem's own terms.
@@ -45,6 +49,10 @@ pub struct Attr {
     pub perm: u16,
     /// Modification time.
     pub mtime: SystemTime,
+    /// Access and change times, where they differ from `mtime` (outputs).
+    pub times: Option<(SystemTime, SystemTime)>,
+    /// Link count, where it is not the usual one (outputs).
+    pub nlink: Option<u32>,
     /// Whether the kernel may cache it for long (immutable inputs) or must ask again.
     pub volatile: bool,
 }
@@ -77,6 +85,7 @@ enum Handle {
     Input { node: Arc<Node>, obj: Arc<OpenObject>, seq: Mutex<Sequential> },
     Virtual(Vec<u8>),
     Dir(Vec<DirEntry>),
+    Output(std::fs::File),
 }
 
 /// Settings the filesystem needs from the mount.
@@ -113,6 +122,8 @@ pub struct InputSummary {
     pub name: String,
     /// Its URIs.
     pub uris: Vec<String>,
+    /// The datums it resolved to (`datum://` URIs).
+    pub datums: Vec<String>,
 }
 
 /// The mounted filesystem.
@@ -128,6 +139,15 @@ pub struct Fs {
     started: SystemTime,
     hashed: Arc<Mutex<BTreeMap<String, HashedFile>>>,
     runtime: tokio::runtime::Handle,
+    staging: Option<Arc<Staging>>,
+}
+
+/// Fails when a file's bytes were found to differ from the checksum its record promised.
+fn check_content(f: &FileNode) -> FsResult<()> {
+    if f.mismatch.load(Ordering::Acquire) {
+        return Err(FsError::Io(format!("{}: content does not match its recorded sha256", f.entry.uri)));
+    }
+    Ok(())
 }
 
 /// The root's xattr naming the control socket.
@@ -144,8 +164,19 @@ impl Fs {
         reader: Reader,
         data_store: Option<DataStore>,
         settings: FsSettings,
+        staging: Option<Arc<Staging>>,
     ) -> Self {
-        let summaries = inputs.iter().map(|i| InputSummary { name: i.name.clone(), uris: i.uris.clone() }).collect();
+        let summaries = inputs
+            .iter()
+            .map(|i| InputSummary {
+                name: i.name.clone(),
+                uris: i.uris.clone(),
+                datums: match &i.root {
+                    resolve::InputRoot::Files(files) => files.iter().filter_map(|(_, e)| e.datum.clone()).collect(),
+                    resolve::InputRoot::Lazy { .. } => Vec::new(),
+                },
+            })
+            .collect();
         let tree = Tree::default();
         tree.build(inputs);
         Self {
@@ -160,7 +191,39 @@ impl Fs {
             started: SystemTime::now(),
             hashed: Arc::new(Mutex::new(BTreeMap::new())),
             runtime: tokio::runtime::Handle::current(),
+            staging,
         }
+    }
+
+    /// The staging area when `ino` is in `outputs/`.
+    fn out(&self, ino: u64) -> Option<&Staging> {
+        self.staging.as_deref().filter(|s| s.owns(ino))
+    }
+
+    /// Each input as an execution record shows it: URIs, datums, and the files read whole.
+    pub fn lineage_inputs(&self) -> Vec<crate::catalog::ExecutionInput> {
+        let hashed = self.hashed.lock().unwrap_or_else(|e| e.into_inner());
+        self.inputs
+            .iter()
+            .map(|i| {
+                let prefix = self.settings.mountpoint.join("inputs").join(&i.name);
+                let files_read = hashed
+                    .values()
+                    .filter(|f| std::path::Path::new(&f.path).starts_with(&prefix))
+                    .map(|f| crate::catalog::FileRead {
+                        uri: f.uri.clone(),
+                        size: f.size,
+                        checksums: f.checksums.clone(),
+                    })
+                    .collect();
+                crate::catalog::ExecutionInput {
+                    name: i.name.clone(),
+                    uris: i.uris.clone(),
+                    datums: i.datums.clone(),
+                    files_read,
+                }
+            })
+            .collect()
     }
 
     /// The tokio runtime the filesystem's work runs on.
@@ -190,15 +253,24 @@ impl Fs {
     fn attr_now(&self, node: &Node) -> Option<Attr> {
         let ino = node.ino;
         Some(match &node.kind {
-            NodeKind::Dir { .. } => {
-                Attr { ino, size: 0, kind: Kind::Dir, perm: DIR_PERM, mtime: self.started, volatile: false }
-            }
+            NodeKind::Dir { .. } => Attr {
+                ino,
+                size: 0,
+                kind: Kind::Dir,
+                perm: DIR_PERM,
+                mtime: self.started,
+                times: None,
+                nlink: None,
+                volatile: false,
+            },
             NodeKind::File(f) => Attr {
                 ino,
                 size: f.entry.size,
                 kind: Kind::File,
                 perm: FILE_PERM,
                 mtime: f.entry.mtime,
+                times: None,
+                nlink: None,
                 volatile: false,
             },
             NodeKind::InputsJson => return None,
@@ -214,6 +286,9 @@ impl Fs {
 
     /// Attributes of `ino` when they need no I/O (`None`: call [`Fs::getattr`]).
     pub fn try_getattr(&self, ino: u64) -> Option<FsResult<Attr>> {
+        if let Some(st) = self.out(ino) {
+            return Some(self.out_getattr(st, ino));
+        }
         match self.node(ino) {
             Ok(node) => self.attr_now(&node).map(Ok),
             Err(e) => Some(Err(e)),
@@ -226,11 +301,23 @@ impl Fs {
             return res;
         }
         let size = self.inputs_json().await.len() as u64;
-        Ok(Attr { ino, size, kind: Kind::File, perm: FILE_PERM, mtime: SystemTime::now(), volatile: true })
+        Ok(Attr {
+            ino,
+            size,
+            kind: Kind::File,
+            perm: FILE_PERM,
+            mtime: SystemTime::now(),
+            times: None,
+            nlink: None,
+            volatile: true,
+        })
     }
 
     /// Looks `name` up when its directory is already listed (`None`: call [`Fs::lookup`]).
     pub fn try_lookup(&self, parent: u64, name: &str) -> Option<FsResult<Attr>> {
+        if let Some(st) = self.out(parent) {
+            return Some(self.out_lookup(st, parent, name));
+        }
         let node = match self.node(parent) {
             Ok(n) => n,
             Err(e) => return Some(Err(e)),
@@ -271,6 +358,9 @@ impl Fs {
 
     /// Opens a directory that is already listed (`None`: call [`Fs::opendir`]).
     pub fn try_opendir(&self, ino: u64) -> Option<FsResult<u64>> {
+        if let Some(st) = self.out(ino) {
+            return Some(self.out_opendir(st, ino));
+        }
         let node = match self.node(ino) {
             Ok(n) => n,
             Err(e) => return Some(Err(e)),
@@ -318,8 +408,12 @@ impl Fs {
         }
     }
 
-    /// Refuses any change: inputs and config are read-only (and outputs, for now).
+    /// Whether `ino` may be changed: only `outputs/` and what is in it; inputs and config are
+    /// read-only.
     pub fn check_writable(&self, ino: u64) -> FsResult<()> {
+        if self.out(ino).is_some() {
+            return Ok(());
+        }
         self.node(ino)?;
         Err(FsError::ReadOnly)
     }
@@ -327,7 +421,11 @@ impl Fs {
     /// Opens a file for reading; an input's version is pinned here if its listing had no ETag.
     /// With `passthrough`, a wholly cached file comes back with its verified cache file, which
     /// the kernel can then read directly at local-disk speed.
-    pub async fn open(&self, ino: u64, write: bool, passthrough: bool) -> FsResult<Opened> {
+    pub async fn open(&self, ino: u64, flags: i32, passthrough: bool) -> FsResult<Opened> {
+        if let Some(st) = self.out(ino) {
+            return self.out_open(st, ino, flags);
+        }
+        let write = (flags & libc::O_ACCMODE) != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let node = self.node(ino)?;
         if write {
             return Err(FsError::ReadOnly);
@@ -344,6 +442,7 @@ impl Fs {
                 })
             }
             NodeKind::File(f) => {
+                check_content(f)?;
                 let obj = self.open_object(&node, f).await?;
                 self.after_read(&node, f, &obj);
                 let complete = obj.cached.is_complete();
@@ -422,7 +521,13 @@ impl Fs {
                 let end = (start + size as usize).min(content.len());
                 Some(Ok(content[start..end].to_vec()))
             }
+            Handle::Output(file) => Some(outputs_ops::pread(file, offset, size)),
             Handle::Input { node, obj, .. } if obj.cached.is_complete() => {
+                if let NodeKind::File(f) = &node.kind {
+                    if let Err(e) = check_content(f) {
+                        return Some(Err(e));
+                    }
+                }
                 match obj.cached.read_cached(offset, size as usize) {
                     Ok(buf) => {
                         // The last block may have come in by read-ahead: checksum from here too.
@@ -443,6 +548,9 @@ impl Fs {
         let h = self.handle(fh)?;
         match &*h {
             Handle::Input { node, obj, seq } => {
+                if let NodeKind::File(f) = &node.kind {
+                    check_content(f)?;
+                }
                 let res = self.reader.read(obj, seq, offset, size).await;
                 if let Err(e) = &res {
                     tracing::error!("{}: read at {offset} failed: {e}", self.mount_path(node));
@@ -453,7 +561,7 @@ impl Fs {
                 }
                 Ok(buf)
             }
-            Handle::Virtual(_) => self.read_cached(fh, offset, size).unwrap_or(Ok(Vec::new())),
+            Handle::Virtual(_) | Handle::Output(_) => self.read_cached(fh, offset, size).unwrap_or(Ok(Vec::new())),
             Handle::Dir(_) => Err(FsError::IsDir),
         }
     }
@@ -482,6 +590,16 @@ impl Fs {
                     tracing::info!("{path}: md5 sum: {}", sums.md5);
                     tracing::info!("{path}: sha1 sum: {}", sums.sha1);
                     tracing::info!("{path}: sha256 sum: {}", sums.sha256);
+                    if let Some(want) = &f.entry.expected_sha256 {
+                        if *want != sums.sha256 {
+                            tracing::error!(
+                                "{path}: {} has sha256 {} but its record says {want}: reads now fail with EIO",
+                                f.entry.uri,
+                                sums.sha256
+                            );
+                            f.mismatch.store(true, Ordering::Release);
+                        }
+                    }
                     let _ = f.checksums.set(sums.clone());
                     let file = HashedFile {
                         path: path.clone(),
@@ -517,6 +635,9 @@ impl Fs {
     /// Extended attributes that need no I/O (`None`: call [`Fs::getxattr`]). Everything but our
     /// own names answers "no such attribute" at once: `ls -l` asks for ACLs and labels per file.
     pub fn try_getxattr(&self, ino: u64, name: &str) -> Option<FsResult<Vec<u8>>> {
+        if self.out(ino).is_some() {
+            return Some(Err(if name.starts_with("user.") { FsError::NoAttr } else { FsError::NotSupported }));
+        }
         let node = match self.node(ino) {
             Ok(n) => n,
             Err(e) => return Some(Err(e)),
@@ -573,6 +694,9 @@ impl Fs {
 
     /// Names of the extended attributes of `ino`, NUL-separated.
     pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        if self.out(ino).is_some() {
+            return Ok(Vec::new());
+        }
         let node = self.node(ino)?;
         if ino == tree::ROOT {
             return Ok(format!("{CONTROL_XATTR}\0").into_bytes());

@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 pub const ROOT: u64 = 1;
 /// Inode of `inputs/` (made right after the root by [`Tree::build`]).
 pub const INPUTS: u64 = 2;
+/// Inode of `outputs/` (made right after `inputs/`); its contents live in the staging area.
+pub const OUTPUTS: u64 = 3;
 
 /// Where a lazily listed directory's entries come from.
 #[derive(Debug)]
@@ -35,6 +37,8 @@ pub struct FileNode {
     pub hashing: AtomicBool,
     /// Its checksums, once known.
     pub checksums: OnceLock<crate::checksum::Checksums>,
+    /// Set when its bytes turned out to differ from the sha256 its record promised.
+    pub mismatch: AtomicBool,
 }
 
 /// What an inode is.
@@ -120,6 +124,7 @@ impl Tree {
             open: Mutex::new(Weak::new()),
             hashing: AtomicBool::new(false),
             checksums: OnceLock::new(),
+            mismatch: AtomicBool::new(false),
         }))
     }
 
@@ -130,6 +135,7 @@ impl Tree {
         debug_assert_eq!((root, inputs_dir_ino), (ROOT, INPUTS));
         let outputs =
             self.push(root, "outputs".into(), NodeKind::Dir { children: filled(BTreeMap::new()), lister: None });
+        debug_assert_eq!(outputs, OUTPUTS);
         let config = self.reserve_dir(root, "config");
         let json = self.push(config, "config/inputs.json".into(), NodeKind::InputsJson);
         self.fill(config, BTreeMap::from([("inputs.json".to_string(), json)]));

@@ -3,6 +3,7 @@
 //! the network), and sends errors as the errno `fs::error` chose.
 
 use crate::fs::{Attr, Fs, FsError, Kind};
+use crate::outputs::SetTime;
 use fuser::BackingId;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
@@ -66,21 +67,26 @@ fn file_attr(a: &Attr, uid: u32, gid: u32) -> FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
         blocks: a.size.div_ceil(512),
-        atime: a.mtime,
+        atime: a.times.map_or(a.mtime, |t| t.0),
         mtime: a.mtime,
-        ctime: a.mtime,
+        ctime: a.times.map_or(a.mtime, |t| t.1),
         crtime: a.mtime,
-        kind: match a.kind {
-            Kind::Dir => FileType::Directory,
-            Kind::File => FileType::RegularFile,
-        },
+        kind: file_type(a.kind),
         perm: a.perm,
-        nlink: if a.kind == Kind::Dir { 2 } else { 1 },
+        nlink: a.nlink.unwrap_or(if a.kind == Kind::Dir { 2 } else { 1 }),
         uid,
         gid,
         rdev: 0,
         flags: 0,
         blksize: 1 << 20,
+    }
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::Dir => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
     }
 }
 
@@ -113,6 +119,13 @@ fn reply_opendir(reply: ReplyOpen, res: Result<u64, FsError>) {
     }
 }
 
+fn reply_empty(reply: ReplyEmpty, res: Result<(), FsError>) {
+    match res {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
 fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
@@ -132,6 +145,8 @@ impl Filesystem for FuseAdapter {
         let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         let _ = config.set_max_readahead(self.max_readahead);
         let _ = config.set_max_background(64);
+        // Writes to outputs in 1 MiB requests rather than the default 128 KiB.
+        let _ = config.set_max_write(1 << 20);
         let _ = config.set_congestion_threshold(48);
         // Passthrough needs CAP_SYS_ADMIN and Linux 6.9+; without it reads simply come to us.
         if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() && config.set_max_stack_depth(2).is_ok() {
@@ -161,21 +176,35 @@ impl Filesystem for FuseAdapter {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _mode: Option<u32>,
+        mode: Option<u32>,
         _uid: Option<u32>,
         _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(self.fs.check_writable(ino.0).err().map(|e| errno(&e)).unwrap_or(Errno::EROFS));
+        let conv = |t: Option<TimeOrNow>| {
+            t.map(|t| match t {
+                TimeOrNow::Now => SetTime::Now,
+                TimeOrNow::SpecificTime(t) => SetTime::At(t),
+            })
+        };
+        let res = self.fs.setattr(ino.0, mode, size, conv(atime), conv(mtime), fh.map(|f| f.0));
+        reply_attr(reply, res, self.uid, self.gid);
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn mknod(
@@ -188,61 +217,82 @@ impl Filesystem for FuseAdapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(self.refuse(parent));
+        // Regular files come through create; devices, fifos and sockets have no place in outputs.
+        reply.error(match self.fs.check_writable(parent.0) {
+            Ok(()) => Errno::EPERM,
+            Err(e) => errno(&e),
+        });
     }
 
-    fn mkdir(&self, _req: &Request, parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
-        reply.error(self.refuse(parent));
+    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let Some(name) = name_str(name) else { return reply.error(Errno::EINVAL) };
+        reply_entry(reply, self.fs.mkdir(parent.0, &name, mode & !umask), self.uid, self.gid);
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(self.refuse(parent));
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = name_str(name) else { return reply.error(Errno::ENOENT) };
+        reply_empty(reply, self.fs.unlink(parent.0, &name));
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(self.refuse(parent));
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = name_str(name) else { return reply.error(Errno::ENOENT) };
+        reply_empty(reply, self.fs.rmdir(parent.0, &name));
     }
 
-    fn symlink(&self, _req: &Request, parent: INodeNo, _link_name: &OsStr, _target: &Path, reply: ReplyEntry) {
-        reply.error(self.refuse(parent));
+    fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let Some(name) = name_str(link_name) else { return reply.error(Errno::EINVAL) };
+        reply_entry(reply, self.fs.symlink(parent.0, &name, target), self.uid, self.gid);
     }
 
     fn rename(
         &self,
         _req: &Request,
         parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: fuser::RenameFlags,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(self.refuse(parent));
+        let (Some(name), Some(newname)) = (name_str(name), name_str(newname)) else {
+            return reply.error(Errno::EINVAL);
+        };
+        reply_empty(reply, self.fs.rename(parent.0, &name, newparent.0, &newname, flags.bits()));
     }
 
     fn link(&self, _req: &Request, _ino: INodeNo, newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
-        reply.error(self.refuse(newparent));
+        // Hard links would give one staged file two output paths; tools fall back to copies.
+        reply.error(match self.fs.check_writable(newparent.0) {
+            Ok(()) => Errno::EPERM,
+            Err(e) => errno(&e),
+        });
     }
 
     fn create(
         &self,
         _req: &Request,
         parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _flags: i32,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(self.refuse(parent));
+        let Some(name) = name_str(name) else { return reply.error(Errno::EINVAL) };
+        match self.fs.create(parent.0, &name, mode & !umask, flags) {
+            Ok((a, o)) => {
+                let attr = file_attr(&a, self.uid, self.gid);
+                reply.created(&ttl(&a), &attr, Generation(0), FileHandle(o.fh), FopenFlags::empty())
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let write = (flags.0 & libc::O_ACCMODE) != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         let pt = self.passthrough.clone();
         self.spawn(move |fs| async move {
             let allowed = pt.enabled.load(std::sync::atomic::Ordering::Relaxed) && !pt.has_ordinary(ino.0);
-            match fs.open(ino.0, write, allowed).await {
+            match fs.open(ino.0, flags.0, allowed).await {
                 Ok(o) => pt.reply_open(reply, ino.0, o),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -278,16 +328,19 @@ impl Filesystem for FuseAdapter {
     fn write(
         &self,
         _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
         _write_flags: fuser::WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(self.refuse(ino));
+        match self.fs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
@@ -309,7 +362,11 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        reply_empty(reply, self.fs.fsync(fh.0, datasync));
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         reply.ok();
     }
 
@@ -324,8 +381,7 @@ impl Filesystem for FuseAdapter {
         match self.fs.readdir(fh.0, offset) {
             Ok(entries) => {
                 for (next, e) in entries {
-                    let kind = if e.kind == Kind::Dir { FileType::Directory } else { FileType::RegularFile };
-                    if reply.add(INodeNo(e.ino), next, kind, &e.name) {
+                    if reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name) {
                         break;
                     }
                 }
@@ -468,9 +524,10 @@ impl Passthrough {
 }
 
 impl FuseAdapter {
+    /// Extended attributes cannot be set: read-only inputs, and outputs keep none.
     fn refuse(&self, ino: INodeNo) -> Errno {
         match self.fs.check_writable(ino.0) {
-            Ok(()) => Errno::EROFS,
+            Ok(()) => Errno::ENOTSUP,
             Err(e) => errno(&e),
         }
     }

@@ -98,6 +98,7 @@ mod tests {
             handle: Arc::new(StoreHandle::new("mem://d", Arc::new(InMemory::new()))),
             prefix: "p".into(),
             url: "mem://d/p".into(),
+            local_dir: None,
         };
         assert_eq!(record(&ds, &rec("aa")).await.unwrap(), None);
         assert_eq!(record(&ds, &rec("aa")).await.unwrap(), None);

@@ -3,7 +3,8 @@
 //! listed lazily, one directory at a time, when first needed; everything else is listed at mount.
 
 use super::spec::{InputSpec, KeepDirectories};
-use super::uri::{self, Selection, SourceUri, UriError};
+use super::uri::{self, Scheme, Selection, SourceUri, UriError};
+use crate::catalog::Catalog;
 use crate::keys::{self, UnsafeKey};
 use crate::reader::Pin;
 use crate::store::{StoreError, StoreHandle, StoreRegistry};
@@ -33,6 +34,14 @@ pub enum ResolveError {
         /// The store's error (names the URI).
         error: StoreError,
     },
+    /// A `datum://` URI could not be resolved in the catalog.
+    #[error("input '{input}': {error}")]
+    Catalog {
+        /// The input's name.
+        input: String,
+        /// The catalog's error (names the datum).
+        error: crate::catalog::CatalogError,
+    },
     /// The input's files cannot be laid out (clashing names, nothing matched, ...).
     #[error("input '{input}': {reason}")]
     Layout {
@@ -58,6 +67,10 @@ pub struct FileEntry {
     pub pin: Option<Pin>,
     /// Modification time in the store.
     pub mtime: std::time::SystemTime,
+    /// The datum id, for files of `datum://` inputs.
+    pub datum: Option<String>,
+    /// The sha256 the bytes must have (known up front for datums).
+    pub expected_sha256: Option<String>,
 }
 
 /// One directory's listing below a prefix.
@@ -139,6 +152,8 @@ fn entry(store: &Arc<StoreHandle>, meta: &ObjectMeta) -> FileEntry {
         size: meta.size,
         pin: meta.e_tag.as_ref().map(|_| Pin::from_meta(meta)),
         mtime: meta.last_modified.into(),
+        datum: None,
+        expected_sha256: None,
     }
 }
 
@@ -194,6 +209,7 @@ pub async fn list_dir(store: &Arc<StoreHandle>, prefix: Option<&Path>) -> Result
 pub async fn resolve(
     spec: &InputSpec,
     registry: &StoreRegistry,
+    catalog: Option<&Catalog>,
     cwd: &std::path::Path,
 ) -> Result<ResolvedInput, ResolveError> {
     let input = spec.name.clone();
@@ -228,6 +244,13 @@ pub async fn resolve(
 
     let mut files: Vec<(Vec<String>, FileEntry)> = Vec::new();
     for u in &parsed {
+        if u.scheme == Scheme::Datum {
+            let catalog =
+                catalog.ok_or_else(|| layout_err(format!("{}: datum inputs need a data store", u.original)))?;
+            let (rel, e) = resolve_datum(u, spec, catalog, registry, cwd).await?;
+            push_checked(&mut files, rel, e);
+            continue;
+        }
         let store = registry.open(u).map_err(store_err)?;
         let before = files.len();
         match &u.selection {
@@ -315,6 +338,46 @@ pub async fn resolve(
         }
     }
     Ok(ResolvedInput { name: spec.name.clone(), uris: spec.uris.clone(), root: InputRoot::Files(files) })
+}
+
+/// A `datum://ID|ALIAS` input file: looked up once in the catalog and pinned to the stored
+/// object's current version, with the sha256 its bytes must have.
+async fn resolve_datum(
+    u: &SourceUri,
+    spec: &InputSpec,
+    catalog: &Catalog,
+    registry: &StoreRegistry,
+    cwd: &std::path::Path,
+) -> Result<(Vec<String>, FileEntry), ResolveError> {
+    let input = spec.name.clone();
+    let rec = catalog.resolve(&u.key).await.map_err(|error| ResolveError::Catalog { input: input.clone(), error })?;
+    let layout_err = |reason: String| ResolveError::Layout { input: input.clone(), reason };
+    let src = uri::parse(&rec.object_uri, cwd)
+        .map_err(|e| layout_err(format!("{}: its record points at an unusable URI: {e}", u.original)))?;
+    let store = registry.open(&src).map_err(|error| ResolveError::Store { input: input.clone(), error })?;
+    let key = key_path(&src, &src.key)
+        .map_err(|error| ResolveError::Uri { input: input.clone(), error })?
+        .ok_or_else(|| layout_err(format!("{}: its record has no key", u.original)))?;
+    let meta = store.inner.head(&key).await.map_err(|e| ResolveError::Store {
+        input: input.clone(),
+        error: StoreError::from_object_store(&format!("{} ({})", u.original, rec.object_uri), src.bucket.as_deref(), e),
+    })?;
+    if meta.size != rec.size {
+        return Err(layout_err(format!(
+            "{}: the stored object {} has {} bytes but the datum has {}: it was changed or damaged",
+            u.original, rec.object_uri, meta.size, rec.size
+        )));
+    }
+    let mut e = entry(&store, &meta);
+    e.pin = Some(Pin::from_meta(&meta));
+    e.uri = rec.uri.clone();
+    e.datum = Some(rec.id.clone());
+    e.expected_sha256 = Some(rec.checksums.sha256.clone());
+    let rel = match spec.keep_directories {
+        KeepDirectories::Full => rec.path.split('/').map(str::to_string).collect(),
+        _ => vec![spec.filename.clone().unwrap_or_else(|| rec.path.rsplit('/').next().unwrap_or(&rec.id).to_string())],
+    };
+    Ok((rel, e))
 }
 
 fn push_checked(files: &mut Vec<(Vec<String>, FileEntry)>, rel: Vec<String>, e: FileEntry) {
@@ -438,6 +501,8 @@ mod tests {
             size: 0,
             pin: None,
             mtime: std::time::UNIX_EPOCH,
+            datum: None,
+            expected_sha256: None,
         };
         let files = vec![(vec!["1.jpg".to_string()], e("a/1.jpg")), (vec!["1.jpg".to_string()], e("b/1.jpg"))];
         let err = check_layout(&files, KeepDirectories::None).unwrap_err();
@@ -449,7 +514,7 @@ mod tests {
     async fn resolved(keys: &[&str], uris: &[&str], keep: KeepDirectories) -> Result<Vec<String>, ResolveError> {
         let (reg, h) = store(keys).await;
         reg.register("s3://b", h);
-        let r = resolve(&spec(uris, keep), &reg, std::path::Path::new("/")).await?;
+        let r = resolve(&spec(uris, keep), &reg, None, std::path::Path::new("/")).await?;
         match r.root {
             InputRoot::Files(f) => {
                 let mut v: Vec<String> = f.into_iter().map(|(rel, _)| rel.join("/")).collect();

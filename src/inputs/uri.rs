@@ -48,6 +48,8 @@ pub enum Scheme {
     Http,
     /// The local filesystem.
     File,
+    /// A datum of the catalog (`datum://ID` or `datum://ALIAS`); `key` holds the name.
+    Datum,
 }
 
 /// What part of the store a URI selects.
@@ -164,7 +166,21 @@ pub fn parse(uri: &str, cwd: &Path) -> Result<SourceUri, UriError> {
             }
             local_path(rest, cwd, uri)
         }
-        "datum" | "dataset" => Err(UriError::NotYetSupported { uri: uri.to_string(), scheme: scheme.to_string() }),
+        "datum" => {
+            let name = rest.trim_end_matches('/');
+            if name.is_empty() || name.contains('/') {
+                return Err(malformed("a datum URI is datum://ID or datum://ALIAS"));
+            }
+            Ok(SourceUri {
+                original: uri.to_string(),
+                scheme: Scheme::Datum,
+                store_url: "datum://".into(),
+                bucket: None,
+                key: name.to_string(),
+                selection: Selection::Object,
+            })
+        }
+        "dataset" => Err(UriError::NotYetSupported { uri: uri.to_string(), scheme: scheme.to_string() }),
         other => Err(UriError::UnknownScheme { uri: uri.to_string(), scheme: other.to_string() }),
     }
 }
@@ -268,7 +284,9 @@ mod tests {
         assert!(matches!(parse("s3:///key", Path::new("/")), Err(UriError::Malformed { .. })));
         assert!(matches!(parse("file://relative", Path::new("/")), Err(UriError::Malformed { .. })));
         assert!(matches!(parse("https://h/dir/", Path::new("/")), Err(UriError::Malformed { .. })));
-        assert!(matches!(parse("datum://abc", Path::new("/")), Err(UriError::NotYetSupported { .. })));
+        assert_eq!(parse("datum://best-model", Path::new("/")).unwrap().scheme, Scheme::Datum);
+        assert!(matches!(parse("datum://a/b", Path::new("/")), Err(UriError::Malformed { .. })));
+        assert!(matches!(parse("dataset://abc/v1", Path::new("/")), Err(UriError::NotYetSupported { .. })));
         assert!(matches!(parse("mailto:x@y", Path::new("/")), Err(UriError::UnknownScheme { .. })));
         assert!(matches!(parse("", Path::new("/")), Err(UriError::Malformed { .. })));
     }

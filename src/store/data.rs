@@ -15,6 +15,9 @@ pub struct DataStore {
     pub prefix: String,
     /// The URL as given, for messages.
     pub url: String,
+    /// The directory of a local (`file://`) store, where record updates are serialized with a
+    /// lock file (object_store's local backend has no conditional update).
+    pub local_dir: Option<std::path::PathBuf>,
 }
 
 /// The reserved prefix for datumfs's records.
@@ -32,13 +35,30 @@ impl DataStore {
                 reason: "an http(s) URL cannot be a data store".into(),
             });
         }
+        let mut local_dir = None;
         if parsed.scheme == Scheme::File {
             let dir = std::path::Path::new("/").join(&parsed.key);
             crate::cache::create_private_dir(&dir)
                 .map_err(|e| StoreError::Other { uri: url.to_string(), cause: e.to_string() })?;
+            local_dir = Some(dir);
         }
         let handle = registry.open(&parsed)?;
-        Ok(Self { handle, prefix: parsed.key.trim_matches('/').to_string(), url: url.to_string() })
+        Ok(Self { handle, prefix: parsed.key.trim_matches('/').to_string(), url: url.to_string(), local_dir })
+    }
+
+    /// The key of a datum's bytes: `data/<rel>` under the store's prefix, outside the reserved
+    /// prefix, so other tools see plain objects.
+    pub fn data_key(&self, rel: &str) -> Path {
+        if self.prefix.is_empty() {
+            Path::from(format!("data/{rel}"))
+        } else {
+            Path::from(format!("{}/data/{rel}", self.prefix))
+        }
+    }
+
+    /// The URI of `key` in this store, for records and messages.
+    pub fn uri_of(&self, key: &Path) -> String {
+        self.handle.uri_of(key.as_ref())
     }
 
     /// The key of a record `rel` under the reserved prefix.

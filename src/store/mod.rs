@@ -163,6 +163,12 @@ fn build(uri: &SourceUri) -> Result<StoreHandle, StoreError> {
                 .map_err(bad)?,
         ),
         Scheme::File => Arc::new(object_store::local::LocalFileSystem::new()),
+        Scheme::Datum => {
+            return Err(StoreError::BadUri {
+                uri: uri.original.clone(),
+                reason: "datum:// names a catalog entry, not a store".into(),
+            })
+        }
     };
     Ok(StoreHandle {
         url: uri.store_url.clone(),

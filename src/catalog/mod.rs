@@ -1,0 +1,407 @@
+//! The catalog: datumfs's records in the data store, under its reserved prefix (`.datumfs/`).
+//!
+//! Datums are immutable (create-only puts); aliases are updated with compare-and-swap on the
+//! record's ETag, so two nodes racing never lose an update (a local store serializes updates
+//! with a lock file instead, as object_store's local backend has no conditional update).
+//! Executions are owned by one mount and simply rewritten. Knows nothing of FUSE or the cache.
+
+pub mod records;
+
+use crate::store::data::DataStore;
+use crate::store::StoreError;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+pub use records::{AliasMove, AliasRecord, DatumRecord, ExecutionInput, ExecutionRecord, FileRead, ReaderRecord};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use thiserror::Error;
+
+/// A catalog failure, naming the record or name it concerns.
+#[derive(Debug, Error)]
+pub enum CatalogError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No datum (or alias) of that name.
+    #[error("{name}: no such datum or alias in the data store {store}")]
+    NoSuchDatum {
+        /// The id or alias asked for.
+        name: String,
+        /// The data store searched.
+        store: String,
+    },
+    /// No execution of that id.
+    #[error("execution {id}: no such execution in the data store {store}")]
+    NoSuchExecution {
+        /// The id asked for.
+        id: String,
+        /// The data store searched.
+        store: String,
+    },
+    /// A record exists but cannot be read.
+    #[error("{uri}: malformed catalog record: {reason}")]
+    Malformed {
+        /// The record's URI.
+        uri: String,
+        /// The parse error.
+        reason: String,
+    },
+    /// A name (alias, id) is not acceptable.
+    #[error("'{name}': {reason}")]
+    BadName {
+        /// The name given.
+        name: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A compare-and-swap kept losing to other writers.
+    #[error("{uri}: could not update after {tries} attempts: other writers kept changing it")]
+    Contended {
+        /// The record's URI.
+        uri: String,
+        /// How many attempts were made.
+        tries: u32,
+    },
+}
+
+/// A new time-sortable id (ULID, 26 characters of Crockford base32).
+pub fn new_id() -> String {
+    ulid::Ulid::generate().to_string()
+}
+
+/// Whether `s` has the form of an id (as opposed to an alias).
+pub fn is_id(s: &str) -> bool {
+    s.len() == 26 && ulid::Ulid::from_string(s).is_ok()
+}
+
+/// Checks a user-chosen name (alias, execution id): letters, digits, `.`, `_`, `-`; 1 to 128
+/// characters; starting with a letter or digit.
+pub fn check_name(name: &str, what: &str) -> Result<(), CatalogError> {
+    let bad = |reason: &str| CatalogError::BadName { name: name.to_string(), reason: format!("{what} {reason}") };
+    if name.is_empty() || name.len() > 128 {
+        return Err(bad("must be 1 to 128 characters long"));
+    }
+    if !name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) {
+        return Err(bad("must start with a letter or a digit"));
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        return Err(bad("may only hold letters, digits, '.', '_' and '-'"));
+    }
+    Ok(())
+}
+
+/// Checks an alias: a name that cannot be mistaken for an id.
+pub fn check_alias(alias: &str) -> Result<(), CatalogError> {
+    check_name(alias, "an alias")?;
+    if is_id(alias) {
+        return Err(CatalogError::BadName {
+            name: alias.to_string(),
+            reason: "an alias may not have the form of a datum id".into(),
+        });
+    }
+    Ok(())
+}
+
+/// `datum://X` or `X` → `X`.
+pub fn strip_scheme(s: &str) -> &str {
+    s.strip_prefix("datum://").unwrap_or(s).trim_end_matches('/')
+}
+
+/// The host name, for records.
+pub fn hostname() -> String {
+    crate::inputs::integrity::hostname()
+}
+
+/// Now, RFC 3339.
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The catalog of one data store.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    ds: DataStore,
+}
+
+const CAS_TRIES: u32 = 50;
+
+impl Catalog {
+    /// The catalog kept in `ds`.
+    pub fn new(ds: DataStore) -> Self {
+        Self { ds }
+    }
+
+    /// The data store.
+    pub fn store(&self) -> &DataStore {
+        &self.ds
+    }
+
+    fn store_err(&self, key: &Path, e: object_store::Error) -> StoreError {
+        StoreError::from_object_store(&self.ds.uri_of(key), self.ds.handle.bucket.as_deref(), e)
+    }
+
+    async fn read<T: DeserializeOwned>(&self, key: &Path) -> Result<Option<(T, UpdateVersion)>, CatalogError> {
+        let res = match self.ds.handle.inner.get(key).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.store_err(key, e).into()),
+        };
+        let version = UpdateVersion { e_tag: res.meta.e_tag.clone(), version: res.meta.version.clone() };
+        let bytes = res.bytes().await.map_err(|e| self.store_err(key, e))?;
+        let value = serde_json::from_slice(&bytes)
+            .map_err(|e| CatalogError::Malformed { uri: self.ds.uri_of(key), reason: e.to_string() })?;
+        Ok(Some((value, version)))
+    }
+
+    async fn put<T: Serialize>(&self, key: &Path, value: &T, mode: PutMode) -> Result<(), object_store::Error> {
+        let body = serde_json::to_vec_pretty(value)
+            .map_err(|e| object_store::Error::Generic { store: "catalog", source: Box::new(e) })?;
+        let opts = PutOptions { mode, ..Default::default() };
+        self.ds.handle.inner.put_opts(key, PutPayload::from(body), opts).await.map(|_| ())
+    }
+
+    /// Reads, changes and writes back the record at `rel` so that no concurrent update is lost.
+    async fn update<T, F>(&self, rel: &str, mut change: F) -> Result<T, CatalogError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(Option<T>) -> Result<T, CatalogError>,
+    {
+        let key = self.ds.record_key(rel);
+        if let Some(dir) = &self.ds.local_dir {
+            let _lock = lock_local(dir, rel).await.map_err(|e| StoreError::Other {
+                uri: self.ds.uri_of(&key),
+                cause: format!("could not lock the record for update: {e}"),
+            })?;
+            let old = self.read::<T>(&key).await?.map(|(v, _)| v);
+            let new = change(old)?;
+            self.put(&key, &new, PutMode::Overwrite).await.map_err(|e| self.store_err(&key, e))?;
+            return Ok(new);
+        }
+        for attempt in 0..CAS_TRIES {
+            let (old, mode) = match self.read::<T>(&key).await? {
+                Some((v, version)) => (Some(v), PutMode::Update(version)),
+                None => (None, PutMode::Create),
+            };
+            let new = change(old)?;
+            match self.put(&key, &new, mode).await {
+                Ok(()) => return Ok(new),
+                Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => {
+                    let pause = 5 + (rand::random::<u64>() % 20) * (attempt as u64 + 1).min(10);
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                }
+                Err(e) => return Err(self.store_err(&key, e).into()),
+            }
+        }
+        Err(CatalogError::Contended { uri: self.ds.uri_of(&key), tries: CAS_TRIES })
+    }
+
+    fn datum_rel(id: &str) -> String {
+        format!("datums/{id}.json")
+    }
+
+    /// Stores a new datum record (create-only: an existing record is never replaced; storing the
+    /// same record again is a no-op, so a resumed sync can repeat it).
+    pub async fn put_datum(&self, rec: &DatumRecord) -> Result<(), CatalogError> {
+        let key = self.ds.record_key(&Self::datum_rel(&rec.id));
+        match self.put(&key, rec, PutMode::Create).await {
+            Ok(()) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                match self.read::<DatumRecord>(&key).await? {
+                    Some((old, _)) if old.id == rec.id && old.key == rec.key => Ok(()),
+                    _ => Err(CatalogError::BadName {
+                        name: rec.id.clone(),
+                        reason: "a different datum record already has this id".into(),
+                    }),
+                }
+            }
+            Err(e) => Err(self.store_err(&key, e).into()),
+        }
+    }
+
+    /// The datum with id `id`.
+    pub async fn datum(&self, id: &str) -> Result<DatumRecord, CatalogError> {
+        let key = self.ds.record_key(&Self::datum_rel(id));
+        match self.read(&key).await? {
+            Some((d, _)) => Ok(d),
+            None => Err(CatalogError::NoSuchDatum { name: format!("datum://{id}"), store: self.ds.url.clone() }),
+        }
+    }
+
+    /// The datum named by an id or an alias (`datum://` optional).
+    pub async fn resolve(&self, name: &str) -> Result<DatumRecord, CatalogError> {
+        let bare = strip_scheme(name);
+        if is_id(bare) {
+            return self.datum(&bare.to_ascii_uppercase()).await;
+        }
+        check_alias(bare)?;
+        match self.alias(bare).await? {
+            Some(a) => self.datum(&a.datum).await,
+            None => Err(CatalogError::NoSuchDatum { name: format!("datum://{bare}"), store: self.ds.url.clone() }),
+        }
+    }
+
+    /// Every datum, oldest first (ids sort by time).
+    pub async fn datums(&self) -> Result<Vec<DatumRecord>, CatalogError> {
+        let prefix = self.ds.record_key("datums");
+        let metas: Vec<_> =
+            self.ds.handle.inner.list(Some(&prefix)).try_collect().await.map_err(|e| self.store_err(&prefix, e))?;
+        let reads = metas.iter().map(|m| self.read::<DatumRecord>(&m.location));
+        let mut out: Vec<DatumRecord> = futures::stream::iter(reads)
+            .buffer_unordered(32)
+            .try_filter_map(|r| async move { Ok(r.map(|(d, _)| d)) })
+            .try_collect()
+            .await?;
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    fn execution_rel(id: &str) -> String {
+        format!("executions/{id}.json")
+    }
+
+    /// Writes an execution's record (its mount owns it, so the last write wins).
+    pub async fn put_execution(&self, rec: &ExecutionRecord) -> Result<(), CatalogError> {
+        let key = self.ds.record_key(&Self::execution_rel(&rec.id));
+        self.put(&key, rec, PutMode::Overwrite).await.map_err(|e| self.store_err(&key, e).into())
+    }
+
+    /// The execution `id`.
+    pub async fn execution(&self, id: &str) -> Result<ExecutionRecord, CatalogError> {
+        let key = self.ds.record_key(&Self::execution_rel(id));
+        match self.read(&key).await? {
+            Some((e, _)) => Ok(e),
+            None => Err(CatalogError::NoSuchExecution { id: id.to_string(), store: self.ds.url.clone() }),
+        }
+    }
+
+    /// The execution `id` if it exists.
+    pub async fn find_execution(&self, id: &str) -> Result<Option<ExecutionRecord>, CatalogError> {
+        let key = self.ds.record_key(&Self::execution_rel(id));
+        Ok(self.read(&key).await?.map(|(e, _)| e))
+    }
+
+    fn alias_rel(alias: &str) -> String {
+        format!("aliases/{alias}.json")
+    }
+
+    /// The alias record, if the alias exists.
+    pub async fn alias(&self, alias: &str) -> Result<Option<AliasRecord>, CatalogError> {
+        Ok(self.read(&self.ds.record_key(&Self::alias_rel(alias))).await?.map(|(a, _)| a))
+    }
+
+    /// Points `alias` at `datum` (compare-and-swap), keeping its history.
+    pub async fn set_alias(
+        &self,
+        alias: &str,
+        datum: &str,
+        execution: Option<&str>,
+    ) -> Result<AliasRecord, CatalogError> {
+        check_alias(alias)?;
+        let mv = AliasMove {
+            datum: datum.to_string(),
+            set_at: now(),
+            execution: execution.map(str::to_string),
+            host: hostname(),
+        };
+        self.update(&Self::alias_rel(alias), |old: Option<AliasRecord>| {
+            let mut rec = old.unwrap_or_else(|| AliasRecord {
+                alias: alias.to_string(),
+                datum: datum.to_string(),
+                history: Vec::new(),
+            });
+            rec.datum = datum.to_string();
+            rec.history.push(mv.clone());
+            Ok(rec)
+        })
+        .await
+    }
+
+    /// Records that `execution` read `datum`.
+    pub async fn add_reader(&self, datum: &str, execution: &str) -> Result<(), CatalogError> {
+        let key = self.ds.record_key(&format!("readers/{datum}/{execution}.json"));
+        let rec =
+            ReaderRecord { datum: datum.to_string(), execution: execution.to_string(), at: now(), host: hostname() };
+        self.put(&key, &rec, PutMode::Overwrite).await.map_err(|e| self.store_err(&key, e).into())
+    }
+
+    /// The executions that read `datum`.
+    pub async fn readers(&self, datum: &str) -> Result<Vec<ReaderRecord>, CatalogError> {
+        let prefix = self.ds.record_key(&format!("readers/{datum}"));
+        let metas: Vec<_> =
+            self.ds.handle.inner.list(Some(&prefix)).try_collect().await.map_err(|e| self.store_err(&prefix, e))?;
+        let mut out = Vec::new();
+        for m in metas {
+            if let Some((r, _)) = self.read::<ReaderRecord>(&m.location).await? {
+                out.push(r);
+            }
+        }
+        out.sort_by(|a, b| a.at.cmp(&b.at));
+        Ok(out)
+    }
+}
+
+/// Takes the lock serializing updates of one record in a local store.
+async fn lock_local(dir: &std::path::Path, rel: &str) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
+    let locks = dir.join(crate::store::data::RESERVED).join("locks");
+    let path = locks.join(format!("{}.lock", rel.replace('/', "_")));
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::create_dir_all(&locks)?;
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path)?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| std::io::Error::from(e))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreHandle;
+    use object_store::memory::InMemory;
+    use std::sync::Arc;
+
+    fn catalog() -> Catalog {
+        Catalog::new(DataStore {
+            handle: Arc::new(StoreHandle::new("mem://c", Arc::new(InMemory::new()))),
+            prefix: String::new(),
+            url: "mem://c".into(),
+            local_dir: None,
+        })
+    }
+
+    #[test]
+    fn ids_and_names() {
+        let id = new_id();
+        assert!(is_id(&id));
+        assert!(!is_id("production-model"));
+        assert!(check_alias("production-model").is_ok());
+        assert!(check_alias(&id).is_err());
+        assert!(check_alias("../x").is_err());
+        assert!(check_alias("").is_err());
+        assert_eq!(strip_scheme("datum://abc"), "abc");
+    }
+
+    #[tokio::test]
+    async fn concurrent_alias_moves_lose_nothing() {
+        let c = catalog();
+        let jobs = (0..16).map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { c.set_alias("best", &format!("D{i}"), None).await.unwrap() })
+        });
+        futures::future::join_all(jobs).await;
+        let a = c.alias("best").await.unwrap().unwrap();
+        assert_eq!(a.history.len(), 16, "every move is in the history");
+        assert_eq!(a.history.last().unwrap().datum, a.datum);
+    }
+
+    #[tokio::test]
+    async fn malformed_record_is_named() {
+        let c = catalog();
+        let key = c.ds.record_key("aliases/bad.json");
+        c.ds.handle.inner.put(&key, PutPayload::from("{not json")).await.unwrap();
+        let err = c.resolve("datum://bad").await.unwrap_err().to_string();
+        assert!(err.contains("aliases/bad.json") && err.contains("malformed"), "{err}");
+    }
+}

@@ -1,0 +1,123 @@
+//! The catalog's record types, as stored (JSON) under the data store's reserved prefix.
+
+use crate::checksum::Checksums;
+use serde::{Deserialize, Serialize};
+
+/// One immutable datum: a synced output file (or a pushed file) and everything known about it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DatumRecord {
+    /// The id (a ULID: sortable by creation time).
+    pub id: String,
+    /// `datum://ID`.
+    pub uri: String,
+    /// The data store's URL.
+    pub store: String,
+    /// The key of the datum's bytes in the store.
+    pub key: String,
+    /// The full URI of the bytes (`s3://bucket/key`, `file:///...`).
+    pub object_uri: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// md5, sha1 and sha256 of the bytes.
+    pub checksums: Checksums,
+    /// When the datum was created (RFC 3339).
+    pub created_at: String,
+    /// The execution that produced it.
+    pub execution: Option<String>,
+    /// Its path relative to `outputs/` (or the pushed file's relative path).
+    pub path: String,
+    /// Tags from `valohai.tags` (or `push --tag`).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The alias given with it (`valohai.alias`, `push --alias`), if any.
+    #[serde(default)]
+    pub alias: Option<String>,
+    /// Every other metadata key, as given.
+    #[serde(default)]
+    pub properties: serde_json::Map<String, serde_json::Value>,
+}
+
+/// An input as an execution saw it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExecutionInput {
+    /// The input's name.
+    pub name: String,
+    /// Its URIs as given.
+    pub uris: Vec<String>,
+    /// Datums it resolved to (for `datum://` inputs).
+    #[serde(default)]
+    pub datums: Vec<String>,
+    /// Files of the input read whole, with their checksums.
+    #[serde(default)]
+    pub files_read: Vec<FileRead>,
+}
+
+/// A file an execution read whole.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileRead {
+    /// Its URI.
+    pub uri: String,
+    /// Its size.
+    pub size: u64,
+    /// Its checksums.
+    pub checksums: Checksums,
+}
+
+/// What an execution was and did: the lineage between its inputs and its output datums.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExecutionRecord {
+    /// The execution id.
+    pub id: String,
+    /// When its mount started (RFC 3339).
+    pub started_at: String,
+    /// When it last synced or ended (RFC 3339).
+    pub ended_at: Option<String>,
+    /// The host it ran on.
+    pub host: String,
+    /// The command, for `datumfs run` (and `push`).
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Its inputs.
+    #[serde(default)]
+    pub inputs: Vec<ExecutionInput>,
+    /// Datums it produced, in the order they were created.
+    #[serde(default)]
+    pub outputs: Vec<String>,
+}
+
+/// One position an alias has had.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AliasMove {
+    /// The datum it pointed at.
+    pub datum: String,
+    /// When it was set (RFC 3339).
+    pub set_at: String,
+    /// The execution that set it, if any.
+    pub execution: Option<String>,
+    /// The host that set it.
+    pub host: String,
+}
+
+/// A datum alias: where it points now, and every earlier position.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AliasRecord {
+    /// The alias.
+    pub alias: String,
+    /// The datum it points at now.
+    pub datum: String,
+    /// Every move, oldest first (the last one is the current position).
+    pub history: Vec<AliasMove>,
+}
+
+/// That an execution read a datum (kept per datum, so `lineage` finds readers without a scan).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReaderRecord {
+    /// The datum read.
+    pub datum: String,
+    /// The execution that read it.
+    pub execution: String,
+    /// When it was resolved (RFC 3339).
+    pub at: String,
+    /// The host.
+    pub host: String,
+}

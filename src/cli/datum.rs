@@ -1,0 +1,388 @@
+//! `datumfs datum show|ls|get`, `datumfs lineage` and `datumfs push`: the catalog from the
+//! command line, straight against the data store (no daemon needed).
+
+use crate::catalog::{self, Catalog, DatumRecord};
+use crate::store::data::DataStore;
+use crate::store::StoreRegistry;
+use crate::sync::metadata::DatumMeta;
+use crate::sync::{Progress, Syncer};
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The data store flag shared by the catalog commands.
+#[derive(Debug, Args)]
+pub struct StoreArg {
+    /// Data store URL [default: $DATUMFS_HOME/store, the embedded local store].
+    #[arg(long, value_name = "URL", env = "DATUMFS_STORE", global = true)]
+    store: Option<String>,
+}
+
+impl StoreArg {
+    /// The store URL, defaulted.
+    pub fn url(&self) -> String {
+        self.store.clone().unwrap_or_else(|| {
+            format!("file://{}", super::absolute(&crate::config::datumfs_home().join("store")).display())
+        })
+    }
+
+    fn catalog(&self) -> Result<Catalog> {
+        let ds = DataStore::open(&self.url(), &StoreRegistry::new()).map_err(|e| anyhow!("--store: {e}"))?;
+        Ok(Catalog::new(ds))
+    }
+}
+
+/// `datumfs datum ...`.
+#[derive(Debug, Args)]
+pub struct DatumArgs {
+    #[command(subcommand)]
+    command: DatumCommand,
+    #[command(flatten)]
+    store: StoreArg,
+}
+
+#[derive(Debug, Subcommand)]
+enum DatumCommand {
+    /// Show one datum (by id or alias).
+    Show {
+        /// datum://ID, datum://ALIAS, ID or ALIAS.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List datums, oldest first.
+    Ls {
+        /// Only those produced by this execution.
+        #[arg(long, value_name = "ID")]
+        execution: Option<String>,
+        /// Only those with this tag.
+        #[arg(long, value_name = "TAG")]
+        tag: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a datum's bytes to DEST (a file, or a directory to put it in), checking its sha256.
+    Get {
+        /// datum://ID, datum://ALIAS, ID or ALIAS.
+        name: String,
+        /// Destination file or directory.
+        dest: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `datumfs lineage`.
+#[derive(Debug, Args)]
+pub struct LineageArgs {
+    /// datum://ID, datum://ALIAS, ID or ALIAS.
+    name: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    store: StoreArg,
+}
+
+/// `datumfs push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Files or directories (directories: every file below, by relative path).
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// A tag for every datum (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// An alias for the datum (one file only).
+    #[arg(long, value_name = "ALIAS")]
+    alias: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    store: StoreArg,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")
+}
+
+fn print_datum(d: &DatumRecord) {
+    println!("{}", d.uri);
+    println!("  path        {}", d.path);
+    println!("  size        {}", d.size);
+    println!("  stored at   {}", d.object_uri);
+    println!("  created     {}", d.created_at);
+    println!("  execution   {}", d.execution.as_deref().unwrap_or("-"));
+    println!("  md5         {}", d.checksums.md5);
+    println!("  sha1        {}", d.checksums.sha1);
+    println!("  sha256      {}", d.checksums.sha256);
+    if !d.tags.is_empty() {
+        println!("  tags        {}", d.tags.join(", "));
+    }
+    if let Some(a) = &d.alias {
+        println!("  alias       {a}");
+    }
+    for (k, v) in &d.properties {
+        println!("  {k:<11} {v}");
+    }
+}
+
+/// Runs `datumfs datum ...`.
+pub fn run_datum(args: DatumArgs) -> Result<i32> {
+    let catalog = args.store.catalog()?;
+    let rt = runtime()?;
+    match args.command {
+        DatumCommand::Show { name, json } => {
+            let d = rt.block_on(catalog.resolve(&name))?;
+            let alias = match catalog::strip_scheme(&name) {
+                n if !catalog::is_id(n) => rt.block_on(catalog.alias(n))?,
+                _ => None,
+            };
+            if json {
+                let mut v = serde_json::to_value(&d)?;
+                if let Some(a) = alias {
+                    v["resolved_from"] = serde_json::to_value(a)?;
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_datum(&d);
+                if let Some(a) = alias {
+                    println!("  (alias {} -> {}, moved {} time(s))", a.alias, a.datum, a.history.len());
+                }
+            }
+        }
+        DatumCommand::Ls { execution, tag, json } => {
+            let all = match &execution {
+                Some(e) => {
+                    let rec = rt.block_on(catalog.execution(e))?;
+                    rt.block_on(
+                        futures::stream::iter(rec.outputs.iter().map(|id| catalog.datum(id)))
+                            .buffered(16)
+                            .collect::<Vec<_>>(),
+                    )
+                    .into_iter()
+                    .collect::<Result<Vec<_>, _>>()?
+                }
+                None => rt.block_on(catalog.datums())?,
+            };
+            let picked: Vec<&DatumRecord> =
+                all.iter().filter(|d| tag.as_ref().is_none_or(|t| d.tags.contains(t))).collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&picked)?);
+            } else if picked.is_empty() {
+                println!("no datums");
+            } else {
+                for d in picked {
+                    println!(
+                        "{}  {:>12}  {}  {}  {}",
+                        d.uri,
+                        d.size,
+                        d.created_at,
+                        d.execution.as_deref().unwrap_or("-"),
+                        d.path
+                    );
+                }
+            }
+        }
+        DatumCommand::Get { name, dest, json } => {
+            let d = rt.block_on(catalog.resolve(&name))?;
+            let target =
+                if dest.is_dir() { dest.join(d.path.rsplit('/').next().unwrap_or(&d.id)) } else { dest.clone() };
+            rt.block_on(download(&catalog, &d, &target))?;
+            if json {
+                println!("{}", json!({ "datum": d.uri, "path": target, "size": d.size, "sha256": d.checksums.sha256 }));
+            } else {
+                println!("{} -> {} ({} bytes, sha256 verified)", d.uri, target.display(), d.size);
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// Downloads a datum to `target` through a temporary file, renamed only once its sha256 matches.
+async fn download(catalog: &Catalog, d: &DatumRecord, target: &std::path::Path) -> Result<()> {
+    use sha2::Digest;
+    use tokio::io::AsyncWriteExt;
+    let registry = StoreRegistry::new();
+    let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+    let src = crate::inputs::uri::parse(&d.object_uri, &cwd).map_err(|e| anyhow!("{}: {e}", d.uri))?;
+    let store = if src.store_url == catalog.store().handle.url {
+        catalog.store().handle.clone()
+    } else {
+        registry.open(&src)?
+    };
+    let key = object_store::path::Path::from(src.key.as_str());
+    let tmp = target.with_file_name(format!(
+        ".{}.datumfs-partial",
+        target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    let mut out = tokio::fs::File::create(&tmp).await.with_context(|| format!("creating {}", tmp.display()))?;
+    let res = async {
+        let mut stream = store
+            .inner
+            .get(&key)
+            .await
+            .map_err(|e| crate::store::StoreError::from_object_store(&d.object_uri, src.bucket.as_deref(), e))?
+            .into_stream();
+        let mut h = sha2::Sha256::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| crate::store::StoreError::from_object_store(&d.object_uri, None, e))?;
+            h.update(&chunk);
+            out.write_all(&chunk).await.with_context(|| format!("writing {}", tmp.display()))?;
+        }
+        out.flush().await?;
+        let got = hex::encode(h.finalize());
+        if got != d.checksums.sha256 {
+            bail!("{}: downloaded bytes have sha256 {got}, the record says {}", d.uri, d.checksums.sha256);
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = res {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(e);
+    }
+    tokio::fs::rename(&tmp, target).await.with_context(|| format!("renaming to {}", target.display()))?;
+    Ok(())
+}
+
+/// Runs `datumfs lineage`.
+pub fn run_lineage(args: LineageArgs) -> Result<i32> {
+    let catalog = args.store.catalog()?;
+    let rt = runtime()?;
+    let d = rt.block_on(catalog.resolve(&args.name))?;
+    let producer = match &d.execution {
+        Some(e) => rt.block_on(catalog.find_execution(e))?,
+        None => None,
+    };
+    let readers = rt.block_on(catalog.readers(&d.id))?;
+    if args.json {
+        let v = json!({ "datum": d, "produced_by": producer, "read_by": readers });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    println!("{}  {}  ({} bytes, sha256 {})", d.uri, d.path, d.size, d.checksums.sha256);
+    match producer {
+        Some(p) => {
+            println!(
+                "made by execution {} on {} ({} - {})",
+                p.id,
+                p.host,
+                p.started_at,
+                p.ended_at.as_deref().unwrap_or("running")
+            );
+            if let Some(cmd) = &p.command {
+                println!("  command: {}", cmd.join(" "));
+            }
+            for i in &p.inputs {
+                println!("  input {}: {}", i.name, i.uris.join(" "));
+                for id in &i.datums {
+                    println!("    datum://{id}");
+                }
+                for f in &i.files_read {
+                    println!("    read {} ({} bytes, sha256 {})", f.uri, f.size, f.checksums.sha256);
+                }
+            }
+        }
+        None => println!("made by: unknown (no execution record)"),
+    }
+    if readers.is_empty() {
+        println!("read by: no execution yet");
+    }
+    for r in readers {
+        println!("read by execution {} on {} at {}", r.execution, r.host, r.at);
+    }
+    Ok(0)
+}
+
+/// Every file under `path` as (relative path, local path); a file is itself.
+fn files_of(path: &std::path::Path) -> Result<Vec<(String, PathBuf)>> {
+    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+    if meta.is_file() {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        return Ok(vec![(name, path.to_path_buf())]);
+    }
+    let (files, _) = crate::sync::walk(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(files.into_iter().map(|(rel, _)| (rel.clone(), path.join(rel))).collect())
+}
+
+/// Runs `datumfs push`.
+pub fn run_push(args: PushArgs) -> Result<i32> {
+    let catalog = args.store.catalog()?;
+    if let Some(a) = &args.alias {
+        catalog::check_alias(a)?;
+    }
+    let mut files = Vec::new();
+    for p in &args.paths {
+        files.extend(files_of(p)?);
+    }
+    if files.is_empty() {
+        bail!(
+            "nothing to push: no files under {}",
+            args.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    if args.alias.is_some() && files.len() != 1 {
+        bail!("--alias names one datum, but {} files were given", files.len());
+    }
+    let execution = format!("push-{}", catalog::new_id().to_ascii_lowercase());
+    let syncer = Syncer { catalog: catalog.clone(), execution: execution.clone() };
+    let meta = DatumMeta { tags: args.tags.clone(), alias: args.alias.clone(), properties: Default::default() };
+    let rt = runtime()?;
+    let progress = Arc::new(Progress::default());
+    let bar = super::sync::progress_bar("pushing");
+    let results = rt.block_on(async {
+        let ticker = {
+            let (progress, bar) = (progress.clone(), bar.clone());
+            tokio::spawn(async move {
+                loop {
+                    super::sync::show(&bar, progress.snapshot());
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            })
+        };
+        let r = syncer.push(files, meta, &progress).await;
+        ticker.abort();
+        r
+    });
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let ok: Vec<&DatumRecord> = results.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
+    let record = catalog::ExecutionRecord {
+        id: execution.clone(),
+        started_at: catalog::now(),
+        ended_at: Some(catalog::now()),
+        host: catalog::hostname(),
+        command: Some(std::env::args().collect()),
+        inputs: Vec::new(),
+        outputs: ok.iter().map(|d| d.id.clone()).collect(),
+    };
+    rt.block_on(catalog.put_execution(&record))?;
+    if args.json {
+        let v: Vec<_> = results
+            .iter()
+            .map(|(rel, r)| match r {
+                Ok(d) => json!({ "path": rel, "datum": d.uri, "size": d.size, "sha256": d.checksums.sha256 }),
+                Err(e) => json!({ "path": rel, "error": e }),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&json!({ "execution": execution, "datums": v }))?);
+    } else {
+        for (rel, r) in &results {
+            match r {
+                Ok(d) => println!("{rel} -> {}", d.uri),
+                Err(e) => eprintln!("datumfs: {rel}: {e}"),
+            }
+        }
+    }
+    Ok(if ok.len() == results.len() { 0 } else { 1 })
+}

@@ -1,0 +1,87 @@
+//! `datumfs sync`: asks the daemon to upload new and changed outputs, shows progress, prints
+//! `path -> datum://ID` lines (or the report as JSON).
+
+use crate::control::{self, Request};
+use crate::sync::{ProgressSnapshot, SyncReport};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+/// Flags of `datumfs sync`.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// The mountpoint.
+    mountpoint: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A progress bar on stderr when it is a terminal.
+pub(super) fn progress_bar(what: &str) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    let style = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta}) {prefix}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_message(what.to_string());
+    Some(bar)
+}
+
+pub(super) fn show(bar: &Option<indicatif::ProgressBar>, p: ProgressSnapshot) {
+    if let Some(b) = bar {
+        b.set_length(p.bytes_total);
+        b.set_position(p.bytes_done);
+        b.set_prefix(format!("{}/{} files", p.files_done, p.files_total));
+    }
+}
+
+/// Syncs the mount at `mp`; prints the outcome. Returns the report and whether all went well.
+pub(super) fn sync_mount(mp: &Path, json: bool) -> Result<(SyncReport, bool)> {
+    let socket = super::control_socket_of(mp)
+        .with_context(|| format!("{} is not a datumfs mount (or its daemon is gone)", mp.display()))?;
+    let bar = progress_bar("syncing");
+    let resp = control::call_with_progress(&socket, &Request::Sync, |p| show(&bar, p))
+        .with_context(|| format!("cannot reach the daemon of {}", mp.display()))?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let Some(report) = resp.status.and_then(|v| serde_json::from_value::<SyncReport>(v).ok()) else {
+        bail!("sync of {} failed: {}", mp.display(), resp.error.unwrap_or_else(|| "no report".into()));
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for d in &report.datums {
+            let note = if d.new { "" } else { "  (unchanged)" };
+            println!("{} -> {}{note}", d.path, d.datum);
+        }
+        for (alias, datum) in &report.aliases {
+            println!("alias {alias} -> {datum}");
+        }
+    }
+    for s in &report.skipped {
+        eprintln!("datumfs: skipped outputs/{}: {}", s.path, s.error);
+    }
+    for f in &report.failed {
+        eprintln!("datumfs: outputs/{}: {}", f.path, f.error);
+    }
+    if !resp.ok {
+        eprintln!("datumfs: sync incomplete: {}", resp.error.unwrap_or_default());
+        eprintln!("datumfs: nothing is lost; fix the cause and run `datumfs sync {}` again", mp.display());
+    }
+    Ok((report, resp.ok))
+}
+
+/// Runs `datumfs sync`.
+pub fn run(args: SyncArgs) -> Result<i32> {
+    let mp = super::absolute(&args.mountpoint);
+    let (_, ok) = sync_mount(&mp, args.json)?;
+    Ok(if ok { 0 } else { 1 })
+}

@@ -1,0 +1,239 @@
+//! One mount's execution: its id, its staged outputs and their sync state, its record in the
+//! catalog (lineage), and the answers to control requests (`status`, `sync`, `unmount`).
+
+use super::mounts;
+use crate::catalog::{self, Catalog, ExecutionRecord};
+use crate::control::{Handler, Request, Response, UnsyncedOutputs};
+use crate::fs::Fs;
+use crate::outputs::state::SyncState;
+use crate::outputs::Staging;
+use crate::sync::{self, Progress, ProgressSnapshot, Syncer};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// A running mount's execution and the daemon's control-request handler.
+pub struct Execution {
+    /// The execution id.
+    pub id: String,
+    /// The command (`datumfs run`).
+    pub command: Option<Vec<String>>,
+    /// When the mount started (RFC 3339).
+    pub started_at: String,
+    /// The mountpoint.
+    pub mountpoint: PathBuf,
+    /// The filesystem (for status and the inputs read).
+    pub fs: Arc<Fs>,
+    /// The staged outputs.
+    pub staging: Arc<Staging>,
+    /// Their sync state.
+    pub state: SyncState,
+    /// Makes datums.
+    pub syncer: Syncer,
+    /// One sync at a time.
+    pub sync_lock: tokio::sync::Mutex<()>,
+    /// What to do with unsynced outputs when the mount ends (set by the unmount request).
+    pub on_exit: Mutex<UnsyncedOutputs>,
+    /// Extra status fields (configuration).
+    pub config_json: serde_json::Value,
+}
+
+impl Execution {
+    fn catalog(&self) -> &Catalog {
+        &self.syncer.catalog
+    }
+
+    /// The execution's record as this mount knows it, merged with what the catalog already has
+    /// (a remount with the same id continues the same execution).
+    async fn record(&self, ended: bool) -> Result<ExecutionRecord, catalog::CatalogError> {
+        let old = self.catalog().find_execution(&self.id).await?;
+        let mut rec = old.unwrap_or_else(|| ExecutionRecord {
+            id: self.id.clone(),
+            started_at: self.started_at.clone(),
+            ended_at: None,
+            host: catalog::hostname(),
+            command: None,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+        });
+        if self.command.is_some() {
+            rec.command = self.command.clone();
+        }
+        for input in self.fs.lineage_inputs() {
+            match rec.inputs.iter_mut().find(|i| i.name == input.name) {
+                Some(existing) => {
+                    for f in input.files_read {
+                        if !existing.files_read.contains(&f) {
+                            existing.files_read.push(f);
+                        }
+                    }
+                    existing.uris = input.uris;
+                    existing.datums = input.datums;
+                }
+                None => rec.inputs.push(input),
+            }
+        }
+        if ended {
+            rec.ended_at = Some(catalog::now());
+        }
+        Ok(rec)
+    }
+
+    /// Writes the execution's record at mount and notes which datums it reads.
+    pub async fn record_start(&self) {
+        let res = async {
+            let rec = self.record(false).await?;
+            self.catalog().put_execution(&rec).await?;
+            for input in &rec.inputs {
+                for d in &input.datums {
+                    self.catalog().add_reader(d, &self.id).await?;
+                }
+            }
+            Ok::<(), catalog::CatalogError>(())
+        }
+        .await;
+        if let Err(e) = res {
+            tracing::warn!("execution {}: could not record it in the data store: {e}", self.id);
+        }
+    }
+
+    /// Unsynced outputs now.
+    pub fn pending(&self) -> std::io::Result<sync::Pending> {
+        sync::pending(self.staging.files_dir(), &self.state)
+    }
+
+    async fn sync(&self, progress: tokio::sync::mpsc::UnboundedSender<ProgressSnapshot>) -> Response {
+        let _one = self.sync_lock.lock().await;
+        let counters = Arc::new(Progress::default());
+        let ticker = {
+            let counters = counters.clone();
+            tokio::spawn(async move {
+                loop {
+                    if progress.send(counters.snapshot()).is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+            })
+        };
+        let report = self.syncer.sync(self.staging.files_dir(), &self.state, &counters).await;
+        ticker.abort();
+        let mut error = None;
+        let new: Vec<String> = report.datums.iter().filter(|d| d.new).map(|d| strip(&d.datum)).collect();
+        match self.record(true).await {
+            Ok(mut rec) => {
+                for id in new {
+                    if !rec.outputs.contains(&id) {
+                        rec.outputs.push(id);
+                    }
+                }
+                if let Err(e) = self.catalog().put_execution(&rec).await {
+                    error = Some(format!("recording execution {}: {e}", self.id));
+                }
+            }
+            Err(e) => error = Some(format!("recording execution {}: {e}", self.id)),
+        }
+        if !report.failed.is_empty() {
+            let names: Vec<&str> = report.failed.iter().map(|f| f.path.as_str()).collect();
+            error = Some(format!("{} file(s) could not be synced: {}", report.failed.len(), names.join(", ")));
+        }
+        let json = serde_json::to_value(&report).ok();
+        match error {
+            None => Response::ok(json),
+            Some(e) => Response::failed(e, json),
+        }
+    }
+
+    fn unmount(&self, unsynced: UnsyncedOutputs) -> Response {
+        if unsynced == UnsyncedOutputs::Refuse {
+            match self.pending() {
+                Ok(p) if p.files > 0 => {
+                    return Response::failed(
+                        format!(
+                            "outputs hold {} unsynced file(s), {} bytes (e.g. {}): run `datumfs sync {}` first, \
+                             or unmount with --sync or --discard",
+                            p.files,
+                            p.bytes,
+                            p.examples.join(", "),
+                            self.mountpoint.display()
+                        ),
+                        serde_json::to_value(&p).ok(),
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => return Response::failed(format!("cannot tell whether outputs are synced: {e}"), None),
+            }
+        }
+        *self.on_exit.lock().unwrap_or_else(|e| e.into_inner()) = unsynced;
+        match mounts::unmount(&self.mountpoint) {
+            Ok(()) => Response::ok(None),
+            Err(e) => {
+                *self.on_exit.lock().unwrap_or_else(|e| e.into_inner()) = UnsyncedOutputs::Keep;
+                Response::failed(format!("unmount failed: {e}"), None)
+            }
+        }
+    }
+
+    /// After the mount has ended: discards outputs if asked; removes a staging area whose every
+    /// file is synced (its bytes are safe in the store); otherwise keeps it for a later mount
+    /// with the same execution id.
+    pub fn finish(&self) {
+        let mode = *self.on_exit.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = self.pending();
+        let remove = match mode {
+            UnsyncedOutputs::Discard => true,
+            _ => matches!(&pending, Ok(p) if p.files == 0),
+        };
+        if remove {
+            if let Err(e) = self.staging.remove_all() {
+                tracing::warn!("removing staged outputs {}: {e}", self.staging.dir().display());
+            }
+            if let Err(e) = self.state.clear() {
+                tracing::warn!("clearing the sync state of {}: {e}", self.id);
+            }
+            if mode == UnsyncedOutputs::Discard {
+                tracing::info!("execution {}: unsynced outputs discarded", self.id);
+            }
+        } else if let Ok(p) = pending {
+            tracing::warn!(
+                "execution {}: {} unsynced output file(s) kept in {}; mount again with --execution {} to sync them",
+                self.id,
+                p.files,
+                self.staging.files_dir().display(),
+                self.id
+            );
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let mut status = self.fs.status();
+        status["config"] = self.config_json.clone();
+        let pending = self.pending().ok();
+        status["execution"] = serde_json::json!({
+            "id": self.id,
+            "staging": self.staging.files_dir(),
+            "unsynced": pending,
+        });
+        status
+    }
+}
+
+fn strip(datum_uri: &str) -> String {
+    catalog::strip_scheme(datum_uri).to_string()
+}
+
+#[async_trait::async_trait]
+impl Handler for Execution {
+    async fn handle(&self, req: Request, progress: tokio::sync::mpsc::UnboundedSender<ProgressSnapshot>) -> Response {
+        match req {
+            Request::Status => Response::ok(Some(self.status())),
+            Request::Sync => self.sync(progress).await,
+            Request::Unmount { unsynced } => {
+                let mut resp = self.unmount(unsynced);
+                if resp.ok {
+                    resp.status = Some(serde_json::json!({ "cache_lock": self.config_json["cache_lock"] }));
+                }
+                resp
+            }
+        }
+    }
+}

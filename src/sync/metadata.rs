@@ -1,0 +1,143 @@
+//! Output metadata: sidecars `<file>.metadata.json` and lines of `valohai.metadata.jsonl`,
+//! turned into a datum's tags, alias and custom properties.
+
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The metadata file at the top of outputs.
+pub const JSONL: &str = "valohai.metadata.jsonl";
+/// The suffix of sidecar files.
+pub const SIDECAR_SUFFIX: &str = ".metadata.json";
+
+/// Metadata attached to one datum.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DatumMeta {
+    /// `valohai.tags`.
+    pub tags: Vec<String>,
+    /// `valohai.alias`.
+    pub alias: Option<String>,
+    /// Every other key.
+    pub properties: Map<String, Value>,
+}
+
+/// Whether a staged path is metadata rather than an output.
+pub fn is_metadata_file(rel: &str) -> bool {
+    rel == JSONL || rel.ends_with(SIDECAR_SUFFIX)
+}
+
+/// The merged metadata objects of `valohai.metadata.jsonl`, by file (later lines override
+/// earlier keys), or the first malformed line's error.
+pub fn read_jsonl(root: &Path) -> Result<HashMap<String, Map<String, Value>>, String> {
+    let path = root.join(JSONL);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(format!("outputs/{JSONL}: {e}")),
+    };
+    let mut out: HashMap<String, Map<String, Value>> = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |why: String| format!("outputs/{JSONL} line {}: {why}", i + 1);
+        let v: Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        let file = v
+            .get("file")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("no \"file\" string".into()))?
+            .trim_start_matches("./")
+            .to_string();
+        let meta = v.get("metadata").and_then(Value::as_object).ok_or_else(|| bad("no \"metadata\" object".into()))?;
+        out.entry(file).or_default().extend(meta.clone());
+    }
+    Ok(out)
+}
+
+/// Reads the sidecar of `rel` if it has one (`None`), or its parse error.
+pub fn read_sidecar(root: &Path, rel: &str) -> Result<Option<Map<String, Value>>, String> {
+    let shown = format!("outputs/{rel}{SIDECAR_SUFFIX}");
+    let text = match std::fs::read_to_string(root.join(format!("{rel}{SIDECAR_SUFFIX}"))) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{shown}: {e}")),
+    };
+    match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Object(m)) => Ok(Some(m)),
+        Ok(_) => Err(format!("{shown}: not a JSON object")),
+        Err(e) => Err(format!("{shown}: malformed JSON: {e}")),
+    }
+}
+
+/// Turns merged metadata keys into a datum's metadata, checking the keys datumfs interprets.
+pub fn interpret(rel: &str, raw: Map<String, Value>) -> Result<DatumMeta, String> {
+    let mut meta = DatumMeta::default();
+    for (k, v) in raw {
+        match k.as_str() {
+            "valohai.tags" => {
+                let tags = v.as_array().ok_or_else(|| format!("outputs/{rel}: valohai.tags must be a list"))?;
+                for t in tags {
+                    let t =
+                        t.as_str().ok_or_else(|| format!("outputs/{rel}: valohai.tags must be a list of strings"))?;
+                    if !meta.tags.iter().any(|x| x == t) {
+                        meta.tags.push(t.to_string());
+                    }
+                }
+            }
+            "valohai.alias" => {
+                let a = v.as_str().ok_or_else(|| format!("outputs/{rel}: valohai.alias must be a string"))?;
+                crate::catalog::check_alias(a).map_err(|e| format!("outputs/{rel}: valohai.alias {e}"))?;
+                meta.alias = Some(a.to_string());
+            }
+            _ => {
+                meta.properties.insert(k, v);
+            }
+        }
+    }
+    Ok(meta)
+}
+
+/// The metadata of `rel`: its jsonl entries, overridden key by key by its sidecar.
+pub fn for_file(root: &Path, rel: &str, jsonl: &HashMap<String, Map<String, Value>>) -> Result<DatumMeta, String> {
+    let mut raw = jsonl.get(rel).cloned().unwrap_or_default();
+    if let Some(side) = read_sidecar(root, rel)? {
+        raw.extend(side);
+    }
+    interpret(rel, raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sidecar_overrides_jsonl_and_keys_are_interpreted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(JSONL),
+            "{\"file\": \"m.bin\", \"metadata\": {\"valohai.tags\": [\"a\"], \"lr\": 1}}\n\
+             {\"file\": \"m.bin\", \"metadata\": {\"lr\": 2}}\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("m.bin.metadata.json"), r#"{"valohai.alias": "best", "x": "y"}"#).unwrap();
+        let jsonl = read_jsonl(dir.path()).unwrap();
+        let m = for_file(dir.path(), "m.bin", &jsonl).unwrap();
+        assert_eq!(m.tags, vec!["a"]);
+        assert_eq!(m.alias.as_deref(), Some("best"));
+        assert_eq!(m.properties["lr"], 2);
+        assert_eq!(m.properties["x"], "y");
+    }
+
+    #[test]
+    fn malformed_inputs_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.bin.metadata.json"), "{oops").unwrap();
+        let err = for_file(dir.path(), "m.bin", &HashMap::new()).unwrap_err();
+        assert!(err.contains("outputs/m.bin.metadata.json") && err.contains("malformed"), "{err}");
+        std::fs::write(dir.path().join(JSONL), "{\"file\": \"a\"}\nnot json\n").unwrap();
+        let err = read_jsonl(dir.path()).unwrap_err();
+        assert!(err.contains("line 1"), "{err}");
+        let bad_tags = interpret("a", serde_json::from_str(r#"{"valohai.tags": "x"}"#).unwrap()).unwrap_err();
+        assert!(bad_tags.contains("list"), "{bad_tags}");
+    }
+}

@@ -1,0 +1,387 @@
+//! Outputs -> datums: find what is new or changed since the last sync, upload it create-only
+//! (several files in parallel, multipart for big ones), attach metadata, record each datum and
+//! move aliases. Resumable: the datum id and key of an upload are recorded before it starts, so
+//! a rerun after a crash finishes that datum instead of making another.
+
+pub mod metadata;
+pub mod upload;
+
+use crate::catalog::{self, Catalog, DatumRecord};
+use crate::outputs::state::{FileStamp, PathState, SyncState};
+use futures::StreamExt;
+use metadata::DatumMeta;
+use object_store::path::Path as KeyPath;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use upload::Outcome;
+
+/// Files uploaded at once.
+const FILES_IN_FLIGHT: usize = 8;
+
+/// Live counters of a sync, for progress bars.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Files to upload.
+    pub files_total: AtomicU64,
+    /// Files done (uploaded or failed).
+    pub files_done: AtomicU64,
+    /// Bytes to upload.
+    pub bytes_total: AtomicU64,
+    /// Bytes sent so far.
+    pub bytes_done: Arc<AtomicU64>,
+}
+
+/// A snapshot of [`Progress`].
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, Default)]
+pub struct ProgressSnapshot {
+    /// Files to upload.
+    pub files_total: u64,
+    /// Files done.
+    pub files_done: u64,
+    /// Bytes to upload.
+    pub bytes_total: u64,
+    /// Bytes sent.
+    pub bytes_done: u64,
+}
+
+impl Progress {
+    /// The counters now.
+    pub fn snapshot(&self) -> ProgressSnapshot {
+        ProgressSnapshot {
+            files_total: self.files_total.load(Ordering::Relaxed),
+            files_done: self.files_done.load(Ordering::Relaxed),
+            bytes_total: self.bytes_total.load(Ordering::Relaxed),
+            bytes_done: self.bytes_done.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One output file that is a datum.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct SyncedFile {
+    /// Path relative to `outputs/`.
+    pub path: String,
+    /// `datum://ID`.
+    pub datum: String,
+    /// Where its bytes are.
+    pub object_uri: String,
+    /// Size.
+    pub size: u64,
+    /// sha256.
+    pub sha256: String,
+    /// Whether this sync created it (false: it was already synced).
+    pub new: bool,
+}
+
+/// A file that could not be synced.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct FailedFile {
+    /// Path relative to `outputs/`.
+    pub path: String,
+    /// Why.
+    pub error: String,
+}
+
+/// What a sync did.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, Default)]
+pub struct SyncReport {
+    /// The execution.
+    pub execution: String,
+    /// Every output file that is a datum now, new or not.
+    pub datums: Vec<SyncedFile>,
+    /// Files that failed (the sync as a whole failed if any did).
+    pub failed: Vec<FailedFile>,
+    /// Entries that are not uploaded (symlinks, special files), with the reason.
+    pub skipped: Vec<FailedFile>,
+    /// Aliases moved.
+    pub aliases: Vec<(String, String)>,
+}
+
+/// Unsynced outputs, for the unmount guard and `status`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, Default)]
+pub struct Pending {
+    /// Files new or changed since the last sync.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// A few of their paths.
+    pub examples: Vec<String>,
+}
+
+/// What is under a directory: regular files (relative path, metadata) and the paths of other
+/// entries (symlinks, sockets).
+pub type Walked = (Vec<(String, std::fs::Metadata)>, Vec<String>);
+
+/// Every regular file under `root` (relative paths, `/`-separated), sorted; other entries
+/// (symlinks, sockets) are returned apart.
+pub fn walk(root: &Path) -> std::io::Result<Walked> {
+    let mut files = Vec::new();
+    let mut others = Vec::new();
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let child_rel = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let meta = std::fs::symlink_metadata(entry.path())?;
+            if meta.is_dir() {
+                stack.push((entry.path(), child_rel));
+            } else if meta.is_file() {
+                files.push((child_rel, meta));
+            } else {
+                others.push(child_rel);
+            }
+        }
+    }
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    others.sort();
+    Ok((files, others))
+}
+
+/// What would be uploaded now.
+pub fn pending(root: &Path, state: &SyncState) -> std::io::Result<Pending> {
+    let (files, _) = walk(root)?;
+    let mut p = Pending::default();
+    for (rel, meta) in files {
+        if metadata::is_metadata_file(&rel) {
+            continue;
+        }
+        let synced = matches!(state.get(&rel), Some(PathState::Synced { stamp, .. }) if stamp == FileStamp::of(&meta));
+        if !synced {
+            p.files += 1;
+            p.bytes += meta.len();
+            if p.examples.len() < 5 {
+                p.examples.push(rel);
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// Who is making datums: the execution and where its files come from.
+#[derive(Clone)]
+pub struct Syncer {
+    /// The catalog to record datums in.
+    pub catalog: Catalog,
+    /// The execution id (part of every key).
+    pub execution: String,
+}
+
+/// One file to turn into a datum.
+struct Job {
+    rel: String,
+    local: PathBuf,
+    stamp: FileStamp,
+    meta: Result<DatumMeta, String>,
+    resume: Option<(String, String)>,
+}
+
+impl Syncer {
+    /// Uploads `local` as the datum for output path `rel` (datum id and key fixed beforehand by
+    /// the caller or chosen here), records it and moves its alias. Returns the record.
+    async fn make_datum(
+        &self,
+        rel: &str,
+        local: &Path,
+        meta: DatumMeta,
+        fixed: Option<(String, String)>,
+        sent: &Arc<AtomicU64>,
+        on_planned: impl Fn(&str, &str) -> Result<(), String>,
+    ) -> Result<DatumRecord, String> {
+        let ds = self.catalog.store();
+        let (mut id, mut key, resuming) = match fixed {
+            Some((id, key)) => (id, key, true),
+            None => {
+                let id = catalog::new_id();
+                let key = ds.data_key(&format!("{}/{rel}", self.execution)).to_string();
+                (id, key, false)
+            }
+        };
+        on_planned(&id, &key)?;
+        let mut outcome =
+            upload::upload(ds, local, &KeyPath::from(key.as_str()), resuming, sent).await.map_err(|e| e.to_string())?;
+        if matches!(outcome, Outcome::KeyTaken) {
+            // Something else is at the natural key: never touch it; use a key unique to the datum.
+            tracing::warn!(
+                "{}: already exists and is left untouched; uploading outputs/{rel} beside it",
+                ds.uri_of(&KeyPath::from(key.as_str()))
+            );
+            if !resuming {
+                id = catalog::new_id();
+            }
+            key = ds.data_key(&format!("{}/{id}/{rel}", self.execution)).to_string();
+            on_planned(&id, &key)?;
+            outcome =
+                upload::upload(ds, local, &KeyPath::from(key.as_str()), true, sent).await.map_err(|e| e.to_string())?;
+        }
+        let Outcome::Stored { checksums, size } = outcome else {
+            return Err(format!("{}: the key is taken by another object", ds.uri_of(&KeyPath::from(key.as_str()))));
+        };
+        let rec = DatumRecord {
+            uri: format!("datum://{id}"),
+            id: id.clone(),
+            store: ds.url.clone(),
+            object_uri: ds.uri_of(&KeyPath::from(key.as_str())),
+            key,
+            size,
+            checksums,
+            created_at: catalog::now(),
+            execution: Some(self.execution.clone()),
+            path: rel.to_string(),
+            tags: meta.tags,
+            alias: meta.alias.clone(),
+            properties: meta.properties,
+        };
+        self.catalog.put_datum(&rec).await.map_err(|e| e.to_string())?;
+        if let Some(alias) = &meta.alias {
+            self.catalog.set_alias(alias, &id, Some(&self.execution)).await.map_err(|e| e.to_string())?;
+        }
+        Ok(rec)
+    }
+
+    /// Syncs the staged outputs under `root` with `state`.
+    pub async fn sync(&self, root: &Path, state: &SyncState, progress: &Progress) -> SyncReport {
+        let mut report = SyncReport { execution: self.execution.clone(), ..Default::default() };
+        let walked = {
+            let root = root.to_path_buf();
+            tokio::task::spawn_blocking(move || walk(&root)).await
+        };
+        let (files, others) = match walked {
+            Ok(Ok(w)) => w,
+            Ok(Err(e)) => {
+                report.failed.push(FailedFile { path: String::new(), error: format!("reading outputs: {e}") });
+                return report;
+            }
+            Err(e) => {
+                report.failed.push(FailedFile { path: String::new(), error: format!("reading outputs: {e}") });
+                return report;
+            }
+        };
+        report.skipped = others
+            .into_iter()
+            .map(|path| FailedFile { path, error: "not a regular file (symlinks are not uploaded)".into() })
+            .collect();
+        let jsonl = metadata::read_jsonl(root);
+        let mut jobs = Vec::new();
+        for (rel, meta) in files {
+            if metadata::is_metadata_file(&rel) {
+                continue;
+            }
+            let stamp = FileStamp::of(&meta);
+            let resume = match state.get(&rel) {
+                Some(PathState::Synced { stamp: s, datum, key, sha256 }) if s == stamp => {
+                    report.datums.push(SyncedFile {
+                        path: rel,
+                        datum: format!("datum://{datum}"),
+                        object_uri: self.catalog.store().uri_of(&KeyPath::from(key.as_str())),
+                        size: stamp.size,
+                        sha256,
+                        new: false,
+                    });
+                    continue;
+                }
+                Some(PathState::Pending { stamp: s, datum, key }) if s == stamp => Some((datum, key)),
+                _ => None,
+            };
+            let meta = match &jsonl {
+                Ok(j) => metadata::for_file(root, &rel, j),
+                Err(e) => Err(e.clone()),
+            };
+            jobs.push(Job { local: root.join(&rel), rel, stamp, meta, resume });
+        }
+        progress.files_total.store(jobs.len() as u64, Ordering::Relaxed);
+        progress.bytes_total.store(jobs.iter().map(|j| j.stamp.size).sum(), Ordering::Relaxed);
+        let results: Vec<(String, Result<DatumRecord, String>)> = futures::stream::iter(jobs)
+            .map(|job| async move {
+                let res = match job.meta {
+                    Err(e) => Err(e),
+                    Ok(meta) => {
+                        let planned = |id: &str, key: &str| {
+                            let st =
+                                PathState::Pending { stamp: job.stamp, datum: id.to_string(), key: key.to_string() };
+                            state.set(&job.rel, &st).map_err(|e| format!("recording the sync state: {e}"))
+                        };
+                        let res = self
+                            .make_datum(&job.rel, &job.local, meta, job.resume, &progress.bytes_done, planned)
+                            .await;
+                        if let Ok(rec) = &res {
+                            let st = PathState::Synced {
+                                stamp: job.stamp,
+                                datum: rec.id.clone(),
+                                key: rec.key.clone(),
+                                sha256: rec.checksums.sha256.clone(),
+                            };
+                            if let Err(e) = state.set(&job.rel, &st) {
+                                tracing::warn!("outputs/{}: recording the sync state: {e}", job.rel);
+                            }
+                        }
+                        res
+                    }
+                };
+                progress.files_done.fetch_add(1, Ordering::Relaxed);
+                (job.rel, res)
+            })
+            .buffer_unordered(FILES_IN_FLIGHT)
+            .collect()
+            .await;
+        for (rel, res) in results {
+            match res {
+                Ok(rec) => {
+                    if let Some(a) = &rec.alias {
+                        report.aliases.push((a.clone(), rec.uri.clone()));
+                    }
+                    report.datums.push(SyncedFile {
+                        path: rel,
+                        datum: rec.uri,
+                        object_uri: rec.object_uri,
+                        size: rec.size,
+                        sha256: rec.checksums.sha256,
+                        new: true,
+                    });
+                }
+                Err(error) => {
+                    tracing::error!("sync of outputs/{rel} failed: {error}");
+                    report.failed.push(FailedFile { path: rel, error });
+                }
+            }
+        }
+        report.datums.sort_by(|a, b| a.path.cmp(&b.path));
+        report.failed.sort_by(|a, b| a.path.cmp(&b.path));
+        report
+    }
+
+    /// Turns local files (not staged outputs) into datums: `datumfs push`. `files` are
+    /// (relative path, local path) pairs.
+    pub async fn push(
+        &self,
+        files: Vec<(String, PathBuf)>,
+        meta: DatumMeta,
+        progress: &Progress,
+    ) -> Vec<(String, Result<DatumRecord, String>)> {
+        progress.files_total.store(files.len() as u64, Ordering::Relaxed);
+        let mut total = 0;
+        for (_, p) in &files {
+            total += std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        }
+        progress.bytes_total.store(total, Ordering::Relaxed);
+        // The alias goes to the last file only (an alias names one datum).
+        let last = files.len().saturating_sub(1);
+        futures::stream::iter(files.into_iter().enumerate())
+            .map(|(i, (rel, local))| {
+                let mut m = meta.clone();
+                if i != last {
+                    m.alias = None;
+                }
+                async move {
+                    let res = self.make_datum(&rel, &local, m, None, &progress.bytes_done, |_, _| Ok(())).await;
+                    progress.files_done.fetch_add(1, Ordering::Relaxed);
+                    (rel, res)
+                }
+            })
+            .buffered(FILES_IN_FLIGHT)
+            .collect()
+            .await
+    }
+}

@@ -1,0 +1,172 @@
+//! Uploading one local file as a plain object, create-only, hashing it on the way.
+
+use crate::checksum::{Checksums, MultiHasher};
+use crate::store::data::DataStore;
+use crate::store::StoreError;
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Files up to this size go up in one create-only PUT; bigger ones as multipart uploads.
+pub const SINGLE_PUT_MAX: u64 = 16 << 20;
+/// Part size of multipart uploads.
+const PART_SIZE: usize = 16 << 20;
+/// Parts in flight per file.
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// What happened to an upload.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The bytes are in the store at the key (written now, or found complete from an earlier,
+    /// interrupted attempt).
+    Stored {
+        /// Their checksums.
+        checksums: Checksums,
+        /// Their size.
+        size: u64,
+    },
+    /// Another object (not these bytes) already holds the key; it was left untouched.
+    KeyTaken,
+}
+
+/// An upload failure, naming the file or the object.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The local file could not be read.
+    #[error("{path}: {error}")]
+    Local {
+        /// The file.
+        path: String,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn local(path: &std::path::Path) -> impl Fn(std::io::Error) -> UploadError + '_ {
+    move |error| UploadError::Local { path: path.display().to_string(), error }
+}
+
+async fn blocking<T: Send + 'static>(
+    path: &std::path::Path,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, UploadError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| local(path)(std::io::Error::other(e)))?.map_err(local(path))
+}
+
+/// The sha256 of the object at `key`, streamed.
+async fn remote_sha256(ds: &DataStore, key: &Path) -> Result<String, StoreError> {
+    let err = |e| StoreError::from_object_store(&ds.uri_of(key), ds.handle.bucket.as_deref(), e);
+    let mut stream = ds.handle.inner.get(key).await.map_err(err)?.into_stream();
+    let mut h = Sha256::new();
+    while let Some(chunk) = stream.next().await {
+        h.update(chunk.map_err(err)?);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Uploads `file` to `key` without ever replacing an existing object. `resuming`: an earlier
+/// attempt may have stored these very bytes at `key`, which then counts as done once its
+/// content is checked. `sent` counts bytes as they go, for progress.
+pub async fn upload(
+    ds: &DataStore,
+    file: &std::path::Path,
+    key: &Path,
+    resuming: bool,
+    sent: &Arc<AtomicU64>,
+) -> Result<Outcome, UploadError> {
+    let shown = ds.uri_of(key);
+    let err = |e| StoreError::from_object_store(&shown, ds.handle.bucket.as_deref(), e);
+    let path = file.to_path_buf();
+    let size = blocking(file, move || std::fs::metadata(&path).map(|m| m.len())).await?;
+    if size <= SINGLE_PUT_MAX {
+        let path = file.to_path_buf();
+        let (bytes, checksums) = blocking(file, move || {
+            let bytes = std::fs::read(&path)?;
+            let mut h = MultiHasher::new();
+            h.update_parallel(&bytes);
+            Ok((bytes, h.finish()))
+        })
+        .await?;
+        let size = bytes.len() as u64;
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        return match ds.handle.inner.put_opts(key, PutPayload::from(bytes), opts).await {
+            Ok(_) => {
+                sent.fetch_add(size, Ordering::Relaxed);
+                Ok(Outcome::Stored { checksums, size })
+            }
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                if resuming && remote_sha256(ds, key).await? == checksums.sha256 {
+                    sent.fetch_add(size, Ordering::Relaxed);
+                    Ok(Outcome::Stored { checksums, size })
+                } else {
+                    Ok(Outcome::KeyTaken)
+                }
+            }
+            Err(e) => Err(err(e).into()),
+        };
+    }
+
+    // Multipart completion cannot be made conditional through object_store's generic API, so
+    // the key is checked first; keys hold the execution id, and one sync runs at a time per
+    // execution, so nothing else writes there in between.
+    match ds.handle.inner.head(key).await {
+        Ok(_) => {
+            if resuming {
+                let path = file.to_path_buf();
+                let (local_sums, _) =
+                    blocking(file, move || MultiHasher::of_reader(std::fs::File::open(&path)?)).await?;
+                if remote_sha256(ds, key).await? == local_sums.sha256 {
+                    sent.fetch_add(size, Ordering::Relaxed);
+                    return Ok(Outcome::Stored { checksums: local_sums, size });
+                }
+            }
+            return Ok(Outcome::KeyTaken);
+        }
+        Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(err(e).into()),
+    }
+    let upload = ds.handle.inner.put_multipart(key).await.map_err(err)?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+    let mut reader = {
+        let path = file.to_path_buf();
+        Some(blocking(file, move || std::fs::File::open(&path)).await?)
+    };
+    let mut hasher = Some(MultiHasher::new());
+    let mut total = 0u64;
+    let result: Result<(), UploadError> = async {
+        loop {
+            writer.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(err)?;
+            let (mut f, mut h) = (reader.take().expect("reader"), hasher.take().expect("hasher"));
+            let (f, h, chunk) = blocking(file, move || {
+                let mut buf = Vec::with_capacity(PART_SIZE);
+                (&mut f).take(PART_SIZE as u64).read_to_end(&mut buf)?;
+                h.update_parallel(&buf);
+                Ok((f, h, buf))
+            })
+            .await?;
+            reader = Some(f);
+            hasher = Some(h);
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            total += chunk.len() as u64;
+            sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            writer.put(bytes::Bytes::from(chunk));
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        let _ = writer.abort().await;
+        return Err(e);
+    }
+    writer.finish().await.map_err(err)?;
+    let checksums = hasher.expect("hasher").finish();
+    Ok(Outcome::Stored { checksums, size: total })
+}
