@@ -38,6 +38,8 @@ pub struct S3Server {
     pub root: tempfile::TempDir,
     pub addr: SocketAddr,
     pub log: Arc<Mutex<Vec<Logged>>>,
+    /// Milliseconds every PUT/POST waits before it is served (0: none), to catch work mid-way.
+    pub write_delay_ms: Arc<std::sync::atomic::AtomicU64>,
     rt: tokio::runtime::Runtime,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -50,7 +52,8 @@ impl S3Server {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a loopback port for the S3 server");
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let mut s = Self { root, addr, log: Arc::new(Mutex::new(Vec::new())), rt, task: None };
+        let mut s =
+            Self { root, addr, log: Arc::new(Mutex::new(Vec::new())), write_delay_ms: Arc::default(), rt, task: None };
         s.resume();
         s
     }
@@ -63,6 +66,10 @@ impl S3Server {
         b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = b.build();
         let log = self.log.clone();
+        let delay = self.write_delay_ms.clone();
+        // s3s-fs checks If-Match / If-None-Match and then writes, so two racing conditional PUTs
+        // can both pass; S3 decides them atomically. One at a time here restores that.
+        let conditional_puts = Arc::new(tokio::sync::Mutex::new(()));
         let addr = self.addr;
         let listener = {
             let _g = self.rt.enter();
@@ -89,6 +96,8 @@ impl S3Server {
                 let _ = sock.set_nodelay(true);
                 let service = service.clone();
                 let log = log.clone();
+                let delay = delay.clone();
+                let conditional_puts = conditional_puts.clone();
                 conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         log.lock().unwrap().push(Logged {
@@ -97,7 +106,19 @@ impl S3Server {
                             query: req.uri().query().unwrap_or_default().to_string(),
                             range: req.headers().get("range").and_then(|v| v.to_str().ok()).map(str::to_string),
                         });
-                        hyper::service::Service::call(&service, req)
+                        let wait = delay.load(std::sync::atomic::Ordering::Relaxed);
+                        let slow = wait > 0 && (req.method() == "PUT" || req.method() == "POST");
+                        let conditional = req.method() == "PUT"
+                            && (req.headers().contains_key("if-match") || req.headers().contains_key("if-none-match"));
+                        let service = service.clone();
+                        let conditional_puts = conditional_puts.clone();
+                        async move {
+                            if slow {
+                                tokio::time::sleep(Duration::from_millis(wait)).await;
+                            }
+                            let _one = if conditional { Some(conditional_puts.lock().await) } else { None };
+                            hyper::service::Service::call(&service, req).await
+                        }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
                         .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
@@ -131,6 +152,11 @@ impl S3Server {
         let p = self.root.path().join(bucket).join(key);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, data).unwrap();
+    }
+
+    /// The bytes of an object, read from the server's directory.
+    pub fn object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.root.path().join(bucket).join(key)).ok()
     }
 
     pub fn bucket(&self, bucket: &str) {

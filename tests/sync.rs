@@ -1,0 +1,349 @@
+//! Outputs -> datums against a real S3 server on 127.0.0.1 (and the embedded local store):
+//! byte-exact round trips, create-only puts, idempotent and resumable sync, metadata, aliases
+//! under contention, the unmount guard and `datumfs run`.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+const BUCKET: &str = "store";
+
+fn s3_store() -> (S3Server, String) {
+    let s3 = S3Server::start();
+    s3.bucket(BUCKET);
+    (s3, format!("s3://{BUCKET}/team"))
+}
+
+fn json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "command failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// path -> datum id from a sync report.
+fn datums(report: &Value) -> BTreeMap<String, String> {
+    report["datums"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["path"].as_str().unwrap().to_string(), d["datum"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn input_dir(dir: &Path) -> String {
+    let src = dir.join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("train.csv"), b"a,b\n1,2\n").unwrap();
+    format!("data=file://{}", src.display())
+}
+
+#[test]
+fn outputs_round_trip_through_an_s3_store() {
+    if !fuse_available() {
+        return;
+    }
+    let (s3, store) = s3_store();
+    let scratch = tempfile::tempdir().unwrap();
+    let input = input_dir(scratch.path());
+    let mut m = TestMount::new(&["--input", &input, "--store", &store, "--execution", "exec-rt"], &s3.env());
+    let big = bytes(10, 40 << 20); // multipart
+    let small = bytes(11, 1234);
+    fs::write(m.path("outputs/model.bin"), &big).unwrap();
+    fs::create_dir(m.path("outputs/eval")).unwrap();
+    fs::write(m.path("outputs/eval/metrics.json"), &small).unwrap();
+    fs::write(m.path("outputs/empty.txt"), b"").unwrap();
+    // the job reads its input whole: the lineage records its checksums
+    assert_eq!(fs::read(m.path("inputs/data/train.csv")).unwrap(), b"a,b\n1,2\n");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mp = m.mnt.to_str().unwrap().to_string();
+    let first = json(&m.run(&["sync", &mp, "--json"]));
+    let ids = datums(&first);
+    assert_eq!(ids.keys().collect::<Vec<_>>(), vec!["empty.txt", "eval/metrics.json", "model.bin"]);
+    // the bytes are plain objects whose key shows the execution and the path
+    assert_eq!(s3.object(BUCKET, "team/data/exec-rt/model.bin").unwrap(), big);
+    assert_eq!(s3.object(BUCKET, "team/data/exec-rt/eval/metrics.json").unwrap(), small);
+
+    // a second sync with no change makes nothing new; a changed file becomes a new datum
+    let second = json(&m.run(&["sync", &mp, "--json"]));
+    assert_eq!(datums(&second), ids);
+    assert!(second["datums"].as_array().unwrap().iter().all(|d| d["new"] == false));
+    fs::write(m.path("outputs/eval/metrics.json"), b"changed").unwrap();
+    let third = json(&m.run(&["sync", &mp, "--json"]));
+    let changed = &datums(&third)["eval/metrics.json"];
+    assert_ne!(changed, &ids["eval/metrics.json"]);
+    assert_eq!(s3.object(BUCKET, "team/data/exec-rt/eval/metrics.json").unwrap(), small, "never overwritten");
+
+    let env = s3.env();
+    let home = m.home.clone();
+    let cli = |args: &[&str]| command(&home, &env).args(args).arg("--store").arg(&store).output().unwrap();
+    let shown = json(&cli(&["datum", "show", &ids["model.bin"], "--json"]));
+    assert_eq!(shown["checksums"]["sha256"], sha256(&big));
+    assert_eq!(shown["size"], big.len());
+    assert_eq!(shown["execution"], "exec-rt");
+    assert_eq!(shown["path"], "model.bin");
+    let listed = json(&cli(&["datum", "ls", "--execution", "exec-rt", "--json"]));
+    assert_eq!(listed.as_array().unwrap().len(), 4, "{listed}");
+    let lineage = json(&cli(&["lineage", &ids["model.bin"], "--json"]));
+    let read = &lineage["produced_by"]["inputs"][0]["files_read"][0];
+    assert_eq!(read["checksums"]["sha256"], sha256(b"a,b\n1,2\n"), "{lineage}");
+    let got = scratch.path().join("got.bin");
+    let out = cli(&["datum", "get", &ids["model.bin"], got.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read(&got).unwrap(), big);
+    m.unmount();
+
+    // a later job reads the datum back through the mount, byte for byte, and is a reader
+    let back = format!("model={}", ids["model.bin"]);
+    let m2 = TestMount::new(&["--input", &back, "--store", &store, "--execution", "exec-reader"], &s3.env());
+    assert_eq!(fs::read(m2.path("inputs/model/model.bin")).unwrap(), big);
+    let lineage = json(&cli(&["lineage", &ids["model.bin"], "--json"]));
+    assert_eq!(lineage["read_by"][0]["execution"], "exec-reader", "{lineage}");
+    let inputs: Value = serde_json::from_slice(&fs::read(m2.path("config/inputs.json")).unwrap()).unwrap();
+    assert_eq!(inputs["model"]["files"][0]["checksums"]["sha256"], sha256(&big));
+}
+
+#[test]
+fn sync_never_overwrites_an_existing_object() {
+    if !fuse_available() {
+        return;
+    }
+    let (s3, store) = s3_store();
+    s3.put(BUCKET, "team/data/exec-co/model.bin", b"someone else's bytes");
+    let scratch = tempfile::tempdir().unwrap();
+    let input = input_dir(scratch.path());
+    let m = TestMount::new(&["--input", &input, "--store", &store, "--execution", "exec-co"], &s3.env());
+    let data = bytes(20, 100_000);
+    fs::write(m.path("outputs/model.bin"), &data).unwrap();
+    let report = json(&m.run(&["sync", m.mnt.to_str().unwrap(), "--json"]));
+    assert_eq!(s3.object(BUCKET, "team/data/exec-co/model.bin").unwrap(), b"someone else's bytes");
+    let d = &report["datums"][0];
+    let uri = d["object_uri"].as_str().unwrap();
+    let key = uri.strip_prefix(&format!("s3://{BUCKET}/")).unwrap();
+    assert_ne!(key, "team/data/exec-co/model.bin");
+    assert!(key.starts_with("team/data/exec-co/") && key.ends_with("/model.bin"), "{key}");
+    assert_eq!(s3.object(BUCKET, key).unwrap(), data);
+}
+
+#[test]
+fn sync_killed_midway_finishes_on_rerun_with_every_file_once() {
+    if !fuse_available() {
+        return;
+    }
+    let (s3, store) = s3_store();
+    let scratch = tempfile::tempdir().unwrap();
+    let input = input_dir(scratch.path());
+    let args = ["--input", input.as_str(), "--store", store.as_str(), "--execution", "exec-kill"];
+    let mut m = TestMount::new(&args, &s3.env());
+    let files: Vec<(String, Vec<u8>)> = (0..24).map(|i| (format!("part-{i:02}.bin"), bytes(100 + i, 50_000))).collect();
+    for (name, data) in &files {
+        fs::write(m.path(&format!("outputs/{name}")), data).unwrap();
+    }
+    s3.write_delay_ms.store(400, std::sync::atomic::Ordering::Relaxed);
+    s3.clear_log();
+    let mut sync = command(&m.home, &m.env).arg("sync").arg(&m.mnt).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s3.requests().iter().filter(|r| r.method == "PUT" && r.path.contains("/data/")).count() < 4 {
+        assert!(Instant::now() < deadline, "no uploads started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    m.crash(); // kill -9 of the daemon mid-sync
+    let _ = sync.wait();
+    s3.write_delay_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+    let (dir, cache) = (std::mem::replace(&mut m.dir, tempfile::tempdir().unwrap()), m.cache.clone());
+    drop(m);
+    let m = TestMount::with_cache(dir, cache, &args, &s3.env());
+    let report = json(&m.run(&["sync", m.mnt.to_str().unwrap(), "--json"]));
+    assert_eq!(datums(&report).len(), files.len());
+    // every path is exactly one datum in the catalog, with the right bytes
+    let all = json(&command(&m.home, &s3.env()).args(["datum", "ls", "--json", "--store", &store]).output().unwrap());
+    let mut per_path: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for d in all.as_array().unwrap() {
+        per_path.entry(d["path"].as_str().unwrap().to_string()).or_default().push(d.clone());
+    }
+    assert_eq!(per_path.len(), files.len());
+    for (name, data) in &files {
+        let ds = &per_path[name];
+        assert_eq!(ds.len(), 1, "{name} has {} datums", ds.len());
+        assert_eq!(ds[0]["checksums"]["sha256"], sha256(data));
+        let key = ds[0]["key"].as_str().unwrap();
+        assert_eq!(&s3.object(BUCKET, key).unwrap(), data, "{name}");
+    }
+}
+
+#[test]
+fn metadata_sidecars_jsonl_and_a_malformed_sidecar() {
+    if !fuse_available() {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let input = input_dir(scratch.path());
+    let m = TestMount::new(&["--input", &input], &[]);
+    let o = m.path("outputs");
+    fs::write(o.join("model.bin"), b"weights").unwrap();
+    fs::write(o.join("model.bin.metadata.json"), r#"{"valohai.tags": ["prod"], "valohai.alias": "best", "acc": 0.9}"#)
+        .unwrap();
+    fs::write(o.join("b.txt"), b"b").unwrap();
+    fs::write(o.join("bad.bin"), b"bad").unwrap();
+    fs::write(o.join("bad.bin.metadata.json"), "{not json").unwrap();
+    fs::write(
+        o.join("valohai.metadata.jsonl"),
+        "{\"file\": \"b.txt\", \"metadata\": {\"valohai.tags\": [\"t1\"], \"k\": 1}}\n\
+         {\"file\": \"b.txt\", \"metadata\": {\"k\": 2}}\n",
+    )
+    .unwrap();
+    let mp = m.mnt.to_str().unwrap().to_string();
+    let out = m.run(&["sync", &mp, "--json"]);
+    assert!(!out.status.success(), "a malformed sidecar must fail the sync");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.bin.metadata.json") && err.contains("malformed"), "{err}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids = datums(&report);
+    assert_eq!(ids.keys().collect::<Vec<_>>(), vec!["b.txt", "model.bin"], "sidecars are not datums");
+
+    let show = |name: &str| json(&m.run(&["datum", "show", name, "--json"]));
+    let best = show("datum://best");
+    assert_eq!(best["id"].as_str().map(|i| format!("datum://{i}")).as_ref(), Some(&ids["model.bin"]));
+    assert_eq!(best["tags"], serde_json::json!(["prod"]));
+    assert_eq!(best["properties"]["acc"], 0.9);
+    let b = show(&ids["b.txt"]);
+    assert_eq!(b["tags"], serde_json::json!(["t1"]));
+    assert_eq!(b["properties"]["k"], 2, "later jsonl lines override earlier ones");
+
+    fs::write(o.join("bad.bin.metadata.json"), r#"{"fixed": true}"#).unwrap();
+    let fixed = json(&m.run(&["sync", &mp, "--json"]));
+    let again = datums(&fixed);
+    assert_eq!(again.len(), 3);
+    assert_eq!(again["model.bin"], ids["model.bin"], "the rerun only finishes what failed");
+    assert_eq!(show(&again["bad.bin"])["properties"]["fixed"], true);
+}
+
+#[test]
+fn alias_moves_race_without_losing_an_update() {
+    if !fuse_available() {
+        return;
+    }
+    let (s3, store) = s3_store();
+    let scratch = tempfile::tempdir().unwrap();
+    let home = scratch.path().join("home");
+    let local_store = format!("file://{}", scratch.path().join("local-store").display());
+    for store in [store.as_str(), local_store.as_str()] {
+        let procs: Vec<_> = (0..6)
+            .map(|i| {
+                let f = scratch.path().join(format!("m{i}.bin"));
+                fs::write(&f, bytes(i, 1000)).unwrap();
+                command(&home, &s3.env())
+                    .args(["push", "--alias", "champion", "--json", "--store", store])
+                    .arg(&f)
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let mut pushed = Vec::new();
+        for p in procs {
+            let out = p.wait_with_output().unwrap();
+            pushed.push(json(&out)["datums"][0]["datum"].as_str().unwrap().to_string());
+        }
+        let shown = json(
+            &command(&home, &s3.env())
+                .args(["datum", "show", "champion", "--json", "--store", store])
+                .output()
+                .unwrap(),
+        );
+        let history = shown["resolved_from"]["history"].as_array().unwrap();
+        assert_eq!(history.len(), 6, "every move is kept ({store}): {shown}");
+        let mut moved: Vec<String> =
+            history.iter().map(|h| format!("datum://{}", h["datum"].as_str().unwrap())).collect();
+        moved.sort();
+        pushed.sort();
+        assert_eq!(moved, pushed);
+        assert_eq!(
+            format!("datum://{}", shown["id"].as_str().unwrap()),
+            format!("datum://{}", history.last().unwrap()["datum"].as_str().unwrap()),
+            "the alias points at its last move"
+        );
+    }
+}
+
+#[test]
+fn unmount_refuses_unsynced_outputs_unless_told() {
+    if !fuse_available() {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let input = input_dir(scratch.path());
+    let mut m = TestMount::new(&["--input", &input], &[]);
+    fs::write(m.path("outputs/a.bin"), bytes(5, 3000)).unwrap();
+    let mp = m.mnt.to_str().unwrap().to_string();
+    let out = m.run(&["unmount", &mp]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 unsynced file") && err.contains("3000 bytes") && err.contains("--sync"), "{err}");
+    assert!(is_mounted(&m.mnt));
+    let out = m.run(&["unmount", "--sync", &mp]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("a.bin -> datum://"), "{stdout}");
+    assert!(!is_mounted(&m.mnt));
+    let _ = m.child.take().map(|mut c| c.wait());
+    let listed = json(&m.run(&["datum", "ls", "--json"]));
+    assert_eq!(listed[0]["path"], "a.bin");
+}
+
+#[test]
+fn run_passes_the_exit_status_and_syncs_per_policy() {
+    if !fuse_available() {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let input = input_dir(scratch.path());
+    let home = scratch.path().join("home");
+    let mnt = scratch.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let cache = scratch.path().join("cache");
+    let run = |policy: &str, exec: &str, script: &str| {
+        let out = command(&home, &[])
+            .arg("run")
+            .arg(&mnt)
+            .args(["--input", &input, "--cache-dir", cache.to_str().unwrap(), "--execution", exec, "--sync-on", policy])
+            .args(["--", "sh", "-c", script])
+            .output()
+            .unwrap();
+        assert!(!is_mounted(&mnt), "still mounted after run");
+        out
+    };
+    let out = run("always", "exec-run-1", "cp \"$VH_INPUTS_DIR/data/train.csv\" \"$VH_OUTPUTS_DIR/copy.csv\"; exit 7");
+    assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed =
+        json(&command(&home, &[]).args(["datum", "ls", "--execution", "exec-run-1", "--json"]).output().unwrap());
+    assert_eq!(listed[0]["path"], "copy.csv");
+    assert_eq!(listed[0]["checksums"]["sha256"], sha256(b"a,b\n1,2\n"));
+    let rec =
+        json(&command(&home, &[]).args(["lineage", listed[0]["id"].as_str().unwrap(), "--json"]).output().unwrap());
+    assert_eq!(rec["produced_by"]["command"][0], "sh", "{rec}");
+
+    let out = run("success", "exec-run-2", "echo partial > \"$VH_OUTPUTS_DIR/p.txt\"; exit 1");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--execution exec-run-2"));
+    let listed =
+        json(&command(&home, &[]).args(["datum", "ls", "--execution", "exec-run-2", "--json"]).output().unwrap());
+    assert_eq!(listed.as_array().unwrap().len(), 0, "nothing synced for a failed job with --sync-on success");
+    // the outputs were kept: a mount with the same execution syncs them
+    let out = run("always", "exec-run-2", "test -f \"$VH_OUTPUTS_DIR/p.txt\"");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed =
+        json(&command(&home, &[]).args(["datum", "ls", "--execution", "exec-run-2", "--json"]).output().unwrap());
+    assert_eq!(listed[0]["path"], "p.txt");
+}
