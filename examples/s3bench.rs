@@ -5,6 +5,8 @@
 //!   s3bench put-many COUNT BYTES URI_PREFIX   upload COUNT objects of BYTES random bytes
 //!   s3bench get URI PARALLEL PART_BYTES       read one object with PARALLEL ranged GETs
 //!   s3bench get-many URI_PREFIX READERS       read every object below a prefix, READERS at once
+//!   s3bench put-dir DIR URI_PREFIX            upload every file below DIR, 8 at once, big ones
+//!                                             as multipart streamed from disk (no hashing)
 //!
 //! Prints one JSON line: {"bytes": N, "seconds": S}.
 
@@ -22,6 +24,29 @@ fn open(u: &str) -> Res<(Arc<StoreHandle>, String)> {
     let parsed = uri::parse(u, std::path::Path::new("/"))?;
     let reg = StoreRegistry::new();
     Ok((reg.open(&parsed)?, parsed.key))
+}
+
+async fn put_file(store: &StoreHandle, path: &std::path::Path, key: &Path, size: u64) -> Res<u64> {
+    use tokio::io::AsyncReadExt;
+    if size <= 16 << 20 {
+        let data = tokio::fs::read(path).await?;
+        store.inner.put(key, PutPayload::from(data)).await?;
+        return Ok(size);
+    }
+    let mut f = tokio::fs::File::open(path).await?;
+    let upload = store.inner.put_multipart(key).await?;
+    let mut w = WriteMultipart::new_with_chunk_size(upload, 16 << 20);
+    loop {
+        w.wait_for_capacity(4).await?;
+        let mut buf = Vec::with_capacity(16 << 20);
+        let n = (&mut f).take(16 << 20).read_to_end(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        w.put(buf.into());
+    }
+    w.finish().await?;
+    Ok(size)
 }
 
 #[tokio::main]
@@ -92,7 +117,23 @@ async fn main() -> Res<()> {
                 .await?;
             got.iter().sum()
         }
-        _ => return Err("usage: s3bench put-file|put-many|get|get-many ... (see the source)".into()),
+        Some("put-dir") => {
+            let dir = std::path::PathBuf::from(&args[1]);
+            let (store, prefix) = open(&args[2])?;
+            let (files, _) = datumfs::sync::walk(&dir)?;
+            let sizes: Vec<u64> = futures::stream::iter(files)
+                .map(|(rel, meta)| {
+                    let store = store.clone();
+                    let path = dir.join(&rel);
+                    let key = Path::from(format!("{prefix}{rel}"));
+                    async move { put_file(&store, &path, &key, meta.len()).await }
+                })
+                .buffer_unordered(8)
+                .try_collect()
+                .await?;
+            sizes.iter().sum()
+        }
+        _ => return Err("usage: s3bench put-file|put-many|put-dir|get|get-many ... (see the source)".into()),
     };
     println!("{{\"bytes\": {bytes}, \"seconds\": {:.4}}}", t.elapsed().as_secs_f64());
     Ok(())

@@ -8,7 +8,8 @@
 # Needs root, /dev/fuse, python3, and a fast S3 server binary: $S3_SERVER_BIN (s3s-fs compatible
 # flags: --host --port --access-key --secret-key ROOT), or the patched s3s-fs that
 # ../shared/s3-bed/install.sh builds when that folder is present. Sizes: BENCH_BIG_MIB (2048),
-# BENCH_SMALL_COUNT (10000), BENCH_LS_COUNT (100000).
+# BENCH_SMALL_COUNT (10000), BENCH_LS_COUNT (100000), BENCH_SYNC_MIB (1024), BENCH_SYNC_COUNT (1000);
+# BENCH_PARTS picks workloads (default "read small ls sync").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 json=0; [[ ${1:-} == --json ]] && json=1
@@ -17,6 +18,10 @@ say() { ((json)) || echo "$@" >&2; }
 BIG_MIB=${BENCH_BIG_MIB:-2048}
 SMALL_COUNT=${BENCH_SMALL_COUNT:-10000}
 LS_COUNT=${BENCH_LS_COUNT:-100000}
+SYNC_MIB=${BENCH_SYNC_MIB:-1024}
+SYNC_COUNT=${BENCH_SYNC_COUNT:-1000}
+PARTS=" ${BENCH_PARTS:-read small ls sync} "  # which workloads to run
+want() { [[ $PARTS == *" $1 "* ]]; }
 
 server=${S3_SERVER_BIN:-}
 if [[ -z $server && -x ../shared/s3-bed/install.sh ]]; then
@@ -63,6 +68,7 @@ unmount_it() {
 results=()
 record() { results+=("$1 $2 $3"); say "$(printf '%-34s %8.3f s  baseline %8.3f s  ratio %.2f' "$1" "$2" "$3" "$(python3 -c "print($3/$2 if $2 > 0 else 0)")")"; }
 
+if want read; then
 # 1. One big object: cold sequential read vs direct parallel ranged GETs; warm vs local disk.
 say "making a ${BIG_MIB} MiB object"
 head -c $((BIG_MIB << 20)) /dev/urandom >"$T/src/big.bin"
@@ -93,6 +99,9 @@ PY
 record "random 4 KiB reads, warm (20k)" "$(randread "$MNT/inputs/big/big.bin")" "$(randread "$T/src/big.bin")"
 unmount_it
 
+fi
+
+if want small; then
 # 2. Many small files: 100 KiB each, 1 and 8 readers, cold, vs direct GETs with as many readers.
 say "uploading $SMALL_COUNT x 100 KiB objects"
 "$s3bench" put-many "$SMALL_COUNT" 102400 s3://bench/small/ >/dev/null
@@ -105,6 +114,9 @@ for readers in 1 8; do
     unmount_it
 done
 
+fi
+
+if want ls; then
 # 3. ls -lR of many objects (made on the server's disk directly), cold and warm, vs local ls -lR.
 say "making $LS_COUNT objects for ls -lR"
 python3 - "$T/s3/bench/tree" "$LS_COUNT" <<'PY'
@@ -123,6 +135,31 @@ record "ls -lR $LS_COUNT objects, cold" "$(secs "$t0" "$t1")" "$local_ls"
 t0=$(now); ls -lR "$MNT/inputs/tree" >/dev/null; t1=$(now)
 record "ls -lR $LS_COUNT objects, warm" "$(secs "$t0" "$t1")" "$local_ls"
 unmount_it
+
+fi
+
+if want sync; then
+# 4. Write-then-sync: a big file and many small ones written into outputs, then `datumfs sync`
+#    until all are datums in the store, vs uploading the same files directly.
+say "making ${SYNC_MIB} MiB + $SYNC_COUNT x 100 KiB output files"
+mkdir -p "$T/out/small"
+head -c $((SYNC_MIB << 20)) /dev/urandom >"$T/out/model.bin"
+python3 - "$T/out/small" "$SYNC_COUNT" <<'PY'
+import os, sys
+for i in range(int(sys.argv[2])):
+    with open(os.path.join(sys.argv[1], f"s{i:05d}.bin"), "wb") as f: f.write(os.urandom(102400))
+PY
+sync
+direct=$("$s3bench" put-dir "$T/out" s3://bench/direct/ | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])')
+mount_at sync "$T/cache-sync" --input model=s3://bench/direct/model.bin --store s3://bench/store
+t0=$(now)
+cp -r "$T/out/." "$MNT/outputs/"
+"$bin" sync "$MNT" --json >"$T/sync.json"
+t1=$(now)
+record "write + sync ${SYNC_MIB} MiB + $SYNC_COUNT files" "$(secs "$t0" "$t1")" "$direct"
+unmount_it
+
+fi
 
 say "$(printf '%-34s %8d MiB (limit 200 MiB)' "peak daemon RSS" $((peak / 1024)))"
 if ((json)); then

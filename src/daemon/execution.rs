@@ -168,7 +168,7 @@ impl Execution {
             Ok(()) => Response::ok(None),
             Err(e) => {
                 *self.on_exit.lock().unwrap_or_else(|e| e.into_inner()) = UnsyncedOutputs::Keep;
-                Response::failed(format!("unmount failed: {e}"), None)
+                Response::failed(format!("unmount failed: {e} (close open files, or use --force to detach)"), None)
             }
         }
     }
