@@ -78,7 +78,7 @@ impl Fs {
 
     pub(super) fn out_open(&self, st: &Staging, ino: u64, flags: i32) -> FsResult<Opened> {
         let file = st.open_file(ino, flags)?;
-        Ok(Opened { fh: self.add_handle(Handle::Output(file)), direct_io: false, keep_cache: false, backing: None })
+        Ok(Opened { fh: self.add_handle(Handle::Output(file)), direct_io: true, keep_cache: false, backing: None })
     }
 
     /// Creates and opens a file in `outputs/`.
@@ -86,7 +86,7 @@ impl Fs {
         let st = self.staging_of(parent)?;
         let (a, file) = st.create(parent, OsStr::new(name), mode, flags)?;
         let fh = self.add_handle(Handle::Output(file));
-        Ok((attr(a), Opened { fh, direct_io: false, keep_cache: false, backing: None }))
+        Ok((attr(a), Opened { fh, direct_io: true, keep_cache: false, backing: None }))
     }
 
     /// Writes to an open output file; returns the bytes written.

@@ -282,7 +282,8 @@ impl Filesystem for FuseAdapter {
         match self.fs.create(parent.0, &name, mode & !umask, flags) {
             Ok((a, o)) => {
                 let attr = file_attr(&a, self.uid, self.gid);
-                reply.created(&ttl(&a), &attr, Generation(0), FileHandle(o.fh), FopenFlags::empty())
+                let flags = if o.direct_io { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::empty() };
+                reply.created(&ttl(&a), &attr, Generation(0), FileHandle(o.fh), flags)
             }
             Err(e) => reply.error(errno(&e)),
         }

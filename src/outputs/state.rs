@@ -102,6 +102,30 @@ impl SyncState {
         Ok(())
     }
 
+    /// Records many states at once, durably, with one flush.
+    pub fn set_all(&self, states: &[(String, PathState)]) -> Result<(), sled::Error> {
+        let mut batch = sled::Batch::default();
+        for (path, state) in states {
+            let v = serde_json::to_vec(state).map_err(|e| sled::Error::Unsupported(e.to_string()))?;
+            batch.insert(path.as_bytes(), v);
+        }
+        self.tree.apply_batch(batch)?;
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    /// Records the state of `path` without waiting for the disk (see [`SyncState::flush`]).
+    pub fn set_lazily(&self, path: &str, state: &PathState) -> Result<(), sled::Error> {
+        let v = serde_json::to_vec(state).map_err(|e| sled::Error::Unsupported(e.to_string()))?;
+        self.tree.insert(path.as_bytes(), v)?;
+        Ok(())
+    }
+
+    /// Waits until every recorded state is on disk.
+    pub fn flush(&self) -> Result<(), sled::Error> {
+        self.tree.flush().map(|_| ())
+    }
+
     /// Every path with a state.
     pub fn all(&self) -> Vec<(String, PathState)> {
         self.tree

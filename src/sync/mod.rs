@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use upload::Outcome;
 
-/// Files uploaded at once.
-const FILES_IN_FLIGHT: usize = 8;
+/// Files uploaded at once (each also writes its datum record).
+const FILES_IN_FLIGHT: usize = 16;
 
 /// Live counters of a sync, for progress bars.
 #[derive(Debug, Default)]
@@ -175,31 +175,33 @@ struct Job {
     local: PathBuf,
     stamp: FileStamp,
     meta: Result<DatumMeta, String>,
-    resume: Option<(String, String)>,
+    /// The datum id and key, fixed (and recorded as pending) before any upload starts.
+    planned: (String, String),
+    /// Whether an earlier, interrupted sync planned them (its upload may be complete).
+    resuming: bool,
 }
 
 impl Syncer {
-    /// Uploads `local` as the datum for output path `rel` (datum id and key fixed beforehand by
-    /// the caller or chosen here), records it and moves its alias. Returns the record.
+    /// A new datum id and the natural key (execution and path) for output path `rel`.
+    fn plan(&self, rel: &str) -> (String, String) {
+        (catalog::new_id(), self.catalog.store().data_key(&format!("{}/{rel}", self.execution)).to_string())
+    }
+
+    /// Uploads `local` as the datum for output path `rel` under the planned id and key (another
+    /// key if that one is taken: `on_replanned` records it first), records the datum and moves
+    /// its alias. Returns the record.
+    #[allow(clippy::too_many_arguments)]
     async fn make_datum(
         &self,
         rel: &str,
         local: &Path,
         meta: DatumMeta,
-        fixed: Option<(String, String)>,
+        (mut id, mut key): (String, String),
+        resuming: bool,
         sent: &Arc<AtomicU64>,
-        on_planned: impl Fn(&str, &str) -> Result<(), String>,
+        on_replanned: impl Fn(&str, &str) -> Result<(), String>,
     ) -> Result<DatumRecord, String> {
         let ds = self.catalog.store();
-        let (mut id, mut key, resuming) = match fixed {
-            Some((id, key)) => (id, key, true),
-            None => {
-                let id = catalog::new_id();
-                let key = ds.data_key(&format!("{}/{rel}", self.execution)).to_string();
-                (id, key, false)
-            }
-        };
-        on_planned(&id, &key)?;
         let mut outcome =
             upload::upload(ds, local, &KeyPath::from(key.as_str()), resuming, sent).await.map_err(|e| e.to_string())?;
         if matches!(outcome, Outcome::KeyTaken) {
@@ -212,7 +214,7 @@ impl Syncer {
                 id = catalog::new_id();
             }
             key = ds.data_key(&format!("{}/{id}/{rel}", self.execution)).to_string();
-            on_planned(&id, &key)?;
+            on_replanned(&id, &key)?;
             outcome =
                 upload::upload(ds, local, &KeyPath::from(key.as_str()), true, sent).await.map_err(|e| e.to_string())?;
         }
@@ -270,7 +272,7 @@ impl Syncer {
                 continue;
             }
             let stamp = FileStamp::of(&meta);
-            let resume = match state.get(&rel) {
+            let planned = match state.get(&rel) {
                 Some(PathState::Synced { stamp: s, datum, key, sha256 }) if s == stamp => {
                     report.datums.push(SyncedFile {
                         path: rel,
@@ -285,11 +287,27 @@ impl Syncer {
                 Some(PathState::Pending { stamp: s, datum, key }) if s == stamp => Some((datum, key)),
                 _ => None,
             };
+            let resuming = planned.is_some();
+            let planned = planned.unwrap_or_else(|| self.plan(&rel));
             let meta = match &jsonl {
                 Ok(j) => metadata::for_file(root, &rel, j),
                 Err(e) => Err(e.clone()),
             };
-            jobs.push(Job { local: root.join(&rel), rel, stamp, meta, resume });
+            jobs.push(Job { local: root.join(&rel), rel, stamp, meta, planned, resuming });
+        }
+        // Every upload's datum id and key are on disk before the first byte goes: a crash at
+        // any point then resumes the same datums instead of making new ones.
+        let pending: Vec<(String, PathState)> = jobs
+            .iter()
+            .filter(|j| !j.resuming && j.meta.is_ok())
+            .map(|j| {
+                let (datum, key) = j.planned.clone();
+                (j.rel.clone(), PathState::Pending { stamp: j.stamp, datum, key })
+            })
+            .collect();
+        if let Err(e) = state.set_all(&pending) {
+            report.failed.push(FailedFile { path: String::new(), error: format!("recording the sync state: {e}") });
+            return report;
         }
         progress.files_total.store(jobs.len() as u64, Ordering::Relaxed);
         progress.bytes_total.store(jobs.iter().map(|j| j.stamp.size).sum(), Ordering::Relaxed);
@@ -298,13 +316,21 @@ impl Syncer {
                 let res = match job.meta {
                     Err(e) => Err(e),
                     Ok(meta) => {
-                        let planned = |id: &str, key: &str| {
+                        let replanned = |id: &str, key: &str| {
                             let st =
                                 PathState::Pending { stamp: job.stamp, datum: id.to_string(), key: key.to_string() };
                             state.set(&job.rel, &st).map_err(|e| format!("recording the sync state: {e}"))
                         };
                         let res = self
-                            .make_datum(&job.rel, &job.local, meta, job.resume, &progress.bytes_done, planned)
+                            .make_datum(
+                                &job.rel,
+                                &job.local,
+                                meta,
+                                job.planned,
+                                job.resuming,
+                                &progress.bytes_done,
+                                replanned,
+                            )
                             .await;
                         if let Ok(rec) = &res {
                             let st = PathState::Synced {
@@ -313,7 +339,9 @@ impl Syncer {
                                 key: rec.key.clone(),
                                 sha256: rec.checksums.sha256.clone(),
                             };
-                            if let Err(e) = state.set(&job.rel, &st) {
+                            // Flushed once at the end: losing it only means a rerun finds the
+                            // pending record and checks the stored bytes again.
+                            if let Err(e) = state.set_lazily(&job.rel, &st) {
                                 tracing::warn!("outputs/{}: recording the sync state: {e}", job.rel);
                             }
                         }
@@ -326,6 +354,9 @@ impl Syncer {
             .buffer_unordered(FILES_IN_FLIGHT)
             .collect()
             .await;
+        if let Err(e) = state.flush() {
+            tracing::warn!("flushing the sync state: {e}");
+        }
         for (rel, res) in results {
             match res {
                 Ok(rec) => {
@@ -375,7 +406,9 @@ impl Syncer {
                     m.alias = None;
                 }
                 async move {
-                    let res = self.make_datum(&rel, &local, m, None, &progress.bytes_done, |_, _| Ok(())).await;
+                    let planned = self.plan(&rel);
+                    let res =
+                        self.make_datum(&rel, &local, m, planned, false, &progress.bytes_done, |_, _| Ok(())).await;
                     progress.files_done.fetch_add(1, Ordering::Relaxed);
                     (rel, res)
                 }

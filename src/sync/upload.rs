@@ -14,9 +14,9 @@ use std::sync::Arc;
 /// Files up to this size go up in one create-only PUT; bigger ones as multipart uploads.
 pub const SINGLE_PUT_MAX: u64 = 16 << 20;
 /// Part size of multipart uploads.
-const PART_SIZE: usize = 16 << 20;
+const PART_SIZE: usize = 8 << 20;
 /// Parts in flight per file.
-const PARTS_IN_FLIGHT: usize = 4;
+const PARTS_IN_FLIGHT: usize = 6;
 
 /// What happened to an upload.
 #[derive(Debug)]
