@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded local store, no cloud account needed: builds datumfs, puts sample
-# data into the local store, mounts it as an input, lists and reads it, shows the checksums, and
-# unmounts. Everything lives under a temporary DATUMFS_HOME that is removed at the end.
+# data into the local store, mounts it as an input, lists and reads it, shows the checksums, writes
+# an output, syncs it as a datum, and reads that datum back in a second job (`datumfs run`).
+# Everything lives under a temporary DATUMFS_HOME that is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v fusermount3 >/dev/null 2>&1 || { echo "installing fuse3 and attr"; apt-get install -y -q fuse3 attr >/dev/null; }
@@ -10,7 +11,7 @@ bin="$PWD/target/release/datumfs"
 
 export DATUMFS_HOME="$(mktemp -d /tmp/datumfs-demo.XXXXXX)"
 mnt="$DATUMFS_HOME/mnt"
-cleanup() { "$bin" unmount "$mnt" 2>/dev/null || true; rm -rf "$DATUMFS_HOME"; }
+cleanup() { "$bin" unmount --discard "$mnt" 2>/dev/null || true; rm -rf "$DATUMFS_HOME"; }
 trap cleanup EXIT
 
 data="$DATUMFS_HOME/store/demo/train"
@@ -33,6 +34,18 @@ echo "== $mnt/config/inputs.json (first lines)"
 head -20 "$mnt/config/inputs.json"
 echo "== datumfs status"
 "$bin" status "$mnt"
-echo "== datumfs unmount $mnt"
+echo "== a job writes an output, with a sidecar giving it tags and an alias"
+cut -d, -f2 "$mnt/inputs/labels/labels.csv" | sort | uniq -c >"$mnt/outputs/label-counts.txt"
+echo '{"valohai.tags": ["demo"], "valohai.alias": "demo-counts"}' >"$mnt/outputs/label-counts.txt.metadata.json"
+echo "== datumfs unmount $mnt (refused: the output is not synced yet)"
+"$bin" unmount "$mnt" || true
+echo "== datumfs sync $mnt"
+"$bin" sync "$mnt"
 "$bin" unmount "$mnt"
+echo "== datumfs datum show demo-counts"
+"$bin" datum show demo-counts
+echo "== datumfs run: a second job reads the datum by its alias and writes a derived output"
+"$bin" run "$mnt" --input counts=datum://demo-counts -- sh -c 'wc -l "$VH_INPUTS_DIR/counts/label-counts.txt" | tee "$VH_OUTPUTS_DIR/lines.txt"'
+echo "== datumfs lineage demo-counts (what made it, what read it)"
+"$bin" lineage demo-counts
 echo "demo finished"
