@@ -198,6 +198,15 @@ impl Staging {
         ino
     }
 
+    /// Forgets a staging file that is gone (unlinked, or replaced by a rename), so that its name
+    /// no longer leads to its inode.
+    fn forget(&self, file: u64) {
+        let mut inodes = self.lock();
+        if let Some(ino) = inodes.by_file.remove(&file) {
+            inodes.links.remove(&ino);
+        }
+    }
+
     fn attr(&self, ino: u64, meta: &std::fs::Metadata) -> EntryAttr {
         let ft = meta.file_type();
         let kind = if ft.is_dir() {
@@ -291,28 +300,44 @@ impl Staging {
     /// Removes a file or symlink.
     pub fn unlink(&self, parent: u64, name: &OsStr) -> io::Result<()> {
         let path = self.child(parent, name)?;
-        if std::fs::symlink_metadata(&path)?.is_dir() {
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.is_dir() {
             return Err(io::Error::from_raw_os_error(libc::EISDIR));
         }
-        std::fs::remove_file(&path)
+        std::fs::remove_file(&path)?;
+        if meta.nlink() <= 1 {
+            self.forget(meta.ino());
+        }
+        Ok(())
     }
 
     /// Removes an empty directory.
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> io::Result<()> {
-        std::fs::remove_dir(self.child(parent, name)?)
+        let path = self.child(parent, name)?;
+        let meta = std::fs::symlink_metadata(&path)?;
+        std::fs::remove_dir(&path)?;
+        self.forget(meta.ino());
+        Ok(())
     }
 
     /// Renames within outputs (`flags`: `RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
     pub fn rename(&self, parent: u64, name: &OsStr, new_parent: u64, new_name: &OsStr, flags: u32) -> io::Result<()> {
         let from = self.child(parent, name)?;
         let to = self.child(new_parent, new_name)?;
+        let replaced = std::fs::symlink_metadata(&to).ok().map(|m| m.ino());
         let (a, b) = (cstr(&from)?, cstr(&to)?);
         // SAFETY: two valid paths; renameat2 with the kernel's own flags.
         let rc = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), flags) };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
-        if let Ok(meta) = std::fs::symlink_metadata(&to) {
+        let moved = std::fs::symlink_metadata(&to).ok();
+        if let (Some(old), Some(new)) = (replaced, &moved) {
+            if old != new.ino() && flags & libc::RENAME_EXCHANGE == 0 {
+                self.forget(old);
+            }
+        }
+        if let Some(meta) = moved {
             self.remember(new_parent, new_name, &meta);
         }
         if flags & libc::RENAME_EXCHANGE != 0 {
