@@ -70,6 +70,16 @@ fn print_human(v: &Value) {
     if let Some(store) = v["data_store"].as_str() {
         println!("  data store {store}");
     }
+    let e = &v["execution"];
+    if let Some(id) = e["id"].as_str() {
+        let u = &e["unsynced"];
+        println!(
+            "  execution {id}: {} unsynced output file(s), {} (staged in {})",
+            u["files"].as_u64().unwrap_or(0),
+            human_bytes(u["bytes"].as_u64().unwrap_or(0)),
+            e["staging"].as_str().unwrap_or("?")
+        );
+    }
     let files = v["files"].as_array().map(Vec::len).unwrap_or(0);
     println!("  files read whole and checksummed: {files} (--json lists them with md5, sha1, sha256)");
 }
