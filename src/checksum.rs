@@ -18,7 +18,7 @@ pub struct Checksums {
 }
 
 /// Feeds bytes once into all three digests.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct MultiHasher {
     md5: Md5,
     sha1: Sha1,

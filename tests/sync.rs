@@ -347,3 +347,68 @@ fn run_passes_the_exit_status_and_syncs_per_policy() {
         json(&command(&home, &[]).args(["datum", "ls", "--execution", "exec-run-2", "--json"]).output().unwrap());
     assert_eq!(listed[0]["path"], "p.txt");
 }
+
+#[test]
+fn datum_checksums_match_the_bytes_whatever_the_write_pattern() {
+    if !fuse_available() {
+        return;
+    }
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::FileExt;
+    let scratch = tempfile::tempdir().unwrap();
+    let input = input_dir(scratch.path());
+    let m = TestMount::new(&["--input", &input], &[]);
+    let o = m.path("outputs");
+    // sequential, in several writes
+    let mut f = fs::File::create(o.join("seq.bin")).unwrap();
+    for i in 0..5 {
+        f.write_all(&bytes(i, 700_000)).unwrap();
+    }
+    drop(f);
+    // written backwards
+    let f = fs::File::create(o.join("backwards.bin")).unwrap();
+    for i in (0..4u64).rev() {
+        f.write_all_at(&bytes(10 + i, 100_000), i * 100_000).unwrap();
+    }
+    drop(f);
+    // rewritten in the middle after a sequential write
+    let mut f = fs::File::create(o.join("patched.bin")).unwrap();
+    f.write_all(&bytes(20, 300_000)).unwrap();
+    f.seek(SeekFrom::Start(1000)).unwrap();
+    f.write_all(b"patch").unwrap();
+    drop(f);
+    // truncated to a non-zero size, then appended to
+    fs::write(o.join("cut.bin"), bytes(21, 50_000)).unwrap();
+    fs::OpenOptions::new().write(true).open(o.join("cut.bin")).unwrap().set_len(10_000).unwrap();
+    fs::OpenOptions::new().append(true).open(o.join("cut.bin")).unwrap().write_all(b"more").unwrap();
+    // replaced whole with O_TRUNC
+    fs::write(o.join("again.bin"), bytes(22, 9_000)).unwrap();
+    fs::write(o.join("again.bin"), bytes(23, 4_000)).unwrap();
+    // written through a shared mapping
+    let script = format!(
+        "import mmap, os\nfd = os.open('{}', os.O_RDWR | os.O_CREAT, 0o644)\nos.ftruncate(fd, 65536)\n\
+         m = mmap.mmap(fd, 65536)\nm[100:105] = b'mmap!'\nm.flush()\nm.close()\nos.close(fd)\n",
+        o.join("mapped.bin").display()
+    );
+    let st = std::process::Command::new("python3").arg("-c").arg(script).status().unwrap();
+    assert!(st.success());
+
+    let first = json(&m.run(&["sync", m.mnt.to_str().unwrap(), "--json"]));
+    // appending after a sync makes a new datum whose checksums cover the whole file
+    fs::OpenOptions::new().append(true).open(o.join("seq.bin")).unwrap().write_all(b"tail").unwrap();
+    let second = json(&m.run(&["sync", m.mnt.to_str().unwrap(), "--json"]));
+    for report in [&first, &second] {
+        for d in report["datums"].as_array().unwrap() {
+            let path = d["path"].as_str().unwrap();
+            let shown = json(&m.run(&["datum", "show", d["datum"].as_str().unwrap(), "--json"]));
+            if report == &second || path != "seq.bin" {
+                let want = fs::read(o.join(path)).unwrap();
+                assert_eq!(shown["checksums"]["sha256"], sha256(&want), "{path}");
+                let md5 = hex::encode(<md5::Md5 as sha2::Digest>::digest(&want));
+                assert_eq!(shown["checksums"]["md5"], md5, "{path}");
+            }
+        }
+    }
+    assert_eq!(datums(&second).len(), 6);
+    assert_ne!(datums(&first)["seq.bin"], datums(&second)["seq.bin"]);
+}

@@ -111,13 +111,39 @@ pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, req: Request, progress: tokio::sync::mpsc::UnboundedSender<ProgressSnapshot>) -> Response;
 }
 
+/// Requests being answered, so that a daemon about to exit can let them finish (the answer to
+/// `unmount` is sent after the mount is gone).
+#[derive(Debug, Default, Clone)]
+pub struct InFlight(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    /// Waits until no request is being answered, for at most `limit`.
+    pub fn wait_idle(&self, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while self.0.load(std::sync::atomic::Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+struct Answering(InFlight);
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Serves requests on `listener` until the process ends.
-pub async fn serve(listener: tokio::net::UnixListener, handler: std::sync::Arc<dyn Handler>) {
+pub async fn serve(listener: tokio::net::UnixListener, handler: std::sync::Arc<dyn Handler>, in_flight: InFlight) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let handler = handler.clone();
+        in_flight.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let answering = Answering(in_flight.clone());
         tokio::spawn(async move {
+            let _answering = answering;
             let (read, mut write) = stream.into_split();
             let mut lines = tokio::io::BufReader::new(read).lines();
             let Ok(Some(line)) = lines.next_line().await else { return };

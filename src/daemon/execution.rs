@@ -115,7 +115,12 @@ impl Execution {
                 }
             })
         };
-        let report = self.syncer.sync(self.staging.files_dir(), &self.state, &counters).await;
+        let staging = self.staging.clone();
+        let known = move |file: u64, size: u64| match tokio::task::block_in_place(|| staging.hasher.snapshot(file)) {
+            Some((len, sums)) if len == size => Some(sums),
+            _ => None,
+        };
+        let report = self.syncer.sync(self.staging.files_dir(), &self.state, &counters, &known).await;
         ticker.abort();
         let mut error = None;
         let new: Vec<String> = report.datums.iter().filter(|d| d.new).map(|d| strip(&d.datum)).collect();

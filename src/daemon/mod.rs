@@ -281,7 +281,8 @@ fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<(
         }),
     });
     runtime.block_on(execution.record_start());
-    runtime.spawn(control::serve(listener, execution.clone()));
+    let in_flight = control::InFlight::default();
+    runtime.spawn(control::serve(listener, execution.clone(), in_flight.clone()));
     {
         let mountpoint = cfg.mountpoint.clone();
         runtime.spawn(async move {
@@ -312,6 +313,8 @@ fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<(
     let run = session.run();
     tracing::info!("unmounted {}", cfg.mountpoint.display());
     execution.finish();
+    // Let the answer to `unmount` (and any other request) reach its client before exiting.
+    in_flight.wait_idle(std::time::Duration::from_secs(3));
     if let Err(e) = cache.flush() {
         tracing::warn!("{e}");
     }

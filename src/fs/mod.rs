@@ -82,10 +82,15 @@ pub struct Opened {
 }
 
 enum Handle {
-    Input { node: Arc<Node>, obj: Arc<OpenObject>, seq: Mutex<Sequential> },
+    Input {
+        node: Arc<Node>,
+        obj: Arc<OpenObject>,
+        seq: Mutex<Sequential>,
+    },
     Virtual(Vec<u8>),
     Dir(Vec<DirEntry>),
-    Output(std::fs::File),
+    /// An open output file and its staging identity (st_ino).
+    Output(std::fs::File, u64),
 }
 
 /// Settings the filesystem needs from the mount.
@@ -521,7 +526,7 @@ impl Fs {
                 let end = (start + size as usize).min(content.len());
                 Some(Ok(content[start..end].to_vec()))
             }
-            Handle::Output(file) => Some(outputs_ops::pread(file, offset, size)),
+            Handle::Output(file, _) => Some(outputs_ops::pread(file, offset, size)),
             Handle::Input { node, obj, .. } if obj.cached.is_complete() => {
                 if let NodeKind::File(f) = &node.kind {
                     if let Err(e) = check_content(f) {
@@ -561,7 +566,7 @@ impl Fs {
                 }
                 Ok(buf)
             }
-            Handle::Virtual(_) | Handle::Output(_) => self.read_cached(fh, offset, size).unwrap_or(Ok(Vec::new())),
+            Handle::Virtual(_) | Handle::Output(..) => self.read_cached(fh, offset, size).unwrap_or(Ok(Vec::new())),
             Handle::Dir(_) => Err(FsError::IsDir),
         }
     }

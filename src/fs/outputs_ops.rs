@@ -77,23 +77,26 @@ impl Fs {
     }
 
     pub(super) fn out_open(&self, st: &Staging, ino: u64, flags: i32) -> FsResult<Opened> {
-        let file = st.open_file(ino, flags)?;
-        Ok(Opened { fh: self.add_handle(Handle::Output(file)), direct_io: true, keep_cache: false, backing: None })
+        let (file, id) = st.open_file(ino, flags)?;
+        Ok(Opened { fh: self.add_handle(Handle::Output(file, id)), direct_io: true, keep_cache: false, backing: None })
     }
 
     /// Creates and opens a file in `outputs/`.
     pub fn create(&self, parent: u64, name: &str, mode: u32, flags: i32) -> FsResult<(Attr, Opened)> {
         let st = self.staging_of(parent)?;
-        let (a, file) = st.create(parent, OsStr::new(name), mode, flags)?;
-        let fh = self.add_handle(Handle::Output(file));
+        let (a, file, id) = st.create(parent, OsStr::new(name), mode, flags)?;
+        let fh = self.add_handle(Handle::Output(file, id));
         Ok((attr(a), Opened { fh, direct_io: true, keep_cache: false, backing: None }))
     }
 
     /// Writes to an open output file; returns the bytes written.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         match &*self.handle(fh)? {
-            Handle::Output(file) => {
+            Handle::Output(file, id) => {
                 file.write_all_at(data, offset)?;
+                if let Some(st) = &self.staging {
+                    st.hasher.write(*id, offset, data);
+                }
                 Ok(data.len() as u32)
             }
             _ => Err(FsError::ReadOnly),
@@ -103,7 +106,7 @@ impl Fs {
     /// Flushes an open output file to disk.
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
         match &*self.handle(fh)? {
-            Handle::Output(file) => {
+            Handle::Output(file, _) => {
                 if datasync {
                     file.sync_data()?
                 } else {
@@ -128,7 +131,7 @@ impl Fs {
         let st = self.staging_of(ino)?;
         let handle = fh.and_then(|fh| self.handle(fh).ok());
         let file = match handle.as_deref() {
-            Some(Handle::Output(f)) => Some(f),
+            Some(Handle::Output(f, _)) => Some(f),
             _ => None,
         };
         Ok(attr(st.setattr(ino, mode, size, atime, mtime, file)?))

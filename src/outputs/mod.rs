@@ -6,6 +6,7 @@
 //! loses nothing: remounting with the same execution id finds the files again. Inode numbers
 //! of the tree are assigned here; knows nothing of FUSE or of the store.
 
+pub mod hashing;
 pub mod state;
 
 use std::collections::HashMap;
@@ -74,6 +75,8 @@ pub struct Staging {
     root_ino: u64,
     root_file: u64,
     inodes: Mutex<Inodes>,
+    /// Checksums of files followed as they are written.
+    pub hasher: hashing::WriteHasher,
 }
 
 fn cstr(p: &Path) -> io::Result<CString> {
@@ -132,6 +135,7 @@ impl Staging {
             root_ino,
             root_file,
             inodes: Mutex::new(Inodes { next: INO_BASE, ..Default::default() }),
+            hasher: hashing::WriteHasher::new(),
         })
     }
 
@@ -259,9 +263,20 @@ impl Staging {
             }
         }
         if let Some(size) = size {
-            match file {
-                Some(f) => f.set_len(size)?,
-                None => std::fs::OpenOptions::new().write(true).open(&path)?.set_len(size)?,
+            let opened;
+            let f = match file {
+                Some(f) => f,
+                None => {
+                    opened = std::fs::OpenOptions::new().write(true).open(&path)?;
+                    &opened
+                }
+            };
+            f.set_len(size)?;
+            let id = f.metadata()?.ino();
+            if size == 0 {
+                self.hasher.reset(id);
+            } else {
+                self.hasher.invalidate(id);
             }
         }
         if atime.is_some() || mtime.is_some() {
@@ -284,17 +299,32 @@ impl Staging {
     }
 
     /// Creates (or, without `O_EXCL`, opens) a file and opens it with `flags`.
-    pub fn create(&self, parent: u64, name: &OsStr, mode: u32, flags: i32) -> io::Result<(EntryAttr, std::fs::File)> {
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> io::Result<(EntryAttr, std::fs::File, u64)> {
         let path = self.child(parent, name)?;
         let file = open_with(&path, flags | libc::O_CREAT, mode & 0o7777)?;
         let meta = file.metadata()?;
+        if meta.len() == 0 {
+            self.hasher.reset(meta.ino());
+        }
         let ino = self.remember(parent, name, &meta);
-        Ok((self.attr(ino, &meta), file))
+        Ok((self.attr(ino, &meta), file, meta.ino()))
     }
 
-    /// Opens `ino` with `flags`.
-    pub fn open_file(&self, ino: u64, flags: i32) -> io::Result<std::fs::File> {
-        open_with(&self.path(ino)?, flags & !libc::O_CREAT & !libc::O_EXCL, 0)
+    /// Opens `ino` with `flags`; returns the file and its staging identity (for
+    /// [`hashing::WriteHasher`]).
+    pub fn open_file(&self, ino: u64, flags: i32) -> io::Result<(std::fs::File, u64)> {
+        let file = open_with(&self.path(ino)?, flags & !libc::O_CREAT & !libc::O_EXCL, 0)?;
+        let meta = file.metadata()?;
+        if meta.len() == 0 && (flags & libc::O_ACCMODE) != libc::O_RDONLY {
+            self.hasher.reset(meta.ino());
+        }
+        Ok((file, meta.ino()))
     }
 
     /// Removes a file or symlink.

@@ -212,8 +212,8 @@ impl Reader {
             } else {
                 needed.end
             };
-            self.start_fetches(obj, needed.start..upto);
-            match wait_present(cached, needed.clone()).await {
+            let claims = self.start_fetches(obj, needed.start..upto);
+            match wait_present(cached, needed.clone(), claims).await {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => return Err(e.into()),
@@ -252,8 +252,11 @@ impl Reader {
         from..(from + n).min(blocks)
     }
 
-    fn start_fetches(&self, obj: &OpenObject, range: Range<u64>) {
+    /// Starts GETs for the missing blocks of `range`; returns the claims it made, whose errors
+    /// the caller must see even if a fetch fails before the caller first looks.
+    fn start_fetches(&self, obj: &OpenObject, range: Range<u64>) -> Vec<Arc<InFlight>> {
         let runs = obj.cached.claim_missing(range, || Arc::new(InFlight::default()), self.cfg.max_run_blocks);
+        let claims = runs.iter().map(|(_, f)| f.clone()).collect();
         for (run, flight) in runs {
             let remote = obj.remote.clone();
             let cached = obj.cached.clone();
@@ -264,12 +267,17 @@ impl Reader {
                 fetch_run(&remote, &cached, run, flight, attempts).await;
             });
         }
+        claims
     }
 }
 
 /// Waits until every block of `range` is present. `Ok(false)`: some block went back to missing
 /// without an error (dropped as corrupt): claim again.
-async fn wait_present(cached: &CachedObject, range: Range<u64>) -> Result<bool, StoreError> {
+async fn wait_present(
+    cached: &CachedObject,
+    range: Range<u64>,
+    claims: Vec<Arc<InFlight>>,
+) -> Result<bool, StoreError> {
     let mut last_flight: Option<Arc<InFlight>> = None;
     loop {
         let notified = cached.changed.notified();
@@ -288,7 +296,9 @@ async fn wait_present(cached: &CachedObject, range: Range<u64>) -> Result<bool, 
                     break;
                 }
                 BlockState::Missing => {
-                    if let Some(e) = last_flight.as_ref().and_then(|f| f.error.get()) {
+                    // A fetch of ours (or one we waited on) that failed released its blocks.
+                    let failed = last_flight.iter().chain(claims.iter()).find_map(|f| f.error.get());
+                    if let Some(e) = failed {
                         return Err(e.clone());
                     }
                     return Ok(false);

@@ -7,6 +7,7 @@ pub mod metadata;
 pub mod upload;
 
 use crate::catalog::{self, Catalog, DatumRecord};
+use crate::checksum::Checksums;
 use crate::outputs::state::{FileStamp, PathState, SyncState};
 use futures::StreamExt;
 use metadata::DatumMeta;
@@ -160,6 +161,11 @@ pub fn pending(root: &Path, state: &SyncState) -> std::io::Result<Pending> {
     Ok(p)
 }
 
+/// Whether the file at `path` still has `stamp`.
+fn unchanged(path: &Path, stamp: FileStamp) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| FileStamp::of(&m) == stamp)
+}
+
 /// Who is making datums: the execution and where its files come from.
 #[derive(Clone)]
 pub struct Syncer {
@@ -179,6 +185,8 @@ struct Job {
     planned: (String, String),
     /// Whether an earlier, interrupted sync planned them (its upload may be complete).
     resuming: bool,
+    /// Checksums computed while the file was written, if they cover exactly its bytes.
+    known: Option<Checksums>,
 }
 
 impl Syncer {
@@ -198,12 +206,15 @@ impl Syncer {
         meta: DatumMeta,
         (mut id, mut key): (String, String),
         resuming: bool,
+        known: Option<(&Checksums, FileStamp)>,
         sent: &Arc<AtomicU64>,
         on_replanned: impl Fn(&str, &str) -> Result<(), String>,
     ) -> Result<DatumRecord, String> {
         let ds = self.catalog.store();
-        let mut outcome =
-            upload::upload(ds, local, &KeyPath::from(key.as_str()), resuming, sent).await.map_err(|e| e.to_string())?;
+        let (known, stamp) = (known.map(|k| k.0), known.map(|k| k.1));
+        let mut outcome = upload::upload(ds, local, &KeyPath::from(key.as_str()), resuming, known, sent)
+            .await
+            .map_err(|e| e.to_string())?;
         if matches!(outcome, Outcome::KeyTaken) {
             // Something else is at the natural key: never touch it; use a key unique to the datum.
             tracing::warn!(
@@ -215,12 +226,22 @@ impl Syncer {
             }
             key = ds.data_key(&format!("{}/{id}/{rel}", self.execution)).to_string();
             on_replanned(&id, &key)?;
-            outcome =
-                upload::upload(ds, local, &KeyPath::from(key.as_str()), true, sent).await.map_err(|e| e.to_string())?;
+            outcome = upload::upload(ds, local, &KeyPath::from(key.as_str()), true, known, sent)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         let Outcome::Stored { checksums, size } = outcome else {
             return Err(format!("{}: the key is taken by another object", ds.uri_of(&KeyPath::from(key.as_str()))));
         };
+        // Checksums from the write path hold only if the file did not change while it was read
+        // for the upload; otherwise no datum is recorded (the bytes stay, unnamed).
+        if let Some(stamp) = stamp {
+            if !unchanged(local, stamp) {
+                return Err(format!(
+                    "outputs/{rel} changed while it was being synced; run sync again once it is complete"
+                ));
+            }
+        }
         let rec = DatumRecord {
             uri: format!("datum://{id}"),
             id: id.clone(),
@@ -243,8 +264,15 @@ impl Syncer {
         Ok(rec)
     }
 
-    /// Syncs the staged outputs under `root` with `state`.
-    pub async fn sync(&self, root: &Path, state: &SyncState, progress: &Progress) -> SyncReport {
+    /// Syncs the staged outputs under `root` with `state`. `known` gives a file's checksums when
+    /// they were computed as it was written (by staging inode and size).
+    pub async fn sync(
+        &self,
+        root: &Path,
+        state: &SyncState,
+        progress: &Progress,
+        known: &(dyn Fn(u64, u64) -> Option<Checksums> + Sync),
+    ) -> SyncReport {
         let mut report = SyncReport { execution: self.execution.clone(), ..Default::default() };
         let walked = {
             let root = root.to_path_buf();
@@ -293,7 +321,8 @@ impl Syncer {
                 Ok(j) => metadata::for_file(root, &rel, j),
                 Err(e) => Err(e.clone()),
             };
-            jobs.push(Job { local: root.join(&rel), rel, stamp, meta, planned, resuming });
+            let known = known(stamp.ino, stamp.size);
+            jobs.push(Job { local: root.join(&rel), rel, stamp, meta, planned, resuming, known });
         }
         // Every upload's datum id and key are on disk before the first byte goes: a crash at
         // any point then resumes the same datums instead of making new ones.
@@ -328,10 +357,12 @@ impl Syncer {
                                 meta,
                                 job.planned,
                                 job.resuming,
+                                job.known.as_ref().map(|k| (k, job.stamp)),
                                 &progress.bytes_done,
                                 replanned,
                             )
                             .await;
+
                         if let Ok(rec) = &res {
                             let st = PathState::Synced {
                                 stamp: job.stamp,
@@ -407,8 +438,9 @@ impl Syncer {
                 }
                 async move {
                     let planned = self.plan(&rel);
-                    let res =
-                        self.make_datum(&rel, &local, m, planned, false, &progress.bytes_done, |_, _| Ok(())).await;
+                    let res = self
+                        .make_datum(&rel, &local, m, planned, false, None, &progress.bytes_done, |_, _| Ok(()))
+                        .await;
                     progress.files_done.fetch_add(1, Ordering::Relaxed);
                     (rel, res)
                 }

@@ -73,12 +73,15 @@ async fn remote_sha256(ds: &DataStore, key: &Path) -> Result<String, StoreError>
 
 /// Uploads `file` to `key` without ever replacing an existing object. `resuming`: an earlier
 /// attempt may have stored these very bytes at `key`, which then counts as done once its
-/// content is checked. `sent` counts bytes as they go, for progress.
+/// content is checked. `known`: the file's checksums, when they were computed as it was
+/// written (the caller checks that it did not change meanwhile); otherwise they are computed
+/// on the way. `sent` counts bytes as they go, for progress.
 pub async fn upload(
     ds: &DataStore,
     file: &std::path::Path,
     key: &Path,
     resuming: bool,
+    known: Option<&Checksums>,
     sent: &Arc<AtomicU64>,
 ) -> Result<Outcome, UploadError> {
     let shown = ds.uri_of(key);
@@ -87,11 +90,18 @@ pub async fn upload(
     let size = blocking(file, move || std::fs::metadata(&path).map(|m| m.len())).await?;
     if size <= SINGLE_PUT_MAX {
         let path = file.to_path_buf();
+        let known = known.cloned();
         let (bytes, checksums) = blocking(file, move || {
             let bytes = std::fs::read(&path)?;
-            let mut h = MultiHasher::new();
-            h.update_parallel(&bytes);
-            Ok((bytes, h.finish()))
+            let sums = match known {
+                Some(k) => k,
+                None => {
+                    let mut h = MultiHasher::new();
+                    h.update_parallel(&bytes);
+                    h.finish()
+                }
+            };
+            Ok((bytes, sums))
         })
         .await?;
         let size = bytes.len() as u64;
@@ -120,8 +130,10 @@ pub async fn upload(
         Ok(_) => {
             if resuming {
                 let path = file.to_path_buf();
-                let (local_sums, _) =
-                    blocking(file, move || MultiHasher::of_reader(std::fs::File::open(&path)?)).await?;
+                let local_sums = match known {
+                    Some(k) => k.clone(),
+                    None => blocking(file, move || MultiHasher::of_reader(std::fs::File::open(&path)?)).await?.0,
+                };
                 if remote_sha256(ds, key).await? == local_sums.sha256 {
                     sent.fetch_add(size, Ordering::Relaxed);
                     return Ok(Outcome::Stored { checksums: local_sums, size });
@@ -138,7 +150,8 @@ pub async fn upload(
         let path = file.to_path_buf();
         Some(blocking(file, move || std::fs::File::open(&path)).await?)
     };
-    let mut hasher = Some(MultiHasher::new());
+    // `None` inside: the checksums are known already, nothing to hash.
+    let mut hasher = Some(if known.is_some() { None } else { Some(MultiHasher::new()) });
     let mut total = 0u64;
     let result: Result<(), UploadError> = async {
         loop {
@@ -147,7 +160,9 @@ pub async fn upload(
             let (f, h, chunk) = blocking(file, move || {
                 let mut buf = Vec::with_capacity(PART_SIZE);
                 (&mut f).take(PART_SIZE as u64).read_to_end(&mut buf)?;
-                h.update_parallel(&buf);
+                if let Some(h) = h.as_mut() {
+                    h.update_parallel(&buf);
+                }
                 Ok((f, h, buf))
             })
             .await?;
@@ -167,6 +182,10 @@ pub async fn upload(
         return Err(e);
     }
     writer.finish().await.map_err(err)?;
-    let checksums = hasher.expect("hasher").finish();
+    let checksums = match (hasher.flatten(), known) {
+        (Some(h), _) => h.finish(),
+        (None, Some(k)) => k.clone(),
+        (None, None) => unreachable!("a hasher exists whenever no checksums were given"),
+    };
     Ok(Outcome::Stored { checksums, size: total })
 }

@@ -1,0 +1,133 @@
+//! Checksums of output files computed while the job writes them, so that `sync` can upload a
+//! file without reading it twice and without spending the CPU on hashing at sync time.
+//!
+//! Writes that continue a file from where its bytes end (the common case: `torch.save`, `cp`,
+//! log appends) are fed, in order, to one hashing thread; any other write, a truncation or an
+//! unknown file makes its checksums unknown, and `sync` then hashes while uploading, as always.
+
+use crate::checksum::{Checksums, MultiHasher};
+use std::collections::HashMap;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::time::Duration;
+
+enum Msg {
+    /// Bytes written at `offset`.
+    Write { file: u64, offset: u64, data: Vec<u8> },
+    /// The file is empty now (created, or truncated to zero).
+    Reset { file: u64 },
+    /// The file changed in a way that cannot be followed.
+    Invalidate { file: u64 },
+    /// What the checksums of the file's first `len` bytes are now, if known.
+    Snapshot { file: u64, reply: SyncSender<Option<(u64, Checksums)>> },
+}
+
+enum FileState {
+    Hashing { next: u64, hasher: Box<MultiHasher> },
+    Unknown,
+}
+
+/// Follows the writes of every staged file on one background thread.
+pub struct WriteHasher {
+    tx: SyncSender<Msg>,
+}
+
+/// Messages (up to 1 MiB each) queued before a writer waits: bounds the memory held.
+const QUEUE: usize = 32;
+
+impl Default for WriteHasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WriteHasher {
+    /// Starts the hashing thread (it ends when the hasher is dropped).
+    pub fn new() -> Self {
+        let (tx, rx) = sync_channel(QUEUE);
+        let spawned = std::thread::Builder::new().name("datumfs-hash".into()).spawn(move || run(rx));
+        if let Err(e) = spawned {
+            tracing::warn!("no write-time hashing ({e}); sync will hash outputs itself");
+        }
+        Self { tx }
+    }
+
+    /// Notes `data` written at `offset` of staging file `file` (its inode number).
+    pub fn write(&self, file: u64, offset: u64, data: &[u8]) {
+        let _ = self.tx.send(Msg::Write { file, offset, data: data.to_vec() });
+    }
+
+    /// Notes that `file` is empty now.
+    pub fn reset(&self, file: u64) {
+        let _ = self.tx.send(Msg::Reset { file });
+    }
+
+    /// Notes a change that cannot be followed (truncation to a non-zero size, ...).
+    pub fn invalidate(&self, file: u64) {
+        let _ = self.tx.send(Msg::Invalidate { file });
+    }
+
+    /// The checksums of `file`'s first bytes and how many bytes they cover, if known. Every
+    /// write noted before this call is included.
+    pub fn snapshot(&self, file: u64) -> Option<(u64, Checksums)> {
+        let (reply, answer) = sync_channel(1);
+        self.tx.send(Msg::Snapshot { file, reply }).ok()?;
+        answer.recv_timeout(Duration::from_secs(120)).ok().flatten()
+    }
+}
+
+fn run(rx: Receiver<Msg>) {
+    let mut files: HashMap<u64, FileState> = HashMap::new();
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            Msg::Write { file, offset, data } => {
+                let state = files.entry(file).or_insert(FileState::Unknown);
+                match state {
+                    FileState::Hashing { next, hasher } if *next == offset => {
+                        hasher.update_parallel(&data);
+                        *next += data.len() as u64;
+                    }
+                    _ => *state = FileState::Unknown,
+                }
+            }
+            Msg::Reset { file } => {
+                files.insert(file, FileState::Hashing { next: 0, hasher: Box::default() });
+            }
+            Msg::Invalidate { file } => {
+                files.insert(file, FileState::Unknown);
+            }
+            Msg::Snapshot { file, reply } => {
+                let answer = match files.get(&file) {
+                    Some(FileState::Hashing { next, hasher }) => Some((*next, (**hasher).clone().finish())),
+                    _ => None,
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follows_sequential_writes_and_gives_up_on_others() {
+        let h = WriteHasher::new();
+        h.reset(1);
+        h.write(1, 0, b"hello ");
+        h.write(1, 6, b"world");
+        let (len, sums) = h.snapshot(1).unwrap();
+        assert_eq!(len, 11);
+        assert_eq!(sums.sha256, "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
+        h.write(1, 11, b"!");
+        assert_eq!(h.snapshot(1).unwrap().0, 12, "appends continue after a snapshot");
+        h.write(1, 3, b"x");
+        assert!(h.snapshot(1).is_none(), "a rewrite makes the checksums unknown");
+        h.reset(1);
+        h.write(1, 0, b"a");
+        assert_eq!(h.snapshot(1).unwrap().0, 1);
+        assert!(h.snapshot(2).is_none(), "a file never seen from its start is unknown");
+        h.write(3, 0, b"a");
+        assert!(h.snapshot(3).is_none(), "writes without a known start are not trusted");
+    }
+}
