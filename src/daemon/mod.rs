@@ -202,7 +202,19 @@ fn serve(cfg: MountConfig, ready: Option<OwnedFd>) -> Result<()> {
     result
 }
 
+/// glibc gives each thread that allocates its own arena (up to 8 per core); the daemon's many
+/// short-lived blocking threads then pin freed buffers in dozens of arenas (a 1 GiB sync
+/// peaked at 290 MiB RSS; 160 MiB with 4 arenas, 114 MiB with 2).
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<()> {
+    limit_malloc_arenas();
     cache::create_private_dir(&cfg.cache_dir)?;
     // Held until the process is gone (never dropped): the index's own lock lives as long as any
     // thread still holds the cache, so releasing ours earlier would let a new daemon in too soon.
