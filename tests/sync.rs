@@ -412,3 +412,32 @@ fn datum_checksums_match_the_bytes_whatever_the_write_pattern() {
     assert_eq!(datums(&second).len(), 6);
     assert_ne!(datums(&first)["seq.bin"], datums(&second)["seq.bin"]);
 }
+
+#[test]
+fn a_datum_whose_bytes_differ_from_its_record_fails_with_eio() {
+    if !fuse_available() {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let home = scratch.path().join("home");
+    let file = scratch.path().join("weights.bin");
+    let data = bytes(30, 3 << 20);
+    fs::write(&file, &data).unwrap();
+    let pushed = json(&command(&home, &[]).args(["push", "--json"]).arg(&file).output().unwrap());
+    let id = pushed["datums"][0]["datum"].as_str().unwrap().to_string();
+    let shown = json(&command(&home, &[]).args(["datum", "show", &id, "--json"]).output().unwrap());
+    // Damage the stored bytes behind the catalog's back (same size).
+    let stored = Path::new("/").join(shown["key"].as_str().unwrap());
+    let mut bad = data.clone();
+    bad[2_000_000] ^= 0xff;
+    fs::write(&stored, &bad).unwrap();
+
+    let input = format!("w={id}");
+    let store = format!("file://{}", home.join("store").display());
+    let m = TestMount::new(&["--input", &input, "--store", &store], &[]);
+    let err = fs::read(m.path("inputs/w/weights.bin")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(fs::read(m.path("inputs/w/weights.bin")).unwrap_err().raw_os_error(), Some(libc::EIO));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(m.log().contains("but its record says"), "{}", m.log());
+}

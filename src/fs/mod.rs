@@ -451,6 +451,9 @@ impl Fs {
                 let obj = self.open_object(&node, f).await?;
                 self.after_read(&node, f, &obj);
                 let complete = obj.cached.is_complete();
+                if complete {
+                    self.check_expected(&node, f, &obj).await?;
+                }
                 let backing = if passthrough && complete {
                     let cached = obj.cached.clone();
                     match tokio::task::spawn_blocking(move || cached.verify_all().map(|_| cached.verified_data_file()))
@@ -532,6 +535,9 @@ impl Fs {
                     if let Err(e) = check_content(f) {
                         return Some(Err(e));
                     }
+                    if f.entry.expected_sha256.is_some() && f.checksums.get().is_none() {
+                        return None; // verified on the slow path first
+                    }
                 }
                 match obj.cached.read_cached(offset, size as usize) {
                     Ok(buf) => {
@@ -562,6 +568,9 @@ impl Fs {
                 }
                 let buf = res?;
                 if let NodeKind::File(f) = &node.kind {
+                    if obj.cached.is_complete() {
+                        self.check_expected(node, f, obj).await?;
+                    }
                     self.after_read(node, f, obj);
                 }
                 Ok(buf)
@@ -569,6 +578,30 @@ impl Fs {
             Handle::Virtual(_) | Handle::Output(..) => self.read_cached(fh, offset, size).unwrap_or(Ok(Vec::new())),
             Handle::Dir(_) => Err(FsError::IsDir),
         }
+    }
+
+    /// For files whose sha256 is known up front (datums): once every byte is cached, checks
+    /// them before any more are served, so that the read completing the file fails with EIO
+    /// rather than the job silently getting other bytes than the record promised.
+    async fn check_expected(&self, node: &Node, f: &FileNode, obj: &Arc<OpenObject>) -> FsResult<()> {
+        let Some(want) = &f.entry.expected_sha256 else { return Ok(()) };
+        if f.checksums.get().is_some() {
+            return check_content(f);
+        }
+        let sums = obj.cached.checksums().await.map_err(|e| FsError::Io(e.to_string()))?;
+        if sums.sha256 != *want {
+            if !f.mismatch.swap(true, Ordering::AcqRel) {
+                tracing::error!(
+                    "{}: {} has sha256 {} but its record says {want}: reads fail with EIO",
+                    self.mount_path(node),
+                    f.entry.uri,
+                    sums.sha256
+                );
+            }
+            return check_content(f);
+        }
+        let _ = f.checksums.set(sums);
+        Ok(())
     }
 
     fn mount_path(&self, node: &Node) -> String {
@@ -596,13 +629,12 @@ impl Fs {
                     tracing::info!("{path}: sha1 sum: {}", sums.sha1);
                     tracing::info!("{path}: sha256 sum: {}", sums.sha256);
                     if let Some(want) = &f.entry.expected_sha256 {
-                        if *want != sums.sha256 {
+                        if *want != sums.sha256 && !f.mismatch.swap(true, Ordering::AcqRel) {
                             tracing::error!(
-                                "{path}: {} has sha256 {} but its record says {want}: reads now fail with EIO",
+                                "{path}: {} has sha256 {} but its record says {want}: reads fail with EIO",
                                 f.entry.uri,
                                 sums.sha256
                             );
-                            f.mismatch.store(true, Ordering::Release);
                         }
                     }
                     let _ = f.checksums.set(sums.clone());
