@@ -441,3 +441,47 @@ fn a_datum_whose_bytes_differ_from_its_record_fails_with_eio() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(m.log().contains("but its record says"), "{}", m.log());
 }
+
+#[test]
+fn a_store_outage_mid_sync_loses_nothing_and_a_rerun_finishes() {
+    if !fuse_available() {
+        return;
+    }
+    let (mut s3, store) = s3_store();
+    let scratch = tempfile::tempdir().unwrap();
+    let input = input_dir(scratch.path());
+    let m = TestMount::new(&["--input", &input, "--store", &store, "--execution", "exec-outage"], &s3.env());
+    let files: Vec<(String, Vec<u8>)> = (0..12).map(|i| (format!("f{i:02}.bin"), bytes(200 + i, 80_000))).collect();
+    for (name, data) in &files {
+        fs::write(m.path(&format!("outputs/{name}")), data).unwrap();
+    }
+    s3.write_delay_ms.store(300, std::sync::atomic::Ordering::Relaxed);
+    s3.clear_log();
+    let mut sync = command(&m.home, &m.env);
+    sync.arg("sync").arg(&m.mnt);
+    let sync = std::thread::spawn(move || sync.output());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s3.requests().iter().filter(|r| r.method == "PUT" && r.path.contains("/data/")).count() < 3 {
+        assert!(Instant::now() < deadline, "no uploads started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    s3.stop();
+    let out = sync.join().unwrap().unwrap();
+    assert!(!out.status.success(), "a sync that lost its store must fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("run `datumfs sync") || err.contains("sync again") || err.contains("nothing is lost"),
+        "{err}"
+    );
+    s3.write_delay_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+    s3.resume();
+    let report = json(&m.run(&["sync", m.mnt.to_str().unwrap(), "--json"]));
+    assert_eq!(datums(&report).len(), files.len());
+    let all = json(&command(&m.home, &s3.env()).args(["datum", "ls", "--json", "--store", &store]).output().unwrap());
+    assert_eq!(all.as_array().unwrap().len(), files.len(), "every file exactly once: {all}");
+    for d in all.as_array().unwrap() {
+        let data = &files.iter().find(|(n, _)| d["path"] == n.as_str()).unwrap().1;
+        assert_eq!(&s3.object(BUCKET, d["key"].as_str().unwrap()).unwrap(), data);
+        assert_eq!(d["checksums"]["sha256"], sha256(data));
+    }
+}
