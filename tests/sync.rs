@@ -217,6 +217,9 @@ fn metadata_sidecars_jsonl_and_a_malformed_sidecar() {
     assert_eq!(best["id"].as_str().map(|i| format!("datum://{i}")).as_ref(), Some(&ids["model.bin"]));
     assert_eq!(best["tags"], serde_json::json!(["prod"]));
     assert_eq!(best["properties"]["acc"], 0.9);
+    let tagged = json(&m.run(&["datum", "ls", "--tag", "prod", "--json"]));
+    assert_eq!(tagged.as_array().unwrap().len(), 1, "{tagged}");
+    assert_eq!(tagged[0]["path"], "model.bin");
     let b = show(&ids["b.txt"]);
     assert_eq!(b["tags"], serde_json::json!(["t1"]));
     assert_eq!(b["properties"]["k"], 2, "later jsonl lines override earlier ones");
