@@ -34,6 +34,12 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// Parses `7d`, `12h`, `30m`, `2s` (humantime's forms) into a duration.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("'{text}' is not a duration ({e}; examples: 7d, 12h, 30m, 90s)"))
+}
+
 /// Everything `datumfs mount` needs, validated.
 #[derive(Debug, Clone)]
 pub struct MountConfig {
@@ -45,8 +51,10 @@ pub struct MountConfig {
     pub store_url: String,
     /// Cache directory.
     pub cache_dir: PathBuf,
-    /// Cache size cap in bytes (enforced by eviction; recorded here).
+    /// Cache size cap in bytes (recorded; enforcing it is still to come).
     pub cache_size: Option<u64>,
+    /// Cached objects not read for this long are evicted.
+    pub evict_after: std::time::Duration,
     /// Block size in bytes.
     pub block_size: u64,
     /// Largest read-ahead window in bytes.

@@ -6,8 +6,10 @@
 //! checksum is verified before its bytes are served for the first time in a process (and a bad
 //! block is dropped and fetched again). Knows nothing of stores or FUSE.
 
+mod lifecycle;
 mod object;
 
+pub use lifecycle::{CacheReport, EvictReport, EvictWhat, ReconcileReport, VerifyReport};
 pub use object::{BlockState, CachedObject, InFlight};
 
 use crate::checksum::Checksums;
@@ -125,7 +127,8 @@ pub struct Cache {
     open: Mutex<HashMap<ObjectId, Weak<CachedObject>>>,
 }
 
-pub(crate) fn now_secs() -> u64 {
+/// Now, in seconds since the epoch, as last-access times are kept.
+pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 

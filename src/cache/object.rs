@@ -51,7 +51,7 @@ pub struct CachedObject {
     shared: Arc<CacheShared>,
 }
 
-fn block_key(id: &ObjectId, block: u64) -> [u8; 40] {
+pub(super) fn block_key(id: &ObjectId, block: u64) -> [u8; 40] {
     let mut k = [0u8; 40];
     k[..32].copy_from_slice(&id.0);
     k[32..].copy_from_slice(&block.to_be_bytes());

@@ -1,5 +1,6 @@
 //! The command line: clap types, one file per subcommand, human and `--json` output.
 
+mod cache;
 mod datum;
 mod mount;
 mod run;
@@ -37,6 +38,8 @@ enum Command {
     Datum(datum::DatumArgs),
     /// What made a datum, and what read it.
     Lineage(datum::LineageArgs),
+    /// The node's cache: stats, evict, verify (with or without a running daemon).
+    Cache(cache::CacheArgs),
 }
 
 /// Parses the command line and runs it; returns the exit code.
@@ -51,6 +54,7 @@ pub fn run() -> Result<i32> {
         Command::Push(a) => datum::run_push(a),
         Command::Datum(a) => datum::run_datum(a),
         Command::Lineage(a) => datum::run_lineage(a),
+        Command::Cache(a) => cache::run(a),
     }
 }
 

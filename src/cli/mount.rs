@@ -33,6 +33,9 @@ pub struct MountArgs {
     /// Cache size cap, e.g. 50GiB.
     #[arg(long, value_name = "SIZE", env = "DATUMFS_CACHE_SIZE", value_parser = config::parse_size)]
     cache_size: Option<u64>,
+    /// Evict cached objects not read for this long (7d, 12h, 30m, ...).
+    #[arg(long, value_name = "DURATION", env = "DATUMFS_EVICT_AFTER", default_value = "7d", value_parser = config::parse_duration)]
+    evict_after: std::time::Duration,
     /// Cache block size (4KiB to 64MiB).
     #[arg(long, value_name = "SIZE", env = "DATUMFS_BLOCK_SIZE", default_value = "1MiB", value_parser = config::parse_size)]
     block_size: u64,
@@ -91,6 +94,7 @@ impl MountArgs {
             store_url,
             cache_dir: super::absolute(&self.cache_dir.unwrap_or_else(|| home.join("cache"))),
             cache_size: self.cache_size,
+            evict_after: self.evict_after,
             block_size: self.block_size,
             read_ahead: self.read_ahead.max(self.block_size),
             foreground: self.foreground,

@@ -25,6 +25,28 @@ pub enum UnsyncedOutputs {
     Keep,
 }
 
+/// `datumfs cache` operations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CacheOp {
+    /// The figures (`evict_after`: for "what the next eviction would remove"; the daemon's own
+    /// setting when absent).
+    Stats {
+        /// Seconds.
+        evict_after: Option<u64>,
+    },
+    /// Evict objects.
+    Evict {
+        /// Which.
+        what: crate::cache::EvictWhat,
+    },
+    /// Re-verify every cached block.
+    Verify {
+        /// Drop bad blocks.
+        repair: bool,
+    },
+}
+
 /// A request to the daemon.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
@@ -33,6 +55,11 @@ pub enum Request {
     Status,
     /// Upload new and changed outputs as datums.
     Sync,
+    /// A cache operation (`datumfs cache ...` while a daemon owns the cache).
+    Cache {
+        /// What to do.
+        action: CacheOp,
+    },
     /// Unmount and exit.
     Unmount {
         /// What to do with unsynced outputs.

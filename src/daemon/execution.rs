@@ -2,8 +2,9 @@
 //! catalog (lineage), and the answers to control requests (`status`, `sync`, `unmount`).
 
 use super::mounts;
+use crate::cache::Cache;
 use crate::catalog::{self, Catalog, ExecutionRecord};
-use crate::control::{Handler, Request, Response, UnsyncedOutputs};
+use crate::control::{CacheOp, Handler, Request, Response, UnsyncedOutputs};
 use crate::fs::Fs;
 use crate::outputs::state::SyncState;
 use crate::outputs::Staging;
@@ -35,6 +36,10 @@ pub struct Execution {
     pub on_exit: Mutex<UnsyncedOutputs>,
     /// Extra status fields (configuration).
     pub config_json: serde_json::Value,
+    /// The cache (for `datumfs cache ...`).
+    pub cache: Arc<Cache>,
+    /// Cached objects not read for this long are evicted.
+    pub evict_after: std::time::Duration,
 }
 
 impl Execution {
@@ -222,6 +227,29 @@ impl Execution {
     }
 }
 
+/// Runs a `datumfs cache` operation on the daemon's cache.
+pub async fn cache_op(cache: Arc<Cache>, evict_after: std::time::Duration, op: CacheOp) -> Response {
+    let res = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, crate::cache::CacheError> {
+        Ok(match op {
+            CacheOp::Stats { evict_after: asked } => {
+                let after = asked.map(std::time::Duration::from_secs).unwrap_or(evict_after);
+                let mut r = cache.report(after)?;
+                r.hit_bytes = Some(cache.stats().hit_bytes.load(std::sync::atomic::Ordering::Relaxed));
+                r.fetched_bytes = Some(cache.stats().fetched_bytes.load(std::sync::atomic::Ordering::Relaxed));
+                serde_json::to_value(r).unwrap_or_default()
+            }
+            CacheOp::Evict { what } => serde_json::to_value(cache.evict(&what)?).unwrap_or_default(),
+            CacheOp::Verify { repair } => serde_json::to_value(cache.verify_blocks(repair)?).unwrap_or_default(),
+        })
+    })
+    .await;
+    match res {
+        Ok(Ok(v)) => Response::ok(Some(v)),
+        Ok(Err(e)) => Response::failed(e.to_string(), None),
+        Err(e) => Response::failed(format!("internal error: {e}"), None),
+    }
+}
+
 fn strip(datum_uri: &str) -> String {
     catalog::strip_scheme(datum_uri).to_string()
 }
@@ -232,6 +260,7 @@ impl Handler for Execution {
         match req {
             Request::Status => Response::ok(Some(self.status())),
             Request::Sync => self.sync(progress).await,
+            Request::Cache { action } => cache_op(self.cache.clone(), self.evict_after, action).await,
             Request::Unmount { unsynced } => {
                 let mut resp = self.unmount(unsynced);
                 if resp.ok {

@@ -113,7 +113,7 @@ fn redirect_stdio() {
 }
 
 /// Holds the cache dir for this process; released when dropped.
-struct CacheLock {
+pub(crate) struct CacheLock {
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
@@ -132,7 +132,8 @@ pub fn wait_cache_lock_free(path: &Path, timeout: std::time::Duration) -> bool {
     }
 }
 
-fn lock_cache_dir(dir: &Path) -> Result<CacheLock> {
+/// Takes the cache dir for this process, or fails naming the process that holds it.
+pub(crate) fn lock_cache_dir(dir: &Path) -> Result<CacheLock> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join("lock");
     let file = std::fs::OpenOptions::new()
@@ -244,6 +245,12 @@ fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<(
         futures::future::try_join_all(jobs).await
     })?;
     let cache = Arc::new(Cache::open(&cfg.cache_dir, cfg.block_size)?);
+    // Index and files agree before anything is served (a crash may have left either behind);
+    // then what nobody read for --evict-after goes, now and every while.
+    cache.reconcile()?;
+    if let Err(e) = cache.evict(&crate::cache::EvictWhat::OlderThan(cfg.evict_after.as_secs())) {
+        tracing::warn!("{e}");
+    }
     let staging = Arc::new(
         Staging::open(&cfg.staging_dir(), crate::fs::tree::OUTPUTS)
             .with_context(|| format!("outputs staging {}", cfg.staging_dir().display()))?,
@@ -290,9 +297,30 @@ fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<(
             "log_file": cfg.log_file(),
             "control_socket": socket,
             "cache_lock": cfg.cache_dir.join("lock"),
+            "evict_after_secs": cfg.evict_after.as_secs(),
         }),
+        cache: cache.clone(),
+        evict_after: cfg.evict_after,
     });
     runtime.block_on(execution.record_start());
+    {
+        let (cache, after) = (cache.clone(), cfg.evict_after);
+        // Often enough that nothing outlives --evict-after by more than a tenth of it (checked
+        // at most every second and at least every ten minutes).
+        let every = (after / 10).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(600));
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let cache = cache.clone();
+                let what = crate::cache::EvictWhat::OlderThan(after.as_secs());
+                match tokio::task::spawn_blocking(move || cache.evict(&what)).await {
+                    Ok(Err(e)) => tracing::warn!("eviction: {e}"),
+                    Err(e) => tracing::warn!("eviction task: {e}"),
+                    Ok(Ok(_)) => {}
+                }
+            }
+        });
+    }
     let in_flight = control::InFlight::default();
     runtime.spawn(control::serve(listener, execution.clone(), in_flight.clone()));
     {

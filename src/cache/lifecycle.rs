@@ -1,0 +1,244 @@
+//! The cache's life beyond single reads: eviction (by age, everything, or named URIs), the
+//! figures `datumfs cache stats` shows, re-verification of every cached block, and the
+//! reconciliation of index and files at start. An object that is open is never evicted.
+
+use super::{object, Cache, CacheError, ObjectId, ObjectRecord};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+
+/// Which cached objects to evict.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvictWhat {
+    /// Objects not read for this many seconds.
+    OlderThan(u64),
+    /// Every object that is not open.
+    All,
+    /// Objects with these URIs.
+    Uris(Vec<String>),
+}
+
+/// What an eviction removed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EvictReport {
+    /// Objects removed.
+    pub objects: u64,
+    /// Bytes freed on disk.
+    pub bytes: u64,
+    /// Matching objects kept because they are open.
+    pub kept_open: u64,
+    /// URIs of the objects removed.
+    pub uris: Vec<String>,
+}
+
+/// The figures `datumfs cache stats` shows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CacheReport {
+    /// The cache directory.
+    pub dir: PathBuf,
+    /// Bytes of data files on disk.
+    pub disk_bytes: u64,
+    /// Cached objects.
+    pub objects: u64,
+    /// Cached blocks.
+    pub blocks: u64,
+    /// Least recent access among the objects (seconds since the epoch).
+    pub oldest_access: Option<u64>,
+    /// What an eviction by age would remove now.
+    pub next_eviction: EvictReport,
+    /// Bytes served from the cache since the daemon started (none without a daemon).
+    pub hit_bytes: Option<u64>,
+    /// Bytes fetched from stores since the daemon started.
+    pub fetched_bytes: Option<u64>,
+}
+
+/// What `datumfs cache verify` found.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// Objects checked.
+    pub objects: u64,
+    /// Blocks checked.
+    pub blocks: u64,
+    /// Blocks whose bytes do not match their checksum (or are missing): (URI, block index).
+    pub bad: Vec<(String, u64)>,
+    /// Whether the bad blocks were dropped from the index (they will be fetched again).
+    pub repaired: bool,
+}
+
+/// What reconciliation at start fixed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReconcileReport {
+    /// Data files that no index entry knew, removed.
+    pub orphan_files: u64,
+    /// Index entries whose data file was missing or too short, dropped.
+    pub dropped_entries: u64,
+}
+
+fn allocated(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+}
+
+impl Cache {
+    fn records(&self) -> Vec<(ObjectId, ObjectRecord)> {
+        self.shared
+            .objects
+            .iter()
+            .flatten()
+            .filter_map(|(k, v)| {
+                let id = ObjectId(k.as_ref().try_into().ok()?);
+                Some((id, serde_json::from_slice::<ObjectRecord>(&v).ok()?))
+            })
+            .collect()
+    }
+
+    fn open_ids(&self) -> HashSet<ObjectId> {
+        self.lock_open().iter().filter(|(_, w)| w.strong_count() > 0).map(|(id, _)| *id).collect()
+    }
+
+    fn data_path(&self, id: &ObjectId) -> PathBuf {
+        let hex = id.hex();
+        self.shared.dir.join("objects").join(&hex[..2]).join(hex)
+    }
+
+    fn matches(what: &EvictWhat, rec: &ObjectRecord, now: u64) -> bool {
+        match what {
+            EvictWhat::OlderThan(secs) => now.saturating_sub(rec.last_access) >= *secs,
+            EvictWhat::All => true,
+            EvictWhat::Uris(uris) => uris.contains(&rec.uri),
+        }
+    }
+
+    fn plan_eviction(&self, what: &EvictWhat, remove: bool) -> Result<EvictReport, CacheError> {
+        let index_err = |error| CacheError::Index { path: self.shared.dir.join("index"), error };
+        let now = super::now_secs();
+        let mut report = EvictReport::default();
+        for (id, rec) in self.records() {
+            if !Self::matches(what, &rec, now) {
+                continue;
+            }
+            // Held while the object goes, so that nobody opens it half removed.
+            let open = self.lock_open();
+            if open.get(&id).is_some_and(|w| w.strong_count() > 0) {
+                report.kept_open += 1;
+                continue;
+            }
+            let path = self.data_path(&id);
+            report.objects += 1;
+            report.bytes += allocated(&path);
+            report.uris.push(rec.uri.clone());
+            if remove {
+                // Index first: a crash in between leaves an orphan file, which reconcile removes,
+                // never an entry pointing at missing bytes.
+                self.shared.objects.remove(id.0).map_err(index_err)?;
+                object::drop_blocks(&self.shared.blocks, &id).map_err(index_err)?;
+                if let Err(e) = std::fs::remove_file(&path) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(CacheError::Io { path, error: e });
+                    }
+                }
+            }
+            drop(open);
+        }
+        if remove && report.objects > 0 {
+            tracing::info!("cache: evicted {} object(s), {} bytes", report.objects, report.bytes);
+        }
+        Ok(report)
+    }
+
+    /// Evicts the objects `what` names, except open ones.
+    pub fn evict(&self, what: &EvictWhat) -> Result<EvictReport, CacheError> {
+        self.plan_eviction(what, true)
+    }
+
+    /// The figures of `datumfs cache stats`; `evict_after` says what the next eviction removes.
+    pub fn report(&self, evict_after: std::time::Duration) -> Result<CacheReport, CacheError> {
+        let (disk_bytes, objects) = self.usage();
+        let records = self.records();
+        Ok(CacheReport {
+            dir: self.shared.dir.clone(),
+            disk_bytes,
+            objects,
+            blocks: self.shared.blocks.len() as u64,
+            oldest_access: records.iter().map(|(_, r)| r.last_access).min(),
+            next_eviction: self.plan_eviction(&EvictWhat::OlderThan(evict_after.as_secs()), false)?,
+            hit_bytes: None,
+            fetched_bytes: None,
+        })
+    }
+
+    /// Re-reads every cached block and checks it against its CRC32C; with `repair`, bad blocks
+    /// are dropped from the index (and fetched again when next read).
+    pub fn verify_blocks(&self, repair: bool) -> Result<VerifyReport, CacheError> {
+        let index_err = |error| CacheError::Index { path: self.shared.dir.join("index"), error };
+        let mut report = VerifyReport { repaired: repair, ..Default::default() };
+        for (id, rec) in self.records() {
+            report.objects += 1;
+            let crcs = object::load_block_crcs(&self.shared.blocks, &id).map_err(index_err)?;
+            let path = self.data_path(&id);
+            let file = std::fs::File::open(&path).ok();
+            let bs = rec.block_size.max(4096);
+            let mut buf = Vec::new();
+            let mut idxs: Vec<_> = crcs.into_iter().collect();
+            idxs.sort();
+            for (idx, crc) in idxs {
+                report.blocks += 1;
+                let start = idx * bs;
+                let len = bs.min(rec.size.saturating_sub(start)) as usize;
+                buf.resize(len, 0);
+                let ok = file.as_ref().is_some_and(|f| f.read_exact_at(&mut buf, start).is_ok())
+                    && crc32c::crc32c(&buf) == crc;
+                if !ok {
+                    report.bad.push((rec.uri.clone(), idx));
+                    if repair {
+                        self.shared.blocks.remove(object::block_key(&id, idx)).map_err(index_err)?;
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Makes index and files agree: removes data files no entry knows and drops entries whose
+    /// file is missing or shorter than the object. Bounded: one pass over the index and one
+    /// directory listing, no data is read (block checksums are verified lazily, before first use).
+    pub fn reconcile(&self) -> Result<ReconcileReport, CacheError> {
+        let index_err = |error| CacheError::Index { path: self.shared.dir.join("index"), error };
+        let mut report = ReconcileReport::default();
+        let mut known = HashSet::new();
+        for (id, rec) in self.records() {
+            let path = self.data_path(&id);
+            let fine = std::fs::metadata(&path).map(|m| m.len() == rec.size).unwrap_or(false);
+            if fine {
+                known.insert(id.hex());
+            } else {
+                self.shared.objects.remove(id.0).map_err(index_err)?;
+                object::drop_blocks(&self.shared.blocks, &id).map_err(index_err)?;
+                let _ = std::fs::remove_file(&path);
+                report.dropped_entries += 1;
+            }
+        }
+        let open: HashSet<String> = self.open_ids().iter().map(ObjectId::hex).collect();
+        if let Ok(dirs) = std::fs::read_dir(self.shared.dir.join("objects")) {
+            for d in dirs.flatten() {
+                let Ok(files) = std::fs::read_dir(d.path()) else { continue };
+                for f in files.flatten() {
+                    let name = f.file_name().to_string_lossy().into_owned();
+                    if !known.contains(&name) && !open.contains(&name) {
+                        let _ = std::fs::remove_file(f.path());
+                        report.orphan_files += 1;
+                    }
+                }
+            }
+        }
+        if report.orphan_files + report.dropped_entries > 0 {
+            tracing::warn!(
+                "cache: reconciled index and files: {} orphan file(s) removed, {} entr(ies) without data dropped",
+                report.orphan_files,
+                report.dropped_entries
+            );
+        }
+        Ok(report)
+    }
+}

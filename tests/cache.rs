@@ -1,0 +1,170 @@
+//! The cache's life on a node: eviction by age (with a running daemon, never of an open file),
+//! `datumfs cache stats|evict|verify` with and without a daemon, and reconciliation at start.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn cache_at(cache: &Path, args: &[&str]) -> Value {
+    let home = cache.with_file_name("home");
+    let out = command(&home, &[])
+        .arg("cache")
+        .args(args)
+        .args(["--json", "--cache-dir", cache.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "datumfs cache {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn cache_cmd(m: &TestMount, args: &[&str]) -> Value {
+    cache_at(&m.cache, args)
+}
+
+fn source(dir: &Path, n: u64) -> (String, Vec<Vec<u8>>) {
+    let src = dir.join("src");
+    fs::create_dir_all(&src).unwrap();
+    let files: Vec<Vec<u8>> = (0..n).map(|i| bytes(50 + i, 300_000 + i as usize)).collect();
+    for (i, data) in files.iter().enumerate() {
+        fs::write(src.join(format!("f{i}.bin")), data).unwrap();
+    }
+    (format!("in=file://{}", src.display()), files)
+}
+
+#[test]
+fn objects_not_read_for_evict_after_are_evicted_but_never_an_open_file() {
+    if !fuse_available() {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let (input, files) = source(scratch.path(), 3);
+    let m = TestMount::new(&["--input", &input, "--evict-after", "2s"], &[]);
+    assert_eq!(fs::read(m.path("inputs/in/f0.bin")).unwrap(), files[0]);
+    assert_eq!(fs::read(m.path("inputs/in/f1.bin")).unwrap(), files[1]);
+    let mut held = fs::File::open(m.path("inputs/in/f2.bin")).unwrap();
+    let mut first = vec![0u8; 1000];
+    held.read_exact(&mut first).unwrap();
+    let stats = cache_cmd(&m, &["stats"]);
+    assert_eq!(stats["objects"], 3, "{stats}");
+    assert!(stats["hit_bytes"].is_u64(), "answered by the daemon: {stats}");
+
+    // The daemon evicts what nobody read for 2 s, but keeps the open file.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = cache_cmd(&m, &["stats"]);
+        if s["objects"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing evicted: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut rest = Vec::new();
+    held.read_to_end(&mut rest).unwrap();
+    first.extend(rest);
+    assert_eq!(first, files[2], "an open file survives eviction");
+    drop(held);
+    // Evicted files are fetched again, byte for byte.
+    assert_eq!(fs::read(m.path("inputs/in/f0.bin")).unwrap(), files[0]);
+}
+
+#[test]
+fn cache_commands_work_without_a_daemon() {
+    if !fuse_available() {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let (input, files) = source(scratch.path(), 4);
+    let m = TestMount::new(&["--input", &input], &[]);
+    for (i, data) in files.iter().enumerate() {
+        assert_eq!(&fs::read(m.path(&format!("inputs/in/f{i}.bin"))).unwrap(), data);
+    }
+    let (dir, cache) = m.into_parts();
+
+    let stats = cache_at(&cache, &["stats"]);
+    assert_eq!(stats["objects"], 4, "{stats}");
+    assert!(stats["disk_bytes"].as_u64().unwrap() >= files.iter().map(|f| f.len() as u64).sum::<u64>());
+    assert!(stats["hit_bytes"].is_null(), "no daemon: {stats}");
+    assert_eq!(stats["next_eviction"]["objects"], 0);
+    assert_eq!(cache_at(&cache, &["evict", "--older-than", "1h"])["objects"], 0);
+
+    // Corrupt one cached block on disk: verify finds it, --repair drops it.
+    let objects = cache.join("objects");
+    let victim = fs::read_dir(&objects)
+        .unwrap()
+        .flatten()
+        .flat_map(|d| fs::read_dir(d.path()).unwrap().flatten())
+        .next()
+        .unwrap()
+        .path();
+    let mut data = fs::read(&victim).unwrap();
+    data[10] ^= 0xff;
+    fs::write(&victim, &data).unwrap();
+    let out = command(&dir.path().join("home"), &[])
+        .args(["cache", "verify", "--cache-dir", cache.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "bad blocks without --repair fail: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let repaired = cache_at(&cache, &["verify", "--repair"]);
+    assert_eq!(repaired["bad"].as_array().unwrap().len(), 1, "{repaired}");
+    assert_eq!(cache_at(&cache, &["verify"])["bad"].as_array().unwrap().len(), 0);
+
+    // Evict one object by URI, then everything.
+    let uri = format!("{}/f3.bin", input.trim_start_matches("in=").trim_end_matches('/'));
+    let one = cache_at(&cache, &["evict", &uri]);
+    assert_eq!(one["objects"], 1, "{one}");
+    let all = cache_at(&cache, &["evict", "--all"]);
+    assert_eq!(all["objects"], 3, "{all}");
+    let stats = cache_at(&cache, &["stats"]);
+    assert_eq!(stats["objects"], 0);
+    assert_eq!(stats["disk_bytes"], 0);
+
+    // A new mount on the emptied cache serves the right bytes again.
+    let m = TestMount::with_cache(dir, cache, &["--input", &input], &[]);
+    for (i, data) in files.iter().enumerate() {
+        assert_eq!(&fs::read(m.path(&format!("inputs/in/f{i}.bin"))).unwrap(), data);
+    }
+}
+
+#[test]
+fn start_reconciles_index_and_files() {
+    if !fuse_available() {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let (input, files) = source(scratch.path(), 2);
+    let m = TestMount::new(&["--input", &input], &[]);
+    for (i, data) in files.iter().enumerate() {
+        assert_eq!(&fs::read(m.path(&format!("inputs/in/f{i}.bin"))).unwrap(), data);
+    }
+    let (dir, cache) = m.into_parts();
+    // An orphan data file, and a data file deleted behind the index's back.
+    let objects = cache.join("objects");
+    fs::create_dir_all(objects.join("ff")).unwrap();
+    fs::write(objects.join("ff").join("ff".repeat(32)), b"orphan").unwrap();
+    let victim = fs::read_dir(&objects)
+        .unwrap()
+        .flatten()
+        .filter(|d| d.file_name() != "ff")
+        .flat_map(|d| fs::read_dir(d.path()).unwrap().flatten())
+        .next()
+        .unwrap()
+        .path();
+    fs::remove_file(&victim).unwrap();
+    let m = TestMount::with_cache(dir, cache.clone(), &["--input", &input], &[]);
+    assert!(!objects.join("ff").join("ff".repeat(32)).exists(), "orphan removed at start");
+    assert!(m.log().contains("reconciled"), "{}", m.log());
+    assert_eq!(cache_cmd(&m, &["stats"])["objects"], 1);
+    for (i, data) in files.iter().enumerate() {
+        assert_eq!(&fs::read(m.path(&format!("inputs/in/f{i}.bin"))).unwrap(), data);
+    }
+}
