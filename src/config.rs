@@ -51,7 +51,7 @@ pub struct MountConfig {
     pub store_url: String,
     /// Cache directory.
     pub cache_dir: PathBuf,
-    /// Cache size cap in bytes (recorded; enforcing it is still to come).
+    /// Cache size cap in bytes: least recently used objects are evicted to stay under it.
     pub cache_size: Option<u64>,
     /// Cached objects not read for this long are evicted.
     pub evict_after: std::time::Duration,

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -167,4 +167,47 @@ fn start_reconciles_index_and_files() {
     for (i, data) in files.iter().enumerate() {
         assert_eq!(&fs::read(m.path(&format!("inputs/in/f{i}.bin"))).unwrap(), data);
     }
+}
+
+#[test]
+fn the_size_cap_holds_under_churn_and_open_files_survive() {
+    if !fuse_available() {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let (input, files) = source(scratch.path(), 12);
+    let cap: u64 = 1 << 20;
+    let m = TestMount::new(&["--input", &input, "--cache-size", "1MiB", "--block-size", "64KiB"], &[]);
+    // One file stays open the whole time: it is never evicted.
+    let mut held = fs::File::open(m.path("inputs/in/f0.bin")).unwrap();
+    let mut f0 = Vec::new();
+    held.read_to_end(&mut f0).unwrap();
+    assert_eq!(f0, files[0]);
+    let allocated = || -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::read_dir(m.cache.join("objects"))
+            .unwrap()
+            .flatten()
+            .flat_map(|d| fs::read_dir(d.path()).unwrap().flatten())
+            .map(|f| f.metadata().map(|m| m.blocks() * 512).unwrap_or(0))
+            .sum()
+    };
+    for round in 0..2 {
+        for (i, data) in files.iter().enumerate().skip(1) {
+            assert_eq!(&fs::read(m.path(&format!("inputs/in/f{i}.bin"))).unwrap(), data, "round {round} f{i}");
+            // At every sample the cache stays within the cap, plus the open file's blocks and
+            // one 8-block run in flight.
+            let used = allocated();
+            assert!(
+                used <= cap + files[0].len() as u64 + (8 << 16) + (64 << 10),
+                "round {round} f{i}: {used} bytes cached"
+            );
+        }
+    }
+    let stats = cache_cmd(&m, &["stats"]);
+    assert_eq!(stats["cap"], cap);
+    held.seek(std::io::SeekFrom::Start(0)).unwrap();
+    let mut again = Vec::new();
+    held.read_to_end(&mut again).unwrap();
+    assert_eq!(again, files[0], "the open file was kept");
 }

@@ -2,11 +2,14 @@
 //! figures `datumfs cache stats` shows, re-verification of every cached block, and the
 //! reconciliation of index and files at start. An object that is open is never evicted.
 
-use super::{object, Cache, CacheError, ObjectId, ObjectRecord};
+use super::{object, Cache, CacheError, CacheShared, CachedObject, ObjectId, ObjectRecord};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::collections::HashSet;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Weak;
 
 /// Which cached objects to evict.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,6 +47,10 @@ pub struct CacheReport {
     pub objects: u64,
     /// Cached blocks.
     pub blocks: u64,
+    /// Bytes of the cached blocks, as the cap counts them.
+    pub used_bytes: u64,
+    /// The size cap, if one is set (by the daemon's --cache-size).
+    pub cap: Option<u64>,
     /// Least recent access among the objects (seconds since the epoch).
     pub oldest_access: Option<u64>,
     /// What an eviction by age would remove now.
@@ -80,10 +87,13 @@ fn allocated(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
 }
 
-impl Cache {
-    fn records(&self) -> Vec<(ObjectId, ObjectRecord)> {
-        self.shared
-            .objects
+impl CacheShared {
+    pub(crate) fn lock_open(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectId, Weak<CachedObject>>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn records(&self) -> Vec<(ObjectId, ObjectRecord)> {
+        self.objects
             .iter()
             .flatten()
             .filter_map(|(k, v)| {
@@ -93,13 +103,95 @@ impl Cache {
             .collect()
     }
 
-    fn open_ids(&self) -> HashSet<ObjectId> {
-        self.lock_open().iter().filter(|(_, w)| w.strong_count() > 0).map(|(id, _)| *id).collect()
+    /// Bytes of the blocks of `id` present in the index.
+    pub(crate) fn block_bytes(&self, id: &ObjectId, rec: &ObjectRecord) -> u64 {
+        let bs = rec.block_size.max(4096);
+        let count = self.blocks.scan_prefix(id.0).keys().count() as u64;
+        (count * bs).min(rec.size.div_ceil(bs) * bs)
     }
 
     fn data_path(&self, id: &ObjectId) -> PathBuf {
         let hex = id.hex();
-        self.shared.dir.join("objects").join(&hex[..2]).join(hex)
+        self.dir.join("objects").join(&hex[..2]).join(hex)
+    }
+
+    fn index_err(&self) -> impl Fn(sled::Error) -> CacheError + '_ {
+        move |error| CacheError::Index { path: self.dir.join("index"), error }
+    }
+
+    /// Removes an object (index first: a crash in between leaves an orphan file, which
+    /// reconcile removes, never an entry pointing at missing bytes). Returns the bytes freed.
+    fn remove_object(&self, id: &ObjectId, rec: &ObjectRecord) -> Result<u64, CacheError> {
+        let path = self.data_path(id);
+        let freed = allocated(&path);
+        let counted = self.block_bytes(id, rec);
+        self.objects.remove(id.0).map_err(self.index_err())?;
+        object::drop_blocks(&self.blocks, id).map_err(self.index_err())?;
+        let _ = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(counted)));
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(freed),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(freed),
+            Err(error) => Err(CacheError::Io { path, error }),
+        }
+    }
+
+    /// Makes room for `need` more bytes under the cap: evicts the least recently used objects
+    /// that are not open, down to 90% of the cap (so that eviction runs in batches, not per
+    /// block). When open files alone hold more, the cache goes over the cap (said once).
+    pub(crate) fn make_room(&self, need: u64) {
+        let cap = self.cap.load(Ordering::Relaxed);
+        if cap == 0 || self.used.load(Ordering::Acquire) + need <= cap {
+            return;
+        }
+        let _one = self.evicting.lock().unwrap_or_else(|e| e.into_inner());
+        if self.used.load(Ordering::Acquire) + need <= cap {
+            return;
+        }
+        let target = cap.saturating_sub(need) / 10 * 9;
+        let mut records = self.records();
+        records.sort_by_key(|(_, r)| r.last_access);
+        let (mut objects, mut bytes) = (0u64, 0u64);
+        for (id, rec) in records {
+            if self.used.load(Ordering::Acquire) <= target {
+                break;
+            }
+            let open = self.lock_open();
+            if open.get(&id).is_some_and(|w| w.strong_count() > 0) {
+                continue;
+            }
+            match self.remove_object(&id, &rec) {
+                Ok(b) => {
+                    objects += 1;
+                    bytes += b;
+                }
+                Err(e) => tracing::warn!("cache: evicting {}: {e}", rec.uri),
+            }
+            drop(open);
+        }
+        if objects > 0 {
+            tracing::info!(
+                "cache: evicted {objects} least recently used object(s), {bytes} bytes, to stay under the cap"
+            );
+        }
+        if self.used.load(Ordering::Acquire) + need > cap && !self.warned_full.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                "cache: open files hold more than the --cache-size cap ({cap} bytes); going over it until they are closed"
+            );
+        }
+    }
+}
+
+impl Cache {
+    fn data_path(&self, id: &ObjectId) -> PathBuf {
+        self.shared.data_path(id)
+    }
+
+    fn records(&self) -> Vec<(ObjectId, ObjectRecord)> {
+        self.shared.records()
+    }
+
+    fn open_ids(&self) -> HashSet<ObjectId> {
+        self.lock_open().iter().filter(|(_, w)| w.strong_count() > 0).map(|(id, _)| *id).collect()
     }
 
     fn matches(what: &EvictWhat, rec: &ObjectRecord, now: u64) -> bool {
@@ -111,7 +203,6 @@ impl Cache {
     }
 
     fn plan_eviction(&self, what: &EvictWhat, remove: bool) -> Result<EvictReport, CacheError> {
-        let index_err = |error| CacheError::Index { path: self.shared.dir.join("index"), error };
         let now = super::now_secs();
         let mut report = EvictReport::default();
         for (id, rec) in self.records() {
@@ -124,20 +215,12 @@ impl Cache {
                 report.kept_open += 1;
                 continue;
             }
-            let path = self.data_path(&id);
             report.objects += 1;
-            report.bytes += allocated(&path);
             report.uris.push(rec.uri.clone());
             if remove {
-                // Index first: a crash in between leaves an orphan file, which reconcile removes,
-                // never an entry pointing at missing bytes.
-                self.shared.objects.remove(id.0).map_err(index_err)?;
-                object::drop_blocks(&self.shared.blocks, &id).map_err(index_err)?;
-                if let Err(e) = std::fs::remove_file(&path) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        return Err(CacheError::Io { path, error: e });
-                    }
-                }
+                report.bytes += self.shared.remove_object(&id, &rec)?;
+            } else {
+                report.bytes += allocated(&self.data_path(&id));
             }
             drop(open);
         }
@@ -161,6 +244,8 @@ impl Cache {
             disk_bytes,
             objects,
             blocks: self.shared.blocks.len() as u64,
+            used_bytes: self.shared.used.load(Ordering::Acquire),
+            cap: Some(self.shared.cap.load(Ordering::Relaxed)).filter(|&c| c > 0),
             oldest_access: records.iter().map(|(_, r)| r.last_access).min(),
             next_eviction: self.plan_eviction(&EvictWhat::OlderThan(evict_after.as_secs()), false)?,
             hit_bytes: None,
@@ -204,7 +289,6 @@ impl Cache {
     /// file is missing or shorter than the object. Bounded: one pass over the index and one
     /// directory listing, no data is read (block checksums are verified lazily, before first use).
     pub fn reconcile(&self) -> Result<ReconcileReport, CacheError> {
-        let index_err = |error| CacheError::Index { path: self.shared.dir.join("index"), error };
         let mut report = ReconcileReport::default();
         let mut known = HashSet::new();
         for (id, rec) in self.records() {
@@ -213,9 +297,7 @@ impl Cache {
             if fine {
                 known.insert(id.hex());
             } else {
-                self.shared.objects.remove(id.0).map_err(index_err)?;
-                object::drop_blocks(&self.shared.blocks, &id).map_err(index_err)?;
-                let _ = std::fs::remove_file(&path);
+                self.shared.remove_object(&id, &rec)?;
                 report.dropped_entries += 1;
             }
         }

@@ -117,6 +117,16 @@ pub(crate) struct CacheShared {
     pub(crate) objects: sled::Tree,
     pub(crate) blocks: sled::Tree,
     pub(crate) stats: CacheStats,
+    /// Objects in use (never evicted).
+    pub(crate) open: Mutex<HashMap<ObjectId, Weak<CachedObject>>>,
+    /// Bytes of the blocks present in the index.
+    pub(crate) used: AtomicU64,
+    /// The size cap in bytes (0: none).
+    pub(crate) cap: AtomicU64,
+    /// One eviction at a time.
+    pub(crate) evicting: Mutex<()>,
+    /// Whether "over the cap with nothing evictable" was already said.
+    pub(crate) warned_full: std::sync::atomic::AtomicBool,
 }
 
 /// The cache of one daemon: index, data files and the objects currently in use.
@@ -124,7 +134,6 @@ pub struct Cache {
     shared: Arc<CacheShared>,
     db: sled::Db,
     block_size: u64,
-    open: Mutex<HashMap<ObjectId, Weak<CachedObject>>>,
 }
 
 /// Now, in seconds since the epoch, as last-access times are kept.
@@ -154,18 +163,32 @@ impl Cache {
         let objects = db.open_tree("objects").map_err(|error| CacheError::Index { path: index.clone(), error })?;
         let blocks = db.open_tree("blocks").map_err(|error| CacheError::Index { path: index.clone(), error })?;
         let pins = db.open_tree("pins").map_err(|error| CacheError::Index { path: index.clone(), error })?;
-        Ok(Self {
-            shared: Arc::new(CacheShared {
-                dir: dir.to_path_buf(),
-                pins,
-                objects,
-                blocks,
-                stats: CacheStats::default(),
-            }),
-            db,
-            block_size,
+        let shared = Arc::new(CacheShared {
+            dir: dir.to_path_buf(),
+            pins,
+            objects,
+            blocks,
+            stats: CacheStats::default(),
             open: Mutex::new(HashMap::new()),
-        })
+            used: AtomicU64::new(0),
+            cap: AtomicU64::new(0),
+            evicting: Mutex::new(()),
+            warned_full: Default::default(),
+        });
+        let used = shared.records().iter().map(|(id, rec)| shared.block_bytes(id, rec)).sum();
+        shared.used.store(used, std::sync::atomic::Ordering::Relaxed);
+        Ok(Self { shared, db, block_size })
+    }
+
+    /// Caps the bytes of cached blocks: before a block is written, the least recently used
+    /// objects that are not open are evicted to make room.
+    pub fn set_cap(&self, cap: Option<u64>) {
+        self.shared.cap.store(cap.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Bytes of the cached blocks, as the cap counts them.
+    pub fn used_bytes(&self) -> u64 {
+        self.shared.used.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The index database, for the other index users of the daemon (the outputs' sync state).
@@ -221,7 +244,7 @@ impl Cache {
     }
 
     fn lock_open(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectId, Weak<CachedObject>>> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared.lock_open()
     }
 
     fn load(&self, id: ObjectId, version: &str, size: u64, uri: &str) -> Result<CachedObject, CacheError> {
@@ -238,8 +261,16 @@ impl Cache {
                 let crcs = object::load_block_crcs(&self.shared.blocks, &id).map_err(index_err)?;
                 (rec, crcs)
             }
-            _ => {
+            other => {
                 // Unknown, or index and data file disagree: start this object afresh.
+                if let Some(old) = other {
+                    let counted = self.shared.block_bytes(&id, &old);
+                    let _ = self.shared.used.fetch_update(
+                        std::sync::atomic::Ordering::AcqRel,
+                        std::sync::atomic::Ordering::Acquire,
+                        |u| Some(u.saturating_sub(counted)),
+                    );
+                }
                 object::drop_blocks(&self.shared.blocks, &id).map_err(index_err)?;
                 let rec = ObjectRecord {
                     uri: uri.to_string(),

@@ -202,6 +202,9 @@ impl CachedObject {
     pub fn store_block(&self, idx: u64, data: &[u8]) -> Result<bool, CacheError> {
         let range = self.block_range(idx);
         debug_assert_eq!(data.len() as u64, range.end - range.start);
+        if !matches!(self.lock_blocks()[idx as usize], BlockState::Present { .. }) {
+            self.shared.make_room(data.len() as u64);
+        }
         self.file.write_all_at(data, range.start).map_err(|error| CacheError::Io { path: self.path.clone(), error })?;
         // Start writing the block back now, asynchronously: a cache filling at network speed
         // otherwise piles up dirty pages until the kernel throttles every writer.
@@ -229,6 +232,9 @@ impl CachedObject {
             blocks[idx as usize] = BlockState::Present { crc, verified: true };
             !was_present
         };
+        if newly {
+            self.shared.used.fetch_add(self.block_size(), Ordering::AcqRel);
+        }
         let complete = newly && self.present.fetch_add(1, Ordering::AcqRel) + 1 == self.block_count();
         self.changed.notify_waiters();
         Ok(complete)
@@ -244,6 +250,8 @@ impl CachedObject {
         };
         if was_present {
             self.present.fetch_sub(1, Ordering::AcqRel);
+            let bs = self.block_size();
+            let _ = self.shared.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(bs)));
         }
         self.shared.stats.corrupt_blocks.fetch_add(1, Ordering::Relaxed);
         self.changed.notify_waiters();

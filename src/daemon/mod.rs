@@ -245,6 +245,7 @@ fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<(
         futures::future::try_join_all(jobs).await
     })?;
     let cache = Arc::new(Cache::open(&cfg.cache_dir, cfg.block_size)?);
+    cache.set_cap(cfg.cache_size);
     // Index and files agree before anything is served (a crash may have left either behind);
     // then what nobody read for --evict-after goes, now and every while.
     cache.reconcile()?;
