@@ -40,6 +40,36 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         .map_err(|e| format!("'{text}' is not a duration ({e}; examples: 7d, 12h, 30m, 90s)"))
 }
 
+/// Free space to keep: bytes, or a percentage of the filesystem.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MinFree {
+    /// Bytes.
+    Bytes(u64),
+    /// Percent of the filesystem's size.
+    Percent(f64),
+}
+
+impl MinFree {
+    /// In bytes, for a filesystem of `total` bytes.
+    pub fn bytes(&self, total: u64) -> u64 {
+        match *self {
+            MinFree::Bytes(b) => b,
+            MinFree::Percent(p) => (total as f64 * p / 100.0) as u64,
+        }
+    }
+}
+
+/// Parses `10GiB` or `5%`.
+pub fn parse_min_free(text: &str) -> Result<MinFree, String> {
+    match text.trim().strip_suffix('%') {
+        Some(p) => match p.trim().parse::<f64>() {
+            Ok(v) if (0.0..100.0).contains(&v) => Ok(MinFree::Percent(v)),
+            _ => Err(format!("'{text}': a percentage must be between 0% and 100%")),
+        },
+        None => parse_size(text).map(MinFree::Bytes),
+    }
+}
+
 /// Everything `datumfs mount` needs, validated.
 #[derive(Debug, Clone)]
 pub struct MountConfig {
@@ -55,6 +85,8 @@ pub struct MountConfig {
     pub cache_size: Option<u64>,
     /// Cached objects not read for this long are evicted.
     pub evict_after: std::time::Duration,
+    /// Free space to keep on the cache's filesystem.
+    pub cache_min_free: Option<MinFree>,
     /// Block size in bytes.
     pub block_size: u64,
     /// Largest read-ahead window in bytes.
@@ -100,5 +132,14 @@ mod tests {
         assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
         assert!(parse_size("lots").unwrap_err().contains("lots"));
         assert!(parse_size("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn min_free_and_durations() {
+        assert_eq!(parse_min_free("5%").unwrap().bytes(1000), 50);
+        assert_eq!(parse_min_free("1MiB").unwrap(), MinFree::Bytes(1 << 20));
+        assert!(parse_min_free("150%").is_err());
+        assert_eq!(parse_duration("7d").unwrap().as_secs(), 7 * 24 * 3600);
+        assert!(parse_duration("soon").unwrap_err().contains("soon"));
     }
 }

@@ -211,3 +211,45 @@ fn the_size_cap_holds_under_churn_and_open_files_survive() {
     held.read_to_end(&mut again).unwrap();
     assert_eq!(again, files[0], "the open file was kept");
 }
+
+/// A small tmpfs, unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn cache_min_free_keeps_the_disk_from_filling() {
+    if !fuse_available() {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let (input, files) = source(scratch.path(), 12);
+    let disk = scratch.path().join("disk");
+    fs::create_dir_all(&disk).unwrap();
+    let st = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"]).arg(&disk).status();
+    assert!(st.unwrap().success(), "mounting a small tmpfs for the cache");
+    let _disk = SmallDisk(disk.clone());
+    let cache = disk.join("cache");
+    let dir = tempfile::tempdir().unwrap();
+    let m = TestMount::with_cache(
+        dir,
+        cache,
+        &["--input", &input, "--cache-min-free", "6MiB", "--block-size", "64KiB"],
+        &[],
+    );
+    let free = || {
+        let s = nix::sys::statvfs::statvfs(&disk).unwrap();
+        s.blocks_available() as u64 * s.fragment_size() as u64
+    };
+    for round in 0..2 {
+        for (i, data) in files.iter().enumerate() {
+            assert_eq!(&fs::read(m.path(&format!("inputs/in/f{i}.bin"))).unwrap(), data, "round {round} f{i}");
+            // Never below the floor by more than one read's blocks in flight.
+            assert!(free() + (8 << 16) + (64 << 10) >= 6 << 20, "round {round} f{i}: {} bytes free", free());
+        }
+    }
+}

@@ -135,24 +135,38 @@ impl CacheShared {
         }
     }
 
-    /// Makes room for `need` more bytes under the cap: evicts the least recently used objects
-    /// that are not open, down to 90% of the cap (so that eviction runs in batches, not per
-    /// block). When open files alone hold more, the cache goes over the cap (said once).
-    pub(crate) fn make_room(&self, need: u64) {
+    /// Free bytes on the filesystem holding the cache.
+    fn free_bytes(&self) -> u64 {
+        nix::sys::statvfs::statvfs(&self.dir)
+            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Whether `need` more bytes would go over the cap or under the free-space floor.
+    fn short_of_room(&self, need: u64, slack: u64) -> bool {
         let cap = self.cap.load(Ordering::Relaxed);
-        if cap == 0 || self.used.load(Ordering::Acquire) + need <= cap {
+        let min_free = self.min_free.load(Ordering::Relaxed);
+        (cap > 0 && self.used.load(Ordering::Acquire) + need + slack.min(cap / 10) > cap)
+            || (min_free > 0 && self.free_bytes() < min_free + need + slack.min(min_free / 10))
+    }
+
+    /// Makes room for `need` more bytes under the cap (and above `--cache-min-free`): evicts the
+    /// least recently used objects that are not open, with a tenth of slack so that eviction runs
+    /// in batches, not per block. When open files alone hold more, the cache goes over (said
+    /// once).
+    pub(crate) fn make_room(&self, need: u64) {
+        if !self.short_of_room(need, 0) {
             return;
         }
         let _one = self.evicting.lock().unwrap_or_else(|e| e.into_inner());
-        if self.used.load(Ordering::Acquire) + need <= cap {
+        if !self.short_of_room(need, 0) {
             return;
         }
-        let target = cap.saturating_sub(need) / 10 * 9;
         let mut records = self.records();
         records.sort_by_key(|(_, r)| r.last_access);
         let (mut objects, mut bytes) = (0u64, 0u64);
         for (id, rec) in records {
-            if self.used.load(Ordering::Acquire) <= target {
+            if !self.short_of_room(need, u64::MAX) {
                 break;
             }
             let open = self.lock_open();
@@ -173,9 +187,9 @@ impl CacheShared {
                 "cache: evicted {objects} least recently used object(s), {bytes} bytes, to stay under the cap"
             );
         }
-        if self.used.load(Ordering::Acquire) + need > cap && !self.warned_full.swap(true, Ordering::AcqRel) {
+        if self.short_of_room(need, 0) && !self.warned_full.swap(true, Ordering::AcqRel) {
             tracing::warn!(
-                "cache: open files hold more than the --cache-size cap ({cap} bytes); going over it until they are closed"
+                "cache: open files hold more than --cache-size / --cache-min-free allow; going over until they are closed"
             );
         }
     }

@@ -123,6 +123,8 @@ pub(crate) struct CacheShared {
     pub(crate) used: AtomicU64,
     /// The size cap in bytes (0: none).
     pub(crate) cap: AtomicU64,
+    /// Free space to leave on the cache's filesystem, in bytes (0: none).
+    pub(crate) min_free: AtomicU64,
     /// One eviction at a time.
     pub(crate) evicting: Mutex<()>,
     /// Whether "over the cap with nothing evictable" was already said.
@@ -172,6 +174,7 @@ impl Cache {
             open: Mutex::new(HashMap::new()),
             used: AtomicU64::new(0),
             cap: AtomicU64::new(0),
+            min_free: AtomicU64::new(0),
             evicting: Mutex::new(()),
             warned_full: Default::default(),
         });
@@ -184,6 +187,11 @@ impl Cache {
     /// objects that are not open are evicted to make room.
     pub fn set_cap(&self, cap: Option<u64>) {
         self.shared.cap.store(cap.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Keeps at least `bytes` free on the filesystem holding the cache, evicting as for the cap.
+    pub fn set_min_free(&self, bytes: u64) {
+        self.shared.min_free.store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Bytes of the cached blocks, as the cap counts them.

@@ -33,6 +33,9 @@ pub struct MountArgs {
     /// Cache size cap, e.g. 50GiB.
     #[arg(long, value_name = "SIZE", env = "DATUMFS_CACHE_SIZE", value_parser = config::parse_size)]
     cache_size: Option<u64>,
+    /// Free space to keep on the cache's filesystem, e.g. 10GiB or 5% (evicts like the cap).
+    #[arg(long, value_name = "SIZE|PERCENT", env = "DATUMFS_CACHE_MIN_FREE", value_parser = config::parse_min_free)]
+    cache_min_free: Option<config::MinFree>,
     /// Evict cached objects not read for this long (7d, 12h, 30m, ...).
     #[arg(long, value_name = "DURATION", env = "DATUMFS_EVICT_AFTER", default_value = "7d", value_parser = config::parse_duration)]
     evict_after: std::time::Duration,
@@ -95,6 +98,7 @@ impl MountArgs {
             cache_dir: super::absolute(&self.cache_dir.unwrap_or_else(|| home.join("cache"))),
             cache_size: self.cache_size,
             evict_after: self.evict_after,
+            cache_min_free: self.cache_min_free,
             block_size: self.block_size,
             read_ahead: self.read_ahead.max(self.block_size),
             foreground: self.foreground,
