@@ -243,7 +243,7 @@ fn cache_min_free_keeps_the_disk_from_filling() {
     );
     let free = || {
         let s = nix::sys::statvfs::statvfs(&disk).unwrap();
-        s.blocks_available() as u64 * s.fragment_size() as u64
+        s.blocks_available() * s.fragment_size()
     };
     for round in 0..2 {
         for (i, data) in files.iter().enumerate() {

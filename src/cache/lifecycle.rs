@@ -137,9 +137,7 @@ impl CacheShared {
 
     /// Free bytes on the filesystem holding the cache.
     fn free_bytes(&self) -> u64 {
-        nix::sys::statvfs::statvfs(&self.dir)
-            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
-            .unwrap_or(u64::MAX)
+        nix::sys::statvfs::statvfs(&self.dir).map(|s| s.blocks_available() * s.fragment_size()).unwrap_or(u64::MAX)
     }
 
     /// Whether `need` more bytes would go over the cap or under the free-space floor.

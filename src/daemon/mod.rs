@@ -247,9 +247,7 @@ fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<(
     let cache = Arc::new(Cache::open(&cfg.cache_dir, cfg.block_size)?);
     cache.set_cap(cfg.cache_size);
     if let Some(min_free) = cfg.cache_min_free {
-        let total = nix::sys::statvfs::statvfs(&cfg.cache_dir)
-            .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
-            .unwrap_or(0);
+        let total = nix::sys::statvfs::statvfs(&cfg.cache_dir).map(|s| s.blocks() * s.fragment_size()).unwrap_or(0);
         cache.set_min_free(min_free.bytes(total));
     }
     // Index and files agree before anything is served (a crash may have left either behind);
