@@ -380,3 +380,32 @@ fn cold_and_cached_files_can_be_memory_mapped() {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), sha256(&data), "{round}: bytes through mmap");
     }
 }
+
+#[test]
+fn warm_fetches_whole_inputs_ahead_of_the_job() {
+    if !fuse_available() {
+        return;
+    }
+    let mut s3 = S3Server::start();
+    let files = populate(&s3, "wbkt", "data/");
+    let m = TestMount::new(&["--input", "d=s3://wbkt/data/"], &s3.env());
+    let out = m.run(&["warm", m.path("inputs/d").to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["files"], files.len(), "{report}");
+    assert_eq!(report["bytes"], files.iter().map(|(_, d)| d.len()).sum::<usize>());
+    // Warming again fetches nothing; then every byte comes from the cache with the store gone.
+    s3.clear_log();
+    let again: serde_json::Value =
+        serde_json::from_slice(&m.run(&["warm", m.path("inputs/d").to_str().unwrap(), "--json"]).stdout).unwrap();
+    assert_eq!(again["already_cached"], files.len());
+    assert!(!s3.requests().iter().any(|r| r.is_object_get()), "a second warm downloads nothing");
+    s3.stop();
+    for (rel, data) in &files {
+        let got = std::fs::read(m.path(&format!("inputs/d/{rel}"))).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        assert_eq!(sha256(&got), sha256(data), "{rel}");
+    }
+    let bad = m.run(&["warm", m.path("config").to_str().unwrap()]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("only inputs/"), "{}", String::from_utf8_lossy(&bad.stderr));
+}

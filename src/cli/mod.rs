@@ -7,6 +7,7 @@ mod run;
 mod status;
 mod sync;
 mod unmount;
+mod warm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -40,6 +41,8 @@ enum Command {
     Lineage(datum::LineageArgs),
     /// The node's cache: stats, evict, verify (with or without a running daemon).
     Cache(cache::CacheArgs),
+    /// Fetch whole inputs (a directory or file under MOUNTPOINT/inputs/) into the cache ahead of a job.
+    Warm(warm::WarmArgs),
 }
 
 /// Parses the command line and runs it; returns the exit code.
@@ -55,6 +58,7 @@ pub fn run() -> Result<i32> {
         Command::Datum(a) => datum::run_datum(a),
         Command::Lineage(a) => datum::run_lineage(a),
         Command::Cache(a) => cache::run(a),
+        Command::Warm(a) => warm::run(a),
     }
 }
 

@@ -60,6 +60,11 @@ pub enum Request {
         /// What to do.
         action: CacheOp,
     },
+    /// Fetch whole inputs into the cache.
+    Warm {
+        /// A path relative to the mountpoint, under `inputs/`.
+        path: String,
+    },
     /// Unmount and exit.
     Unmount {
         /// What to do with unsynced outputs.

@@ -106,20 +106,25 @@ impl Execution {
         sync::pending(self.staging.files_dir(), &self.state)
     }
 
+    async fn warm(&self, path: &str, progress: tokio::sync::mpsc::UnboundedSender<ProgressSnapshot>) -> Response {
+        let counters = Arc::new(Progress::default());
+        let ticker = ticker(counters.clone(), progress);
+        let res = self.fs.warm(path, &counters).await;
+        ticker.abort();
+        match res {
+            Ok(r) if r.failed.is_empty() => Response::ok(serde_json::to_value(&r).ok()),
+            Ok(r) => Response::failed(
+                format!("{} file(s) could not be fetched", r.failed.len()),
+                serde_json::to_value(&r).ok(),
+            ),
+            Err(e) => Response::failed(format!("warm {path}: {e}"), None),
+        }
+    }
+
     async fn sync(&self, progress: tokio::sync::mpsc::UnboundedSender<ProgressSnapshot>) -> Response {
         let _one = self.sync_lock.lock().await;
         let counters = Arc::new(Progress::default());
-        let ticker = {
-            let counters = counters.clone();
-            tokio::spawn(async move {
-                loop {
-                    if progress.send(counters.snapshot()).is_err() {
-                        return;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                }
-            })
-        };
+        let ticker = ticker(counters.clone(), progress);
         let staging = self.staging.clone();
         let known = move |file: u64, size: u64| match tokio::task::block_in_place(|| staging.hasher.snapshot(file)) {
             Some((len, sums)) if len == size => Some(sums),
@@ -250,6 +255,21 @@ pub async fn cache_op(cache: Arc<Cache>, evict_after: std::time::Duration, op: C
     }
 }
 
+/// Sends progress snapshots every quarter second until aborted.
+fn ticker(
+    counters: Arc<Progress>,
+    progress: tokio::sync::mpsc::UnboundedSender<ProgressSnapshot>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            if progress.send(counters.snapshot()).is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    })
+}
+
 fn strip(datum_uri: &str) -> String {
     catalog::strip_scheme(datum_uri).to_string()
 }
@@ -260,6 +280,7 @@ impl Handler for Execution {
         match req {
             Request::Status => Response::ok(Some(self.status())),
             Request::Sync => self.sync(progress).await,
+            Request::Warm { path } => self.warm(&path, progress).await,
             Request::Cache { action } => cache_op(self.cache.clone(), self.evict_after, action).await,
             Request::Unmount { unsynced } => {
                 let mut resp = self.unmount(unsynced);

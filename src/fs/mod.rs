@@ -6,6 +6,9 @@ pub mod error;
 mod inputs_json;
 mod outputs_ops;
 pub mod tree;
+mod warm;
+
+pub use warm::WarmReport;
 
 use crate::cache::{Cache, PinRecord};
 use crate::checksum::Checksums;

@@ -183,6 +183,22 @@ impl Reader {
         Self { cfg, inflight }
     }
 
+    /// Fetches every missing block of the object into the cache (`datumfs warm`), in whole
+    /// runs, without copying any bytes out.
+    pub async fn fetch_all(&self, obj: &OpenObject) -> Result<(), ReadError> {
+        let all = 0..obj.cached.block_count();
+        for _ in 0..4 {
+            if obj.cached.is_complete() {
+                return Ok(());
+            }
+            let claims = self.start_fetches(obj, all.clone());
+            if wait_present(&obj.cached, all.clone(), claims).await? {
+                return Ok(());
+            }
+        }
+        Err(ReadError::Cache(format!("{}: blocks kept disappearing from the cache", obj.remote.uri)))
+    }
+
     /// Reads up to `len` bytes at `offset`, fetching what is missing.
     pub async fn read(
         &self,
