@@ -135,6 +135,20 @@ impl CacheShared {
         }
     }
 
+    /// Whether `id` may be evicted: no open file or fetch uses it. If some other part still
+    /// holds it (a checksum being computed), it is marked evicted, so that it writes nothing
+    /// more to the index, and forgotten, so that the next open starts afresh.
+    fn release_unused(&self, open: &mut HashMap<ObjectId, Weak<CachedObject>>, id: &ObjectId) -> bool {
+        if let Some(obj) = open.get(id).and_then(Weak::upgrade) {
+            if obj.is_in_use() {
+                return false;
+            }
+            obj.evicted.store(true, Ordering::Release);
+        }
+        open.remove(id);
+        true
+    }
+
     /// Free bytes on the filesystem holding the cache.
     fn free_bytes(&self) -> u64 {
         nix::sys::statvfs::statvfs(&self.dir).map(|s| s.blocks_available() * s.fragment_size()).unwrap_or(u64::MAX)
@@ -167,8 +181,8 @@ impl CacheShared {
             if !self.short_of_room(need, u64::MAX) {
                 break;
             }
-            let open = self.lock_open();
-            if open.get(&id).is_some_and(|w| w.strong_count() > 0) {
+            let mut open = self.lock_open();
+            if !self.release_unused(&mut open, &id) {
                 continue;
             }
             match self.remove_object(&id, &rec) {
@@ -222,8 +236,9 @@ impl Cache {
                 continue;
             }
             // Held while the object goes, so that nobody opens it half removed.
-            let open = self.lock_open();
-            if open.get(&id).is_some_and(|w| w.strong_count() > 0) {
+            let mut open = self.lock_open();
+            let in_use = open.get(&id).and_then(Weak::upgrade).is_some_and(|o| o.is_in_use());
+            if in_use || (remove && !self.shared.release_unused(&mut open, &id)) {
                 report.kept_open += 1;
                 continue;
             }

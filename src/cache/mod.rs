@@ -10,7 +10,7 @@ mod lifecycle;
 mod object;
 
 pub use lifecycle::{CacheReport, EvictReport, EvictWhat, ReconcileReport, VerifyReport};
-pub use object::{BlockState, CachedObject, InFlight};
+pub use object::{BlockState, CachedObject, InFlight, InUse};
 
 use crate::checksum::Checksums;
 use serde::{Deserialize, Serialize};
@@ -226,7 +226,7 @@ impl Cache {
     ) -> Result<Arc<CachedObject>, CacheError> {
         let id = ObjectId::of(store_url, key, version);
         let mut open = self.lock_open();
-        if let Some(obj) = open.get(&id).and_then(Weak::upgrade) {
+        if let Some(obj) = open.get(&id).and_then(Weak::upgrade).filter(|o| !o.is_evicted()) {
             obj.touch();
             return Ok(obj);
         }

@@ -49,6 +49,19 @@ pub struct CachedObject {
     record: Mutex<ObjectRecord>,
     checksums: tokio::sync::OnceCell<Checksums>,
     shared: Arc<CacheShared>,
+    /// Open files and fetches using it: while any, it is never evicted.
+    users: AtomicU64,
+    /// Set once evicted: nothing of it is written to the index any more.
+    pub(super) evicted: std::sync::atomic::AtomicBool,
+}
+
+/// Marks a cached object as in use (an open file, a fetch) for as long as it lives.
+pub struct InUse(Arc<CachedObject>);
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.0.users.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 pub(super) fn block_key(id: &ObjectId, block: u64) -> [u8; 40] {
@@ -116,7 +129,25 @@ impl CachedObject {
             record: Mutex::new(record),
             checksums,
             shared,
+            users: AtomicU64::new(0),
+            evicted: Default::default(),
         }
+    }
+
+    /// Marks the object in use until the guard is dropped.
+    pub fn in_use(self: &Arc<Self>) -> InUse {
+        self.users.fetch_add(1, Ordering::AcqRel);
+        InUse(self.clone())
+    }
+
+    /// Whether an open file or a fetch uses it.
+    pub fn is_in_use(&self) -> bool {
+        self.users.load(Ordering::Acquire) > 0
+    }
+
+    /// Whether it was evicted (a new open starts a fresh entry instead).
+    pub fn is_evicted(&self) -> bool {
+        self.evicted.load(Ordering::Acquire)
     }
 
     /// Size of the object in bytes.
@@ -221,6 +252,12 @@ impl CachedObject {
             }
         }
         let crc = crc32c::crc32c(data);
+        if self.is_evicted() {
+            return Err(CacheError::Io {
+                path: self.path.clone(),
+                error: std::io::Error::other("the object was evicted while its block was fetched"),
+            });
+        }
         self.shared
             .blocks
             .insert(block_key(&self.id, idx), &crc.to_be_bytes())
@@ -392,6 +429,9 @@ impl CachedObject {
 
     fn save_record(&self, rec: &ObjectRecord) {
         *self.record.lock().unwrap_or_else(|e| e.into_inner()) = rec.clone();
+        if self.is_evicted() {
+            return;
+        }
         if let Ok(bytes) = serde_json::to_vec(rec) {
             if let Err(e) = self.shared.objects.insert(self.id.0, bytes) {
                 tracing::warn!(uri = %rec.uri, error = %e, "could not update the cache index");

@@ -518,7 +518,7 @@ impl Fs {
         if let Some(obj) = slot.upgrade() {
             return Ok(obj);
         }
-        let obj = Arc::new(OpenObject { remote, cached });
+        let obj = Arc::new(OpenObject::new(remote, cached));
         *slot = Arc::downgrade(&obj);
         Ok(obj)
     }

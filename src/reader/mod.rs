@@ -159,12 +159,22 @@ pub struct Sequential {
     window: u64,
 }
 
-/// An object open for reading: the remote side and its cache entry.
+/// An object open for reading: the remote side and its cache entry (kept from eviction while
+/// this lives).
 pub struct OpenObject {
     /// Where the bytes come from.
     pub remote: Arc<Remote>,
     /// Where they are kept.
     pub cached: Arc<CachedObject>,
+    _in_use: crate::cache::InUse,
+}
+
+impl OpenObject {
+    /// Opens `cached` for reads of `remote`.
+    pub fn new(remote: Arc<Remote>, cached: Arc<CachedObject>) -> Self {
+        let _in_use = cached.in_use();
+        Self { remote, cached, _in_use }
+    }
 }
 
 /// Serves reads of open objects; shared by every file of a daemon.
@@ -278,7 +288,9 @@ impl Reader {
             let cached = obj.cached.clone();
             let sem = self.inflight.clone();
             let attempts = self.cfg.attempts;
+            let in_use = cached.in_use();
             tokio::spawn(async move {
+                let _in_use = in_use;
                 let _permit = sem.acquire_owned().await;
                 fetch_run(&remote, &cached, run, flight, attempts).await;
             });
