@@ -274,3 +274,30 @@ fn the_size_cap_holds_for_s3_inputs_read_one_after_another() {
     // Files just read (their checksums still being computed) do not pin the cache.
     assert!(peak <= (2 << 20) + (8 << 16), "cached blocks peaked at {peak} bytes for a 2 MiB cap");
 }
+
+#[test]
+fn a_full_disk_serves_reads_from_the_store_never_eio() {
+    if !fuse_available() {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let src = scratch.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let big = bytes(77, 12 << 20);
+    fs::write(src.join("big.bin"), &big).unwrap();
+    let disk = scratch.path().join("disk");
+    fs::create_dir_all(&disk).unwrap();
+    let st = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"]).arg(&disk).status();
+    assert!(st.unwrap().success(), "mounting a small tmpfs for the cache");
+    let _disk = SmallDisk(disk.clone());
+    let input = format!("in=file://{}", src.display());
+    let m = TestMount::with_cache(tempfile::tempdir().unwrap(), disk.join("cache"), &["--input", &input], &[]);
+    // Twice: the second read meets a cache that is already full.
+    for round in 0..2 {
+        let got = fs::read(m.path("inputs/in/big.bin")).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(sha256(&got), sha256(&big), "round {round}");
+    }
+    let log = m.log();
+    assert!(log.contains("without caching"), "{log}");
+    assert_eq!(log.matches("without caching").count(), 1, "one warning, not one per read");
+}

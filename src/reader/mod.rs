@@ -167,13 +167,15 @@ pub struct OpenObject {
     /// Where they are kept.
     pub cached: Arc<CachedObject>,
     _in_use: crate::cache::InUse,
+    /// Set once the cache could not keep this object's bytes: its reads go to the store.
+    bypass: std::sync::atomic::AtomicBool,
 }
 
 impl OpenObject {
     /// Opens `cached` for reads of `remote`.
     pub fn new(remote: Arc<Remote>, cached: Arc<CachedObject>) -> Self {
         let _in_use = cached.in_use();
-        Self { remote, cached, _in_use }
+        Self { remote, cached, _in_use, bypass: Default::default() }
     }
 }
 
@@ -181,6 +183,8 @@ impl OpenObject {
 pub struct Reader {
     cfg: ReadConfig,
     inflight: Arc<Semaphore>,
+    /// Whether "serving without the cache" was already said.
+    warned_uncached: std::sync::atomic::AtomicBool,
 }
 
 /// Where a read-ahead window starts when a reader turns out to be sequential.
@@ -190,7 +194,7 @@ impl Reader {
     /// A reader with this tuning.
     pub fn new(cfg: ReadConfig) -> Self {
         let inflight = Arc::new(Semaphore::new(cfg.max_inflight.max(1)));
-        Self { cfg, inflight }
+        Self { cfg, inflight, warned_uncached: Default::default() }
     }
 
     /// Fetches every missing block of the object into the cache (`datumfs warm`), in whole
@@ -209,8 +213,39 @@ impl Reader {
         Err(ReadError::Cache(format!("{}: blocks kept disappearing from the cache", obj.remote.uri)))
     }
 
-    /// Reads up to `len` bytes at `offset`, fetching what is missing.
+    /// Reads up to `len` bytes at `offset`, fetching what is missing. When the cache cannot
+    /// keep the bytes (disk full, I/O error), they come straight from the store instead: never
+    /// an EIO because of the cache.
     pub async fn read(
+        &self,
+        obj: &OpenObject,
+        seq: &Mutex<Sequential>,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<u8>, ReadError> {
+        let end = (offset + len as u64).min(obj.cached.size());
+        if obj.bypass.load(std::sync::atomic::Ordering::Acquire) && offset < end {
+            return Ok(read_direct(&obj.remote, offset..end).await?);
+        }
+        match self.read_through_cache(obj, seq, offset, len).await {
+            Err(ReadError::Cache(cause)) | Err(ReadError::Store(StoreError::CacheWrite { cause, .. })) => {
+                obj.bypass.store(true, std::sync::atomic::Ordering::Release);
+                if !self.warned_uncached.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    tracing::warn!(
+                        "the cache cannot keep {} ({cause}); serving reads from the store without caching",
+                        obj.remote.uri
+                    );
+                }
+                if offset >= end {
+                    return Ok(Vec::new());
+                }
+                Ok(read_direct(&obj.remote, offset..end).await?)
+            }
+            other => other,
+        }
+    }
+
+    async fn read_through_cache(
         &self,
         obj: &OpenObject,
         seq: &Mutex<Sequential>,
@@ -367,6 +402,25 @@ async fn fetch_run(remote: &Remote, cached: &Arc<CachedObject>, run: Range<u64>,
 }
 
 /// One ranged GET for `blocks`; stores each block as soon as its bytes are in.
+/// Bytes `range` of the pinned version, straight from the store (the cache could not keep them).
+async fn read_direct(remote: &Remote, range: Range<u64>) -> Result<Vec<u8>, StoreError> {
+    if range.is_empty() {
+        return Ok(Vec::new());
+    }
+    let opts = GetOptions {
+        range: Some(GetRange::Bounded(range.clone())),
+        if_match: remote.pin.etag.clone(),
+        ..Default::default()
+    };
+    let res = remote.store.inner.get_opts(&remote.key, opts).await.map_err(|e| remote.classify(e))?;
+    remote.check(&res.meta)?;
+    let bytes = res.bytes().await.map_err(|e| remote.classify(e))?;
+    if bytes.len() as u64 != range.end - range.start {
+        return Err(StoreError::Unreachable { uri: remote.uri.clone(), cause: "the response ended early".into() });
+    }
+    Ok(bytes.to_vec())
+}
+
 async fn fetch_blocks(
     remote: &Remote,
     cached: &Arc<CachedObject>,
@@ -414,14 +468,8 @@ async fn fetch_blocks(
                 let c = cached.clone();
                 tokio::task::spawn_blocking(move || c.store_block(idx, &data))
                     .await
-                    .map_err(|e| StoreError::Other {
-                        uri: remote.uri.clone(),
-                        cause: format!("cache write task failed: {e}"),
-                    })?
-                    .map_err(|e| StoreError::Other {
-                        uri: remote.uri.clone(),
-                        cause: format!("could not write the cache: {e}"),
-                    })?;
+                    .map_err(|e| StoreError::CacheWrite { uri: remote.uri.clone(), cause: e.to_string() })?
+                    .map_err(|e| StoreError::CacheWrite { uri: remote.uri.clone(), cause: e.to_string() })?;
                 idx += 1;
                 *next = idx;
                 if idx < blocks.end {
