@@ -194,11 +194,6 @@ impl Cache {
         self.shared.min_free.store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Bytes of the cached blocks, as the cap counts them.
-    pub fn used_bytes(&self) -> u64 {
-        self.shared.used.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     /// The index database, for the other index users of the daemon (the outputs' sync state).
     pub fn index(&self) -> &sled::Db {
         &self.db

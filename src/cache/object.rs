@@ -233,9 +233,9 @@ impl CachedObject {
     pub fn store_block(&self, idx: u64, data: &[u8]) -> Result<bool, CacheError> {
         let range = self.block_range(idx);
         debug_assert_eq!(data.len() as u64, range.end - range.start);
-        if !matches!(self.lock_blocks()[idx as usize], BlockState::Present { .. }) {
-            self.shared.make_room(data.len() as u64);
-        }
+        // Without a cap or floor this is one atomic load; a block written again is counted as new
+        // here, which at worst evicts a little early.
+        self.shared.make_room(data.len() as u64);
         self.file.write_all_at(data, range.start).map_err(|error| CacheError::Io { path: self.path.clone(), error })?;
         // Start writing the block back now, asynchronously: a cache filling at network speed
         // otherwise piles up dirty pages until the kernel throttles every writer.

@@ -48,20 +48,6 @@ enum CacheCommand {
     },
 }
 
-fn human(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let (mut v, mut u) = (n as f64, 0);
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
-}
-
 /// Runs the operation in the daemon that owns `dir`, or directly when none does.
 fn run_op(dir: &std::path::Path, op: CacheOp) -> Result<serde_json::Value> {
     let socket = crate::daemon::control_socket(dir);
@@ -117,7 +103,7 @@ pub fn run(args: CacheArgs) -> Result<i32> {
                 println!(
                     "cache {}: {} on disk, {} objects, {} blocks",
                     r.dir.display(),
-                    human(r.disk_bytes),
+                    super::human_bytes(r.disk_bytes),
                     r.objects,
                     r.blocks
                 );
@@ -125,8 +111,8 @@ pub fn run(args: CacheArgs) -> Result<i32> {
                     let rate = if hit + fetched > 0 { 100.0 * hit as f64 / (hit + fetched) as f64 } else { 0.0 };
                     println!(
                         "  since the daemon started: {} served from cache, {} fetched ({rate:.0}% hits)",
-                        human(hit),
-                        human(fetched)
+                        super::human_bytes(hit),
+                        super::human_bytes(fetched)
                     );
                 }
                 if let Some(t) = r.oldest_access {
@@ -134,7 +120,11 @@ pub fn run(args: CacheArgs) -> Result<i32> {
                     println!("  oldest access: {} ago", humantime::format_duration(Duration::from_secs(age)));
                 }
                 let n = &r.next_eviction;
-                println!("  next eviction by age would remove {} object(s), {}", n.objects, human(n.bytes));
+                println!(
+                    "  next eviction by age would remove {} object(s), {}",
+                    n.objects,
+                    super::human_bytes(n.bytes)
+                );
             }
             0
         }
@@ -144,7 +134,7 @@ pub fn run(args: CacheArgs) -> Result<i32> {
                 println!(
                     "evicted {} object(s), {} freed; {} kept because they are open",
                     r.objects,
-                    human(r.bytes),
+                    super::human_bytes(r.bytes),
                     r.kept_open
                 );
             }

@@ -74,6 +74,22 @@ fn absolute(path: &Path) -> PathBuf {
     }
 }
 
+/// `n` bytes for people: `512 B`, `1.5 MiB`.
+pub(super) fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
 /// Reads an extended attribute of `path`.
 fn read_xattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
     use std::os::unix::ffi::OsStrExt;

@@ -32,21 +32,6 @@ fn query(mp: &Path) -> Value {
     }
 }
 
-fn human_bytes(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
-}
-
 fn print_human(v: &Value) {
     let mp = v["mountpoint"].as_str().unwrap_or("?");
     if v["state"] != "mounted" {
@@ -62,10 +47,10 @@ fn print_human(v: &Value) {
     println!(
         "  cache {}: {} on disk in {} objects; fetched {}, served from cache {}",
         c["dir"].as_str().unwrap_or("?"),
-        human_bytes(c["disk_bytes"].as_u64().unwrap_or(0)),
+        super::human_bytes(c["disk_bytes"].as_u64().unwrap_or(0)),
         c["objects"],
-        human_bytes(c["fetched_bytes"].as_u64().unwrap_or(0)),
-        human_bytes(c["hit_bytes"].as_u64().unwrap_or(0)),
+        super::human_bytes(c["fetched_bytes"].as_u64().unwrap_or(0)),
+        super::human_bytes(c["hit_bytes"].as_u64().unwrap_or(0)),
     );
     if let Some(store) = v["data_store"].as_str() {
         println!("  data store {store}");
@@ -76,7 +61,7 @@ fn print_human(v: &Value) {
         println!(
             "  execution {id}: {} unsynced output file(s), {} (staged in {})",
             u["files"].as_u64().unwrap_or(0),
-            human_bytes(u["bytes"].as_u64().unwrap_or(0)),
+            super::human_bytes(u["bytes"].as_u64().unwrap_or(0)),
             e["staging"].as_str().unwrap_or("?")
         );
     }

@@ -31,10 +31,6 @@ fn mount_of(path: &Path) -> Result<(PathBuf, String)> {
     bail!("{} is not inside a datumfs mount", path.display())
 }
 
-fn human(n: u64) -> String {
-    format!("{:.1} MiB", n as f64 / (1 << 20) as f64)
-}
-
 /// Runs `datumfs warm`.
 pub fn run(args: WarmArgs) -> Result<i32> {
     let path = super::absolute(&args.path);
@@ -56,7 +52,7 @@ pub fn run(args: WarmArgs) -> Result<i32> {
             "{}: {} file(s), {} cached ({} already were)",
             path.display(),
             report.files,
-            human(report.bytes),
+            super::human_bytes(report.bytes),
             report.already_cached
         );
     }

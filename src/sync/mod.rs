@@ -278,12 +278,8 @@ impl Syncer {
             let root = root.to_path_buf();
             tokio::task::spawn_blocking(move || walk(&root)).await
         };
-        let (files, others) = match walked {
-            Ok(Ok(w)) => w,
-            Ok(Err(e)) => {
-                report.failed.push(FailedFile { path: String::new(), error: format!("reading outputs: {e}") });
-                return report;
-            }
+        let (files, others) = match walked.map_err(std::io::Error::other).and_then(|w| w) {
+            Ok(w) => w,
             Err(e) => {
                 report.failed.push(FailedFile { path: String::new(), error: format!("reading outputs: {e}") });
                 return report;
