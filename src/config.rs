@@ -41,7 +41,7 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 }
 
 /// Free space to keep: bytes, or a percentage of the filesystem.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum MinFree {
     /// Bytes.
     Bytes(u64),
@@ -71,7 +71,7 @@ pub fn parse_min_free(text: &str) -> Result<MinFree, String> {
 }
 
 /// Everything `datumfs mount` needs, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct MountConfig {
     /// Absolute mountpoint.
     pub mountpoint: PathBuf,
@@ -105,6 +105,8 @@ pub struct MountConfig {
     pub execution: String,
     /// The command run in the mount (`datumfs run`), for the execution record.
     pub command: Option<Vec<String>>,
+    /// The directory relative local paths in inputs are taken from.
+    pub cwd: PathBuf,
 }
 
 impl MountConfig {

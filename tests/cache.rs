@@ -301,3 +301,161 @@ fn a_full_disk_serves_reads_from_the_store_never_eio() {
     assert!(log.contains("without caching"), "{log}");
     assert_eq!(log.matches("without caching").count(), 1, "one warning, not one per read");
 }
+
+/// A mount made by `datumfs mount` without --foreground (it joins or starts a daemon);
+/// force-unmounted on drop.
+struct JoinedMount {
+    mnt: std::path::PathBuf,
+    home: std::path::PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl JoinedMount {
+    fn new(base: &Path, name: &str, cache: &Path, args: &[&str], env: &[(String, String)]) -> (Self, Output) {
+        let mnt = base.join(name);
+        let home = base.join("home");
+        fs::create_dir_all(&mnt).unwrap();
+        let out = command(&home, env)
+            .arg("mount")
+            .arg(&mnt)
+            .arg("--cache-dir")
+            .arg(cache)
+            .args(args)
+            .output()
+            .expect("running datumfs mount");
+        (Self { mnt, home, env: env.to_vec() }, out)
+    }
+
+    fn path(&self, rel: &str) -> std::path::PathBuf {
+        self.mnt.join(rel)
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        command(&self.home, &self.env).args(args).output().unwrap()
+    }
+
+    fn status(&self) -> Value {
+        let out = self.run(&["status", "--json", self.mnt.to_str().unwrap()]);
+        assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for JoinedMount {
+    fn drop(&mut self) {
+        if is_mounted(&self.mnt) {
+            let _ = self.run(&["unmount", "--force", self.mnt.to_str().unwrap()]);
+        }
+        if is_mounted(&self.mnt) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+    }
+}
+
+use std::process::Output;
+
+/// Bytes fetched by object GETs in the server's log.
+fn fetched_bytes(s3: &S3Server) -> u64 {
+    s3.requests()
+        .iter()
+        .filter(|r| r.is_object_get())
+        .map(|r| {
+            let range = r.range.as_deref().and_then(|r| r.strip_prefix("bytes="));
+            match range.and_then(|r| r.split_once('-')) {
+                Some((a, b)) => b.parse::<u64>().unwrap_or(u64::MAX) - a.parse::<u64>().unwrap_or(0) + 1,
+                None => u64::MAX / 4,
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn a_second_mount_joins_the_daemon_of_its_cache_dir_and_shares_its_downloads() {
+    if !fuse_available() {
+        return;
+    }
+    let s3 = S3Server::start();
+    let files: Vec<Vec<u8>> = (0..6).map(|i| bytes(900 + i, 2 << 20)).collect();
+    for (i, data) in files.iter().enumerate() {
+        s3.put("shared", &format!("f{i}.bin"), data);
+    }
+    let big = bytes(999, 24 << 20);
+    s3.put("shared", "big.bin", &big);
+    let mut first = TestMount::new(&["--input", "d=s3://shared/"], &s3.env());
+    let daemon = first.pid();
+    let (second, out) =
+        JoinedMount::new(first.dir.path(), "mnt2", &first.cache, &["--input", "d=s3://shared/"], &s3.env());
+    assert!(out.status.success(), "second mount: {}", String::from_utf8_lossy(&out.stderr));
+    let st = second.status();
+    assert_eq!(st["daemon"]["pid"], daemon, "the second mount is served by the first mount's daemon: {st}");
+    assert_eq!(st["daemon"]["mounts"].as_array().map(Vec::len), Some(2));
+
+    // What one mount read, the other serves from the shared cache.
+    for (i, data) in files.iter().enumerate() {
+        assert_eq!(&fs::read(first.path(&format!("inputs/d/f{i}.bin"))).unwrap(), data);
+    }
+    s3.clear_log();
+    for (i, data) in files.iter().enumerate() {
+        assert_eq!(&fs::read(second.path(&format!("inputs/d/f{i}.bin"))).unwrap(), data);
+    }
+    assert_eq!(fetched_bytes(&s3), 0, "the second mount downloaded again");
+
+    // Read at once through both mounts, each block comes down once.
+    let readers: Vec<_> = [first.path("inputs/d/big.bin"), second.path("inputs/d/big.bin")]
+        .into_iter()
+        .map(|p| std::thread::spawn(move || sha256(&fs::read(p).unwrap())))
+        .collect();
+    for r in readers {
+        assert_eq!(r.join().unwrap(), sha256(&big));
+    }
+    let fetched = fetched_bytes(&s3);
+    assert!(fetched <= big.len() as u64, "{fetched} bytes fetched for one {} byte object read twice", big.len());
+
+    // One execution per mount: the same id twice is refused, naming where it is mounted.
+    let exec = st["execution"]["id"].as_str().unwrap().to_string();
+    let (third, out) = JoinedMount::new(first.dir.path(), "mnt3", &first.cache, &["--execution", &exec], &s3.env());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already mounted") && err.contains("mnt2"), "{err}");
+    assert!(!is_mounted(&third.mnt));
+
+    // Other credentials never ride on this daemon's.
+    let mut other = s3.env();
+    other.retain(|(k, _)| k != "AWS_SECRET_ACCESS_KEY");
+    other.push(("AWS_SECRET_ACCESS_KEY".into(), "someone-else".into()));
+    let (fourth, out) =
+        JoinedMount::new(first.dir.path(), "mnt4", &first.cache, &["--input", "d=s3://shared/"], &other);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("other store credentials") && err.contains(&daemon.to_string()), "{err}");
+    assert!(!is_mounted(&fourth.mnt));
+
+    // Unmounting one leaves the other serving; the daemon leaves with the last.
+    let out = second.run(&["unmount", second.mnt.to_str().unwrap()]);
+    assert!(out.status.success(), "unmount: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!is_mounted(&second.mnt));
+    assert!(first.child.as_mut().unwrap().try_wait().unwrap().is_none(), "the daemon left with a mount still up");
+    assert_eq!(&fs::read(first.path("inputs/d/f0.bin")).unwrap(), &files[0]);
+    first.unmount();
+}
+
+#[test]
+fn sigterm_unmounts_every_mount_of_the_daemon() {
+    if !fuse_available() {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let (input, files) = source(scratch.path(), 2);
+    let mut first = TestMount::new(&["--input", &input], &[]);
+    let (second, out) = JoinedMount::new(first.dir.path(), "mnt2", &first.cache, &["--input", &input], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(&fs::read(second.path("inputs/in/f1.bin")).unwrap(), &files[1]);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first.pid() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut child = first.child.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the daemon did not exit on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!is_mounted(&first.mnt) && !is_mounted(&second.mnt), "SIGTERM left a mount behind");
+}

@@ -131,11 +131,12 @@ fn mountpoint_errors() {
         .unwrap();
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && e.contains("busy"), "{e}");
-    // A second daemon on the same cache dir is refused, naming the holder.
+    // A second daemon on the same cache dir is refused, naming the holder (without
+    // --foreground, a mount joins the running daemon instead).
     let other = dir.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
     let out = command(&m.home, &[])
-        .args(["mount", other.to_str().unwrap(), "--cache-dir", m.cache.to_str().unwrap(), "--input"])
+        .args(["mount", "--foreground", other.to_str().unwrap(), "--cache-dir", m.cache.to_str().unwrap(), "--input"])
         .arg(format!("x={}", dir.path().join("src.txt").display()))
         .output()
         .unwrap();

@@ -75,7 +75,7 @@ fn absolute(path: &Path) -> PathBuf {
 }
 
 /// `n` bytes for people: `512 B`, `1.5 MiB`.
-pub(super) fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;

@@ -87,8 +87,14 @@ impl MountArgs {
             None => format!("exec-{}", crate::catalog::new_id().to_ascii_lowercase()),
         };
         let home = config::datumfs_home();
+        let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
         let store_url = match self.store {
-            Some(s) => s,
+            // A local store is named by its absolute path: the daemon serving the mount may
+            // run in another directory.
+            Some(s) => match crate::inputs::uri::parse(&s, &cwd) {
+                Ok(u) if u.scheme == crate::inputs::uri::Scheme::File => format!("file:///{}", u.key),
+                _ => s,
+            },
             None => format!("file://{}", super::absolute(&home.join("store")).display()),
         };
         Ok(MountConfig {
@@ -108,6 +114,7 @@ impl MountArgs {
             log_level: self.log_level,
             execution,
             command: None,
+            cwd,
         })
     }
 }

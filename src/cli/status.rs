@@ -21,7 +21,9 @@ fn query(mp: &Path) -> Value {
     if mounts::is_dead(mp) {
         return json!({ "mountpoint": mp, "state": "dead", "error": "the daemon is gone (run datumfs unmount to clean up)" });
     }
-    match super::control_socket_of(mp).and_then(|s| control::call(&s, &Request::Status)) {
+    match super::control_socket_of(mp)
+        .and_then(|s| control::call(&s, &Request::Status { mountpoint: mp.to_path_buf() }))
+    {
         Ok(resp) if resp.ok => {
             let mut v = resp.status.unwrap_or(Value::Null);
             v["state"] = json!("mounted");

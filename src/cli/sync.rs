@@ -47,7 +47,7 @@ pub(super) fn sync_mount(mp: &Path, json: bool) -> Result<(SyncReport, bool)> {
     let socket = super::control_socket_of(mp)
         .with_context(|| format!("{} is not a datumfs mount (or its daemon is gone)", mp.display()))?;
     let bar = progress_bar("syncing");
-    let resp = control::call_with_progress(&socket, &Request::Sync, |p| show(&bar, p))
+    let resp = control::call_with_progress(&socket, &Request::Sync { mountpoint: mp.to_path_buf() }, |p| show(&bar, p))
         .with_context(|| format!("cannot reach the daemon of {}", mp.display()))?;
     if let Some(b) = bar {
         b.finish_and_clear();

@@ -56,17 +56,19 @@ pub(super) fn unmount(mountpoint: &std::path::Path, mode: UnsyncedOutputs, sync:
             bail!("not unmounting {}: its outputs did not all sync", mp.display());
         }
     }
-    let answer =
-        super::control_socket_of(&mp).and_then(|sock| control::call(&sock, &Request::Unmount { unsynced: mode }));
+    let answer = super::control_socket_of(&mp)
+        .and_then(|sock| control::call(&sock, &Request::Unmount { mountpoint: mp.clone(), unsynced: mode }));
     let failure = match answer {
         Ok(resp) if resp.ok => {
+            // The daemon answers once the mount is gone and its outputs are settled; after its
+            // last mount it exits too, which is over once its cache lock is free.
             let deadline = Instant::now() + Duration::from_secs(30);
-            while (pid_alive(resp.pid) || mounts::at(&mp).is_some()) && Instant::now() < deadline {
+            let exits = resp.status.as_ref().is_some_and(|s| s["daemon_exits"] == true);
+            while ((exits && pid_alive(resp.pid)) || mounts::at(&mp).is_some()) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            // The daemon is gone once its cache lock is free (a zombie may still hold files).
             let lock = resp.status.as_ref().and_then(|s| s["cache_lock"].as_str()).map(PathBuf::from);
-            if let Some(lock) = lock {
+            if let (true, Some(lock)) = (exits, lock) {
                 crate::daemon::wait_cache_lock_free(&lock, deadline.saturating_duration_since(Instant::now()));
             }
             if mounts::at(&mp).is_none() {

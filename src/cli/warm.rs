@@ -37,8 +37,10 @@ pub fn run(args: WarmArgs) -> Result<i32> {
     let (mp, rel) = mount_of(&path)?;
     let socket = super::control_socket_of(&mp).with_context(|| format!("finding the daemon of {}", mp.display()))?;
     let bar = super::sync::progress_bar("warming");
-    let resp = control::call_with_progress(&socket, &Request::Warm { path: rel }, |p| super::sync::show(&bar, p))
-        .with_context(|| format!("cannot reach the daemon of {}", mp.display()))?;
+    let resp = control::call_with_progress(&socket, &Request::Warm { mountpoint: mp.clone(), path: rel }, |p| {
+        super::sync::show(&bar, p)
+    })
+    .with_context(|| format!("cannot reach the daemon of {}", mp.display()))?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

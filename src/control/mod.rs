@@ -1,16 +1,17 @@
-//! The local control socket: `datumfs status`, `sync` and `unmount` talk to a running daemon
-//! here. One JSON request line; the daemon may answer with progress lines (`{"progress": ...}`)
+//! The local control socket: `datumfs mount` (joining a running daemon), `status`, `sync`,
+//! `warm`, `unmount` and `cache` talk to the daemon of a cache dir here. Requests about one
+//! mount name its mountpoint (one daemon serves every mount on its cache dir). One JSON request line; the daemon may answer with progress lines (`{"progress": ...}`)
 //! before its one final response line. `version` lets later clients detect old daemons.
 
 use crate::sync::ProgressSnapshot;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Protocol version spoken by this build.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// What an unmount does with outputs that are not synced.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,10 +52,24 @@ pub enum CacheOp {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Request {
-    /// Everything `status` shows.
-    Status,
-    /// Upload new and changed outputs as datums.
-    Sync,
+    /// Add a mount to this daemon (a second `datumfs mount` on the same cache dir).
+    Mount {
+        /// The mount's settings (the cache-wide ones of the running daemon win).
+        config: Box<crate::config::MountConfig>,
+        /// Fingerprint of the client's store environment (credentials, endpoints); a daemon
+        /// started with another one refuses, so no mount reads with someone else's credentials.
+        environment: String,
+    },
+    /// Everything `status` shows about a mount.
+    Status {
+        /// The mount.
+        mountpoint: PathBuf,
+    },
+    /// Upload new and changed outputs of a mount as datums.
+    Sync {
+        /// The mount.
+        mountpoint: PathBuf,
+    },
     /// A cache operation (`datumfs cache ...` while a daemon owns the cache).
     Cache {
         /// What to do.
@@ -62,11 +77,15 @@ pub enum Request {
     },
     /// Fetch whole inputs into the cache.
     Warm {
+        /// The mount.
+        mountpoint: PathBuf,
         /// A path relative to the mountpoint, under `inputs/`.
         path: String,
     },
-    /// Unmount and exit.
+    /// Unmount a mount (the daemon exits after its last one).
     Unmount {
+        /// The mount.
+        mountpoint: PathBuf,
         /// What to do with unsynced outputs.
         #[serde(default)]
         unsynced: UnsyncedOutputs,
@@ -144,7 +163,7 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Requests being answered, so that a daemon about to exit can let them finish (the answer to
-/// `unmount` is sent after the mount is gone).
+/// the last `unmount` is sent after the mount is gone).
 #[derive(Debug, Default, Clone)]
 pub struct InFlight(std::sync::Arc<std::sync::atomic::AtomicUsize>);
 

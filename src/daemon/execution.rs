@@ -1,10 +1,11 @@
 //! One mount's execution: its id, its staged outputs and their sync state, its record in the
-//! catalog (lineage), and the answers to control requests (`status`, `sync`, `unmount`).
+//! catalog (lineage), and the answers to control requests about it (`status`, `sync`, `warm`,
+//! `unmount`).
 
 use super::mounts;
 use crate::cache::Cache;
 use crate::catalog::{self, Catalog, ExecutionRecord};
-use crate::control::{CacheOp, Handler, Request, Response, UnsyncedOutputs};
+use crate::control::{CacheOp, Response, UnsyncedOutputs};
 use crate::fs::Fs;
 use crate::outputs::state::SyncState;
 use crate::outputs::Staging;
@@ -12,7 +13,7 @@ use crate::sync::{self, Progress, ProgressSnapshot, Syncer};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-/// A running mount's execution and the daemon's control-request handler.
+/// A running mount's execution.
 pub struct Execution {
     /// The execution id.
     pub id: String,
@@ -36,10 +37,6 @@ pub struct Execution {
     pub on_exit: Mutex<UnsyncedOutputs>,
     /// Extra status fields (configuration).
     pub config_json: serde_json::Value,
-    /// The cache (for `datumfs cache ...`).
-    pub cache: Arc<Cache>,
-    /// Cached objects not read for this long are evicted.
-    pub evict_after: std::time::Duration,
 }
 
 impl Execution {
@@ -106,7 +103,11 @@ impl Execution {
         sync::pending(self.staging.files_dir(), &self.state)
     }
 
-    async fn warm(&self, path: &str, progress: tokio::sync::mpsc::UnboundedSender<ProgressSnapshot>) -> Response {
+    pub(super) async fn warm(
+        &self,
+        path: &str,
+        progress: tokio::sync::mpsc::UnboundedSender<ProgressSnapshot>,
+    ) -> Response {
         let counters = Arc::new(Progress::default());
         let ticker = ticker(counters.clone(), progress);
         let res = self.fs.warm(path, &counters).await;
@@ -121,7 +122,7 @@ impl Execution {
         }
     }
 
-    async fn sync(&self, progress: tokio::sync::mpsc::UnboundedSender<ProgressSnapshot>) -> Response {
+    pub(super) async fn sync(&self, progress: tokio::sync::mpsc::UnboundedSender<ProgressSnapshot>) -> Response {
         let _one = self.sync_lock.lock().await;
         let counters = Arc::new(Progress::default());
         let ticker = ticker(counters.clone(), progress);
@@ -158,7 +159,7 @@ impl Execution {
         }
     }
 
-    fn unmount(&self, unsynced: UnsyncedOutputs) -> Response {
+    pub(super) fn unmount(&self, unsynced: UnsyncedOutputs) -> Response {
         if unsynced == UnsyncedOutputs::Refuse {
             match self.pending() {
                 Ok(p) if p.files > 0 => {
@@ -219,7 +220,7 @@ impl Execution {
         }
     }
 
-    fn status(&self) -> serde_json::Value {
+    pub(super) fn status(&self) -> serde_json::Value {
         let mut status = self.fs.status();
         status["config"] = self.config_json.clone();
         let pending = self.pending().ok();
@@ -272,23 +273,4 @@ fn ticker(
 
 fn strip(datum_uri: &str) -> String {
     catalog::strip_scheme(datum_uri).to_string()
-}
-
-#[async_trait::async_trait]
-impl Handler for Execution {
-    async fn handle(&self, req: Request, progress: tokio::sync::mpsc::UnboundedSender<ProgressSnapshot>) -> Response {
-        match req {
-            Request::Status => Response::ok(Some(self.status())),
-            Request::Sync => self.sync(progress).await,
-            Request::Warm { path } => self.warm(&path, progress).await,
-            Request::Cache { action } => cache_op(self.cache.clone(), self.evict_after, action).await,
-            Request::Unmount { unsynced } => {
-                let mut resp = self.unmount(unsynced);
-                if resp.ok {
-                    resp.status = Some(serde_json::json!({ "cache_lock": self.config_json["cache_lock"] }));
-                }
-                resp
-            }
-        }
-    }
 }

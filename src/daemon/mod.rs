@@ -1,24 +1,18 @@
-//! Process life of a mount: checks before forking, daemonizing with a readiness pipe (so
-//! `datumfs mount` returns only once the mount is live, or fails with the daemon's message), the
-//! cache-dir lock, the runtime, wiring of the parts, signals, and a clean shutdown.
+//! Process life of the daemon: checks before forking, joining the running daemon of the cache
+//! dir or starting one with a readiness pipe (so `datumfs mount` returns only once the mount is
+//! live, or fails with the daemon's message), the cache-dir lock, the runtime, signals, and a
+//! clean shutdown after the last mount.
 
 mod execution;
 pub mod logging;
 pub mod mounts;
+pub mod node;
 
 use crate::cache::{self, Cache};
-use crate::catalog::Catalog;
 use crate::config::MountConfig;
-use crate::control::{self, UnsyncedOutputs};
-use crate::fs::{Fs, FsSettings};
-use crate::fuse::FuseAdapter;
-use crate::inputs::{resolve, uri};
-use crate::outputs::state::SyncState;
-use crate::outputs::Staging;
+use crate::control;
+use crate::inputs::uri;
 use crate::reader::{ReadConfig, Reader};
-use crate::store::data::DataStore;
-use crate::store::StoreRegistry;
-use crate::sync::Syncer;
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -66,11 +60,24 @@ pub fn preflight(cfg: &MountConfig) -> Result<()> {
     Ok(())
 }
 
-/// `datumfs mount`: in the foreground, or as a daemon that reports readiness through a pipe.
+/// `datumfs mount`: joins the daemon of the cache dir when one runs; otherwise starts one, in
+/// the foreground or as a daemon that reports readiness through a pipe.
 pub fn mount(cfg: MountConfig) -> Result<()> {
     preflight(&cfg)?;
     if cfg.foreground {
         return serve(cfg, None);
+    }
+    cache::create_private_dir(&cfg.cache_dir)?;
+    // One `datumfs mount` at a time per cache dir decides between joining and starting, so two
+    // mounts started together end up in one daemon.
+    let start_lock = start_lock(&cfg.cache_dir)?;
+    match join(&cfg)? {
+        Join::Joined => return Ok(()),
+        Join::NoDaemon => {}
+        Join::Closing => {
+            // It is leaving; start the next one once its lock is free.
+            wait_cache_lock_free(&cfg.cache_dir.join("lock"), std::time::Duration::from_secs(30));
+        }
     }
     let (read_end, write_end) = nix::unistd::pipe().context("creating the readiness pipe")?;
     // SAFETY: no threads exist yet (no runtime, no logging), so the child may run anything.
@@ -79,6 +86,7 @@ pub fn mount(cfg: MountConfig) -> Result<()> {
             drop(write_end);
             let mut msg = String::new();
             let _ = std::fs::File::from(read_end).read_to_string(&mut msg);
+            drop(start_lock);
             match msg.strip_prefix("ok") {
                 Some(_) => Ok(()),
                 None if msg.trim().is_empty() => {
@@ -89,6 +97,9 @@ pub fn mount(cfg: MountConfig) -> Result<()> {
         }
         nix::unistd::ForkResult::Child => {
             drop(read_end);
+            // The start lock stays with the parent: closing our copy of the descriptor does not
+            // release it (the parent's copy still refers to the locked file).
+            drop(start_lock);
             let _ = nix::unistd::setsid();
             redirect_stdio();
             let code = match serve(cfg, Some(write_end)) {
@@ -98,6 +109,76 @@ pub fn mount(cfg: MountConfig) -> Result<()> {
             std::process::exit(code);
         }
     }
+}
+
+/// Takes `CACHE_DIR/start.lock`, waiting for another `datumfs mount` that holds it.
+fn start_lock(cache_dir: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = cache_dir.join("start.lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("{}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        bail!("locking {}: {}", path.display(), std::io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
+enum Join {
+    Joined,
+    NoDaemon,
+    Closing,
+}
+
+/// Asks the daemon of the cache dir, if one runs, to serve this mount too.
+fn join(cfg: &MountConfig) -> Result<Join> {
+    let socket = control_socket(&cfg.cache_dir);
+    let request = control::Request::Mount { config: Box::new(cfg.clone()), environment: store_environment() };
+    match control::call(&socket, &request) {
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+            Ok(Join::NoDaemon)
+        }
+        Err(e) => bail!("cannot reach the datumfs daemon of cache dir {}: {e}", cfg.cache_dir.display()),
+        Ok(resp) if resp.ok => {
+            let notes = resp.status.as_ref().and_then(|s| s["notes"].as_array().cloned()).unwrap_or_default();
+            for note in notes.iter().filter_map(|n| n.as_str()) {
+                eprintln!("datumfs: {note}");
+            }
+            Ok(Join::Joined)
+        }
+        Ok(resp) if resp.status.as_ref().is_some_and(|s| s["closing"] == true) => Ok(Join::Closing),
+        Ok(resp) => bail!("{}", resp.error.unwrap_or_else(|| "the daemon refused the mount".into())),
+    }
+}
+
+/// A fingerprint of the environment that decides which stores a mount can reach and as whom:
+/// a daemon serves only mounts made with the same one. Values are hashed, never kept or logged.
+pub fn store_environment() -> String {
+    use sha2::Digest;
+    let relevant = |k: &str| {
+        ["AWS_", "GOOGLE_", "AZURE_", "GCS_", "OBJECT_STORE_"].iter().any(|p| k.starts_with(p))
+            || ["HOME", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"].contains(&k.to_ascii_uppercase().as_str())
+    };
+    let mut vars: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
+        .filter(|(k, _)| relevant(k))
+        .collect();
+    vars.sort();
+    let mut h = sha2::Sha256::new();
+    for (k, v) in vars {
+        h.update(k.as_bytes());
+        h.update(b"=");
+        h.update(v.as_bytes());
+        h.update(b"\0");
+    }
+    hex::encode(h.finalize())
 }
 
 fn redirect_stdio() {
@@ -161,7 +242,7 @@ pub(crate) fn lock_cache_dir(dir: &Path) -> Result<CacheLock> {
     }
 }
 
-fn mount_options(cfg: &MountConfig) -> fuser::Config {
+pub(crate) fn mount_options(cfg: &MountConfig) -> fuser::Config {
     use fuser::{MountOption, SessionACL};
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -232,18 +313,6 @@ fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<(
         .build()
         .context("starting the runtime")?;
 
-    let registry = StoreRegistry::new();
-    let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
-    let data_store = DataStore::open(&cfg.store_url, &registry).map_err(|e| anyhow!("--store: {e}"))?;
-    let catalog = Catalog::new(data_store.clone());
-    let resolved = runtime.block_on(async {
-        let jobs = cfg
-            .inputs
-            .iter()
-            .filter(|i| !i.uris.is_empty())
-            .map(|spec| resolve::resolve(spec, &registry, Some(&catalog), &cwd));
-        futures::future::try_join_all(jobs).await
-    })?;
     let cache = Arc::new(Cache::open(&cfg.cache_dir, cfg.block_size)?);
     cache.set_cap(cfg.cache_size);
     if let Some(min_free) = cfg.cache_min_free {
@@ -256,20 +325,7 @@ fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<(
     if let Err(e) = cache.evict(&crate::cache::EvictWhat::OlderThan(cfg.evict_after.as_secs())) {
         tracing::warn!("{e}");
     }
-    let staging = Arc::new(
-        Staging::open(&cfg.staging_dir(), crate::fs::tree::OUTPUTS)
-            .with_context(|| format!("outputs staging {}", cfg.staging_dir().display()))?,
-    );
-    let state = SyncState::open(cache.index(), &cfg.execution)?;
-    let reader = Reader::new(ReadConfig { max_readahead: cfg.read_ahead, ..ReadConfig::default() });
     let socket = control_socket(&cfg.cache_dir);
-    let settings =
-        FsSettings { mountpoint: cfg.mountpoint.clone(), uid: cfg.uid, gid: cfg.gid, control_socket: socket.clone() };
-    let fs = {
-        let _guard = runtime.enter();
-        Arc::new(Fs::new(resolved, cache.clone(), reader, Some(data_store), settings, Some(staging.clone())))
-    };
-
     let _ = std::fs::remove_file(&socket);
     let listener = {
         let _guard = runtime.enter();
@@ -279,35 +335,20 @@ fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<(
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600));
     }
+    let reader = Reader::new(ReadConfig { max_readahead: cfg.read_ahead, ..ReadConfig::default() });
+    let node = node::Node::new(
+        cfg.cache_dir.clone(),
+        cache.clone(),
+        reader,
+        socket.clone(),
+        store_environment(),
+        node::CacheSettings::of(cfg),
+    );
+    if let Err(e) = runtime.block_on(node.add_mount(cfg.clone())) {
+        let _ = std::fs::remove_file(&socket);
+        return Err(e);
+    }
 
-    let adapter = FuseAdapter::new(fs.clone(), cfg.uid, cfg.gid, cfg.read_ahead.min(u32::MAX as u64) as u32);
-    let session = fuser::Session::new(adapter, &cfg.mountpoint, &mount_options(cfg))
-        .with_context(|| format!("mounting {}", cfg.mountpoint.display()))?;
-
-    let execution = Arc::new(execution::Execution {
-        id: cfg.execution.clone(),
-        command: cfg.command.clone(),
-        started_at: crate::catalog::now(),
-        mountpoint: cfg.mountpoint.clone(),
-        fs: fs.clone(),
-        staging,
-        state,
-        syncer: Syncer { catalog, execution: cfg.execution.clone() },
-        sync_lock: tokio::sync::Mutex::new(()),
-        on_exit: std::sync::Mutex::new(UnsyncedOutputs::Keep),
-        config_json: serde_json::json!({
-            "cache_size": cfg.cache_size,
-            "block_size": cfg.block_size,
-            "read_ahead": cfg.read_ahead,
-            "log_file": cfg.log_file(),
-            "control_socket": socket,
-            "cache_lock": cfg.cache_dir.join("lock"),
-            "evict_after_secs": cfg.evict_after.as_secs(),
-        }),
-        cache: cache.clone(),
-        evict_after: cfg.evict_after,
-    });
-    runtime.block_on(execution.record_start());
     {
         let (cache, after) = (cache.clone(), cfg.evict_after);
         // Often enough that nothing outlives --evict-after by more than a tenth of it (checked
@@ -327,9 +368,9 @@ fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<(
         });
     }
     let in_flight = control::InFlight::default();
-    runtime.spawn(control::serve(listener, execution.clone(), in_flight.clone()));
+    runtime.spawn(control::serve(listener, node.clone(), in_flight.clone()));
     {
-        let mountpoint = cfg.mountpoint.clone();
+        let node = node.clone();
         runtime.spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
             let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
@@ -337,33 +378,26 @@ fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<(
             else {
                 return;
             };
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {}, _ = hup.recv() => {} }
-            tracing::info!("signal received: unmounting {}", mountpoint.display());
-            if mounts::unmount(&mountpoint).is_err() {
-                let _ = mounts::detach(&mountpoint);
+            loop {
+                tokio::select! { _ = term.recv() => {}, _ = int.recv() => {}, _ = hup.recv() => {} }
+                tracing::info!("signal received: unmounting every mount");
+                let node = node.clone();
+                let _ = tokio::task::spawn_blocking(move || node.unmount_all()).await;
             }
         });
     }
 
-    tracing::info!(
-        "mounted {} (execution {}, cache {}, pid {})",
-        cfg.mountpoint.display(),
-        cfg.execution,
-        cfg.cache_dir.display(),
-        std::process::id()
-    );
     if let Some(mut r) = ready.take() {
         let _ = r.write_all(b"ok");
     }
-    let run = session.run();
-    tracing::info!("unmounted {}", cfg.mountpoint.display());
-    execution.finish();
-    // Let the answer to `unmount` (and any other request) reach its client before exiting.
+    node.wait_until_idle();
+    tracing::info!("last mount gone: the daemon of {} exits", cfg.cache_dir.display());
+    // Let the answer to the last `unmount` (and any other request) reach its client.
     in_flight.wait_idle(std::time::Duration::from_secs(3));
     if let Err(e) = cache.flush() {
         tracing::warn!("{e}");
     }
     let _ = std::fs::remove_file(&socket);
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
-    run.map_err(|e| anyhow!("FUSE session for {} ended with an error: {e}", cfg.mountpoint.display()))
+    Ok(())
 }

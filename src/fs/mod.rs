@@ -138,7 +138,7 @@ pub struct InputSummary {
 pub struct Fs {
     tree: Tree,
     cache: Arc<Cache>,
-    reader: Reader,
+    reader: Arc<Reader>,
     data_store: Option<DataStore>,
     settings: FsSettings,
     inputs: Vec<InputSummary>,
@@ -169,7 +169,7 @@ impl Fs {
     pub fn new(
         inputs: Vec<resolve::ResolvedInput>,
         cache: Arc<Cache>,
-        reader: Reader,
+        reader: Arc<Reader>,
         data_store: Option<DataStore>,
         settings: FsSettings,
         staging: Option<Arc<Staging>>,

@@ -1,7 +1,7 @@
 //! Input declarations: `--input NAME=URI` flags and `--inputs FILE` (a list of Valohai-style
 //! inputs, in YAML or JSON, or a `valohai.yaml` with `--step NAME`).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use thiserror::Error;
 
@@ -30,7 +30,7 @@ pub enum SpecError {
 }
 
 /// How object keys map to paths under `inputs/NAME/` for wildcard inputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum KeepDirectories {
     /// Base names only (Valohai's default); two keys with one base name are an error.
@@ -43,7 +43,7 @@ pub enum KeepDirectories {
 }
 
 /// One input: a name and the URIs whose files appear under `inputs/NAME/`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputSpec {
     /// The directory name under `inputs/`.
     pub name: String,
