@@ -3,8 +3,10 @@
 //! Datums are immutable (create-only puts); aliases are updated with compare-and-swap on the
 //! record's ETag, so two nodes racing never lose an update (a local store serializes updates
 //! with a lock file instead, as object_store's local backend has no conditional update).
-//! Executions are owned by one mount and simply rewritten. Knows nothing of FUSE or the cache.
+//! Executions are owned by one mount and simply rewritten. Datasets, their versions and aliases
+//! and purge tombstones are in `datasets`. Knows nothing of FUSE or the cache.
 
+pub mod datasets;
 pub mod records;
 
 use crate::store::data::DataStore;
@@ -55,6 +57,35 @@ pub enum CatalogError {
         /// Why it is refused.
         reason: String,
     },
+    /// Something that is created once already exists.
+    #[error("{what} already exists in the data store {store}")]
+    Exists {
+        /// What (with who made it, where known).
+        what: String,
+        /// The data store.
+        store: String,
+    },
+    /// No dataset of that name.
+    #[error(
+        "dataset {name}: no such dataset in the data store {store} (create it with `datumfs dataset create {name}`)"
+    )]
+    NoSuchDataset {
+        /// The name asked for.
+        name: String,
+        /// The data store searched.
+        store: String,
+    },
+    /// No version (or alias) of that name.
+    #[error("dataset version {name}: no such version or alias in the data store {store}")]
+    NoSuchVersion {
+        /// `NAME/VERSION` as asked for.
+        name: String,
+        /// The data store searched.
+        store: String,
+    },
+    /// The datum's bytes were deleted on purpose.
+    #[error("{}", .0.describe())]
+    Purged(Box<datasets::Tombstone>),
     /// A compare-and-swap kept losing to other writers.
     #[error("{uri}: could not update after {tries} attempts: other writers kept changing it")]
     Contended {

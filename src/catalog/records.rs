@@ -47,6 +47,9 @@ pub struct ExecutionInput {
     /// Datums it resolved to (for `datum://` inputs).
     #[serde(default)]
     pub datums: Vec<String>,
+    /// Dataset versions it resolved to (`dataset://NAME/VERSION`, aliases followed).
+    #[serde(default)]
+    pub datasets: Vec<String>,
     /// Files of the input read whole, with their checksums.
     #[serde(default)]
     pub files_read: Vec<FileRead>,

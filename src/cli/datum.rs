@@ -30,7 +30,7 @@ impl StoreArg {
         })
     }
 
-    fn catalog(&self) -> Result<Catalog> {
+    pub(super) fn catalog(&self) -> Result<Catalog> {
         let ds = DataStore::open(&self.url(), &StoreRegistry::new()).map_err(|e| anyhow!("--store: {e}"))?;
         Ok(Catalog::new(ds))
     }
@@ -63,6 +63,21 @@ enum DatumCommand {
         /// Only those with this tag.
         #[arg(long, value_name = "TAG")]
         tag: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a datum's bytes for good (e.g. a deletion request), keeping a tombstone that says
+    /// who, when and why; versions, lineage and inputs that reference it then say "purged".
+    Purge {
+        /// datum://ID, datum://ALIAS, ID or ALIAS.
+        name: String,
+        /// Why (kept in the tombstone).
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -110,7 +125,7 @@ pub struct PushArgs {
     store: StoreArg,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")
 }
 
@@ -142,6 +157,7 @@ pub fn run_datum(args: DatumArgs) -> Result<i32> {
     match args.command {
         DatumCommand::Show { name, json } => {
             let d = rt.block_on(catalog.resolve(&name))?;
+            let purged = rt.block_on(catalog.tombstone(&d.id))?;
             let alias = match catalog::strip_scheme(&name) {
                 n if !catalog::is_id(n) => rt.block_on(catalog.alias(n))?,
                 _ => None,
@@ -151,9 +167,13 @@ pub fn run_datum(args: DatumArgs) -> Result<i32> {
                 if let Some(a) = alias {
                     v["resolved_from"] = serde_json::to_value(a)?;
                 }
+                v["purged"] = serde_json::to_value(&purged)?;
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_datum(&d);
+                if let Some(t) = &purged {
+                    println!("  PURGED      {}", t.describe());
+                }
                 if let Some(a) = alias {
                     println!("  (alias {} -> {}, moved {} time(s))", a.alias, a.datum, a.history.len());
                 }
@@ -192,8 +212,23 @@ pub fn run_datum(args: DatumArgs) -> Result<i32> {
                 }
             }
         }
+        DatumCommand::Purge { name, reason, yes, json } => {
+            let d = rt.block_on(catalog.resolve(&name))?;
+            if !yes {
+                confirm_purge(&d)?;
+            }
+            let t = rt.block_on(catalog.purge(&d.id, reason.as_deref()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                println!("{}", t.describe());
+            }
+        }
         DatumCommand::Get { name, dest, json } => {
             let d = rt.block_on(catalog.resolve(&name))?;
+            if let Some(t) = rt.block_on(catalog.tombstone(&d.id))? {
+                bail!("{}", t.describe());
+            }
             let target =
                 if dest.is_dir() { dest.join(d.path.rsplit('/').next().unwrap_or(&d.id)) } else { dest.clone() };
             rt.block_on(download(&catalog, &d, &target))?;
@@ -205,6 +240,25 @@ pub fn run_datum(args: DatumArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Asks on the terminal before a purge; without a terminal, --yes is required.
+fn confirm_purge(d: &DatumRecord) -> Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        bail!("refusing to purge {} without confirmation: pass --yes", d.uri);
+    }
+    eprint!(
+        "Purge {} ({}, {} bytes, stored at {})? Its bytes are deleted for good. Type 'yes' to go on: ",
+        d.uri, d.path, d.size, d.object_uri
+    );
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if answer.trim() != "yes" {
+        bail!("not purged");
+    }
+    Ok(())
 }
 
 /// Downloads a datum to `target` through a temporary file, renamed only once its sha256 matches.
@@ -264,12 +318,16 @@ pub fn run_lineage(args: LineageArgs) -> Result<i32> {
         None => None,
     };
     let readers = rt.block_on(catalog.readers(&d.id))?;
+    let purged = rt.block_on(catalog.tombstone(&d.id))?;
     if args.json {
-        let v = json!({ "datum": d, "produced_by": producer, "read_by": readers });
+        let v = json!({ "datum": d, "produced_by": producer, "read_by": readers, "purged": purged });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
     }
     println!("{}  {}  ({} bytes, sha256 {})", d.uri, d.path, d.size, d.checksums.sha256);
+    if let Some(t) = &purged {
+        println!("PURGED: {}", t.describe());
+    }
     match producer {
         Some(p) => {
             println!(
@@ -286,6 +344,9 @@ pub fn run_lineage(args: LineageArgs) -> Result<i32> {
                 println!("  input {}: {}", i.name, i.uris.join(" "));
                 for id in &i.datums {
                     println!("    datum://{id}");
+                }
+                for v in &i.datasets {
+                    println!("    {v}");
                 }
                 for f in &i.files_read {
                     println!("    read {} ({} bytes, sha256 {})", f.uri, f.size, f.checksums.sha256);
@@ -304,7 +365,7 @@ pub fn run_lineage(args: LineageArgs) -> Result<i32> {
 }
 
 /// Every file under `path` as (relative path, local path); a file is itself.
-fn files_of(path: &std::path::Path) -> Result<Vec<(String, PathBuf)>> {
+pub(super) fn files_of(path: &std::path::Path) -> Result<Vec<(String, PathBuf)>> {
     let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
     if meta.is_file() {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -312,6 +373,48 @@ fn files_of(path: &std::path::Path) -> Result<Vec<(String, PathBuf)>> {
     }
     let (files, _) = crate::sync::walk(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(files.into_iter().map(|(rel, _)| (rel.clone(), path.join(rel))).collect())
+}
+
+/// Pushes local files as datums of a new `push-...` execution (recorded with them), with a
+/// progress bar on a terminal. Returns the execution id and each file's outcome.
+pub(super) fn push_files(
+    rt: &tokio::runtime::Runtime,
+    catalog: &Catalog,
+    files: Vec<(String, PathBuf)>,
+    meta: DatumMeta,
+) -> Result<(String, Vec<(String, Result<DatumRecord, String>)>)> {
+    let execution = format!("push-{}", catalog::new_id().to_ascii_lowercase());
+    let syncer = Syncer { catalog: catalog.clone(), execution: execution.clone() };
+    let progress = Arc::new(Progress::default());
+    let bar = super::sync::progress_bar("pushing");
+    let results = rt.block_on(async {
+        let ticker = {
+            let (progress, bar) = (progress.clone(), bar.clone());
+            tokio::spawn(async move {
+                loop {
+                    super::sync::show(&bar, progress.snapshot());
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            })
+        };
+        let r = syncer.push(files, meta, &progress).await;
+        ticker.abort();
+        r
+    });
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let record = catalog::ExecutionRecord {
+        id: execution.clone(),
+        started_at: catalog::now(),
+        ended_at: Some(catalog::now()),
+        host: catalog::hostname(),
+        command: Some(std::env::args().collect()),
+        inputs: Vec::new(),
+        outputs: results.iter().filter_map(|(_, r)| r.as_ref().ok()).map(|d| d.id.clone()).collect(),
+    };
+    rt.block_on(catalog.put_execution(&record))?;
+    Ok((execution, results))
 }
 
 /// Runs `datumfs push`.
@@ -333,40 +436,10 @@ pub fn run_push(args: PushArgs) -> Result<i32> {
     if args.alias.is_some() && files.len() != 1 {
         bail!("--alias names one datum, but {} files were given", files.len());
     }
-    let execution = format!("push-{}", catalog::new_id().to_ascii_lowercase());
-    let syncer = Syncer { catalog: catalog.clone(), execution: execution.clone() };
     let meta = DatumMeta { tags: args.tags.clone(), alias: args.alias.clone(), properties: Default::default() };
     let rt = runtime()?;
-    let progress = Arc::new(Progress::default());
-    let bar = super::sync::progress_bar("pushing");
-    let results = rt.block_on(async {
-        let ticker = {
-            let (progress, bar) = (progress.clone(), bar.clone());
-            tokio::spawn(async move {
-                loop {
-                    super::sync::show(&bar, progress.snapshot());
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                }
-            })
-        };
-        let r = syncer.push(files, meta, &progress).await;
-        ticker.abort();
-        r
-    });
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    let (execution, results) = push_files(&rt, &catalog, files, meta)?;
     let ok: Vec<&DatumRecord> = results.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
-    let record = catalog::ExecutionRecord {
-        id: execution.clone(),
-        started_at: catalog::now(),
-        ended_at: Some(catalog::now()),
-        host: catalog::hostname(),
-        command: Some(std::env::args().collect()),
-        inputs: Vec::new(),
-        outputs: ok.iter().map(|d| d.id.clone()).collect(),
-    };
-    rt.block_on(catalog.put_execution(&record))?;
     if args.json {
         let v: Vec<_> = results
             .iter()

@@ -1,6 +1,7 @@
 //! The command line: clap types, one file per subcommand, human and `--json` output.
 
 mod cache;
+mod dataset;
 mod datum;
 mod mount;
 mod run;
@@ -35,8 +36,10 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// Turn local files or directories into datums, without a job.
     Push(datum::PushArgs),
-    /// Datums in the catalog: show, ls, get.
+    /// Datums in the catalog: show, ls, get, purge.
     Datum(datum::DatumArgs),
+    /// Datasets: versioned collections of datums, and their aliases.
+    Dataset(dataset::DatasetArgs),
     /// What made a datum, and what read it.
     Lineage(datum::LineageArgs),
     /// The node's cache: stats, evict, verify (with or without a running daemon).
@@ -56,6 +59,7 @@ pub fn run() -> Result<i32> {
         Command::Run(a) => run::run(*a),
         Command::Push(a) => datum::run_push(a),
         Command::Datum(a) => datum::run_datum(a),
+        Command::Dataset(a) => dataset::run(a),
         Command::Lineage(a) => datum::run_lineage(a),
         Command::Cache(a) => cache::run(a),
         Command::Warm(a) => warm::run(a),

@@ -70,6 +70,7 @@ impl Execution {
                     }
                     existing.uris = input.uris;
                     existing.datums = input.datums;
+                    existing.datasets = input.datasets;
                 }
                 None => rec.inputs.push(input),
             }

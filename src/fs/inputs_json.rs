@@ -72,8 +72,8 @@ impl Fs {
         });
         if let Some(s) = sums {
             v["checksums"] = json!({ "md5": s.md5, "sha1": s.sha1, "sha256": s.sha256 });
-        } else if let Some(sha256) = &f.entry.expected_sha256 {
-            v["checksums"] = json!({ "sha256": sha256 });
+        } else if let Some(s) = &f.entry.expected {
+            v["checksums"] = json!({ "md5": s.md5, "sha1": s.sha1, "sha256": s.sha256 });
         }
         if let Some(d) = &f.entry.datum {
             v["datum_id"] = json!(d);

@@ -132,6 +132,8 @@ pub struct InputSummary {
     pub uris: Vec<String>,
     /// The datums it resolved to (`datum://` URIs).
     pub datums: Vec<String>,
+    /// The dataset versions it resolved to.
+    pub datasets: Vec<String>,
 }
 
 /// The mounted filesystem.
@@ -180,9 +182,12 @@ impl Fs {
                 name: i.name.clone(),
                 uris: i.uris.clone(),
                 datums: match &i.root {
-                    resolve::InputRoot::Files(files) => files.iter().filter_map(|(_, e)| e.datum.clone()).collect(),
+                    resolve::InputRoot::Files(files) => {
+                        files.iter().filter(|(_, e)| !e.in_dataset).filter_map(|(_, e)| e.datum.clone()).collect()
+                    }
                     resolve::InputRoot::Lazy { .. } => Vec::new(),
                 },
+                datasets: i.datasets.clone(),
             })
             .collect();
         let tree = Tree::default();
@@ -228,6 +233,7 @@ impl Fs {
                     name: i.name.clone(),
                     uris: i.uris.clone(),
                     datums: i.datums.clone(),
+                    datasets: i.datasets.clone(),
                     files_read,
                 }
             })
@@ -538,7 +544,7 @@ impl Fs {
                     if let Err(e) = check_content(f) {
                         return Some(Err(e));
                     }
-                    if f.entry.expected_sha256.is_some() && f.checksums.get().is_none() {
+                    if f.entry.expected.is_some() && f.checksums.get().is_none() {
                         return None; // verified on the slow path first
                     }
                 }
@@ -587,7 +593,7 @@ impl Fs {
     /// them before any more are served, so that the read completing the file fails with EIO
     /// rather than the job silently getting other bytes than the record promised.
     async fn check_expected(&self, node: &Node, f: &FileNode, obj: &Arc<OpenObject>) -> FsResult<()> {
-        let Some(want) = &f.entry.expected_sha256 else { return Ok(()) };
+        let Some(want) = f.entry.expected.as_ref().map(|c| &c.sha256) else { return Ok(()) };
         if f.checksums.get().is_some() {
             return check_content(f);
         }
@@ -631,7 +637,7 @@ impl Fs {
                     tracing::info!("{path}: md5 sum: {}", sums.md5);
                     tracing::info!("{path}: sha1 sum: {}", sums.sha1);
                     tracing::info!("{path}: sha256 sum: {}", sums.sha256);
-                    if let Some(want) = &f.entry.expected_sha256 {
+                    if let Some(want) = f.entry.expected.as_ref().map(|c| &c.sha256) {
                         if *want != sums.sha256 && !f.mismatch.swap(true, Ordering::AcqRel) {
                             tracing::error!(
                                 "{path}: {} has sha256 {} but its record says {want}: reads fail with EIO",

@@ -11,7 +11,7 @@ use crate::store::{StoreError, StoreHandle, StoreRegistry};
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use thiserror::Error;
 
@@ -69,8 +69,10 @@ pub struct FileEntry {
     pub mtime: std::time::SystemTime,
     /// The datum id, for files of `datum://` inputs.
     pub datum: Option<String>,
-    /// The sha256 the bytes must have (known up front for datums).
-    pub expected_sha256: Option<String>,
+    /// The checksums the bytes must have (known up front for datums; the sha256 is checked).
+    pub expected: Option<crate::checksum::Checksums>,
+    /// Whether it is part of a dataset version (lineage names the version, not each datum).
+    pub in_dataset: bool,
 }
 
 /// One directory's listing below a prefix.
@@ -110,6 +112,8 @@ pub struct ResolvedInput {
     pub uris: Vec<String>,
     /// Its files.
     pub root: InputRoot,
+    /// The dataset versions it reads (`dataset://NAME/VERSION`, aliases resolved).
+    pub datasets: Vec<String>,
 }
 
 fn key_path(u: &SourceUri, key: &str) -> Result<Option<Path>, UriError> {
@@ -153,7 +157,8 @@ fn entry(store: &Arc<StoreHandle>, meta: &ObjectMeta) -> FileEntry {
         pin: meta.e_tag.as_ref().map(|_| Pin::from_meta(meta)),
         mtime: meta.last_modified.into(),
         datum: None,
-        expected_sha256: None,
+        expected: None,
+        in_dataset: false,
     }
 }
 
@@ -238,12 +243,25 @@ pub async fn resolve(
                 name: spec.name.clone(),
                 uris: spec.uris.clone(),
                 root: InputRoot::Lazy { store, uri: u.original.clone(), leading, root },
+                datasets: Vec::new(),
             });
         }
     }
 
     let mut files: Vec<(Vec<String>, FileEntry)> = Vec::new();
+    let mut datasets = Vec::new();
     for u in &parsed {
+        if u.scheme == Scheme::Dataset {
+            let catalog =
+                catalog.ok_or_else(|| layout_err(format!("{}: dataset inputs need a data store", u.original)))?;
+            let before = files.len();
+            let version = resolve_dataset(u, spec, catalog, registry, cwd, &mut files).await?;
+            if files.len() == before && !spec.optional {
+                return Err(layout_err(format!("{} ({version}) has no files", u.original)));
+            }
+            datasets.push(version);
+            continue;
+        }
         if u.scheme == Scheme::Datum {
             let catalog =
                 catalog.ok_or_else(|| layout_err(format!("{}: datum inputs need a data store", u.original)))?;
@@ -337,7 +355,72 @@ pub async fn resolve(
             }
         }
     }
-    Ok(ResolvedInput { name: spec.name.clone(), uris: spec.uris.clone(), root: InputRoot::Files(files) })
+    Ok(ResolvedInput { name: spec.name.clone(), uris: spec.uris.clone(), root: InputRoot::Files(files), datasets })
+}
+
+/// A `dataset://NAME/VERSION|ALIAS` input: the version's manifest, read once (an alias is
+/// followed now and never again), laid out by each file's path in the version, with the
+/// checksums of its datum records. Files purged since are left out with a warning naming the
+/// purge. Returns `dataset://NAME/VERSION`.
+async fn resolve_dataset(
+    u: &SourceUri,
+    spec: &InputSpec,
+    catalog: &Catalog,
+    registry: &StoreRegistry,
+    cwd: &std::path::Path,
+    files: &mut Vec<(Vec<String>, FileEntry)>,
+) -> Result<String, ResolveError> {
+    let input = spec.name.clone();
+    let catalog_err = |error| ResolveError::Catalog { input: input.clone(), error };
+    let layout_err = |reason: String| ResolveError::Layout { input: input.clone(), reason };
+    let (version, alias) = catalog.resolve_version(&u.key).await.map_err(catalog_err)?;
+    let purged = catalog.tombstones().await.map_err(catalog_err)?;
+    if alias.is_some() {
+        tracing::info!("input {input}: {} is {} now (pinned for this mount)", u.original, version.uri());
+    }
+    let created: std::time::SystemTime = chrono::DateTime::parse_from_rfc3339(&version.created_at)
+        .map(|t| t.with_timezone(&chrono::Utc).into())
+        .unwrap_or(std::time::UNIX_EPOCH);
+    // Manifests name few stores (usually one): parse each store URL once.
+    let mut stores: HashMap<String, Arc<StoreHandle>> = HashMap::new();
+    for f in &version.files {
+        if let Some(t) = purged.get(&f.datum) {
+            tracing::warn!("input {input}: {} left out of {}: {}", f.path, version.uri(), t.describe());
+            continue;
+        }
+        let Ok(segs) = keys::relative_segments(&f.path) else {
+            tracing::warn!("input {input}: skipping '{}' of {}: not a usable path", f.path, version.uri());
+            continue;
+        };
+        let src = uri::parse(&f.object_uri, cwd)
+            .map_err(|e| layout_err(format!("{}: {} points at an unusable URI: {e}", version.uri(), f.path)))?;
+        let store_key = format!("{}|{}", src.store_url, src.bucket.as_deref().unwrap_or(""));
+        let store = match stores.get(&store_key) {
+            Some(s) => s.clone(),
+            None => {
+                let s = registry.open(&src).map_err(|error| ResolveError::Store { input: input.clone(), error })?;
+                stores.insert(store_key, s.clone());
+                s
+            }
+        };
+        let key = key_path(&src, &src.key)
+            .map_err(|error| ResolveError::Uri { input: input.clone(), error })?
+            .ok_or_else(|| layout_err(format!("{}: {} has no key", version.uri(), f.path)))?;
+        let entry = FileEntry {
+            store,
+            key,
+            uri: format!("datum://{}", f.datum),
+            size: f.size,
+            // Datum bytes are never overwritten: pinned at first open, checked by sha256.
+            pin: None,
+            mtime: created,
+            datum: Some(f.datum.clone()),
+            expected: Some(f.checksums.clone()),
+            in_dataset: true,
+        };
+        push_checked(files, segs.into_iter().map(str::to_string).collect(), entry);
+    }
+    Ok(version.uri())
 }
 
 /// A `datum://ID|ALIAS` input file: looked up once in the catalog and pinned to the stored
@@ -350,7 +433,11 @@ async fn resolve_datum(
     cwd: &std::path::Path,
 ) -> Result<(Vec<String>, FileEntry), ResolveError> {
     let input = spec.name.clone();
-    let rec = catalog.resolve(&u.key).await.map_err(|error| ResolveError::Catalog { input: input.clone(), error })?;
+    let catalog_err = |error| ResolveError::Catalog { input: input.clone(), error };
+    let rec = catalog.resolve(&u.key).await.map_err(catalog_err)?;
+    if let Some(t) = catalog.tombstone(&rec.id).await.map_err(catalog_err)? {
+        return Err(catalog_err(crate::catalog::CatalogError::Purged(Box::new(t))));
+    }
     let layout_err = |reason: String| ResolveError::Layout { input: input.clone(), reason };
     let src = uri::parse(&rec.object_uri, cwd)
         .map_err(|e| layout_err(format!("{}: its record points at an unusable URI: {e}", u.original)))?;
@@ -372,7 +459,7 @@ async fn resolve_datum(
     e.pin = Some(Pin::from_meta(&meta));
     e.uri = rec.uri.clone();
     e.datum = Some(rec.id.clone());
-    e.expected_sha256 = Some(rec.checksums.sha256.clone());
+    e.expected = Some(rec.checksums.clone());
     let rel = match spec.keep_directories {
         KeepDirectories::Full => rec.path.split('/').map(str::to_string).collect(),
         _ => vec![spec.filename.clone().unwrap_or_else(|| rec.path.rsplit('/').next().unwrap_or(&rec.id).to_string())],
@@ -502,7 +589,8 @@ mod tests {
             pin: None,
             mtime: std::time::UNIX_EPOCH,
             datum: None,
-            expected_sha256: None,
+            expected: None,
+            in_dataset: false,
         };
         let files = vec![(vec!["1.jpg".to_string()], e("a/1.jpg")), (vec!["1.jpg".to_string()], e("b/1.jpg"))];
         let err = check_layout(&files, KeepDirectories::None).unwrap_err();

@@ -25,14 +25,6 @@ pub enum UriError {
         /// What is wrong.
         reason: String,
     },
-    /// A scheme datumfs knows but this build does not serve yet.
-    #[error("'{uri}': {scheme}:// inputs need the datum catalog, which this version does not have yet")]
-    NotYetSupported {
-        /// The URI as given.
-        uri: String,
-        /// Its scheme.
-        scheme: String,
-    },
 }
 
 /// Which kind of store a URI names.
@@ -50,6 +42,9 @@ pub enum Scheme {
     File,
     /// A datum of the catalog (`datum://ID` or `datum://ALIAS`); `key` holds the name.
     Datum,
+    /// A dataset version of the catalog (`dataset://NAME/VERSION|ALIAS`); `key` holds
+    /// `NAME/VERSION`.
+    Dataset,
 }
 
 /// What part of the store a URI selects.
@@ -180,7 +175,22 @@ pub fn parse(uri: &str, cwd: &Path) -> Result<SourceUri, UriError> {
                 selection: Selection::Object,
             })
         }
-        "dataset" => Err(UriError::NotYetSupported { uri: uri.to_string(), scheme: scheme.to_string() }),
+        "dataset" => {
+            let name = rest.trim_end_matches('/');
+            if crate::catalog::datasets::split_ref(name).is_err() {
+                return Err(malformed(
+                    "a dataset URI is dataset://NAME/VERSION or dataset://NAME/ALIAS (letters, digits, '.', '_', '-')",
+                ));
+            }
+            Ok(SourceUri {
+                original: uri.to_string(),
+                scheme: Scheme::Dataset,
+                store_url: "dataset://".into(),
+                bucket: None,
+                key: name.to_string(),
+                selection: Selection::Object,
+            })
+        }
         other => Err(UriError::UnknownScheme { uri: uri.to_string(), scheme: other.to_string() }),
     }
 }
@@ -286,7 +296,9 @@ mod tests {
         assert!(matches!(parse("https://h/dir/", Path::new("/")), Err(UriError::Malformed { .. })));
         assert_eq!(parse("datum://best-model", Path::new("/")).unwrap().scheme, Scheme::Datum);
         assert!(matches!(parse("datum://a/b", Path::new("/")), Err(UriError::Malformed { .. })));
-        assert!(matches!(parse("dataset://abc/v1", Path::new("/")), Err(UriError::NotYetSupported { .. })));
+        assert_eq!(parse("dataset://abc/v1", Path::new("/")).unwrap().scheme, Scheme::Dataset);
+        assert!(parse("dataset://abc", Path::new("/")).is_err());
+        assert!(parse("dataset://abc/v1/x", Path::new("/")).is_err());
         assert!(matches!(parse("mailto:x@y", Path::new("/")), Err(UriError::UnknownScheme { .. })));
         assert!(matches!(parse("", Path::new("/")), Err(UriError::Malformed { .. })));
     }

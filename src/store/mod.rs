@@ -163,10 +163,10 @@ fn build(uri: &SourceUri) -> Result<StoreHandle, StoreError> {
                 .map_err(bad)?,
         ),
         Scheme::File => Arc::new(object_store::local::LocalFileSystem::new()),
-        Scheme::Datum => {
+        Scheme::Datum | Scheme::Dataset => {
             return Err(StoreError::BadUri {
                 uri: uri.original.clone(),
-                reason: "datum:// names a catalog entry, not a store".into(),
+                reason: "datum:// and dataset:// name catalog entries, not a store".into(),
             })
         }
     };

@@ -1,0 +1,462 @@
+//! Datasets: named, versioned collections of datums. A version is one create-only record
+//! holding its whole manifest (path, datum, size, checksums, object URI of every file), so a
+//! mount resolves it with one GET and never lists the store. Aliases move between versions
+//! by compare-and-swap and keep their history. Purges leave tombstones that every reference
+//! reports.
+
+use super::{check_name, hostname, now, Catalog, CatalogError};
+use crate::checksum::Checksums;
+use futures::TryStreamExt;
+use object_store::{ObjectStoreExt, PutMode};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// A dataset: a name under which versions are made.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DatasetRecord {
+    /// The name.
+    pub name: String,
+    /// When it was created (RFC 3339).
+    pub created_at: String,
+    /// The host that created it.
+    pub host: String,
+    /// The execution that created it (datasets made by a job's sync).
+    #[serde(default)]
+    pub execution: Option<String>,
+}
+
+/// One file of a dataset version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VersionFile {
+    /// Its path in the version (and under `inputs/NAME/` when mounted).
+    pub path: String,
+    /// The datum id.
+    pub datum: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// md5, sha1 and sha256.
+    pub checksums: Checksums,
+    /// Where the bytes are.
+    pub object_uri: String,
+}
+
+/// An immutable dataset version and its manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VersionRecord {
+    /// The dataset.
+    pub dataset: String,
+    /// The version's name.
+    pub version: String,
+    /// When it was created (RFC 3339).
+    pub created_at: String,
+    /// The host that created it.
+    pub host: String,
+    /// The execution whose sync created it, if any.
+    #[serde(default)]
+    pub execution: Option<String>,
+    /// The version it was made from (`NAME/VERSION`), if any.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Its files, sorted by path.
+    pub files: Vec<VersionFile>,
+}
+
+impl VersionRecord {
+    /// `dataset://NAME/VERSION`.
+    pub fn uri(&self) -> String {
+        format!("dataset://{}/{}", self.dataset, self.version)
+    }
+}
+
+/// One position a dataset alias has had.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VersionAliasMove {
+    /// The version it pointed at.
+    pub version: String,
+    /// When (RFC 3339).
+    pub set_at: String,
+    /// The host that moved it.
+    pub host: String,
+}
+
+/// A dataset alias (`production`, `latest`, ...): where it points now and where it pointed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VersionAliasRecord {
+    /// The dataset.
+    pub dataset: String,
+    /// The alias.
+    pub alias: String,
+    /// The version it points at now.
+    pub version: String,
+    /// Every move, oldest first.
+    pub history: Vec<VersionAliasMove>,
+}
+
+/// That a datum's bytes were deleted on purpose: who, when, why.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Tombstone {
+    /// The datum id.
+    pub datum: String,
+    /// When (RFC 3339).
+    pub purged_at: String,
+    /// Who (the user name of the purging process).
+    pub user: String,
+    /// On which host.
+    pub host: String,
+    /// Why, as given.
+    pub reason: Option<String>,
+    /// Where the bytes were.
+    pub object_uri: String,
+}
+
+impl Tombstone {
+    /// "purged at T by U (reason)".
+    pub fn describe(&self) -> String {
+        let why = self.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+        format!("datum://{} was purged at {} by {}@{}{why}", self.datum, self.purged_at, self.user, self.host)
+    }
+}
+
+/// A dataset name and version (or alias) as written in `NAME/VERSION`.
+pub fn split_ref(text: &str) -> Result<(String, String), CatalogError> {
+    let bare = text.strip_prefix("dataset://").unwrap_or(text).trim_end_matches('/');
+    match bare.split_once('/') {
+        Some((name, version)) if !version.contains('/') => {
+            check_name(name, "a dataset name")?;
+            check_name(version, "a version or alias")?;
+            Ok((name.to_string(), version.to_string()))
+        }
+        _ => Err(CatalogError::BadName {
+            name: text.to_string(),
+            reason: "expected NAME/VERSION (or dataset://NAME/VERSION)".into(),
+        }),
+    }
+}
+
+fn dataset_rel(name: &str) -> String {
+    format!("datasets/{name}/dataset.json")
+}
+
+fn version_rel(name: &str, version: &str) -> String {
+    format!("datasets/{name}/versions/{version}.json")
+}
+
+fn alias_rel(name: &str, alias: &str) -> String {
+    format!("datasets/{name}/aliases/{alias}.json")
+}
+
+fn tombstone_rel(id: &str) -> String {
+    format!("purged/{id}.json")
+}
+
+/// The user running this process, for tombstones.
+fn user_name() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name))
+        .unwrap_or_else(|| format!("uid {}", nix::unistd::geteuid()))
+}
+
+impl Catalog {
+    /// Creates dataset `name`; fails if it exists (unless `exist_ok`).
+    pub async fn create_dataset(
+        &self,
+        name: &str,
+        execution: Option<&str>,
+        exist_ok: bool,
+    ) -> Result<DatasetRecord, CatalogError> {
+        check_name(name, "a dataset name")?;
+        let rec = DatasetRecord {
+            name: name.to_string(),
+            created_at: now(),
+            host: hostname(),
+            execution: execution.map(str::to_string),
+        };
+        let key = self.ds.record_key(&dataset_rel(name));
+        match self.put(&key, &rec, PutMode::Create).await {
+            Ok(()) => Ok(rec),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                let old = self.dataset(name).await?;
+                match old {
+                    Some(old) if exist_ok => Ok(old),
+                    _ => Err(CatalogError::Exists { what: format!("dataset {name}"), store: self.ds.url.clone() }),
+                }
+            }
+            Err(e) => Err(self.store_err(&key, e).into()),
+        }
+    }
+
+    /// Dataset `name`, if it exists.
+    pub async fn dataset(&self, name: &str) -> Result<Option<DatasetRecord>, CatalogError> {
+        check_name(name, "a dataset name")?;
+        Ok(self.read(&self.ds.record_key(&dataset_rel(name))).await?.map(|(d, _)| d))
+    }
+
+    async fn require_dataset(&self, name: &str) -> Result<DatasetRecord, CatalogError> {
+        self.dataset(name)
+            .await?
+            .ok_or_else(|| CatalogError::NoSuchDataset { name: name.to_string(), store: self.ds.url.clone() })
+    }
+
+    /// Every dataset's name, sorted.
+    pub async fn datasets(&self) -> Result<Vec<String>, CatalogError> {
+        let prefix = self.ds.record_key("datasets");
+        let listing =
+            self.ds.handle.inner.list_with_delimiter(Some(&prefix)).await.map_err(|e| self.store_err(&prefix, e))?;
+        let mut names: Vec<String> =
+            listing.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The names of a dataset's versions with their creation times (from the store's listing:
+    /// no manifest is read), oldest first.
+    pub async fn versions(&self, name: &str) -> Result<Vec<(String, String)>, CatalogError> {
+        self.require_dataset(name).await?;
+        let prefix = self.ds.record_key(&format!("datasets/{name}/versions"));
+        let metas: Vec<_> =
+            self.ds.handle.inner.list(Some(&prefix)).try_collect().await.map_err(|e| self.store_err(&prefix, e))?;
+        let mut out: Vec<(String, String)> = metas
+            .iter()
+            .filter_map(|m| {
+                let v = m.location.filename()?.strip_suffix(".json")?.to_string();
+                Some((v, m.last_modified.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))
+            })
+            .collect();
+        out.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// A dataset's aliases.
+    pub async fn version_aliases(&self, name: &str) -> Result<Vec<VersionAliasRecord>, CatalogError> {
+        let prefix = self.ds.record_key(&format!("datasets/{name}/aliases"));
+        let metas: Vec<_> =
+            self.ds.handle.inner.list(Some(&prefix)).try_collect().await.map_err(|e| self.store_err(&prefix, e))?;
+        let mut out = Vec::new();
+        for m in metas {
+            if let Some((a, _)) = self.read::<VersionAliasRecord>(&m.location).await? {
+                out.push(a);
+            }
+        }
+        out.sort_by(|a, b| a.alias.cmp(&b.alias));
+        Ok(out)
+    }
+
+    /// Version `version` of `name`, if it exists.
+    pub async fn version(&self, name: &str, version: &str) -> Result<Option<VersionRecord>, CatalogError> {
+        Ok(self.read(&self.ds.record_key(&version_rel(name, version))).await?.map(|(v, _)| v))
+    }
+
+    /// The alias `alias` of dataset `name`, if it exists.
+    pub async fn version_alias(&self, name: &str, alias: &str) -> Result<Option<VersionAliasRecord>, CatalogError> {
+        Ok(self.read(&self.ds.record_key(&alias_rel(name, alias))).await?.map(|(a, _)| a))
+    }
+
+    /// `NAME/VERSION` or `NAME/ALIAS` → the version record, and the alias when one was followed.
+    /// Versions and aliases share one namespace per dataset, so the answer is never ambiguous.
+    pub async fn resolve_version(&self, text: &str) -> Result<(VersionRecord, Option<String>), CatalogError> {
+        let (name, which) = split_ref(text)?;
+        self.require_dataset(&name).await?;
+        if let Some(v) = self.version(&name, &which).await? {
+            return Ok((v, None));
+        }
+        match self.version_alias(&name, &which).await? {
+            Some(a) => match self.version(&name, &a.version).await? {
+                Some(v) => Ok((v, Some(which))),
+                None => Err(CatalogError::NoSuchVersion {
+                    name: format!("{name}/{} (alias {which})", a.version),
+                    store: self.ds.url.clone(),
+                }),
+            },
+            None => Err(CatalogError::NoSuchVersion { name: format!("{name}/{which}"), store: self.ds.url.clone() }),
+        }
+    }
+
+    /// Stores a new version (create-only: a version never changes once made).
+    pub async fn put_version(&self, rec: &VersionRecord) -> Result<(), CatalogError> {
+        check_name(&rec.version, "a version")?;
+        self.require_dataset(&rec.dataset).await?;
+        if self.version_alias(&rec.dataset, &rec.version).await?.is_some() {
+            return Err(CatalogError::BadName {
+                name: rec.version.clone(),
+                reason: format!("dataset {} has an alias of that name", rec.dataset),
+            });
+        }
+        let key = self.ds.record_key(&version_rel(&rec.dataset, &rec.version));
+        match self.put(&key, rec, PutMode::Create).await {
+            Ok(()) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                Err(self.version_exists(&rec.dataset, &rec.version).await)
+            }
+            Err(e) => Err(self.store_err(&key, e).into()),
+        }
+    }
+
+    async fn version_exists(&self, name: &str, version: &str) -> CatalogError {
+        let by = match self.version(name, version).await {
+            Ok(Some(v)) => match v.execution {
+                Some(e) => format!(" (made by execution {e} at {})", v.created_at),
+                None => format!(" (made at {} on {})", v.created_at, v.host),
+            },
+            _ => String::new(),
+        };
+        CatalogError::Exists {
+            what: format!("dataset version {name}/{version}{by}; versions never change, make a new one"),
+            store: self.ds.url.clone(),
+        }
+    }
+
+    /// Adds `files` to the version an execution's sync makes: created if new; extended if this
+    /// execution made it (a later sync of the same job); refused if another one did.
+    pub async fn publish_version(
+        &self,
+        name: &str,
+        version: &str,
+        execution: &str,
+        files: Vec<VersionFile>,
+    ) -> Result<VersionRecord, CatalogError> {
+        check_name(version, "a version")?;
+        self.create_dataset(name, Some(execution), true).await?;
+        let rel = version_rel(name, version);
+        let mut refused = None;
+        let rec = self
+            .update(&rel, |old: Option<VersionRecord>| {
+                let mut rec = match old {
+                    Some(old) if old.execution.as_deref() == Some(execution) => old,
+                    Some(old) => {
+                        refused = Some(old.execution.unwrap_or_else(|| format!("a command on {}", old.host)));
+                        return Err(CatalogError::Exists {
+                            what: format!("dataset version {name}/{version}"),
+                            store: self.ds.url.clone(),
+                        });
+                    }
+                    None => VersionRecord {
+                        dataset: name.to_string(),
+                        version: version.to_string(),
+                        created_at: now(),
+                        host: hostname(),
+                        execution: Some(execution.to_string()),
+                        from: None,
+                        files: Vec::new(),
+                    },
+                };
+                for f in &files {
+                    rec.files.retain(|x| x.path != f.path);
+                    rec.files.push(f.clone());
+                }
+                rec.files.sort_by(|a, b| a.path.cmp(&b.path));
+                Ok(rec)
+            })
+            .await;
+        match (rec, refused) {
+            (Ok(rec), _) => Ok(rec),
+            (Err(_), Some(other)) => Err(CatalogError::Exists {
+                what: format!(
+                    "dataset version {name}/{version} (made by {other}); several executions may not write one \
+                     version: name a new one"
+                ),
+                store: self.ds.url.clone(),
+            }),
+            (Err(e), None) => Err(e),
+        }
+    }
+
+    /// Points `alias` of dataset `name` at `version` (compare-and-swap, history kept).
+    pub async fn set_version_alias(
+        &self,
+        name: &str,
+        alias: &str,
+        version: &str,
+    ) -> Result<VersionAliasRecord, CatalogError> {
+        check_name(alias, "an alias")?;
+        self.require_dataset(name).await?;
+        if self.version(name, alias).await?.is_some() {
+            return Err(CatalogError::BadName {
+                name: alias.to_string(),
+                reason: format!("dataset {name} has a version of that name"),
+            });
+        }
+        if self.version(name, version).await?.is_none() {
+            return Err(CatalogError::NoSuchVersion { name: format!("{name}/{version}"), store: self.ds.url.clone() });
+        }
+        let mv = VersionAliasMove { version: version.to_string(), set_at: now(), host: hostname() };
+        self.update(&alias_rel(name, alias), |old: Option<VersionAliasRecord>| {
+            let mut rec = old.unwrap_or_else(|| VersionAliasRecord {
+                dataset: name.to_string(),
+                alias: alias.to_string(),
+                version: version.to_string(),
+                history: Vec::new(),
+            });
+            rec.version = version.to_string();
+            rec.history.push(mv.clone());
+            Ok(rec)
+        })
+        .await
+    }
+
+    /// The tombstone of a purged datum, if it was purged.
+    pub async fn tombstone(&self, id: &str) -> Result<Option<Tombstone>, CatalogError> {
+        Ok(self.read(&self.ds.record_key(&tombstone_rel(id))).await?.map(|(t, _)| t))
+    }
+
+    /// Every tombstone, by datum id (purges are rare: one listing).
+    pub async fn tombstones(&self) -> Result<HashMap<String, Tombstone>, CatalogError> {
+        let prefix = self.ds.record_key("purged");
+        let metas: Vec<_> =
+            self.ds.handle.inner.list(Some(&prefix)).try_collect().await.map_err(|e| self.store_err(&prefix, e))?;
+        let mut out = HashMap::new();
+        for m in metas {
+            if let Some((t, _)) = self.read::<Tombstone>(&m.location).await? {
+                out.insert(t.datum.clone(), t);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a datum's bytes and leaves a tombstone (written first, so that nothing ever
+    /// finds the bytes gone without the reason). Purging again retries the deletion.
+    pub async fn purge(&self, id: &str, reason: Option<&str>) -> Result<Tombstone, CatalogError> {
+        let rec = self.datum(id).await?;
+        let tomb = match self.tombstone(id).await? {
+            Some(t) => t,
+            None => {
+                let t = Tombstone {
+                    datum: rec.id.clone(),
+                    purged_at: now(),
+                    user: user_name(),
+                    host: hostname(),
+                    reason: reason.map(str::to_string),
+                    object_uri: rec.object_uri.clone(),
+                };
+                let key = self.ds.record_key(&tombstone_rel(id));
+                match self.put(&key, &t, PutMode::Create).await {
+                    Ok(()) => t,
+                    Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                        self.tombstone(id).await?.unwrap_or(t)
+                    }
+                    Err(e) => return Err(self.store_err(&key, e).into()),
+                }
+            }
+        };
+        let key = object_store::path::Path::from(rec.key.as_str());
+        match self.ds.handle.inner.delete(&key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(tomb),
+            Err(e) => Err(self.store_err(&key, e).into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refs() {
+        assert_eq!(split_ref("dataset://imgs/v1").unwrap(), ("imgs".into(), "v1".into()));
+        assert_eq!(split_ref("imgs/production").unwrap(), ("imgs".into(), "production".into()));
+        assert!(split_ref("imgs").is_err());
+        assert!(split_ref("imgs/a/b").is_err());
+        assert!(split_ref("../x/v1").is_err());
+    }
+}
