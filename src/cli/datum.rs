@@ -375,6 +375,9 @@ pub(super) fn files_of(path: &std::path::Path) -> Result<Vec<(String, PathBuf)>>
     Ok(files.into_iter().map(|(rel, _)| (rel.clone(), path.join(rel))).collect())
 }
 
+/// Each pushed file's relative path and outcome.
+pub(super) type Pushed = Vec<(String, Result<DatumRecord, String>)>;
+
 /// Pushes local files as datums of a new `push-...` execution (recorded with them), with a
 /// progress bar on a terminal. Returns the execution id and each file's outcome.
 pub(super) fn push_files(
@@ -382,7 +385,7 @@ pub(super) fn push_files(
     catalog: &Catalog,
     files: Vec<(String, PathBuf)>,
     meta: DatumMeta,
-) -> Result<(String, Vec<(String, Result<DatumRecord, String>)>)> {
+) -> Result<(String, Pushed)> {
     let execution = format!("push-{}", catalog::new_id().to_ascii_lowercase());
     let syncer = Syncer { catalog: catalog.clone(), execution: execution.clone() };
     let progress = Arc::new(Progress::default());
