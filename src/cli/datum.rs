@@ -439,7 +439,7 @@ pub fn run_push(args: PushArgs) -> Result<i32> {
     if args.alias.is_some() && files.len() != 1 {
         bail!("--alias names one datum, but {} files were given", files.len());
     }
-    let meta = DatumMeta { tags: args.tags.clone(), alias: args.alias.clone(), properties: Default::default() };
+    let meta = DatumMeta { tags: args.tags.clone(), alias: args.alias.clone(), ..Default::default() };
     let rt = runtime()?;
     let (execution, results) = push_files(&rt, &catalog, files, meta)?;
     let ok: Vec<&DatumRecord> = results.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();

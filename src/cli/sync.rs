@@ -65,12 +65,19 @@ pub(super) fn sync_mount(mp: &Path, json: bool) -> Result<(SyncReport, bool)> {
         for (alias, datum) in &report.aliases {
             println!("alias {alias} -> {datum}");
         }
+        for v in &report.versions {
+            println!("dataset version {v}");
+        }
     }
     for s in &report.skipped {
         eprintln!("datumfs: skipped outputs/{}: {}", s.path, s.error);
     }
     for f in &report.failed {
-        eprintln!("datumfs: outputs/{}: {}", f.path, f.error);
+        if f.path.starts_with("dataset://") {
+            eprintln!("datumfs: {}: {}", f.path, f.error);
+        } else {
+            eprintln!("datumfs: outputs/{}: {}", f.path, f.error);
+        }
     }
     if !resp.ok {
         eprintln!("datumfs: sync incomplete: {}", resp.error.unwrap_or_default());

@@ -17,6 +17,9 @@ pub struct DatumMeta {
     pub tags: Vec<String>,
     /// `valohai.alias`.
     pub alias: Option<String>,
+    /// `valohai.dataset-versions`: the dataset versions (`dataset://NAME/VERSION`) the datum
+    /// joins when the execution's sync completes (also kept in the properties).
+    pub dataset_versions: Vec<String>,
     /// Every other key.
     pub properties: Map<String, Value>,
 }
@@ -89,12 +92,40 @@ pub fn interpret(rel: &str, raw: Map<String, Value>) -> Result<DatumMeta, String
                 crate::catalog::check_alias(a).map_err(|e| format!("outputs/{rel}: valohai.alias {e}"))?;
                 meta.alias = Some(a.to_string());
             }
+            "valohai.dataset-versions" => {
+                meta.dataset_versions = dataset_versions(rel, &v)?;
+                meta.properties.insert(k, v);
+            }
             _ => {
                 meta.properties.insert(k, v);
             }
         }
     }
     Ok(meta)
+}
+
+/// `valohai.dataset-versions`: a list of `dataset://NAME/VERSION` strings, or of objects with
+/// such a `uri` (Valohai's longer form).
+pub fn dataset_versions(rel: &str, v: &Value) -> Result<Vec<String>, String> {
+    let bad = || format!("outputs/{rel}: valohai.dataset-versions must be a list of \"dataset://NAME/VERSION\"");
+    let mut out = Vec::new();
+    for item in v.as_array().ok_or_else(bad)? {
+        let uri = match item {
+            Value::String(s) => s.as_str(),
+            Value::Object(o) => o.get("uri").and_then(Value::as_str).ok_or_else(bad)?,
+            _ => return Err(bad()),
+        };
+        if !uri.starts_with("dataset://") {
+            return Err(bad());
+        }
+        let (name, version) =
+            crate::catalog::datasets::split_ref(uri).map_err(|e| format!("outputs/{rel}: valohai.dataset-versions: {e}"))?;
+        let canonical = format!("dataset://{name}/{version}");
+        if !out.contains(&canonical) {
+            out.push(canonical);
+        }
+    }
+    Ok(out)
 }
 
 /// The metadata of `rel`: its jsonl entries, overridden key by key by its sidecar.
@@ -126,6 +157,15 @@ mod tests {
         assert_eq!(m.alias.as_deref(), Some("best"));
         assert_eq!(m.properties["lr"], 2);
         assert_eq!(m.properties["x"], "y");
+        let v = interpret(
+            "a.bin",
+            serde_json::from_str(r#"{"valohai.dataset-versions": ["dataset://imgs/v1", {"uri": "dataset://imgs/v2"}]}"#)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v.dataset_versions, ["dataset://imgs/v1", "dataset://imgs/v2"]);
+        let e = interpret("a.bin", serde_json::from_str(r#"{"valohai.dataset-versions": ["imgs/v1"]}"#).unwrap());
+        assert!(e.unwrap_err().contains("outputs/a.bin"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use futures::StreamExt;
 use metadata::DatumMeta;
 use object_store::path::Path as KeyPath;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -74,6 +75,12 @@ pub struct SyncedFile {
     pub sha256: String,
     /// Whether this sync created it (false: it was already synced).
     pub new: bool,
+    /// The dataset versions its metadata puts it in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dataset_versions: Vec<String>,
+    /// Its checksums, when this sync made it.
+    #[serde(skip)]
+    pub checksums: Option<Checksums>,
 }
 
 /// A file that could not be synced.
@@ -98,6 +105,9 @@ pub struct SyncReport {
     pub skipped: Vec<FailedFile>,
     /// Aliases moved.
     pub aliases: Vec<(String, String)>,
+    /// Dataset versions made or extended (`dataset://NAME/VERSION`), once every file synced.
+    #[serde(default)]
+    pub versions: Vec<String>,
 }
 
 /// Unsynced outputs, for the unmount guard and `status`.
@@ -298,6 +308,17 @@ impl Syncer {
             let stamp = FileStamp::of(&meta);
             let planned = match state.get(&rel) {
                 Some(PathState::Synced { stamp: s, datum, key, sha256 }) if s == stamp => {
+                    let versions = match &jsonl {
+                        Ok(j) => metadata::for_file(root, &rel, j).map(|m| m.dataset_versions),
+                        Err(e) => Err(e.clone()),
+                    };
+                    let dataset_versions = match versions {
+                        Ok(v) => v,
+                        Err(error) => {
+                            report.failed.push(FailedFile { path: rel, error });
+                            continue;
+                        }
+                    };
                     report.datums.push(SyncedFile {
                         path: rel,
                         datum: format!("datum://{datum}"),
@@ -305,6 +326,8 @@ impl Syncer {
                         size: stamp.size,
                         sha256,
                         new: false,
+                        dataset_versions,
+                        checksums: None,
                     });
                     continue;
                 }
@@ -390,13 +413,20 @@ impl Syncer {
                     if let Some(a) = &rec.alias {
                         report.aliases.push((a.clone(), rec.uri.clone()));
                     }
+                    let dataset_versions = rec
+                        .properties
+                        .get("valohai.dataset-versions")
+                        .and_then(|v| metadata::dataset_versions(&rel, v).ok())
+                        .unwrap_or_default();
                     report.datums.push(SyncedFile {
                         path: rel,
                         datum: rec.uri,
                         object_uri: rec.object_uri,
                         size: rec.size,
-                        sha256: rec.checksums.sha256,
+                        sha256: rec.checksums.sha256.clone(),
                         new: true,
+                        dataset_versions,
+                        checksums: Some(rec.checksums),
                     });
                 }
                 Err(error) => {
@@ -406,8 +436,54 @@ impl Syncer {
             }
         }
         report.datums.sort_by(|a, b| a.path.cmp(&b.path));
+        // Versions are published only by a sync that left nothing behind, so a half-synced job
+        // never publishes half a version.
+        if report.failed.is_empty() {
+            self.publish_versions(&mut report).await;
+        }
         report.failed.sort_by(|a, b| a.path.cmp(&b.path));
         report
+    }
+
+    /// Makes (or extends, for this execution) the dataset versions the synced files name.
+    async fn publish_versions(&self, report: &mut SyncReport) {
+        let mut wanted: BTreeMap<String, Vec<&SyncedFile>> = BTreeMap::new();
+        for d in &report.datums {
+            for v in &d.dataset_versions {
+                wanted.entry(v.clone()).or_default().push(d);
+            }
+        }
+        let mut failed = Vec::new();
+        for (uri, synced) in wanted {
+            let res = async {
+                let (name, version) = catalog::datasets::split_ref(&uri).map_err(|e| e.to_string())?;
+                let mut files = Vec::with_capacity(synced.len());
+                for d in synced {
+                    let id = catalog::strip_scheme(&d.datum);
+                    let checksums = match &d.checksums {
+                        Some(c) => c.clone(),
+                        None => self.catalog.datum(id).await.map_err(|e| e.to_string())?.checksums,
+                    };
+                    files.push(catalog::datasets::VersionFile {
+                        path: d.path.clone(),
+                        datum: id.to_string(),
+                        size: d.size,
+                        checksums,
+                        object_uri: d.object_uri.clone(),
+                    });
+                }
+                self.catalog
+                    .publish_version(&name, &version, &self.execution, files)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            .await;
+            match res {
+                Ok(rec) => report.versions.push(rec.uri()),
+                Err(error) => failed.push(FailedFile { path: uri, error }),
+            }
+        }
+        report.failed.extend(failed);
     }
 
     /// Turns local files (not staged outputs) into datums: `datumfs push`. `files` are

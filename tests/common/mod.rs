@@ -68,8 +68,10 @@ impl S3Server {
         let log = self.log.clone();
         let delay = self.write_delay_ms.clone();
         // s3s-fs checks If-Match / If-None-Match and then writes, so two racing conditional PUTs
-        // can both pass; S3 decides them atomically. One at a time here restores that.
-        let conditional_puts = Arc::new(tokio::sync::Mutex::new(()));
+        // can both pass; S3 decides them atomically. One at a time here restores that. A GET
+        // racing a write can also pair the old bytes with the new ETag (it opens the file, then
+        // reads the ETag), so GETs of catalog records wait for conditional PUTs too.
+        let conditional_puts = Arc::new(tokio::sync::RwLock::new(()));
         let addr = self.addr;
         let listener = {
             let _g = self.rt.enter();
@@ -110,13 +112,15 @@ impl S3Server {
                         let slow = wait > 0 && (req.method() == "PUT" || req.method() == "POST");
                         let conditional = req.method() == "PUT"
                             && (req.headers().contains_key("if-match") || req.headers().contains_key("if-none-match"));
+                        let record_read = req.method() == "GET" && req.uri().path().contains("/.datumfs/");
                         let service = service.clone();
                         let conditional_puts = conditional_puts.clone();
                         async move {
                             if slow {
                                 tokio::time::sleep(Duration::from_millis(wait)).await;
                             }
-                            let _one = if conditional { Some(conditional_puts.lock().await) } else { None };
+                            let _one = if conditional { Some(conditional_puts.write().await) } else { None };
+                            let _read = if record_read { Some(conditional_puts.read().await) } else { None };
                             hyper::service::Service::call(&service, req).await
                         }
                     });
