@@ -9,7 +9,8 @@
 # flags: --host --port --access-key --secret-key ROOT), or the patched s3s-fs that
 # ../shared/s3-bed/install.sh builds when that folder is present. Sizes: BENCH_BIG_MIB (2048),
 # BENCH_SMALL_COUNT (10000), BENCH_LS_COUNT (100000), BENCH_SYNC_MIB (1024), BENCH_SYNC_COUNT (1000);
-# BENCH_PARTS picks workloads (default "read small ls sync").
+# BENCH_MULTI_MIB (256, per mount), BENCH_DATASET_COUNT (100000);
+# BENCH_PARTS picks workloads (default "read small ls sync multi dataset").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 json=0; [[ ${1:-} == --json ]] && json=1
@@ -20,7 +21,9 @@ SMALL_COUNT=${BENCH_SMALL_COUNT:-10000}
 LS_COUNT=${BENCH_LS_COUNT:-100000}
 SYNC_MIB=${BENCH_SYNC_MIB:-1024}
 SYNC_COUNT=${BENCH_SYNC_COUNT:-1000}
-PARTS=" ${BENCH_PARTS:-read small ls sync} "  # which workloads to run
+MULTI_MIB=${BENCH_MULTI_MIB:-256}
+DATASET_COUNT=${BENCH_DATASET_COUNT:-100000}
+PARTS=" ${BENCH_PARTS:-read small ls sync multi dataset} "  # which workloads to run
 want() { [[ $PARTS == *" $1 "* ]]; }
 
 server=${S3_SERVER_BIN:-}
@@ -157,6 +160,67 @@ cp -r "$T/out/." "$MNT/outputs/"
 "$bin" sync "$MNT" --json >"$T/sync.json"
 t1=$(now)
 record "write + sync ${SYNC_MIB} MiB + $SYNC_COUNT files" "$(secs "$t0" "$t1")" "$direct"
+unmount_it
+
+fi
+
+if want multi; then
+# 5. One daemon, several mounts: four mounts on one cache dir each read their own object at
+#    once, vs one mount reading one; peak RSS of the one daemon for each, and the time of the
+#    four reads vs direct GETs of the four objects (4 readers).
+say "uploading 4 x ${MULTI_MIB} MiB objects"
+for i in 0 1 2 3; do
+    head -c $((MULTI_MIB << 20)) /dev/urandom >"$T/src/m$i.bin"
+    "$s3bench" put-file "$T/src/m$i.bin" "s3://bench/multi/m$i.bin" >/dev/null
+    rm -f "$T/src/m$i.bin"
+done
+sync
+mount_at one "$T/cache-one" --input m=s3://bench/multi/m0.bin
+cat "$MNT/inputs/m/m0.bin" >/dev/null
+one_rss=$(rss_of "$PID"); unmount_it
+direct=$("$s3bench" get-many s3://bench/multi/ 4 | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])')
+pts=()
+for i in 0 1 2 3; do mount_at "multi$i" "$T/cache-multi" --input "m=s3://bench/multi/m$i.bin"; pts+=("$MNT"); done
+daemons=$(for m in "${pts[@]}"; do "$bin" status "$m" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])'; done | sort -u | wc -l)
+t0=$(now)
+for i in 0 1 2 3; do cat "${pts[$i]}/inputs/m/m$i.bin" >/dev/null & done
+wait
+t1=$(now)
+record "4 mounts x ${MULTI_MIB} MiB cold, 1 daemon" "$(secs "$t0" "$t1")" "$direct"
+four_rss=$(rss_of "$PID")
+for m in "${pts[@]}"; do MNT=$m; unmount_it; done
+say "$(printf '%-34s %8d MiB with 1 mount, %d MiB with 4 mounts (%d daemon process)' "peak RSS, one daemon" $((one_rss / 1024)) $((four_rss / 1024)) "$daemons")"
+
+fi
+
+if want dataset; then
+# 6. A dataset version of many files: resolution (mount) time vs reading its manifest with
+#    python, and ls -lR through the mount vs ls -lR of the same tree on local disk.
+say "making a $DATASET_COUNT-file dataset version"
+for i in 0 1 2 3; do head -c $((1000 + i)) /dev/urandom >"$T/src/p$i"; done
+ids=$("$bin" push "$T/src/p0" "$T/src/p1" "$T/src/p2" "$T/src/p3" --json | python3 -c 'import json,sys; print(" ".join(d["datum"] for d in json.load(sys.stdin)["datums"]))')
+"$bin" dataset create bench >/dev/null
+python3 - "$DATUMFS_HOME/store" "$DATASET_COUNT" "$T/dstree" $ids <<'PY'
+import json, os, sys
+store, n, tree, ids = sys.argv[1], int(sys.argv[2]), sys.argv[3], [i.removeprefix("datum://") for i in sys.argv[4:]]
+recs = [json.load(open(f"{store}/.datumfs/datums/{i}.json")) for i in ids]
+files = []
+for i in range(n):
+    r = recs[i % 4]; path = f"shard-{i // 1000:04d}/item-{i:07d}.bin"
+    files.append({"path": path, "datum": r["id"], "size": r["size"], "checksums": r["checksums"], "object_uri": r["object_uri"]})
+    os.makedirs(os.path.join(tree, os.path.dirname(path)), exist_ok=True)
+    open(os.path.join(tree, path), "wb").close()
+d = f"{store}/.datumfs/datasets/bench/versions"; os.makedirs(d, exist_ok=True)
+json.dump({"dataset": "bench", "version": "v1", "created_at": "2026-11-01T00:00:00Z", "host": "bench", "files": files}, open(f"{d}/v1.json", "w"))
+PY
+sync
+manifest="$DATUMFS_HOME/store/.datumfs/datasets/bench/versions/v1.json"
+l0=$(now); python3 -c "import json,sys; json.load(open(sys.argv[1]))" "$manifest"; l1=$(now)
+t0=$(now); mount_at dataset "$T/cache-dataset" --input "d=dataset://bench/v1"; t1=$(now)
+record "resolve+mount $DATASET_COUNT-file version" "$(secs "$t0" "$t1")" "$(secs "$l0" "$l1")"
+l0=$(now); ls -lR "$T/dstree" >/dev/null; l1=$(now); local_ls=$(secs "$l0" "$l1")
+t0=$(now); ls -lR "$MNT/inputs/d" >/dev/null; t1=$(now)
+record "ls -lR $DATASET_COUNT-file version" "$(secs "$t0" "$t1")" "$local_ls"
 unmount_it
 
 fi

@@ -168,15 +168,12 @@ fn versions_from_the_command_line_aliases_and_pinning() {
     assert_eq!(moves, ["v1", "v2"]);
 
     // The execution record names the version it read (not the alias).
-    let exec = json(&m1.run(&["status", "--json", m1.mnt.to_str().unwrap()]))["execution"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let exec =
+        json(&m1.run(&["status", "--json", m1.mnt.to_str().unwrap()]))["execution"]["id"].as_str().unwrap().to_string();
     m1.unmount();
-    let rec: Value = serde_json::from_slice(
-        &fs::read(c.home().join(format!("store/.datumfs/executions/{exec}.json"))).unwrap(),
-    )
-    .unwrap();
+    let rec: Value =
+        serde_json::from_slice(&fs::read(c.home().join(format!("store/.datumfs/executions/{exec}.json"))).unwrap())
+            .unwrap();
     assert_eq!(rec["inputs"][0]["datasets"][0], "dataset://imgs/v1", "{rec}");
     assert_eq!(rec["inputs"][0]["datums"].as_array().map(Vec::len), Some(0));
 }
@@ -341,7 +338,9 @@ fn racing_version_creations_and_alias_moves_lose_nothing() {
     assert_eq!(ds["versions"].as_array().unwrap().len(), 6, "{ds}");
     // (the loop above ran them one after another; now really at once)
     let racers: Vec<_> = (0..6)
-        .map(|i| spawn(vec!["dataset".into(), "alias".into(), "set".into(), "race".into(), "hot".into(), format!("v{i}")]))
+        .map(|i| {
+            spawn(vec!["dataset".into(), "alias".into(), "set".into(), "race".into(), "hot".into(), format!("v{i}")])
+        })
         .collect();
     for r in racers {
         let out = r.wait_with_output().unwrap();
@@ -349,7 +348,8 @@ fn racing_version_creations_and_alias_moves_lose_nothing() {
     }
     let ds = json(&c.run(&["dataset", "show", "race", "--json", "--store", &store]));
     let hot = ds["aliases"].as_array().unwrap().iter().find(|a| a["alias"] == "hot").unwrap();
-    let mut moved: Vec<&str> = hot["history"].as_array().unwrap().iter().map(|h| h["version"].as_str().unwrap()).collect();
+    let mut moved: Vec<&str> =
+        hot["history"].as_array().unwrap().iter().map(|h| h["version"].as_str().unwrap()).collect();
     assert_eq!(hot["version"], *moved.last().unwrap(), "the alias points at its last move");
     moved.sort();
     assert_eq!(moved, ["v0", "v1", "v2", "v3", "v4", "v5"], "a move was lost");
@@ -368,7 +368,12 @@ fn racing_version_creations_and_alias_moves_lose_nothing() {
         .map(|p| p.wait_with_output().unwrap())
         .collect();
     let wins = both.iter().filter(|o| o.status.success()).count();
-    assert_eq!(wins, 1, "{:?}", both.iter().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).collect::<Vec<_>>());
+    assert_eq!(
+        wins,
+        1,
+        "{:?}",
+        both.iter().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).collect::<Vec<_>>()
+    );
     let loser = both.iter().find(|o| !o.status.success()).unwrap();
     assert!(String::from_utf8_lossy(&loser.stderr).contains("already exists"));
 }
@@ -416,10 +421,7 @@ fn a_hundred_thousand_file_version_mounts_and_lists_without_listing_the_store() 
     let c = Catalog::new(&[]);
     let payloads: Vec<Vec<u8>> = (0..4).map(|i| bytes(40 + i, 1000 + i as usize)).collect();
     let ids = c.push(&[("p0", &payloads[0]), ("p1", &payloads[1]), ("p2", &payloads[2]), ("p3", &payloads[3])]);
-    let records: Vec<Value> = ids
-        .iter()
-        .map(|id| json(&c.run(&["datum", "show", id, "--json"])))
-        .collect();
+    let records: Vec<Value> = ids.iter().map(|id| json(&c.run(&["datum", "show", id, "--json"]))).collect();
     json(&c.run(&["dataset", "create", "huge", "--json"]));
     // A version's manifest is one record: write one of 100,000 files (four datums under many
     // paths) in the documented layout, as a bulk import would.

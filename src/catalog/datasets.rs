@@ -450,6 +450,74 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::data::DataStore;
+    use crate::store::StoreHandle;
+    use object_store::memory::InMemory;
+    use std::sync::Arc;
+
+    fn catalog() -> Catalog {
+        Catalog::new(DataStore {
+            handle: Arc::new(StoreHandle::new("mem://c", Arc::new(InMemory::new()))),
+            prefix: String::new(),
+            url: "mem://c".into(),
+            local_dir: None,
+        })
+    }
+
+    fn file(path: &str, datum: &str) -> VersionFile {
+        let sums = Checksums { md5: "m".into(), sha1: "s".into(), sha256: "h".into() };
+        VersionFile { path: path.into(), datum: datum.into(), size: 1, checksums: sums, object_uri: "mem://x".into() }
+    }
+
+    fn version(name: &str, v: &str, files: Vec<VersionFile>) -> VersionRecord {
+        VersionRecord {
+            dataset: name.into(),
+            version: v.into(),
+            created_at: now(),
+            host: hostname(),
+            execution: None,
+            from: None,
+            files,
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_creations_and_moves_lose_nothing() {
+        let c = catalog();
+        c.create_dataset("d", None, false).await.unwrap();
+        let jobs = (0..12).map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                c.put_version(&version("d", &format!("v{i}"), vec![file("a", "D")])).await.unwrap();
+                c.set_version_alias("d", "latest", &format!("v{i}")).await.unwrap();
+            })
+        });
+        for j in futures::future::join_all(jobs).await {
+            j.unwrap();
+        }
+        let a = c.version_alias("d", "latest").await.unwrap().unwrap();
+        assert_eq!(a.history.len(), 12);
+        assert_eq!(a.history.last().unwrap().version, a.version);
+        assert_eq!(c.versions("d").await.unwrap().len(), 12);
+        // One version name, two creators: one wins.
+        let (one, two) = (version("d", "same", vec![file("a", "D1")]), version("d", "same", vec![file("a", "D2")]));
+        let (x, y) = tokio::join!(c.put_version(&one), c.put_version(&two));
+        assert!(x.is_ok() != y.is_ok(), "{x:?} {y:?}");
+    }
+
+    #[tokio::test]
+    async fn an_execution_extends_its_own_version_only() {
+        let c = catalog();
+        c.publish_version("d", "v1", "exec-a", vec![file("a", "D1")]).await.unwrap();
+        let v = c.publish_version("d", "v1", "exec-a", vec![file("b", "D2")]).await.unwrap();
+        assert_eq!(v.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        let e = c.publish_version("d", "v1", "exec-b", vec![file("c", "D3")]).await.unwrap_err().to_string();
+        assert!(e.contains("exec-a") && e.contains("d/v1"), "{e}");
+        let (v, alias) = c.resolve_version("dataset://d/v1").await.unwrap();
+        assert_eq!((v.files.len(), alias), (2, None));
+        assert!(matches!(c.resolve_version("d/v9").await, Err(CatalogError::NoSuchVersion { .. })));
+        assert!(matches!(c.resolve_version("nope/v1").await, Err(CatalogError::NoSuchDataset { .. })));
+    }
 
     #[test]
     fn refs() {

@@ -118,8 +118,8 @@ pub fn dataset_versions(rel: &str, v: &Value) -> Result<Vec<String>, String> {
         if !uri.starts_with("dataset://") {
             return Err(bad());
         }
-        let (name, version) =
-            crate::catalog::datasets::split_ref(uri).map_err(|e| format!("outputs/{rel}: valohai.dataset-versions: {e}"))?;
+        let (name, version) = crate::catalog::datasets::split_ref(uri)
+            .map_err(|e| format!("outputs/{rel}: valohai.dataset-versions: {e}"))?;
         let canonical = format!("dataset://{name}/{version}");
         if !out.contains(&canonical) {
             out.push(canonical);
@@ -159,8 +159,10 @@ mod tests {
         assert_eq!(m.properties["x"], "y");
         let v = interpret(
             "a.bin",
-            serde_json::from_str(r#"{"valohai.dataset-versions": ["dataset://imgs/v1", {"uri": "dataset://imgs/v2"}]}"#)
-                .unwrap(),
+            serde_json::from_str(
+                r#"{"valohai.dataset-versions": ["dataset://imgs/v1", {"uri": "dataset://imgs/v2"}]}"#,
+            )
+            .unwrap(),
         )
         .unwrap();
         assert_eq!(v.dataset_versions, ["dataset://imgs/v1", "dataset://imgs/v2"]);

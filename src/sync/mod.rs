@@ -472,10 +472,7 @@ impl Syncer {
                         object_uri: d.object_uri.clone(),
                     });
                 }
-                self.catalog
-                    .publish_version(&name, &version, &self.execution, files)
-                    .await
-                    .map_err(|e| e.to_string())
+                self.catalog.publish_version(&name, &version, &self.execution, files).await.map_err(|e| e.to_string())
             }
             .await;
             match res {
