@@ -459,3 +459,54 @@ fn sigterm_unmounts_every_mount_of_the_daemon() {
     }
     assert!(!is_mounted(&first.mnt) && !is_mounted(&second.mnt), "SIGTERM left a mount behind");
 }
+
+#[test]
+fn warm_uri_fills_the_cache_with_or_without_a_daemon() {
+    if !fuse_available() {
+        return;
+    }
+    let s3 = S3Server::start();
+    let files: Vec<Vec<u8>> = (0..5).map(|i| bytes(700 + i, 900_000 + i as usize)).collect();
+    for (i, data) in files.iter().enumerate() {
+        s3.put("warmu", &format!("set/a/f{i}.bin"), data);
+        s3.put("warmu", &format!("other/f{i}.bin"), data);
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let home = scratch.path().join("home");
+    let cache = scratch.path().join("cache");
+    let warm = |home: &Path, uri: &str| {
+        let out = command(home, &s3.env())
+            .args(["warm", uri, "--json", "--cache-dir", cache.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "warm {uri}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    // No daemon: the command opens the cache itself.
+    let report = warm(&home, "s3://warmu/set/");
+    assert_eq!(report["files"], 5);
+    assert_eq!(report["bytes"], files.iter().map(|f| f.len()).sum::<usize>());
+    s3.clear_log();
+    let dir = tempfile::tempdir().unwrap();
+    let m = TestMount::with_cache(dir, cache.clone(), &["--input", "d=s3://warmu/set/"], &s3.env());
+    for (i, data) in files.iter().enumerate() {
+        assert_eq!(&fs::read(m.path(&format!("inputs/d/a/f{i}.bin"))).unwrap(), data);
+    }
+    assert_eq!(fetched_bytes(&s3), 0, "a warmed URI was downloaded again");
+    // With a daemon holding the cache: the warm goes through it (same environment needed).
+    let report = warm(&m.home, "s3://warmu/other/f3.bin");
+    assert_eq!(report["files"], 1);
+    let (second, out) =
+        JoinedMount::new(m.dir.path(), "mnt2", &cache, &["--input", "o=s3://warmu/other/f3.bin"], &s3.env());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    s3.clear_log();
+    assert_eq!(fs::read(second.path("inputs/o/f3.bin")).unwrap(), files[3]);
+    assert_eq!(fetched_bytes(&s3), 0);
+    // A bad URI is named.
+    let out = command(&home, &s3.env())
+        .args(["warm", "s3://warmu/nothing-here/", "--cache-dir", cache.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing-here"));
+}

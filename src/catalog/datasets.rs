@@ -450,18 +450,9 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::data::DataStore;
-    use crate::store::StoreHandle;
-    use object_store::memory::InMemory;
-    use std::sync::Arc;
 
     fn catalog() -> Catalog {
-        Catalog::new(DataStore {
-            handle: Arc::new(StoreHandle::new("mem://c", Arc::new(InMemory::new()))),
-            prefix: String::new(),
-            url: "mem://c".into(),
-            local_dir: None,
-        })
+        Catalog::in_memory()
     }
 
     fn file(path: &str, datum: &str) -> VersionFile {

@@ -163,6 +163,19 @@ impl Catalog {
         Self { ds }
     }
 
+    /// A catalog in memory, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn in_memory() -> Self {
+        use crate::store::StoreHandle;
+        let handle = StoreHandle::new("mem://c", std::sync::Arc::new(object_store::memory::InMemory::new()));
+        Self::new(DataStore {
+            handle: std::sync::Arc::new(handle),
+            prefix: String::new(),
+            url: "mem://c".into(),
+            local_dir: None,
+        })
+    }
+
     /// The data store.
     pub fn store(&self) -> &DataStore {
         &self.ds
@@ -389,17 +402,9 @@ async fn lock_local(dir: &std::path::Path, rel: &str) -> std::io::Result<nix::fc
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoreHandle;
-    use object_store::memory::InMemory;
-    use std::sync::Arc;
 
     fn catalog() -> Catalog {
-        Catalog::new(DataStore {
-            handle: Arc::new(StoreHandle::new("mem://c", Arc::new(InMemory::new()))),
-            prefix: String::new(),
-            url: "mem://c".into(),
-            local_dir: None,
-        })
+        Catalog::in_memory()
     }
 
     #[test]

@@ -82,6 +82,17 @@ pub enum Request {
         /// A path relative to the mountpoint, under `inputs/`.
         path: String,
     },
+    /// Fetch whole every object a URI names into the cache, without a mount.
+    WarmUri {
+        /// The URI, as `--input` takes it.
+        uri: String,
+        /// The data store (for `datum://` and `dataset://` URIs).
+        store: String,
+        /// The client's working directory (for relative local paths).
+        cwd: PathBuf,
+        /// Fingerprint of the client's store environment (see `Mount`).
+        environment: String,
+    },
     /// Unmount a mount (the daemon exits after its last one).
     Unmount {
         /// The mount.

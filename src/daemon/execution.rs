@@ -258,7 +258,7 @@ pub async fn cache_op(cache: Arc<Cache>, evict_after: std::time::Duration, op: C
 }
 
 /// Sends progress snapshots every quarter second until aborted.
-fn ticker(
+pub(super) fn ticker(
     counters: Arc<Progress>,
     progress: tokio::sync::mpsc::UnboundedSender<ProgressSnapshot>,
 ) -> tokio::task::JoinHandle<()> {

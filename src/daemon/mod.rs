@@ -111,19 +111,24 @@ pub fn mount(cfg: MountConfig) -> Result<()> {
     }
 }
 
-/// Takes `CACHE_DIR/start.lock`, waiting for another `datumfs mount` that holds it.
-fn start_lock(cache_dir: &Path) -> Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
+/// Opens (creating, private) a lock file.
+fn open_lock_file(path: &Path) -> Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let path = cache_dir.join("start.lock");
-    let file = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("{}", path.display()))?;
+        .open(path)
+        .with_context(|| format!("lock file {}", path.display()))
+}
+
+/// Takes `CACHE_DIR/start.lock`, waiting for another `datumfs mount` that holds it.
+fn start_lock(cache_dir: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = cache_dir.join("start.lock");
+    let file = open_lock_file(&path)?;
     // SAFETY: flock on a descriptor we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
         bail!("locking {}: {}", path.display(), std::io::Error::last_os_error());
@@ -215,16 +220,8 @@ pub fn wait_cache_lock_free(path: &Path, timeout: std::time::Duration) -> bool {
 
 /// Takes the cache dir for this process, or fails naming the process that holds it.
 pub(crate) fn lock_cache_dir(dir: &Path) -> Result<CacheLock> {
-    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join("lock");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cache lock {}", path.display()))?;
+    let file = open_lock_file(&path)?;
     match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(mut lock) => {
             let _ = lock.set_len(0);

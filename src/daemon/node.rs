@@ -330,6 +330,56 @@ impl Node {
         resp
     }
 
+    /// Refuses a request made with other store credentials or endpoints than the daemon's.
+    fn same_environment(&self, environment: &str) -> Result<(), Response> {
+        if environment == self.environment {
+            return Ok(());
+        }
+        Err(Response::failed(
+            format!(
+                "the datumfs daemon of cache dir {} (pid {}) runs with other store credentials or endpoints \
+                 (AWS_*, GOOGLE_*, AZURE_* variables, HOME); use another --cache-dir, or unmount that \
+                 daemon's mounts first",
+                self.cache_dir.display(),
+                std::process::id()
+            ),
+            None,
+        ))
+    }
+
+    async fn warm_uri(
+        &self,
+        uri: &str,
+        store: &str,
+        cwd: &Path,
+        progress: tokio::sync::mpsc::UnboundedSender<ProgressSnapshot>,
+    ) -> Response {
+        let catalog = match DataStore::open(store, &self.registry) {
+            Ok(ds) => Catalog::new(ds),
+            Err(e) => return Response::failed(format!("--store: {e}"), None),
+        };
+        let counters = Arc::new(crate::sync::Progress::default());
+        let ticker = execution::ticker(counters.clone(), progress);
+        let what = crate::fs::WarmUri {
+            uri,
+            cwd,
+            cache: self.cache.clone(),
+            reader: self.reader.clone(),
+            registry: &self.registry,
+            catalog: Some(&catalog),
+        };
+        let res = crate::fs::warm_uri(what, &counters).await;
+        ticker.abort();
+        match res {
+            Ok(r) if r.failed.is_empty() => Response::ok(serde_json::to_value(&r).ok()),
+            Ok(r) => Response::failed(
+                format!("{} file(s) could not be fetched", r.failed.len()),
+                serde_json::to_value(&r).ok(),
+            ),
+            Err(e) => Response::failed(e, None),
+        }
+    }
+
     fn status(&self, served: &Served) -> serde_json::Value {
         let mut status = served.execution.status();
         let mounts: Vec<PathBuf> = self.lock().serving.keys().cloned().collect();
@@ -347,17 +397,8 @@ impl Handler for Node {
     async fn handle(&self, req: Request, progress: tokio::sync::mpsc::UnboundedSender<ProgressSnapshot>) -> Response {
         match req {
             Request::Mount { config, environment } => {
-                if environment != self.environment {
-                    return Response::failed(
-                        format!(
-                            "the datumfs daemon of cache dir {} (pid {}) runs with other store credentials or \
-                             endpoints (AWS_*, GOOGLE_*, AZURE_* variables, HOME); mount with another --cache-dir, \
-                             or unmount that daemon's mounts first",
-                            self.cache_dir.display(),
-                            std::process::id()
-                        ),
-                        None,
-                    );
+                if let Err(resp) = self.same_environment(&environment) {
+                    return resp;
                 }
                 // Mount setup runs apart from the request so that a client that goes away
                 // cannot leave it half done.
@@ -390,6 +431,12 @@ impl Handler for Node {
                 execution::cache_op(self.cache.clone(), self.settings.evict_after, action).await
             }
             Request::Unmount { mountpoint, unsynced } => self.unmount(&mountpoint, unsynced).await,
+            Request::WarmUri { uri, store, cwd, environment } => {
+                if let Err(resp) = self.same_environment(&environment) {
+                    return resp;
+                }
+                self.warm_uri(&uri, &store, &cwd, progress).await
+            }
         }
     }
 }

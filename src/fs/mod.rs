@@ -8,7 +8,7 @@ mod outputs_ops;
 pub mod tree;
 mod warm;
 
-pub use warm::WarmReport;
+pub use warm::{warm_uri, WarmReport, WarmUri};
 
 use crate::cache::{Cache, PinRecord};
 use crate::checksum::Checksums;

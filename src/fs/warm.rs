@@ -94,3 +94,42 @@ impl Fs {
         Ok(report)
     }
 }
+
+/// What to warm by URI, without a mount (`datumfs warm URI`).
+pub struct WarmUri<'a> {
+    /// The URI, as an `--input` takes it.
+    pub uri: &'a str,
+    /// The directory relative local paths are taken from.
+    pub cwd: &'a std::path::Path,
+    /// The cache to fill.
+    pub cache: Arc<crate::cache::Cache>,
+    /// The reader (the daemon's, when one runs: one budget for GETs).
+    pub reader: Arc<crate::reader::Reader>,
+    /// Opens stores.
+    pub registry: &'a crate::store::StoreRegistry,
+    /// The catalog, for `datum://` and `dataset://` URIs.
+    pub catalog: Option<&'a crate::catalog::Catalog>,
+}
+
+/// Fetches every object `uri` names whole into the cache, as a mount of it would read them,
+/// so that a later mount of the same URI reads nothing from the store.
+pub async fn warm_uri(w: WarmUri<'_>, progress: &Progress) -> Result<WarmReport, String> {
+    let spec = crate::inputs::spec::InputSpec {
+        name: "warm".into(),
+        uris: vec![w.uri.to_string()],
+        // The cache is keyed by object, not by path: the layout only has to be clash-free.
+        keep_directories: crate::inputs::spec::KeepDirectories::Full,
+        filename: None,
+        optional: false,
+    };
+    let resolved =
+        crate::inputs::resolve::resolve(&spec, w.registry, w.catalog, w.cwd).await.map_err(|e| e.to_string())?;
+    let settings = super::FsSettings {
+        mountpoint: "/".into(),
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+        control_socket: Default::default(),
+    };
+    let fs = Fs::new(vec![resolved], w.cache, w.reader, None, settings, None);
+    fs.warm("inputs/warm", progress).await.map_err(|e| format!("warm {}: {e}", w.uri))
+}
