@@ -183,8 +183,9 @@ pts=()
 for i in 0 1 2 3; do mount_at "multi$i" "$T/cache-multi" --input "m=s3://bench/multi/m$i.bin"; pts+=("$MNT"); done
 daemons=$(for m in "${pts[@]}"; do "$bin" status "$m" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])'; done | sort -u | wc -l)
 t0=$(now)
-for i in 0 1 2 3; do cat "${pts[$i]}/inputs/m/m$i.bin" >/dev/null & done
-wait
+readers=()
+for i in 0 1 2 3; do cat "${pts[$i]}/inputs/m/m$i.bin" >/dev/null & readers+=($!); done
+wait "${readers[@]}"
 t1=$(now)
 record "4 mounts x ${MULTI_MIB} MiB cold, 1 daemon" "$(secs "$t0" "$t1")" "$direct"
 four_rss=$(rss_of "$PID")

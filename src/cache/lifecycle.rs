@@ -164,15 +164,15 @@ impl CacheShared {
 
     /// Makes room for `need` more bytes under the cap (and above `--cache-min-free`): evicts the
     /// least recently used objects that are not open, with a tenth of slack so that eviction runs
-    /// in batches, not per block. When open files alone hold more, the cache goes over (said
-    /// once).
-    pub(crate) fn make_room(&self, need: u64) {
+    /// in batches, not per block. When open files alone hold more, fails with `Full` (the reader
+    /// then serves that file from the store without caching).
+    pub(crate) fn make_room(&self, need: u64) -> Result<(), CacheError> {
         if !self.short_of_room(need, 0) {
-            return;
+            return Ok(());
         }
         let _one = self.evicting.lock().unwrap_or_else(|e| e.into_inner());
         if !self.short_of_room(need, 0) {
-            return;
+            return Ok(());
         }
         let mut records = self.records();
         records.sort_by_key(|(_, r)| r.last_access);
@@ -199,11 +199,16 @@ impl CacheShared {
                 "cache: evicted {objects} least recently used object(s), {bytes} bytes, to stay under the cap"
             );
         }
-        if self.short_of_room(need, 0) && !self.warned_full.swap(true, Ordering::AcqRel) {
-            tracing::warn!(
-                "cache: open files hold more than --cache-size / --cache-min-free allow; going over until they are closed"
-            );
+        if self.short_of_room(need, 0) {
+            if !self.warned_full.swap(true, Ordering::AcqRel) {
+                tracing::warn!(
+                    "cache: open files hold all that --cache-size / --cache-min-free allow; what does not fit is read \
+                     from the store without caching until they are closed"
+                );
+            }
+            return Err(CacheError::Full);
         }
+        Ok(())
     }
 }
 

@@ -43,6 +43,9 @@ pub enum CacheError {
         /// sled's error.
         error: sled::Error,
     },
+    /// The cap (or the free-space floor) is reached and everything cached is in use.
+    #[error("the cache is full: open files hold all of what --cache-size / --cache-min-free allow")]
+    Full,
     /// A cached block failed its checksum; it has been dropped and must be fetched again.
     #[error("cached block {block} of {uri} failed its checksum and was dropped")]
     Corrupt {

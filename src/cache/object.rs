@@ -235,7 +235,7 @@ impl CachedObject {
         debug_assert_eq!(data.len() as u64, range.end - range.start);
         // Without a cap or floor this is one atomic load; a block written again is counted as new
         // here, which at worst evicts a little early.
-        self.shared.make_room(data.len() as u64);
+        self.shared.make_room(data.len() as u64)?;
         self.file.write_all_at(data, range.start).map_err(|error| CacheError::Io { path: self.path.clone(), error })?;
         // Start writing the block back now, asynchronously: a cache filling at network speed
         // otherwise piles up dirty pages until the kernel throttles every writer.
