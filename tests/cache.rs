@@ -380,9 +380,12 @@ fn a_second_mount_joins_the_daemon_of_its_cache_dir_and_shares_its_downloads() {
     s3.put("shared", "big.bin", &big);
     let mut first = TestMount::new(&["--input", "d=s3://shared/"], &s3.env());
     let daemon = first.pid();
-    let (second, out) =
-        JoinedMount::new(first.dir.path(), "mnt2", &first.cache, &["--input", "d=s3://shared/"], &s3.env());
+    let args = ["--input", "d=s3://shared/", "--cache-size", "1GiB"];
+    let (second, out) = JoinedMount::new(first.dir.path(), "mnt2", &first.cache, &args, &s3.env());
     assert!(out.status.success(), "second mount: {}", String::from_utf8_lossy(&out.stderr));
+    // The cache's settings are the daemon's; a differing flag is reported, not dropped silently.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("--cache-size ignored") && said.contains("no cap"), "{said}");
     let st = second.status();
     assert_eq!(st["daemon"]["pid"], daemon, "the second mount is served by the first mount's daemon: {st}");
     assert_eq!(st["daemon"]["mounts"].as_array().map(Vec::len), Some(2));

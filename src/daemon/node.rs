@@ -69,7 +69,12 @@ impl CacheSettings {
             self.evict_after != asked.evict_after,
             humantime::format_duration(self.evict_after).to_string(),
         );
-        note("--cache-min-free", self.cache_min_free != asked.cache_min_free, format!("{:?}", self.cache_min_free));
+        let floor = match self.cache_min_free {
+            None => "no free-space floor".to_string(),
+            Some(MinFree::Bytes(b)) => crate::cli::human_bytes(b),
+            Some(MinFree::Percent(p)) => format!("{p}%"),
+        };
+        note("--cache-min-free", self.cache_min_free != asked.cache_min_free, floor);
         out
     }
 }
