@@ -309,6 +309,22 @@ impl Fs {
         }
     }
 
+    /// Attributes of `ino` for a directory listing with attributes (readdirplus), at once: a
+    /// file whose size is only known once made (`inputs.json`) gets a volatile placeholder, which
+    /// the kernel replaces with a getattr before it is used.
+    pub fn listing_attr(&self, ino: u64) -> FsResult<Attr> {
+        self.try_getattr(ino).unwrap_or(Ok(Attr {
+            ino,
+            size: 0,
+            kind: Kind::File,
+            perm: FILE_PERM,
+            mtime: SystemTime::now(),
+            times: None,
+            nlink: None,
+            volatile: true,
+        }))
+    }
+
     /// Attributes of `ino`.
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
         if let Some(res) = self.try_getattr(ino) {

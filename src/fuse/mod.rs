@@ -7,8 +7,8 @@ use crate::outputs::SetTime;
 use fuser::BackingId;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -143,6 +143,7 @@ impl Filesystem for FuseAdapter {
         // Files not yet cached whole are opened with direct I/O; jobs still mmap them (numpy,
         // torch), which the kernel allows with this flag (Linux 6.6+).
         let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         let _ = config.set_max_readahead(self.max_readahead);
         let _ = config.set_max_background(64);
         // Writes to outputs in 1 MiB requests rather than the default 128 KiB.
@@ -383,6 +384,57 @@ impl Filesystem for FuseAdapter {
             Ok(entries) => {
                 for (next, e) in entries {
                     if reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    /// Listings with attributes: `ls -l` and `find` over a big tree then cost one request per
+    /// directory page instead of one lookup per file.
+    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        match self.fs.readdir(fh.0, offset) {
+            Ok(entries) => {
+                for (next, e) in entries {
+                    // "." and ".." carry no attributes the kernel uses.
+                    let attr = match e.name.as_str() {
+                        "." | ".." => None,
+                        _ => self.fs.listing_attr(e.ino).ok(),
+                    };
+                    let full = match attr {
+                        Some(a) => reply.add(
+                            INodeNo(e.ino),
+                            next,
+                            &e.name,
+                            &ttl(&a),
+                            &file_attr(&a, self.uid, self.gid),
+                            Generation(0),
+                        ),
+                        None => {
+                            let a = crate::fs::Attr {
+                                ino: e.ino,
+                                size: 0,
+                                kind: e.kind,
+                                perm: 0o555,
+                                mtime: std::time::UNIX_EPOCH,
+                                times: None,
+                                nlink: None,
+                                volatile: true,
+                            };
+                            reply.add(
+                                INodeNo(e.ino),
+                                next,
+                                &e.name,
+                                &Duration::ZERO,
+                                &file_attr(&a, self.uid, self.gid),
+                                Generation(0),
+                            )
+                        }
+                    };
+                    if full {
                         break;
                     }
                 }
