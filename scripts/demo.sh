@@ -36,7 +36,7 @@ echo "== datumfs status"
 "$bin" status "$mnt"
 echo "== a job writes an output, with a sidecar giving it tags and an alias"
 cut -d, -f2 "$mnt/inputs/labels/labels.csv" | sort | uniq -c >"$mnt/outputs/label-counts.txt"
-echo '{"valohai.tags": ["demo"], "valohai.alias": "demo-counts"}' >"$mnt/outputs/label-counts.txt.metadata.json"
+echo '{"valohai.tags": ["demo"], "valohai.alias": "demo-counts", "valohai.dataset-versions": ["dataset://demo-stats/v1"]}' >"$mnt/outputs/label-counts.txt.metadata.json"
 echo "== datumfs unmount $mnt (refused: the output is not synced yet)"
 "$bin" unmount "$mnt" || true
 echo "== datumfs sync $mnt"
@@ -48,4 +48,12 @@ echo "== datumfs run: a second job reads the datum by its alias and writes a der
 "$bin" run "$mnt" --input counts=datum://demo-counts -- sh -c 'wc -l "$VH_INPUTS_DIR/counts/label-counts.txt" | tee "$VH_OUTPUTS_DIR/lines.txt"'
 echo "== datumfs lineage demo-counts (what made it, what read it)"
 "$bin" lineage demo-counts
+echo "== the sync also made dataset version demo-stats/v1; v2 adds the second job's output, production points at it"
+"$bin" dataset show demo-stats/v1
+lines=$("$bin" datum ls --json | python3 -c 'import json,sys; print([d["uri"] for d in json.load(sys.stdin) if d["path"] == "lines.txt"][-1])')
+"$bin" dataset version create demo-stats/v2 --from demo-stats/v1 --add "$lines"
+"$bin" dataset alias set demo-stats production v2
+"$bin" dataset show demo-stats
+echo "== a third job mounts dataset://demo-stats/production"
+"$bin" run "$mnt" --input stats=dataset://demo-stats/production -- sh -c 'ls -l "$VH_INPUTS_DIR/stats"; cat "$VH_INPUTS_DIR/stats/lines.txt"'
 echo "demo finished"
