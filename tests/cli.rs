@@ -135,6 +135,7 @@ fn mountpoint_errors() {
     // --foreground, a mount joins the running daemon instead).
     let other = dir.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
+    let _other = MountGuard(other.clone());
     let out = command(&m.home, &[])
         .args(["mount", "--foreground", other.to_str().unwrap(), "--cache-dir", m.cache.to_str().unwrap(), "--input"])
         .arg(format!("x={}", dir.path().join("src.txt").display()))

@@ -282,6 +282,7 @@ fn purge_deletes_the_bytes_and_every_reference_says_purged() {
     env.push(("DATUMFS_STORE".into(), format!("file://{}", c.home().join("store").display())));
     let mnt = c.dir.path().join("mnt-purged");
     fs::create_dir_all(&mnt).unwrap();
+    let _guard = MountGuard(mnt.clone());
     let out = command(&c.home(), &env)
         .args(["mount", mnt.to_str().unwrap(), "--cache-dir"])
         .arg(c.dir.path().join("cache2"))
@@ -395,6 +396,7 @@ fn malformed_or_missing_catalog_records_give_clear_errors() {
     env.push(("DATUMFS_STORE".into(), format!("file://{}", c.home().join("store").display())));
     let mnt = c.dir.path().join("mnt");
     fs::create_dir_all(&mnt).unwrap();
+    let _guard = MountGuard(mnt.clone());
     for (uri, want) in [
         ("dataset://broken/v1", "malformed"),
         ("dataset://nothere/v1", "no such dataset"),

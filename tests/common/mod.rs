@@ -354,6 +354,18 @@ impl Drop for TestMount {
     }
 }
 
+/// Lazily unmounts a path on drop if something got mounted there (for checks that a mount
+/// must fail: a failing check then leaves nothing behind).
+pub struct MountGuard(pub PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
 /// Deterministic pseudo-random bytes.
 pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
     use rand::{RngCore, SeedableRng};
