@@ -231,7 +231,7 @@ pub(crate) fn lock_cache_dir(dir: &Path) -> Result<CacheLock> {
         Err((_, _)) => {
             let holder = std::fs::read_to_string(&path).unwrap_or_default();
             bail!(
-                "cache dir {} is in use by another datumfs daemon (pid {}); unmount its mounts or use another --cache-dir",
+                "cache dir {} is in use by another datumfs daemon (pid {}); mount without --foreground to join it, unmount its mounts, or use another --cache-dir",
                 dir.display(),
                 holder.trim()
             )
