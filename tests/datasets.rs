@@ -252,6 +252,8 @@ fn purge_deletes_the_bytes_and_every_reference_says_purged() {
     let object = PathBuf::from(object.trim_start_matches("file://"));
     assert!(object.exists());
 
+    // A job that mounted the version before the purge.
+    let before = c.mount("dataset://pii/v1");
     // Without a terminal, only --yes purges.
     let e = failed(&c.run(&["datum", "purge", &ids[1]]));
     assert!(e.contains("--yes"), "{e}");
@@ -262,6 +264,11 @@ fn purge_deletes_the_bytes_and_every_reference_says_purged() {
 
     let shown = json(&c.run(&["datum", "show", &ids[1], "--json"]));
     assert_eq!(shown["purged"]["reason"], "deletion request #42");
+    // The running mount still lists it, but reading it fails and the log says why.
+    assert_eq!(fs::read(before.path("inputs/d/keep.bin")).unwrap(), keep);
+    assert!(fs::read(before.path("inputs/d/gone.bin")).is_err());
+    let log = fs::read_to_string(before.cache.join("datumfs.log")).unwrap();
+    assert!(log.contains("gone.bin") && log.contains("deletion request #42"), "{log}");
     let e = failed(&c.run(&["datum", "get", &ids[1], c.dir.path().to_str().unwrap()]));
     assert!(e.contains("purged") && e.contains("deletion request #42"), "{e}");
     let lineage = json(&c.run(&["lineage", &ids[1], "--json"]));

@@ -505,6 +505,22 @@ impl Fs {
         }
     }
 
+    /// Logs why a file cannot be read; a datum whose bytes are gone because it was purged
+    /// after the mount started is named with its purge (who, when, why).
+    async fn log_failure(&self, node: &Node, f: &FileNode, err: &crate::store::StoreError) {
+        let path = self.mount_path(node);
+        let purge = match (&f.entry.datum, &self.data_store, err) {
+            (Some(id), Some(ds), crate::store::StoreError::NotFound { .. }) => {
+                crate::catalog::Catalog::new(ds.clone()).tombstone(id).await.ok().flatten()
+            }
+            _ => None,
+        };
+        match purge {
+            Some(t) => tracing::error!("{path}: {}", t.describe()),
+            None => tracing::error!("{path}: {err}"),
+        }
+    }
+
     async fn open_object(&self, node: &Node, f: &FileNode) -> FsResult<Arc<OpenObject>> {
         if let Some(obj) = f.open.lock().unwrap_or_else(|e| e.into_inner()).upgrade() {
             return Ok(obj);
@@ -524,12 +540,14 @@ impl Fs {
                 self.cache.remember_version(&e.store.url, e.key.as_ref(), e.size, &listed, &rec);
                 Ok::<Pin, crate::store::StoreError>(pin)
             })
-            .await
-            .map_err(|err| {
-                tracing::error!("{}: {err}", self.mount_path(node));
-                FsError::from(err)
-            })?
-            .clone();
+            .await;
+        let pin = match pin {
+            Ok(p) => p.clone(),
+            Err(err) => {
+                self.log_failure(node, f, &err).await;
+                return Err(FsError::from(err));
+            }
+        };
         let cached = self
             .cache
             .object(&e.store.url, e.key.as_ref(), &pin.version(), e.size, &e.uri)
@@ -590,6 +608,9 @@ impl Fs {
                 let res = self.reader.read(obj, seq, offset, size).await;
                 if let Err(e) = &res {
                     tracing::error!("{}: read at {offset} failed: {e}", self.mount_path(node));
+                    if let (NodeKind::File(f), reader::ReadError::Store(err)) = (&node.kind, e) {
+                        self.log_failure(node, f, err).await;
+                    }
                 }
                 let buf = res?;
                 if let NodeKind::File(f) = &node.kind {
