@@ -41,6 +41,11 @@ fn print_human(v: &Value) {
         return;
     }
     println!("{mp}: mounted by pid {} since {}", v["pid"], v["started_at"].as_str().unwrap_or("?"));
+    let others: Vec<&str> =
+        v["daemon"]["mounts"].as_array().into_iter().flatten().filter_map(Value::as_str).filter(|m| *m != mp).collect();
+    if !others.is_empty() {
+        println!("  the same daemon (and cache) also serves {}", others.join(", "));
+    }
     for input in v["inputs"].as_array().into_iter().flatten() {
         let uris: Vec<&str> = input["uris"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
         println!("  input {:<16} {}", input["name"].as_str().unwrap_or("?"), uris.join(" "));

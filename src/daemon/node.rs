@@ -188,6 +188,8 @@ impl Node {
                     tracing::info!("unmounted {}", mp.display());
                     served.execution.finish();
                     node.lock().serving.remove(&mp);
+                    drop(served);
+                    super::release_free_memory();
                     let _ = done.send(true);
                     node.changed.notify_all();
                 });
@@ -212,6 +214,7 @@ impl Node {
         };
         drop(m);
         self.changed.notify_all();
+        super::release_free_memory();
         notes
     }
 
