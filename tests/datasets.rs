@@ -135,6 +135,22 @@ fn versions_from_the_command_line_aliases_and_pinning() {
     assert_eq!(shown["files"].as_array().unwrap().len(), 2, "v1 changed: {shown}");
     let e = failed(&c.run(&["dataset", "version", "create", "imgs/v3", "--from", "imgs/v1", "--remove", "zzz"]));
     assert!(e.contains("zzz"), "{e}");
+    // A path cannot be a file and a directory at once.
+    let nested = c.dir.path().join("nested/a.bin");
+    fs::create_dir_all(&nested).unwrap();
+    fs::write(nested.join("x"), b"x").unwrap();
+    let nested = c.dir.path().join("nested");
+    let e = failed(&c.run(&[
+        "dataset",
+        "version",
+        "create",
+        "imgs/v3",
+        "--from",
+        "imgs/v1",
+        "--add",
+        nested.to_str().unwrap(),
+    ]));
+    assert!(e.contains("both a file and the directory"), "{e}");
 
     // Aliases: promote, and the history is kept; an alias cannot shadow a version.
     json(&c.run(&["dataset", "alias", "set", "imgs", "production", "v1", "--json"]));

@@ -297,6 +297,13 @@ fn create_version(
             take(&d, item)?;
         }
     }
+    // A path cannot be both a file and a directory of other files once mounted.
+    for p in files.keys() {
+        let dir = format!("{p}/");
+        if let Some((inner, _)) = files.range(dir.clone()..).next().filter(|(k, _)| k.starts_with(&dir)) {
+            bail!("'{p}' would be both a file and the directory of '{inner}' in {name}/{version}");
+        }
+    }
     let rec = VersionRecord {
         dataset: name,
         version,
