@@ -538,3 +538,52 @@ fn when_open_files_fill_the_cap_other_reads_come_from_the_store_uncached() {
     assert_eq!(log.matches("without caching").count(), 2, "one line from the cache, one from the reader: {log}");
     drop(held);
 }
+
+#[test]
+fn mounts_started_together_on_a_fresh_cache_dir_end_in_one_daemon() {
+    if !fuse_available() {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let (input, files) = source(scratch.path(), 2);
+    let cache = scratch.path().join("cache");
+    let home = scratch.path().join("home");
+    let mounts: Vec<JoinedMount> = (0..3)
+        .map(|i| {
+            let mnt = scratch.path().join(format!("m{i}"));
+            fs::create_dir_all(&mnt).unwrap();
+            JoinedMount { mnt, home: home.clone(), env: Vec::new() }
+        })
+        .collect();
+    let procs: Vec<_> = mounts
+        .iter()
+        .map(|m| {
+            command(&home, &[])
+                .arg("mount")
+                .arg(&m.mnt)
+                .args(["--cache-dir", cache.to_str().unwrap(), "--input", &input])
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for p in procs {
+        let out = p.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let pids: std::collections::BTreeSet<u64> =
+        mounts.iter().map(|m| m.status()["daemon"]["pid"].as_u64().unwrap()).collect();
+    assert_eq!(pids.len(), 1, "three mounts started together: daemons {pids:?}");
+    for m in &mounts {
+        assert_eq!(&fs::read(m.path("inputs/in/f1.bin")).unwrap(), &files[1]);
+    }
+    let pid = *pids.iter().next().unwrap() as i32;
+    for m in &mounts {
+        let out = m.run(&["unmount", m.mnt.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    // The last unmount returns once the daemon is gone (a zombie waiting for init counts as gone).
+    let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let running = state.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|s| s != "Z");
+    assert!(!running, "the daemon outlived its mounts: {state}");
+}
