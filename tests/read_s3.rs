@@ -276,6 +276,34 @@ fn remount_serves_the_cache_with_the_server_stopped_even_after_a_crash() {
 }
 
 #[test]
+fn files_read_whole_just_before_a_kill_are_served_from_the_cache_after_remount() {
+    if !fuse_available() {
+        return;
+    }
+    let mut s3 = S3Server::start();
+    let files = populate(&s3, "kbkt", "");
+    let mut m = TestMount::new(&["--input", "d=s3://kbkt/"], &s3.env());
+    for (rel, _) in &files {
+        std::fs::read(m.path(&format!("inputs/d/{rel}"))).unwrap();
+    }
+    // SIGKILL soon after the last read (well inside sled's own 500 ms flush timer): no unmount,
+    // no timer-driven flush to rely on.
+    std::thread::sleep(Duration::from_millis(250));
+    m.crash();
+    let dir = std::mem::replace(&mut m.dir, tempfile::tempdir().unwrap());
+    let cache = m.cache.clone();
+    drop(m);
+    let m = TestMount::with_cache(dir, cache, &["--input", "d=s3://kbkt/"], &s3.env());
+    let _ = walk(&m.path("inputs/d"));
+    s3.stop();
+    for (rel, data) in &files {
+        let got = std::fs::read(m.path(&format!("inputs/d/{rel}")))
+            .unwrap_or_else(|e| panic!("{rel}, read whole before the kill, not served from the cache: {e}"));
+        assert_eq!(sha256(&got), sha256(data), "{rel}");
+    }
+}
+
+#[test]
 fn a_corrupted_cache_block_is_detected_and_fetched_again() {
     if !fuse_available() {
         return;

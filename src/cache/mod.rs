@@ -132,6 +132,49 @@ pub(crate) struct CacheShared {
     pub(crate) evicting: Mutex<()>,
     /// Whether "over the cap with nothing evictable" was already said.
     pub(crate) warned_full: std::sync::atomic::AtomicBool,
+    /// Asks for the index to be written out soon (an object just became complete).
+    pub(crate) durability: Arc<Durability>,
+}
+
+/// Makes complete objects durable shortly after they complete, whatever sled's own flush timer
+/// says: a `kill -9` right after a file was read whole must not cost a new download of it.
+/// One background thread flushes; completions during a flush are covered by the next one, so
+/// many small files cost a few flushes, not one each, and the fetch path never waits for one.
+#[derive(Default)]
+pub(crate) struct Durability {
+    pending: Mutex<bool>,
+    wake: std::sync::Condvar,
+}
+
+impl Durability {
+    /// Asks for a flush.
+    pub(crate) fn request(&self) {
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.wake.notify_one();
+    }
+
+    /// Flushes the index of `shared` whenever asked, until the cache is gone.
+    fn run(self: Arc<Self>, shared: std::sync::Weak<CacheShared>) {
+        loop {
+            let pending = {
+                let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                if !*p {
+                    p = self
+                        .wake
+                        .wait_timeout(p, std::time::Duration::from_secs(1))
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|e| e.into_inner().0);
+                }
+                std::mem::take(&mut *p)
+            };
+            let Some(shared) = shared.upgrade() else { return };
+            if pending {
+                if let Err(e) = shared.blocks.flush() {
+                    tracing::warn!("cache index {}: flush failed: {e}", shared.dir.join("index").display());
+                }
+            }
+        }
+    }
 }
 
 /// The cache of one daemon: index, data files and the objects currently in use.
@@ -180,7 +223,15 @@ impl Cache {
             min_free: AtomicU64::new(0),
             evicting: Mutex::new(()),
             warned_full: Default::default(),
+            durability: Arc::default(),
         });
+        {
+            let (durability, weak) = (shared.durability.clone(), Arc::downgrade(&shared));
+            std::thread::Builder::new()
+                .name("datumfs-flush".into())
+                .spawn(move || durability.run(weak))
+                .map_err(|error| CacheError::Io { path: index.clone(), error })?;
+        }
         let used = shared.records().iter().map(|(id, rec)| shared.block_bytes(id, rec)).sum();
         shared.used.store(used, std::sync::atomic::Ordering::Relaxed);
         Ok(Self { shared, db, block_size })

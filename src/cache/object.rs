@@ -273,6 +273,9 @@ impl CachedObject {
             self.shared.used.fetch_add(self.block_size(), Ordering::AcqRel);
         }
         let complete = newly && self.present.fetch_add(1, Ordering::AcqRel) + 1 == self.block_count();
+        if complete {
+            self.shared.durability.request();
+        }
         self.changed.notify_waiters();
         Ok(complete)
     }
