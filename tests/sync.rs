@@ -9,7 +9,6 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 const BUCKET: &str = "store";
@@ -18,17 +17,6 @@ fn s3_store() -> (S3Server, String) {
     let s3 = S3Server::start();
     s3.bucket(BUCKET);
     (s3, format!("s3://{BUCKET}/team"))
-}
-
-fn json(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "command failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// path -> datum id from a sync report.

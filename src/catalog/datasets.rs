@@ -230,15 +230,7 @@ impl Catalog {
 
     /// A dataset's aliases.
     pub async fn version_aliases(&self, name: &str) -> Result<Vec<VersionAliasRecord>, CatalogError> {
-        let prefix = self.ds.record_key(&format!("datasets/{name}/aliases"));
-        let metas: Vec<_> =
-            self.ds.handle.inner.list(Some(&prefix)).try_collect().await.map_err(|e| self.store_err(&prefix, e))?;
-        let mut out = Vec::new();
-        for m in metas {
-            if let Some((a, _)) = self.read::<VersionAliasRecord>(&m.location).await? {
-                out.push(a);
-            }
-        }
+        let mut out: Vec<VersionAliasRecord> = self.read_all(&format!("datasets/{name}/aliases")).await?;
         out.sort_by(|a, b| a.alias.cmp(&b.alias));
         Ok(out)
     }
@@ -402,16 +394,8 @@ impl Catalog {
 
     /// Every tombstone, by datum id (purges are rare: one listing).
     pub async fn tombstones(&self) -> Result<HashMap<String, Tombstone>, CatalogError> {
-        let prefix = self.ds.record_key("purged");
-        let metas: Vec<_> =
-            self.ds.handle.inner.list(Some(&prefix)).try_collect().await.map_err(|e| self.store_err(&prefix, e))?;
-        let mut out = HashMap::new();
-        for m in metas {
-            if let Some((t, _)) = self.read::<Tombstone>(&m.location).await? {
-                out.insert(t.datum.clone(), t);
-            }
-        }
-        Ok(out)
+        let all: Vec<Tombstone> = self.read_all("purged").await?;
+        Ok(all.into_iter().map(|t| (t.datum.clone(), t)).collect())
     }
 
     /// Deletes a datum's bytes and leaves a tombstone (written first, so that nothing ever

@@ -287,17 +287,29 @@ impl Catalog {
 
     /// Every datum, oldest first (ids sort by time).
     pub async fn datums(&self) -> Result<Vec<DatumRecord>, CatalogError> {
-        let prefix = self.ds.record_key("datums");
-        let metas: Vec<_> =
-            self.ds.handle.inner.list(Some(&prefix)).try_collect().await.map_err(|e| self.store_err(&prefix, e))?;
-        let reads = metas.iter().map(|m| self.read::<DatumRecord>(&m.location));
-        let mut out: Vec<DatumRecord> = futures::stream::iter(reads)
-            .buffer_unordered(32)
-            .try_filter_map(|r| async move { Ok(r.map(|(d, _)| d)) })
-            .try_collect()
-            .await?;
+        let mut out: Vec<DatumRecord> = self.read_all("datums").await?;
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
+    }
+
+    /// Every record below the reserved-prefix path `rel` (one listing, 32 reads at once), in no
+    /// particular order.
+    /// (Boxed: the stream's closures otherwise defeat the Send proof of callers' futures.)
+    fn read_all<'a, T: DeserializeOwned + Send + 'a>(
+        &'a self,
+        rel: &str,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<T>, CatalogError>> {
+        let prefix = self.ds.record_key(rel);
+        Box::pin(async move {
+            let metas: Vec<_> =
+                self.ds.handle.inner.list(Some(&prefix)).try_collect().await.map_err(|e| self.store_err(&prefix, e))?;
+            let reads = metas.into_iter().map(|m| async move { self.read::<T>(&m.location).await });
+            futures::stream::iter(reads)
+                .buffer_unordered(32)
+                .try_filter_map(|r| async move { Ok(r.map(|(v, _)| v)) })
+                .try_collect()
+                .await
+        })
     }
 
     fn execution_rel(id: &str) -> String {
@@ -371,15 +383,7 @@ impl Catalog {
 
     /// The executions that read `datum`.
     pub async fn readers(&self, datum: &str) -> Result<Vec<ReaderRecord>, CatalogError> {
-        let prefix = self.ds.record_key(&format!("readers/{datum}"));
-        let metas: Vec<_> =
-            self.ds.handle.inner.list(Some(&prefix)).try_collect().await.map_err(|e| self.store_err(&prefix, e))?;
-        let mut out = Vec::new();
-        for m in metas {
-            if let Some((r, _)) = self.read::<ReaderRecord>(&m.location).await? {
-                out.push(r);
-            }
-        }
+        let mut out: Vec<ReaderRecord> = self.read_all(&format!("readers/{datum}")).await?;
         out.sort_by(|a, b| a.at.cmp(&b.at));
         Ok(out)
     }

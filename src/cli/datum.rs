@@ -391,15 +391,7 @@ pub(super) fn push_files(
     let progress = Arc::new(Progress::default());
     let bar = super::sync::progress_bar("pushing");
     let results = rt.block_on(async {
-        let ticker = {
-            let (progress, bar) = (progress.clone(), bar.clone());
-            tokio::spawn(async move {
-                loop {
-                    super::sync::show(&bar, progress.snapshot());
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                }
-            })
-        };
+        let ticker = super::sync::tick(progress.clone(), bar.clone());
         let r = syncer.push(files, meta, &progress).await;
         ticker.abort();
         r

@@ -34,6 +34,20 @@ pub(super) fn progress_bar(what: &str) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
+/// Shows `progress` on `bar` every 200 ms until the returned task is aborted (work done in this
+/// process, not through a daemon).
+pub(super) fn tick(
+    progress: std::sync::Arc<crate::sync::Progress>,
+    bar: Option<indicatif::ProgressBar>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            show(&bar, progress.snapshot());
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+}
+
 pub(super) fn show(bar: &Option<indicatif::ProgressBar>, p: ProgressSnapshot) {
     if let Some(b) = bar {
         b.set_length(p.bytes_total);

@@ -95,15 +95,7 @@ fn warm_directly(
     let reader = std::sync::Arc::new(crate::reader::Reader::new(crate::reader::ReadConfig::default()));
     let progress = std::sync::Arc::new(crate::sync::Progress::default());
     let res = rt.block_on(async {
-        let ticker = {
-            let (progress, bar) = (progress.clone(), bar.clone());
-            tokio::spawn(async move {
-                loop {
-                    super::sync::show(&bar, progress.snapshot());
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                }
-            })
-        };
+        let ticker = super::sync::tick(progress.clone(), bar.clone());
         let what =
             crate::fs::WarmUri { uri, cwd, cache: cache.clone(), reader, registry: &registry, catalog: Some(&catalog) };
         let r = crate::fs::warm_uri(what, &progress).await;
@@ -111,14 +103,7 @@ fn warm_directly(
         r
     });
     cache.flush()?;
-    Ok(match res {
-        Ok(r) if r.failed.is_empty() => control::Response::ok(serde_json::to_value(&r).ok()),
-        Ok(r) => control::Response::failed(
-            format!("{} file(s) could not be fetched", r.failed.len()),
-            serde_json::to_value(&r).ok(),
-        ),
-        Err(e) => control::Response::failed(e, None),
-    })
+    Ok(crate::daemon::warm_answer(res))
 }
 
 /// Runs `datumfs warm`.

@@ -113,14 +113,7 @@ impl Execution {
         let ticker = ticker(counters.clone(), progress);
         let res = self.fs.warm(path, &counters).await;
         ticker.abort();
-        match res {
-            Ok(r) if r.failed.is_empty() => Response::ok(serde_json::to_value(&r).ok()),
-            Ok(r) => Response::failed(
-                format!("{} file(s) could not be fetched", r.failed.len()),
-                serde_json::to_value(&r).ok(),
-            ),
-            Err(e) => Response::failed(format!("warm {path}: {e}"), None),
-        }
+        super::warm_answer(res.map_err(|e| format!("warm {path}: {e}")))
     }
 
     pub(super) async fn sync(&self, progress: tokio::sync::mpsc::UnboundedSender<ProgressSnapshot>) -> Response {

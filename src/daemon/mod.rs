@@ -292,6 +292,18 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// The answer to a warm request: failed when any file could not be fetched, with the report.
+pub(crate) fn warm_answer(res: Result<crate::fs::WarmReport, String>) -> control::Response {
+    match res {
+        Ok(r) if r.failed.is_empty() => control::Response::ok(serde_json::to_value(&r).ok()),
+        Ok(r) => control::Response::failed(
+            format!("{} file(s) could not be fetched", r.failed.len()),
+            serde_json::to_value(&r).ok(),
+        ),
+        Err(e) => control::Response::failed(e, None),
+    }
+}
+
 /// Hands memory freed by the allocator back to the system: resolving a large input (a dataset
 /// manifest of many files) leaves hundreds of MB free but still counted in RSS otherwise.
 pub(crate) fn release_free_memory() {

@@ -378,14 +378,7 @@ impl Node {
         };
         let res = crate::fs::warm_uri(what, &counters).await;
         ticker.abort();
-        match res {
-            Ok(r) if r.failed.is_empty() => Response::ok(serde_json::to_value(&r).ok()),
-            Ok(r) => Response::failed(
-                format!("{} file(s) could not be fetched", r.failed.len()),
-                serde_json::to_value(&r).ok(),
-            ),
-            Err(e) => Response::failed(e, None),
-        }
+        super::warm_answer(res)
     }
 
     fn status(&self, served: &Served) -> serde_json::Value {

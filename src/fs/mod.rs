@@ -136,6 +136,20 @@ pub struct InputSummary {
     pub datasets: Vec<String>,
 }
 
+/// Attributes of a file made when read (`inputs.json`): never cached by the kernel.
+fn made_file_attr(ino: u64, size: u64) -> Attr {
+    Attr {
+        ino,
+        size,
+        kind: Kind::File,
+        perm: FILE_PERM,
+        mtime: SystemTime::now(),
+        times: None,
+        nlink: None,
+        volatile: true,
+    }
+}
+
 /// The mounted filesystem.
 pub struct Fs {
     tree: Tree,
@@ -313,16 +327,7 @@ impl Fs {
     /// file whose size is only known once made (`inputs.json`) gets a volatile placeholder, which
     /// the kernel replaces with a getattr before it is used.
     pub fn listing_attr(&self, ino: u64) -> FsResult<Attr> {
-        self.try_getattr(ino).unwrap_or(Ok(Attr {
-            ino,
-            size: 0,
-            kind: Kind::File,
-            perm: FILE_PERM,
-            mtime: SystemTime::now(),
-            times: None,
-            nlink: None,
-            volatile: true,
-        }))
+        self.try_getattr(ino).unwrap_or_else(|| Ok(made_file_attr(ino, 0)))
     }
 
     /// Attributes of `ino`.
@@ -331,16 +336,7 @@ impl Fs {
             return res;
         }
         let size = self.inputs_json().await.len() as u64;
-        Ok(Attr {
-            ino,
-            size,
-            kind: Kind::File,
-            perm: FILE_PERM,
-            mtime: SystemTime::now(),
-            times: None,
-            nlink: None,
-            volatile: true,
-        })
+        Ok(made_file_attr(ino, size))
     }
 
     /// Looks `name` up when its directory is already listed (`None`: call [`Fs::lookup`]).

@@ -399,41 +399,29 @@ impl Filesystem for FuseAdapter {
         match self.fs.readdir(fh.0, offset) {
             Ok(entries) => {
                 for (next, e) in entries {
-                    // "." and ".." carry no attributes the kernel uses.
+                    // "." and ".." carry no attributes the kernel uses: a placeholder, never cached.
                     let attr = match e.name.as_str() {
                         "." | ".." => None,
                         _ => self.fs.listing_attr(e.ino).ok(),
                     };
-                    let full = match attr {
-                        Some(a) => reply.add(
-                            INodeNo(e.ino),
-                            next,
-                            &e.name,
-                            &ttl(&a),
-                            &file_attr(&a, self.uid, self.gid),
-                            Generation(0),
-                        ),
-                        None => {
-                            let a = crate::fs::Attr {
-                                ino: e.ino,
-                                size: 0,
-                                kind: e.kind,
-                                perm: 0o555,
-                                mtime: std::time::UNIX_EPOCH,
-                                times: None,
-                                nlink: None,
-                                volatile: true,
-                            };
-                            reply.add(
-                                INodeNo(e.ino),
-                                next,
-                                &e.name,
-                                &Duration::ZERO,
-                                &file_attr(&a, self.uid, self.gid),
-                                Generation(0),
-                            )
-                        }
-                    };
+                    let attr = attr.unwrap_or(crate::fs::Attr {
+                        ino: e.ino,
+                        size: 0,
+                        kind: e.kind,
+                        perm: 0o555,
+                        mtime: std::time::UNIX_EPOCH,
+                        times: None,
+                        nlink: None,
+                        volatile: true,
+                    });
+                    let full = reply.add(
+                        INodeNo(e.ino),
+                        next,
+                        &e.name,
+                        &ttl(&attr),
+                        &file_attr(&attr, self.uid, self.gid),
+                        Generation(0),
+                    );
                     if full {
                         break;
                     }

@@ -354,6 +354,18 @@ impl Drop for TestMount {
     }
 }
 
+/// The JSON a successful datumfs command printed (fails the test, with its stderr, otherwise).
+pub fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "command failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
 /// Lazily unmounts a path on drop if something got mounted there (for checks that a mount
 /// must fail: a failing check then leaves nothing behind).
 pub struct MountGuard(pub PathBuf);
