@@ -3,7 +3,8 @@
 //!
 //!   s3bench put-file FILE URI                 upload one file (multipart)
 //!   s3bench put-many COUNT BYTES URI_PREFIX   upload COUNT objects of BYTES random bytes
-//!   s3bench get URI PARALLEL PART_BYTES       read one object with PARALLEL ranged GETs
+//!   s3bench get URI PARALLEL PART_BYTES [DEST] read one object with PARALLEL ranged GETs (into
+//!                                             a new local file DEST: a plain download)
 //!   s3bench get-many URI_PREFIX READERS       read every object below a prefix, READERS at once
 //!   s3bench put-dir DIR URI_PREFIX            upload every file below DIR, 8 at once, big ones
 //!                                             as multipart streamed from disk (no hashing)
@@ -90,12 +91,29 @@ async fn main() -> Res<()> {
             let part: u64 = args[3].parse()?;
             let key = Path::from(key);
             let size = store.inner.head(&key).await?.size;
+            let dest = match args.get(4) {
+                Some(p) => Some(Arc::new(std::fs::File::create_new(p)?)),
+                None => None,
+            };
             let ranges: Vec<_> = (0..size).step_by(part as usize).map(|s| s..(s + part).min(size)).collect();
             let got: Vec<u64> = futures::stream::iter(ranges)
                 .map(|r| {
                     let store = store.clone();
                     let key = key.clone();
-                    async move { store.inner.get_range(&key, r).await.map(|b| b.len() as u64) }
+                    let dest = dest.clone();
+                    async move {
+                        let start = r.start;
+                        let bytes = store.inner.get_range(&key, r).await?;
+                        let n = bytes.len() as u64;
+                        if let Some(file) = dest {
+                            tokio::task::spawn_blocking(move || {
+                                std::os::unix::fs::FileExt::write_all_at(&*file, &bytes, start)
+                            })
+                            .await
+                            .map_err(std::io::Error::other)??;
+                        }
+                        Ok::<u64, Box<dyn std::error::Error + Send + Sync>>(n)
+                    }
                 })
                 .buffer_unordered(parallel)
                 .try_collect()

@@ -71,6 +71,39 @@ pub struct ObjectRecord {
     pub last_access: u64,
     /// Content checksums, once the whole object has been read.
     pub checksums: Option<Checksums>,
+    /// When every block of the complete data file was last known to match its CRC: written or
+    /// checked by a daemon. Valid while the machine has not restarted and the file has not changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked: Option<FileStamp>,
+}
+
+/// Identifies one state of a data file within one boot of the machine: a crash before the page
+/// cache reached the disk changes the boot, any write or truncation changes the change time, and
+/// a replaced file has another inode.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileStamp {
+    /// The kernel's boot id.
+    pub boot: String,
+    /// Inode number of the data file.
+    pub ino: u64,
+    /// Change time of the data file, nanoseconds since the epoch.
+    pub ctime_ns: i128,
+}
+
+impl FileStamp {
+    /// The stamp of `file` now; None where the boot id cannot be read (then nothing is trusted).
+    pub fn of(file: &std::fs::File) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        static BOOT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        let boot = BOOT
+            .get_or_init(|| {
+                std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|s| s.trim().to_string())
+            })
+            .clone()
+            .filter(|b| !b.is_empty())?;
+        let meta = file.metadata().ok()?;
+        Some(Self { boot, ino: meta.ino(), ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128 })
+    }
 }
 
 /// A remembered object version: what a HEAD answered.
@@ -336,6 +369,7 @@ impl Cache {
                     block_size: self.block_size,
                     last_access: now_secs(),
                     checksums: None,
+                    checked: None,
                 };
                 (rec, HashMap::new())
             }

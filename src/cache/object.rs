@@ -1,6 +1,6 @@
 //! One cached object: its sparse data file, which blocks are present, and their checksums.
 
-use super::{now_secs, CacheError, CacheShared, ObjectId, ObjectRecord};
+use super::{now_secs, CacheError, CacheShared, FileStamp, ObjectId, ObjectRecord};
 use crate::checksum::{Checksums, MultiHasher};
 use std::collections::HashMap;
 use std::fs::File;
@@ -8,6 +8,11 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+
+thread_local! {
+    /// The buffer a thread checks cached blocks in.
+    static BLOCK_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// Last-access times are written to the index at most this often per object.
 const TOUCH_INTERVAL_SECS: u64 = 60;
@@ -109,6 +114,15 @@ impl CachedObject {
             if idx < n {
                 blocks[idx as usize] = BlockState::Present { crc, verified: false };
                 present += 1;
+            }
+        }
+        // Checked whole earlier in this boot and untouched since: reading every block again to
+        // check it would find what was checked then.
+        if present == n && record.checked.is_some() && record.checked == FileStamp::of(&file) {
+            for b in &mut blocks {
+                if let BlockState::Present { verified, .. } = b {
+                    *verified = true;
+                }
             }
         }
         let checksums = tokio::sync::OnceCell::new();
@@ -274,14 +288,29 @@ impl CachedObject {
         }
         let complete = newly && self.present.fetch_add(1, Ordering::AcqRel) + 1 == self.block_count();
         if complete {
+            self.stamp_if_checked();
             self.shared.durability.request();
         }
         self.changed.notify_waiters();
         Ok(complete)
     }
 
+    /// Records that the complete data file matches its block CRCs right now, if every block was
+    /// written or checked by this process; a later start in this boot then trusts it unread.
+    fn stamp_if_checked(&self) {
+        let all_checked = self.is_complete()
+            && self.lock_blocks().iter().all(|b| matches!(b, BlockState::Present { verified: true, .. }));
+        if let Some(stamp) = all_checked.then(|| FileStamp::of(&self.file)).flatten() {
+            self.update_record(|rec| {
+                rec.checked = Some(stamp);
+                true
+            });
+        }
+    }
+
     fn drop_block(&self, idx: u64) {
         let _ = self.shared.blocks.remove(block_key(&self.id, idx));
+        self.update_record(|rec| rec.checked.take().is_some());
         let was_present = {
             let mut blocks = self.lock_blocks();
             let was = matches!(blocks[idx as usize], BlockState::Present { .. });
@@ -326,8 +355,11 @@ impl CachedObject {
 
     fn verify_block(&self, idx: u64, crc: u32) -> Result<(), CacheError> {
         let range = self.block_range(idx);
-        let mut buf = vec![0u8; (range.end - range.start) as usize];
-        let ok = self.file.read_exact_at(&mut buf, range.start).is_ok() && crc32c::crc32c(&buf) == crc;
+        // One buffer per thread, reused: a fresh megabyte per block costs more than the check.
+        let ok = BLOCK_BUF.with_borrow_mut(|buf| {
+            buf.resize((range.end - range.start) as usize, 0);
+            self.file.read_exact_at(buf, range.start).is_ok() && crc32c::crc32c(buf) == crc
+        });
         if !ok {
             let uri = self.record().uri;
             tracing::warn!(uri = %uri, block = idx, "cached block failed its checksum; dropped, will fetch again");
@@ -361,7 +393,9 @@ impl CachedObject {
                 .map(|part| scope.spawn(move || part.iter().try_for_each(|&(i, crc)| self.verify_block(i, crc))))
                 .collect();
             workers.into_iter().try_for_each(|w| w.join().unwrap_or_else(|_| Err(self.io_missing(0))))
-        })
+        })?;
+        self.stamp_if_checked();
+        Ok(())
     }
 
     /// The data file, opened read-only, for the kernel to read directly (FUSE passthrough).
@@ -387,9 +421,10 @@ impl CachedObject {
                 let sums = tokio::task::spawn_blocking(move || worker.hash_file())
                     .await
                     .map_err(|e| CacheError::Io { path: this.path.clone(), error: std::io::Error::other(e) })??;
-                let mut rec = this.record();
-                rec.checksums = Some(sums.clone());
-                this.save_record(&rec);
+                this.update_record(|rec| {
+                    rec.checksums = Some(sums.clone());
+                    true
+                });
                 Ok(sums)
             })
             .await
@@ -430,12 +465,14 @@ impl CachedObject {
         self.record.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn save_record(&self, rec: &ObjectRecord) {
-        *self.record.lock().unwrap_or_else(|e| e.into_inner()) = rec.clone();
-        if self.is_evicted() {
+    /// Changes the record and writes it to the index, as one step: concurrent changes (a last
+    /// access, checksums, a check stamp) never undo each other.
+    fn update_record(&self, change: impl FnOnce(&mut ObjectRecord) -> bool) {
+        let mut rec = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        if !change(&mut rec) || self.is_evicted() {
             return;
         }
-        if let Ok(bytes) = serde_json::to_vec(rec) {
+        if let Ok(bytes) = serde_json::to_vec(&*rec) {
             if let Err(e) = self.shared.objects.insert(self.id.0, bytes) {
                 tracing::warn!(uri = %rec.uri, error = %e, "could not update the cache index");
             }
@@ -445,16 +482,14 @@ impl CachedObject {
     /// Records an access; writes the index only when the stored time is stale, so reads stay cheap.
     pub fn touch(&self) {
         let now = now_secs();
-        let stale = {
-            let rec = self.record.lock().unwrap_or_else(|e| e.into_inner());
-            now.saturating_sub(rec.last_access) >= TOUCH_INTERVAL_SECS
-                || self.shared.objects.get(self.id.0).ok().flatten().is_none()
-        };
-        if stale {
-            let mut rec = self.record();
-            rec.last_access = now;
-            self.save_record(&rec);
-        }
+        self.update_record(|rec| {
+            let stale = now.saturating_sub(rec.last_access) >= TOUCH_INTERVAL_SECS
+                || self.shared.objects.get(self.id.0).ok().flatten().is_none();
+            if stale {
+                rec.last_access = now;
+            }
+            stale
+        });
     }
 }
 

@@ -108,3 +108,66 @@ async fn a_changed_object_is_refused() {
     let got = r.read(&f.obj, &Mutex::new(Sequential::default()), 0, 10).await.unwrap();
     assert_eq!(got, &f.data[..10]);
 }
+
+/// The one data file under a cache dir's objects/.
+fn data_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut found = Vec::new();
+    for d in std::fs::read_dir(dir.join("objects")).unwrap().flatten() {
+        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+            found.push(f.path());
+        }
+    }
+    assert_eq!(found.len(), 1, "{found:?}");
+    found.pop().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_checked_in_this_boot_is_trusted_until_it_changes() {
+    let f = fixture(300_000, 1 << 16).await;
+    let (dir, key, version) = (f._dir.path().to_path_buf(), f.obj.remote.key.clone(), f.obj.remote.pin.version());
+    let r = reader();
+    r.read(&f.obj, &Mutex::new(Sequential::default()), 0, 300_000).await.unwrap();
+    assert!(f.obj.cached.is_complete());
+    let reopen = |cache: &Cache| cache.object("mem://b", key.as_ref(), &version, 300_000, "mem://b/k/obj.bin").unwrap();
+    let Fixture { _dir, obj, .. } = f;
+    drop(obj);
+    // Read-ahead tasks finishing may hold the index a moment longer.
+    let open = |dir: &std::path::Path| {
+        for _ in 0..500 {
+            if let Ok(c) = Cache::open(dir, 1 << 16) {
+                return c;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Cache::open(dir, 1 << 16).unwrap()
+    };
+
+    // Written whole by the last process in this boot, unchanged: no block needs reading again.
+    let cache = open(&dir);
+    assert!(reopen(&cache).verified_data_file().is_some(), "a file stamped in this boot is trusted");
+    drop(cache);
+
+    // Any write changes the file's change time, even one that leaves the bytes as they were
+    // (after a pause longer than a coarse timestamp tick, for kernels without fine ones).
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let path = data_file(&dir);
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[(70_000usize * 31 % 251) as u8], 70_000).unwrap();
+    let cache = open(&dir);
+    let cached = reopen(&cache);
+    assert!(cached.verified_data_file().is_none(), "a changed file is checked again before use");
+    cached.verify_all().unwrap();
+    assert!(cached.verified_data_file().is_some());
+    drop((cached, cache));
+
+    // Checked again, stamped again: trusted; then damaged: caught and dropped.
+    let cache = open(&dir);
+    assert!(reopen(&cache).verified_data_file().is_some());
+    drop(cache);
+    std::os::unix::fs::FileExt::write_all_at(&file, b"\xff\xfe", 200_000).unwrap();
+    let cache = open(&dir);
+    let cached = reopen(&cache);
+    assert!(matches!(cached.verify_all(), Err(CacheError::Corrupt { block: 3, .. })));
+    assert!(!cached.is_complete(), "the bad block is dropped, to be fetched again");
+    drop(_dir);
+}
