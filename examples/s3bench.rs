@@ -102,17 +102,39 @@ async fn main() -> Res<()> {
                     let key = key.clone();
                     let dest = dest.clone();
                     async move {
-                        let start = r.start;
-                        let bytes = store.inner.get_range(&key, r).await?;
-                        let n = bytes.len() as u64;
-                        if let Some(file) = dest {
-                            tokio::task::spawn_blocking(move || {
-                                std::os::unix::fs::FileExt::write_all_at(&*file, &bytes, start)
-                            })
-                            .await
-                            .map_err(std::io::Error::other)??;
+                        let Some(file) = dest else {
+                            return Ok(store.inner.get_range(&key, r).await?.len() as u64);
+                        };
+                        // Written as it streams in, a megabyte at a time, as a careful
+                        // downloader (or a cache) would: no whole part held in memory.
+                        let range = Some(object_store::GetRange::Bounded(r.clone()));
+                        let mut stream = store
+                            .inner
+                            .get_opts(&key, object_store::GetOptions { range, ..Default::default() })
+                            .await?
+                            .into_stream();
+                        let (mut at, mut buf) = (r.start, Vec::with_capacity(1 << 20));
+                        loop {
+                            let chunk = stream.next().await.transpose()?;
+                            if let Some(c) = &chunk {
+                                buf.extend_from_slice(c);
+                            }
+                            if buf.len() >= 1 << 20 || (chunk.is_none() && !buf.is_empty()) {
+                                let (f, data) =
+                                    (file.clone(), std::mem::replace(&mut buf, Vec::with_capacity(1 << 20)));
+                                let n = data.len() as u64;
+                                tokio::task::spawn_blocking(move || {
+                                    std::os::unix::fs::FileExt::write_all_at(&*f, &data, at)
+                                })
+                                .await
+                                .map_err(std::io::Error::other)??;
+                                at += n;
+                            }
+                            if chunk.is_none() {
+                                break;
+                            }
                         }
-                        Ok::<u64, Box<dyn std::error::Error + Send + Sync>>(n)
+                        Ok::<u64, Box<dyn std::error::Error + Send + Sync>>(at - r.start)
                     }
                 })
                 .buffer_unordered(parallel)
