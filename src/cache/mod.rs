@@ -341,7 +341,9 @@ impl Cache {
         let index_err = |error| CacheError::Index { path: self.shared.dir.join("index"), error };
         let hex = id.hex();
         let sub = self.shared.dir.join("objects").join(&hex[..2]);
-        create_private_dir(&sub)?;
+        if !sub.is_dir() {
+            create_private_dir(&sub)?;
+        }
         let path = sub.join(&hex);
         let stored: Option<ObjectRecord> =
             self.shared.objects.get(id.0).map_err(index_err)?.and_then(|v| serde_json::from_slice(&v).ok());

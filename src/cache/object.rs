@@ -251,9 +251,10 @@ impl CachedObject {
         // here, which at worst evicts a little early.
         self.shared.make_room(data.len() as u64)?;
         self.file.write_all_at(data, range.start).map_err(|error| CacheError::Io { path: self.path.clone(), error })?;
-        // Start writing the block back now, asynchronously: a cache filling at network speed
-        // otherwise piles up dirty pages until the kernel throttles every writer.
-        {
+        // Start writing a big object's blocks back now, asynchronously: a cache filling at
+        // network speed otherwise piles up dirty pages until the kernel throttles every writer.
+        // Small objects are left to the kernel's own writeback (one I/O per file is waste).
+        if self.size >= 16 * self.block_size {
             use std::os::fd::AsRawFd;
             // SAFETY: a valid descriptor and a range inside the file; the call only queues I/O.
             unsafe {

@@ -82,6 +82,8 @@ pub struct Opened {
     pub keep_cache: bool,
     /// The verified cache file, when the kernel may read it directly (FUSE passthrough).
     pub backing: Option<std::fs::File>,
+    /// Closing it needs no word to us (read-only inputs): one round trip less per file.
+    pub no_flush: bool,
 }
 
 enum Handle {
@@ -465,6 +467,7 @@ impl Fs {
                     direct_io: true,
                     keep_cache: false,
                     backing: None,
+                    no_flush: true,
                 })
             }
             NodeKind::File(f) => {
@@ -496,7 +499,7 @@ impl Fs {
                 // direct I/O keeps the kernel from holding a second copy (and our read-ahead does
                 // the prefetching). Whole files go through passthrough, or the page cache.
                 let direct_io = backing.is_none() && !complete;
-                Ok(Opened { fh, direct_io, keep_cache: !direct_io, backing })
+                Ok(Opened { fh, direct_io, keep_cache: !direct_io, backing, no_flush: true })
             }
         }
     }

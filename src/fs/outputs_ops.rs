@@ -78,7 +78,13 @@ impl Fs {
 
     pub(super) fn out_open(&self, st: &Staging, ino: u64, flags: i32) -> FsResult<Opened> {
         let (file, id) = st.open_file(ino, flags)?;
-        Ok(Opened { fh: self.add_handle(Handle::Output(file, id)), direct_io: true, keep_cache: false, backing: None })
+        Ok(Opened {
+            fh: self.add_handle(Handle::Output(file, id)),
+            direct_io: true,
+            keep_cache: false,
+            backing: None,
+            no_flush: false,
+        })
     }
 
     /// Creates and opens a file in `outputs/`.
@@ -86,7 +92,7 @@ impl Fs {
         let st = self.staging_of(parent)?;
         let (a, file, id) = st.create(parent, OsStr::new(name), mode, flags)?;
         let fh = self.add_handle(Handle::Output(file, id));
-        Ok((attr(a), Opened { fh, direct_io: true, keep_cache: false, backing: None }))
+        Ok((attr(a), Opened { fh, direct_io: true, keep_cache: false, backing: None, no_flush: false }))
     }
 
     /// Writes to an open output file; returns the bytes written.

@@ -517,6 +517,9 @@ impl Passthrough {
         if o.keep_cache {
             flags |= FopenFlags::FOPEN_KEEP_CACHE;
         }
+        if o.no_flush {
+            flags |= FopenFlags::FOPEN_NOFLUSH;
+        }
         let mut st = self.lock();
         let existing = st.by_inode.get(&ino).and_then(Weak::upgrade);
         let backing = match (o.backing, existing) {

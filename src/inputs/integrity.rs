@@ -51,7 +51,7 @@ pub async fn record(ds: &DataStore, new: &IntegrityRecord) -> Result<Option<Stri
     let warning = previous.as_ref().and_then(|old| {
         (old.checksums.sha256 != new.checksums.sha256).then(|| {
             format!(
-                "input {} differs from its last use ({} on {}): sha256 {} -> {}, md5 {} -> {}",
+                "input {} differs from its last use (that content first recorded {} on {}): sha256 {} -> {}, md5 {} -> {}",
                 new.uri,
                 old.recorded_at,
                 old.host,
@@ -62,7 +62,11 @@ pub async fn record(ds: &DataStore, new: &IntegrityRecord) -> Result<Option<Stri
             )
         })
     });
-    if previous.as_ref() != Some(new) {
+    // The same content read again rewrites nothing: only when or where it was read would change.
+    let same = previous.as_ref().is_some_and(|old| {
+        (&old.uri, old.size, &old.version, &old.checksums) == (&new.uri, new.size, &new.version, &new.checksums)
+    });
+    if !same {
         let body = serde_json::to_vec_pretty(new).unwrap_or_default();
         ds.handle.inner.put(&key, PutPayload::from(body)).await.map_err(err)?;
     }
