@@ -437,3 +437,54 @@ fn warm_fetches_whole_inputs_ahead_of_the_job() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("only inputs/"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
+
+/// The prefixes the server was asked to list, in order.
+fn listed_prefixes(s3: &S3Server) -> Vec<String> {
+    s3.requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.query.contains("delimiter"))
+        .filter_map(|r| r.query.split('&').find_map(|kv| kv.strip_prefix("prefix=")).map(|p| p.replace("%2F", "/")))
+        .collect()
+}
+
+#[test]
+fn a_walk_lists_the_next_directories_ahead_and_each_once() {
+    if !fuse_available() {
+        return;
+    }
+    let s3 = S3Server::start();
+    for d in 0..10 {
+        s3.put("walk", &format!("p/d{d}/f.txt"), format!("file {d}\n").as_bytes());
+        s3.put("walk", &format!("p/d{d}/s/g.txt"), format!("deep {d}\n").as_bytes());
+    }
+    let m = TestMount::new(&["--input", "x=s3://walk/p/"], &s3.env());
+    s3.clear_log();
+
+    // A plain `ls` of the input lists nothing below it.
+    assert_eq!(std::fs::read_dir(m.path("inputs/x")).unwrap().count(), 10);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(listed_prefixes(&s3), Vec::<String>::new(), "ls of the top listed subdirectories");
+
+    // Opening d0 (as a walk does) lists d1..d4 ahead, and not further.
+    assert_eq!(std::fs::read_dir(m.path("inputs/x/d0")).unwrap().count(), 2);
+    let ahead: Vec<String> = (1..=4).map(|d| format!("p/d{d}/")).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ahead.iter().all(|p| listed_prefixes(&s3).contains(p)) {
+        assert!(Instant::now() < deadline, "not listed ahead: {:?}", listed_prefixes(&s3));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!listed_prefixes(&s3).contains(&"p/d5/".to_string()), "listed too far ahead");
+
+    // The whole walk finds every file with its bytes, and no directory is listed twice.
+    let files: Vec<_> = walk(&m.path("inputs/x")).into_iter().filter(|p| p.is_file()).collect();
+    assert_eq!(files.len(), 20);
+    for d in 0..10 {
+        assert_eq!(std::fs::read_to_string(m.path(&format!("inputs/x/d{d}/s/g.txt"))).unwrap(), format!("deep {d}\n"));
+    }
+    let mut listed = listed_prefixes(&s3);
+    let all = listed.len();
+    listed.sort();
+    listed.dedup();
+    assert_eq!(listed.len(), all, "a directory was listed twice: {listed:?}");
+    assert_eq!(all, 20, "every directory below the input listed once");
+}

@@ -166,7 +166,13 @@ pub struct Fs {
     hashed: Arc<Mutex<BTreeMap<String, HashedFile>>>,
     runtime: tokio::runtime::Handle,
     staging: Option<Arc<Staging>>,
+    /// Listings started ahead of a directory walk, at most this many at once.
+    listing_ahead: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many not-yet-listed siblings after a directory being opened are listed ahead of a walk
+/// (`ls -R`, `find`, `os.walk` open siblings in order), and how many such listings run at once.
+const LIST_AHEAD_SIBLINGS: usize = 4;
 
 /// Fails when a file's bytes were found to differ from the checksum its record promised.
 fn check_content(f: &FileNode) -> FsResult<()> {
@@ -220,6 +226,7 @@ impl Fs {
             started: SystemTime::now(),
             hashed: Arc::new(Mutex::new(BTreeMap::new())),
             runtime: tokio::runtime::Handle::current(),
+            listing_ahead: Arc::new(tokio::sync::Semaphore::new(LIST_AHEAD_SIBLINGS)),
             staging,
         }
     }
@@ -404,6 +411,33 @@ impl Fs {
         let node = self.node(ino)?;
         let children = self.children(&node).await?;
         Ok(self.dir_handle(&node, children))
+    }
+
+    /// A walk opening a subdirectory will open its next siblings soon: starts listing the next
+    /// few that are not listed yet, in the background, so a cold `ls -R` or `find` waits for
+    /// several listings at once rather than one after another. Only siblings of a directory
+    /// actually opened are listed, so a plain `ls` of a huge prefix lists nothing extra.
+    pub fn list_ahead(self: &Arc<Self>, ino: u64) {
+        let Ok(node) = self.node(ino) else { return };
+        if !matches!(node.kind, NodeKind::Dir { .. }) || node.parent == ino || self.out(ino).is_some() {
+            return;
+        }
+        let Ok(parent) = self.node(node.parent) else { return };
+        let Some(Ok(siblings)) = self.loaded_children(&parent) else { return };
+        let Some(name) = node.path.rsplit('/').next() else { return };
+        let next = siblings
+            .range::<str, _>((std::ops::Bound::Excluded(name), std::ops::Bound::Unbounded))
+            .filter_map(|(_, &i)| self.node(i).ok())
+            .filter(|n| matches!(&n.kind, NodeKind::Dir { lister: Some(_), children } if children.get().is_none()))
+            .take(LIST_AHEAD_SIBLINGS);
+        for sibling in next {
+            let (fs, permits) = (self.clone(), self.listing_ahead.clone());
+            self.runtime.spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else { return };
+                // A failure is logged and left for the walk's own open, which tries again.
+                let _ = fs.children(&sibling).await;
+            });
+        }
     }
 
     /// Entries of an open directory from `offset` on (the caller stops when its buffer is full).

@@ -373,6 +373,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.fs.list_ahead(ino.0);
         if let Some(res) = self.fs.try_opendir(ino.0) {
             return reply_opendir(reply, res);
         }
