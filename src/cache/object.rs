@@ -22,6 +22,30 @@ const TOUCH_INTERVAL_SECS: u64 = 60;
 pub struct InFlight {
     /// Set when the fetch gave up; blocks it held are back to `Missing`.
     pub error: OnceLock<crate::store::StoreError>,
+    /// Blocks whose bytes are in but not yet written to the cache: a reader waiting for one is
+    /// answered from here instead of waiting for the write and reading it back.
+    fresh: Mutex<Vec<(u64, Arc<Vec<u8>>)>>,
+}
+
+impl InFlight {
+    fn lock_fresh(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Arc<Vec<u8>>)>> {
+        self.fresh.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Offers block `idx`'s bytes to readers while they are being written.
+    pub fn offer(&self, idx: u64, data: Arc<Vec<u8>>) {
+        self.lock_fresh().push((idx, data));
+    }
+
+    /// Withdraws block `idx`'s bytes: written (readers now find it present) or failed.
+    pub fn withdraw(&self, idx: u64) {
+        self.lock_fresh().retain(|(i, _)| *i != idx);
+    }
+
+    /// Block `idx`'s bytes, if this fetch has them in memory.
+    pub fn fresh(&self, idx: u64) -> Option<Arc<Vec<u8>>> {
+        self.lock_fresh().iter().find(|(i, _)| *i == idx).map(|(_, d)| d.clone())
+    }
 }
 
 /// Where one block stands.

@@ -169,13 +169,22 @@ pub struct OpenObject {
     _in_use: crate::cache::InUse,
     /// Set once the cache could not keep this object's bytes: its reads go to the store.
     bypass: std::sync::atomic::AtomicBool,
+    /// Whether reads may be answered from blocks just fetched, before they are in the cache.
+    serve_fresh: bool,
 }
 
 impl OpenObject {
     /// Opens `cached` for reads of `remote`.
     pub fn new(remote: Arc<Remote>, cached: Arc<CachedObject>) -> Self {
         let _in_use = cached.in_use();
-        Self { remote, cached, _in_use, bypass: Default::default() }
+        Self { remote, cached, _in_use, bypass: Default::default(), serve_fresh: true }
+    }
+
+    /// For files whose checksum must be checked before their last read is answered: reads wait
+    /// until their blocks are in the cache (where the check reads them), never served fresh.
+    pub fn checked_before_served(mut self) -> Self {
+        self.serve_fresh = false;
+        self
     }
 }
 
@@ -274,9 +283,10 @@ impl Reader {
                 needed.end
             };
             let claims = self.start_fetches(obj, needed.start..upto);
-            match wait_present(cached, needed.clone(), claims).await {
-                Ok(true) => {}
-                Ok(false) => continue,
+            match wait_readable(cached, needed.clone(), claims, obj.serve_fresh).await {
+                Ok(Readable::Present) => {}
+                Ok(Readable::Fresh(blocks)) => return Ok(copy_fresh(cached, needed.start, &blocks, offset..end)),
+                Ok(Readable::Retry) => continue,
                 Err(e) => return Err(e.into()),
             }
             let c = cached.clone();
@@ -334,6 +344,85 @@ impl Reader {
     }
 }
 
+/// What a read found once its blocks could be read.
+enum Readable {
+    /// Every block is in the cache.
+    Present,
+    /// Every block has just been fetched and is still being written: their bytes, in order.
+    Fresh(Vec<Arc<Vec<u8>>>),
+    /// Some block went back to missing without an error (dropped as corrupt): claim again.
+    Retry,
+}
+
+/// Waits until every block of `range` is present, or (with `fresh`) until every one is at least
+/// fetched, whichever comes first.
+async fn wait_readable(
+    cached: &CachedObject,
+    range: Range<u64>,
+    claims: Vec<Arc<InFlight>>,
+    fresh: bool,
+) -> Result<Readable, StoreError> {
+    if !fresh {
+        return Ok(match wait_present(cached, range, claims).await? {
+            true => Readable::Present,
+            false => Readable::Retry,
+        });
+    }
+    let mut last_flight: Option<Arc<InFlight>> = None;
+    loop {
+        let notified = cached.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let (mut pending, mut got, mut present) = (false, Vec::new(), 0);
+        for i in range.clone() {
+            match cached.state(i) {
+                BlockState::Present { .. } => present += 1,
+                BlockState::Fetching(f) => {
+                    if let Some(e) = f.error.get() {
+                        return Err(e.clone());
+                    }
+                    match f.fresh(i) {
+                        Some(data) => got.push(data),
+                        None => {
+                            last_flight = Some(f);
+                            pending = true;
+                            break;
+                        }
+                    }
+                }
+                BlockState::Missing => {
+                    let failed = last_flight.iter().chain(claims.iter()).find_map(|f| f.error.get());
+                    if let Some(e) = failed {
+                        return Err(e.clone());
+                    }
+                    return Ok(Readable::Retry);
+                }
+            }
+        }
+        // A mix of present and fresh blocks waits for the writes (soon) and reads the cache.
+        if !pending && present == range.end - range.start {
+            return Ok(Readable::Present);
+        }
+        if !pending && present == 0 {
+            return Ok(Readable::Fresh(got));
+        }
+        notified.await;
+    }
+}
+
+/// The bytes `want` out of fresh blocks starting at block `first`.
+fn copy_fresh(cached: &CachedObject, first: u64, blocks: &[Arc<Vec<u8>>], want: Range<u64>) -> Vec<u8> {
+    let mut out = Vec::with_capacity((want.end - want.start) as usize);
+    for (k, data) in blocks.iter().enumerate() {
+        let r = cached.block_range(first + k as u64);
+        let (lo, hi) = (want.start.max(r.start), want.end.min(r.end));
+        if lo < hi {
+            out.extend_from_slice(&data[(lo - r.start) as usize..(hi - r.start) as usize]);
+        }
+    }
+    out
+}
+
 /// Waits until every block of `range` is present. `Ok(false)`: some block went back to missing
 /// without an error (dropped as corrupt): claim again.
 async fn wait_present(
@@ -379,7 +468,7 @@ async fn fetch_run(remote: &Remote, cached: &Arc<CachedObject>, run: Range<u64>,
     let mut next = run.start;
     let mut attempt = 0;
     loop {
-        match fetch_blocks(remote, cached, next..run.end, &mut next).await {
+        match fetch_blocks(remote, cached, &flight, next..run.end, &mut next).await {
             Ok(()) => return,
             Err(e) if e.is_transient() && attempt + 1 < attempts => {
                 attempt += 1;
@@ -424,6 +513,7 @@ async fn read_direct(remote: &Remote, range: Range<u64>) -> Result<Vec<u8>, Stor
 async fn fetch_blocks(
     remote: &Remote,
     cached: &Arc<CachedObject>,
+    flight: &Arc<InFlight>,
     blocks: Range<u64>,
     next: &mut u64,
 ) -> Result<(), StoreError> {
@@ -464,10 +554,14 @@ async fn fetch_blocks(
             buf.extend_from_slice(&chunk[..take]);
             chunk.advance(take);
             if buf.len() as u64 == want.end - want.start {
-                let data = std::mem::take(&mut buf);
+                // Readers waiting for this block take it from memory while it is written.
+                let data = Arc::new(std::mem::take(&mut buf));
+                flight.offer(idx, data.clone());
+                cached.changed.notify_waiters();
                 let c = cached.clone();
-                tokio::task::spawn_blocking(move || c.store_block(idx, &data))
-                    .await
+                let stored = tokio::task::spawn_blocking(move || c.store_block(idx, &data)).await;
+                flight.withdraw(idx);
+                stored
                     .map_err(|e| StoreError::CacheWrite { uri: remote.uri.clone(), cause: e.to_string() })?
                     .map_err(|e| StoreError::CacheWrite { uri: remote.uri.clone(), cause: e.to_string() })?;
                 idx += 1;
