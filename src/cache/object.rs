@@ -82,6 +82,10 @@ pub struct CachedObject {
     users: AtomicU64,
     /// Set once evicted: nothing of it is written to the index any more.
     pub(super) evicted: std::sync::atomic::AtomicBool,
+    /// Held while a block is written. The kernel serialises buffered writes to one file anyway
+    /// (ext4 takes the inode lock exclusively), and its waiters spin on a CPU while the writer
+    /// copies; waiting here sleeps instead, leaving the CPU to the fetches and reads.
+    write_turn: Mutex<()>,
 }
 
 /// Marks a cached object as in use (an open file, a fetch) for as long as it lives.
@@ -169,6 +173,7 @@ impl CachedObject {
             shared,
             users: AtomicU64::new(0),
             evicted: Default::default(),
+            write_turn: Mutex::new(()),
         }
     }
 
@@ -274,6 +279,7 @@ impl CachedObject {
         // Without a cap or floor this is one atomic load; a block written again is counted as new
         // here, which at worst evicts a little early.
         self.shared.make_room(data.len() as u64)?;
+        let turn = self.write_turn.lock().unwrap_or_else(|e| e.into_inner());
         self.file.write_all_at(data, range.start).map_err(|error| CacheError::Io { path: self.path.clone(), error })?;
         // Start writing a big object's blocks back now, asynchronously: a cache filling at
         // network speed otherwise piles up dirty pages until the kernel throttles every writer.
@@ -290,6 +296,7 @@ impl CachedObject {
                 );
             }
         }
+        drop(turn);
         let crc = crc32c::crc32c(data);
         if self.is_evicted() {
             return Err(CacheError::Io {
