@@ -92,15 +92,10 @@ fn cache_commands_work_without_a_daemon() {
     assert_eq!(stats["next_eviction"]["objects"], 0);
     assert_eq!(cache_at(&cache, &["evict", "--older-than", "1h"])["objects"], 0);
 
-    // Corrupt one cached block on disk: verify finds it, --repair drops it.
-    let objects = cache.join("objects");
-    let victim = fs::read_dir(&objects)
-        .unwrap()
-        .flatten()
-        .flat_map(|d| fs::read_dir(d.path()).unwrap().flatten())
-        .next()
-        .unwrap()
-        .path();
+    // Corrupt one cached block on disk: verify finds it, --repair drops it. Objects this small
+    // share a pack file (packs/), none has a file of its own (objects/).
+    assert_eq!(fs::read_dir(cache.join("objects")).unwrap().flatten().count(), 0);
+    let victim = fs::read_dir(cache.join("packs")).unwrap().flatten().next().unwrap().path();
     let mut data = fs::read(&victim).unwrap();
     data[10] ^= 0xff;
     fs::write(&victim, &data).unwrap();
@@ -142,7 +137,8 @@ fn start_reconciles_index_and_files() {
     }
     let scratch = tempfile::tempdir().unwrap();
     let (input, files) = source(scratch.path(), 2);
-    let m = TestMount::new(&["--input", &input], &[]);
+    // Blocks smaller than the files: each has a data file of its own (small ones share packs).
+    let m = TestMount::new(&["--input", &input, "--block-size", "64KiB"], &[]);
     for (i, data) in files.iter().enumerate() {
         assert_eq!(&fs::read(m.path(&format!("inputs/in/f{i}.bin"))).unwrap(), data);
     }
@@ -160,8 +156,12 @@ fn start_reconciles_index_and_files() {
         .unwrap()
         .path();
     fs::remove_file(&victim).unwrap();
-    let m = TestMount::with_cache(dir, cache.clone(), &["--input", &input], &[]);
+    // And a pack file no index entry uses.
+    let stray_pack = cache.join("packs").join("00000099");
+    fs::write(&stray_pack, b"stray").unwrap();
+    let m = TestMount::with_cache(dir, cache.clone(), &["--input", &input, "--block-size", "64KiB"], &[]);
     assert!(!objects.join("ff").join("ff".repeat(32)).exists(), "orphan removed at start");
+    assert!(!stray_pack.exists(), "unused pack removed at start");
     assert!(m.log().contains("reconciled"), "{}", m.log());
     assert_eq!(cache_cmd(&m, &["stats"])["objects"], 1);
     for (i, data) in files.iter().enumerate() {

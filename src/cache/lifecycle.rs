@@ -110,9 +110,27 @@ impl CacheShared {
         (count * bs).min(rec.size.div_ceil(bs) * bs)
     }
 
-    fn data_path(&self, id: &ObjectId) -> PathBuf {
+    /// Path of the data file an object of its own is kept in.
+    pub(crate) fn data_path(&self, id: &ObjectId) -> PathBuf {
         let hex = id.hex();
         self.dir.join("objects").join(&hex[..2]).join(hex)
+    }
+
+    /// The file holding an object's bytes and the offset they start at.
+    pub(crate) fn data_place(&self, id: &ObjectId, rec: &ObjectRecord) -> (PathBuf, u64) {
+        match rec.packed {
+            Some(slot) => (self.packs.path(slot.pack), slot.offset),
+            None => (self.data_path(id), 0),
+        }
+    }
+
+    /// Whether the data file of a recorded object is there and long enough: a file of its own
+    /// exactly the object's size, a pack reaching past the object's slot.
+    pub(crate) fn data_fits(&self, id: &ObjectId, rec: &ObjectRecord) -> bool {
+        match rec.packed {
+            Some(slot) => self.packs.len(slot.pack).is_some_and(|len| len >= slot.offset + rec.size),
+            None => std::fs::metadata(self.data_path(id)).is_ok_and(|m| m.len() == rec.size),
+        }
     }
 
     fn index_err(&self) -> impl Fn(sled::Error) -> CacheError + '_ {
@@ -123,11 +141,15 @@ impl CacheShared {
     /// reconcile removes, never an entry pointing at missing bytes). Returns the bytes freed.
     fn remove_object(&self, id: &ObjectId, rec: &ObjectRecord) -> Result<u64, CacheError> {
         let path = self.data_path(id);
-        let freed = allocated(&path);
+        let freed = disk_bytes(self, id, rec);
         let counted = self.block_bytes(id, rec);
         self.objects.remove(id.0).map_err(self.index_err())?;
         object::drop_blocks(&self.blocks, id).map_err(self.index_err())?;
         let _ = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(counted)));
+        if let Some(slot) = rec.packed {
+            self.packs.release(slot, rec.size);
+            return Ok(freed);
+        }
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(freed),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(freed),
@@ -212,11 +234,15 @@ impl CacheShared {
     }
 }
 
-impl Cache {
-    fn data_path(&self, id: &ObjectId) -> PathBuf {
-        self.shared.data_path(id)
+/// Disk bytes an object takes: its own file's allocated blocks, or its slot in a pack.
+fn disk_bytes(shared: &CacheShared, id: &ObjectId, rec: &ObjectRecord) -> u64 {
+    match rec.packed {
+        Some(_) => super::pack::slot_len(shared.block_bytes(id, rec).min(rec.size)),
+        None => allocated(&shared.data_path(id)),
     }
+}
 
+impl Cache {
     fn records(&self) -> Vec<(ObjectId, ObjectRecord)> {
         self.shared.records()
     }
@@ -252,7 +278,7 @@ impl Cache {
             if remove {
                 report.bytes += self.shared.remove_object(&id, &rec)?;
             } else {
-                report.bytes += allocated(&self.data_path(&id));
+                report.bytes += disk_bytes(&self.shared, &id, &rec);
             }
             drop(open);
         }
@@ -293,7 +319,7 @@ impl Cache {
         for (id, rec) in self.records() {
             report.objects += 1;
             let crcs = object::load_block_crcs(&self.shared.blocks, &id).map_err(index_err)?;
-            let path = self.data_path(&id);
+            let (path, base) = self.shared.data_place(&id, &rec);
             let file = std::fs::File::open(&path).ok();
             let bs = rec.block_size.max(4096);
             let mut buf = Vec::new();
@@ -304,7 +330,7 @@ impl Cache {
                 let start = idx * bs;
                 let len = bs.min(rec.size.saturating_sub(start)) as usize;
                 buf.resize(len, 0);
-                let ok = file.as_ref().is_some_and(|f| f.read_exact_at(&mut buf, start).is_ok())
+                let ok = file.as_ref().is_some_and(|f| f.read_exact_at(&mut buf, base + start).is_ok())
                     && crc32c::crc32c(&buf) == crc;
                 if !ok {
                     report.bad.push((rec.uri.clone(), idx));
@@ -317,17 +343,20 @@ impl Cache {
         Ok(report)
     }
 
-    /// Makes index and files agree: removes data files no entry knows and drops entries whose
-    /// file is missing or shorter than the object. Bounded: one pass over the index and one
-    /// directory listing, no data is read (block checksums are verified lazily, before first use).
+    /// Makes index and files agree: removes data files and packs no entry knows and drops
+    /// entries whose file is missing or shorter than the object. Bounded: one pass over the index
+    /// and one directory listing, no data is read (block checksums are verified lazily, before
+    /// first use).
     pub fn reconcile(&self) -> Result<ReconcileReport, CacheError> {
         let mut report = ReconcileReport::default();
         let mut known = HashSet::new();
+        let mut packs_used = HashSet::new();
         for (id, rec) in self.records() {
-            let path = self.data_path(&id);
-            let fine = std::fs::metadata(&path).map(|m| m.len() == rec.size).unwrap_or(false);
-            if fine {
-                known.insert(id.hex());
+            if self.shared.data_fits(&id, &rec) {
+                match rec.packed {
+                    Some(slot) => packs_used.insert(slot.pack),
+                    None => known.insert(id.hex()),
+                };
             } else {
                 self.shared.remove_object(&id, &rec)?;
                 report.dropped_entries += 1;
@@ -344,6 +373,12 @@ impl Cache {
                         report.orphan_files += 1;
                     }
                 }
+            }
+        }
+        for pack in self.shared.packs.numbers() {
+            if !packs_used.contains(&pack) && !self.shared.packs.in_use(pack) {
+                let _ = std::fs::remove_file(self.shared.packs.path(pack));
+                report.orphan_files += 1;
             }
         }
         if report.orphan_files + report.dropped_entries > 0 {

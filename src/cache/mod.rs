@@ -1,4 +1,5 @@
-//! The on-disk block cache: a sled index plus one sparse file per object.
+//! The on-disk block cache: a sled index plus one sparse file per object, or for small objects a
+//! slot in a shared pack file.
 //!
 //! Owns the cache directory (0700) and every file in it (0600). An object is identified by a
 //! hash of (store URL, key, pinned version), so a changed object never reuses old bytes. A block
@@ -8,9 +9,11 @@
 
 mod lifecycle;
 mod object;
+mod pack;
 
 pub use lifecycle::{CacheReport, EvictReport, EvictWhat, ReconcileReport, VerifyReport};
 pub use object::{BlockState, CachedObject, InFlight, InUse};
+pub use pack::{PackSlot, PACK_MAX};
 
 use crate::checksum::Checksums;
 use serde::{Deserialize, Serialize};
@@ -75,6 +78,9 @@ pub struct ObjectRecord {
     /// checked by a daemon. Valid while the machine has not restarted and the file has not changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checked: Option<FileStamp>,
+    /// The slot holding the bytes, for an object kept in a pack file (none: a file of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packed: Option<PackSlot>,
 }
 
 /// Identifies one state of a data file within one boot of the machine: a crash before the page
@@ -167,6 +173,8 @@ pub(crate) struct CacheShared {
     pub(crate) warned_full: std::sync::atomic::AtomicBool,
     /// Asks for the index to be written out soon (an object just became complete).
     pub(crate) durability: Arc<Durability>,
+    /// The pack files small objects live in.
+    pub(crate) packs: pack::Packs,
 }
 
 /// Makes complete objects durable shortly after they complete, whatever sled's own flush timer
@@ -234,6 +242,7 @@ impl Cache {
     pub fn open(dir: &Path, block_size: u64) -> Result<Self, CacheError> {
         create_private_dir(dir)?;
         create_private_dir(&dir.join("objects"))?;
+        create_private_dir(&dir.join(pack::PACK_DIR))?;
         let index = dir.join("index");
         let db = sled::Config::new()
             .path(&index)
@@ -257,6 +266,7 @@ impl Cache {
             evicting: Mutex::new(()),
             warned_full: Default::default(),
             durability: Arc::default(),
+            packs: pack::Packs::new(dir),
         });
         {
             let (durability, weak) = (shared.durability.clone(), Arc::downgrade(&shared));
@@ -339,19 +349,12 @@ impl Cache {
 
     fn load(&self, id: ObjectId, version: &str, size: u64, uri: &str) -> Result<CachedObject, CacheError> {
         let index_err = |error| CacheError::Index { path: self.shared.dir.join("index"), error };
-        let hex = id.hex();
-        let sub = self.shared.dir.join("objects").join(&hex[..2]);
-        if !sub.is_dir() {
-            create_private_dir(&sub)?;
-        }
-        let path = sub.join(&hex);
         let stored: Option<ObjectRecord> =
             self.shared.objects.get(id.0).map_err(index_err)?.and_then(|v| serde_json::from_slice(&v).ok());
-        let file_ok = std::fs::metadata(&path).map(|m| m.len() == size).unwrap_or(false);
-        let (record, crcs) = match stored {
-            Some(rec) if rec.size == size && file_ok => {
+        let (mut record, crcs, data_ok) = match stored {
+            Some(rec) if rec.size == size && self.shared.data_fits(&id, &rec) => {
                 let crcs = object::load_block_crcs(&self.shared.blocks, &id).map_err(index_err)?;
-                (rec, crcs)
+                (rec, crcs, true)
             }
             other => {
                 // Unknown, or index and data file disagree: start this object afresh.
@@ -362,6 +365,9 @@ impl Cache {
                         std::sync::atomic::Ordering::Acquire,
                         |u| Some(u.saturating_sub(counted)),
                     );
+                    if let Some(slot) = old.packed {
+                        self.shared.packs.release(slot, old.size);
+                    }
                 }
                 object::drop_blocks(&self.shared.blocks, &id).map_err(index_err)?;
                 let rec = ObjectRecord {
@@ -372,10 +378,32 @@ impl Cache {
                     last_access: now_secs(),
                     checksums: None,
                     checked: None,
+                    packed: None,
                 };
-                (rec, HashMap::new())
+                (rec, HashMap::new(), false)
             }
         };
+        let (data, base) = match record.packed {
+            Some(slot) => (self.shared.packs.open(slot.pack)?, slot.offset),
+            None if !data_ok && pack::packs(size, self.block_size) => {
+                let (slot, data) = self.shared.packs.allocate(size)?;
+                record.packed = Some(slot);
+                (data, slot.offset)
+            }
+            None => (Arc::new(self.own_file(&id, size, data_ok)?), 0),
+        };
+        let obj = CachedObject::new(id, data, base, record, crcs, self.shared.clone());
+        obj.touch();
+        Ok(obj)
+    }
+
+    /// The data file of an object kept in a file of its own, made (sparse, `size` long) unless
+    /// `fits` says the one on disk is already right.
+    fn own_file(&self, id: &ObjectId, size: u64, fits: bool) -> Result<pack::DataFile, CacheError> {
+        let path = self.shared.data_path(id);
+        if let Some(sub) = path.parent().filter(|s| !s.is_dir()) {
+            create_private_dir(sub)?;
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -384,14 +412,12 @@ impl Cache {
             .mode(0o600)
             .open(&path)
             .map_err(|error| CacheError::Io { path: path.clone(), error })?;
-        if !file_ok {
+        if !fits {
             file.set_len(0)
                 .and_then(|_| file.set_len(size))
                 .map_err(|error| CacheError::Io { path: path.clone(), error })?;
         }
-        let obj = CachedObject::new(id, path, file, record, crcs, self.shared.clone());
-        obj.touch();
-        Ok(obj)
+        Ok(pack::DataFile::new(path, file))
     }
 
     /// Remembers the version an object had when it was listed with this size and modification
@@ -437,6 +463,11 @@ impl Cache {
                 }
             }
         }
+        for pack in self.shared.packs.numbers() {
+            if let Ok(m) = std::fs::metadata(self.shared.packs.path(pack)) {
+                bytes += std::os::unix::fs::MetadataExt::blocks(&m) * 512;
+            }
+        }
         (bytes, objects)
     }
 
@@ -445,3 +476,6 @@ impl Cache {
         self.db.flush().map(|_| ()).map_err(|error| CacheError::Index { path: self.shared.dir.join("index"), error })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,11 +1,12 @@
-//! One cached object: its sparse data file, which blocks are present, and their checksums.
+//! One cached object: where its bytes live (a sparse file of its own, or a slot in a pack file),
+//! which blocks are present, and their checksums.
 
+use super::pack::DataFile;
 use super::{now_secs, CacheError, CacheShared, FileStamp, ObjectId, ObjectRecord};
 use crate::checksum::{Checksums, MultiHasher};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -67,8 +68,11 @@ pub enum BlockState {
 /// A cached object in use by at least one reader.
 pub struct CachedObject {
     id: ObjectId,
-    path: PathBuf,
-    file: File,
+    /// The file holding the bytes, from `base` on.
+    data: Arc<DataFile>,
+    base: u64,
+    /// Whether `data` is a pack shared with other objects (never handed to the kernel whole).
+    packed: bool,
     size: u64,
     block_size: u64,
     blocks: Mutex<Vec<BlockState>>,
@@ -82,10 +86,6 @@ pub struct CachedObject {
     users: AtomicU64,
     /// Set once evicted: nothing of it is written to the index any more.
     pub(super) evicted: std::sync::atomic::AtomicBool,
-    /// Held while a block is written. The kernel serialises buffered writes to one file anyway
-    /// (ext4 takes the inode lock exclusively), and its waiters spin on a CPU while the writer
-    /// copies; waiting here sleeps instead, leaving the CPU to the fetches and reads.
-    write_turn: Mutex<()>,
 }
 
 /// Marks a cached object as in use (an open file, a fetch) for as long as it lives.
@@ -127,8 +127,8 @@ pub(super) fn drop_blocks(blocks: &sled::Tree, id: &ObjectId) -> sled::Result<()
 impl CachedObject {
     pub(super) fn new(
         id: ObjectId,
-        path: PathBuf,
-        file: File,
+        data: Arc<DataFile>,
+        base: u64,
         record: ObjectRecord,
         crcs: HashMap<u64, u32>,
         shared: Arc<CacheShared>,
@@ -146,7 +146,8 @@ impl CachedObject {
         }
         // Checked whole earlier in this boot and untouched since: reading every block again to
         // check it would find what was checked then.
-        if present == n && record.checked.is_some() && record.checked == FileStamp::of(&file) {
+        let packed = record.packed.is_some();
+        if !packed && present == n && record.checked.is_some() && record.checked == FileStamp::of(&data.file) {
             for b in &mut blocks {
                 if let BlockState::Present { verified, .. } = b {
                     *verified = true;
@@ -161,8 +162,9 @@ impl CachedObject {
         }
         Self {
             id,
-            path,
-            file,
+            data,
+            base,
+            packed,
             size,
             block_size,
             blocks: Mutex::new(blocks),
@@ -173,7 +175,6 @@ impl CachedObject {
             shared,
             users: AtomicU64::new(0),
             evicted: Default::default(),
-            write_turn: Mutex::new(()),
         }
     }
 
@@ -279,8 +280,8 @@ impl CachedObject {
         // Without a cap or floor this is one atomic load; a block written again is counted as new
         // here, which at worst evicts a little early.
         self.shared.make_room(data.len() as u64)?;
-        let turn = self.write_turn.lock().unwrap_or_else(|e| e.into_inner());
-        self.file.write_all_at(data, range.start).map_err(|error| CacheError::Io { path: self.path.clone(), error })?;
+        let turn = self.data.write_turn.lock().unwrap_or_else(|e| e.into_inner());
+        self.data.file.write_all_at(data, self.base + range.start).map_err(|error| self.io(error))?;
         // Start writing a big object's blocks back now, asynchronously: a cache filling at
         // network speed otherwise piles up dirty pages until the kernel throttles every writer.
         // Small objects are left to the kernel's own writeback (one I/O per file is waste).
@@ -289,8 +290,8 @@ impl CachedObject {
             // SAFETY: a valid descriptor and a range inside the file; the call only queues I/O.
             unsafe {
                 libc::sync_file_range(
-                    self.file.as_raw_fd(),
-                    range.start as libc::off64_t,
+                    self.data.file.as_raw_fd(),
+                    (self.base + range.start) as libc::off64_t,
                     data.len() as libc::off64_t,
                     libc::SYNC_FILE_RANGE_WRITE,
                 );
@@ -299,10 +300,7 @@ impl CachedObject {
         drop(turn);
         let crc = crc32c::crc32c(data);
         if self.is_evicted() {
-            return Err(CacheError::Io {
-                path: self.path.clone(),
-                error: std::io::Error::other("the object was evicted while its block was fetched"),
-            });
+            return Err(self.io(std::io::Error::other("the object was evicted while its block was fetched")));
         }
         self.shared
             .blocks
@@ -330,9 +328,10 @@ impl CachedObject {
     /// Records that the complete data file matches its block CRCs right now, if every block was
     /// written or checked by this process; a later start in this boot then trusts it unread.
     fn stamp_if_checked(&self) {
-        let all_checked = self.is_complete()
+        let all_checked = !self.packed
+            && self.is_complete()
             && self.lock_blocks().iter().all(|b| matches!(b, BlockState::Present { verified: true, .. }));
-        if let Some(stamp) = all_checked.then(|| FileStamp::of(&self.file)).flatten() {
+        if let Some(stamp) = all_checked.then(|| FileStamp::of(&self.data.file)).flatten() {
             self.update_record(|rec| {
                 rec.checked = Some(stamp);
                 true
@@ -375,14 +374,18 @@ impl CachedObject {
             };
             self.verify_block(idx, crc)?;
         }
-        let buf = read_exact_at_uninit(&self.file, (end - offset) as usize, offset)
-            .map_err(|error| CacheError::Io { path: self.path.clone(), error })?;
+        let buf = read_exact_at_uninit(&self.data.file, (end - offset) as usize, self.base + offset)
+            .map_err(|error| self.io(error))?;
         self.shared.stats.hit_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
         Ok(buf)
     }
 
+    fn io(&self, error: std::io::Error) -> CacheError {
+        CacheError::Io { path: self.data.path.clone(), error }
+    }
+
     fn io_missing(&self, idx: u64) -> CacheError {
-        CacheError::Io { path: self.path.clone(), error: std::io::Error::other(format!("block {idx} is not cached")) }
+        self.io(std::io::Error::other(format!("block {idx} is not cached")))
     }
 
     fn verify_block(&self, idx: u64, crc: u32) -> Result<(), CacheError> {
@@ -390,7 +393,7 @@ impl CachedObject {
         // One buffer per thread, reused: a fresh megabyte per block costs more than the check.
         let ok = BLOCK_BUF.with_borrow_mut(|buf| {
             buf.resize((range.end - range.start) as usize, 0);
-            self.file.read_exact_at(buf, range.start).is_ok() && crc32c::crc32c(buf) == crc
+            self.data.file.read_exact_at(buf, self.base + range.start).is_ok() && crc32c::crc32c(buf) == crc
         });
         if !ok {
             let uri = self.record().uri;
@@ -431,16 +434,16 @@ impl CachedObject {
     }
 
     /// The data file, opened read-only, for the kernel to read directly (FUSE passthrough).
-    /// Only offered once every block is present and verified.
+    /// Only offered once every block is present and verified, and never for a packed object.
     pub fn verified_data_file(&self) -> Option<File> {
-        if !self.is_complete() {
+        if self.packed || !self.is_complete() {
             return None;
         }
         let all_verified = self.lock_blocks().iter().all(|b| matches!(b, BlockState::Present { verified: true, .. }));
         if !all_verified {
             return None;
         }
-        File::open(&self.path).ok()
+        File::open(&self.data.path).ok()
     }
 
     /// The content checksums, computing them from the cached file (verifying every block on the
@@ -452,7 +455,7 @@ impl CachedObject {
                 let worker = this.clone();
                 let sums = tokio::task::spawn_blocking(move || worker.hash_file())
                     .await
-                    .map_err(|e| CacheError::Io { path: this.path.clone(), error: std::io::Error::other(e) })??;
+                    .map_err(|e| this.io(std::io::Error::other(e)))??;
                 this.update_record(|rec| {
                     rec.checksums = Some(sums.clone());
                     true
@@ -479,9 +482,7 @@ impl CachedObject {
             };
             let range = self.block_range(idx);
             let chunk = &mut buf[..(range.end - range.start) as usize];
-            self.file
-                .read_exact_at(chunk, range.start)
-                .map_err(|error| CacheError::Io { path: self.path.clone(), error })?;
+            self.data.file.read_exact_at(chunk, self.base + range.start).map_err(|error| self.io(error))?;
             if crc32c::crc32c(chunk) != crc {
                 let uri = self.record().uri;
                 self.drop_block(idx);

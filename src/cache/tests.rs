@@ -1,0 +1,164 @@
+//! Unit tests of the cache on a real directory: small objects in pack files.
+
+use super::*;
+use std::os::unix::fs::MetadataExt;
+
+fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|i| ((i as u64 * 31 + seed * 7) % 251) as u8).collect()
+}
+
+/// Caches `data` whole as object `key` (version "v1") and returns the object.
+fn cache_whole(cache: &Cache, key: &str, data: &[u8]) -> Arc<CachedObject> {
+    let obj = cache.object("mem://b", key, "v1", data.len() as u64, &format!("mem://b/{key}")).unwrap();
+    for idx in 0..obj.block_count() {
+        let r = obj.block_range(idx);
+        obj.store_block(idx, &data[r.start as usize..r.end as usize]).unwrap();
+    }
+    assert!(obj.is_complete());
+    obj
+}
+
+/// Opens the cache in `dir` as a new process would, once the last one has let go of the index
+/// (its background flusher may hold it a moment after the drop).
+fn reopen(dir: &Path) -> Cache {
+    for _ in 0..500 {
+        if let Ok(c) = Cache::open(dir, 1 << 20) {
+            return c;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Cache::open(dir, 1 << 20).unwrap()
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.path().is_dir() {
+            out.extend(files_under(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+#[test]
+fn small_objects_share_a_pack_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let small: Vec<Vec<u8>> = (0..50).map(|i| bytes(i, 100_000 + i as usize * 37)).collect();
+    let big = bytes(99, 3 << 20);
+    {
+        let cache = Cache::open(dir.path(), 1 << 20).unwrap();
+        for (i, data) in small.iter().enumerate() {
+            cache_whole(&cache, &format!("s{i}"), data);
+        }
+        cache_whole(&cache, "big", &big);
+        cache.flush().unwrap();
+    }
+    // Fifty small objects: one pack file, no file of their own; the big one has its own file.
+    assert_eq!(files_under(&dir.path().join("packs")).len(), 1);
+    assert_eq!(files_under(&dir.path().join("objects")).len(), 1);
+    let mode = std::fs::metadata(&files_under(&dir.path().join("packs"))[0]).unwrap().mode();
+    assert_eq!(mode & 0o777, 0o600, "pack files are private");
+
+    // A new process reads every byte back (each block checked against its CRC first) and
+    // appends to a pack of its own.
+    let cache = reopen(dir.path());
+    assert_eq!(cache.reconcile().unwrap().orphan_files, 0);
+    for (i, data) in small.iter().enumerate() {
+        let obj = cache.object("mem://b", &format!("s{i}"), "v1", data.len() as u64, "u").unwrap();
+        assert!(obj.is_complete(), "s{i} known from the index");
+        assert_eq!(obj.read_cached(0, data.len()).unwrap(), *data, "s{i}");
+        assert!(obj.verified_data_file().is_none(), "a pack is never handed to the kernel whole");
+    }
+    let fresh = bytes(7, 5000);
+    cache_whole(&cache, "new", &fresh);
+    assert_eq!(files_under(&dir.path().join("packs")).len(), 2, "a second process never appends to the first's pack");
+    let again = cache.object("mem://b", "s3", "v1", small[3].len() as u64, "u").unwrap();
+    assert_eq!(again.read_cached(1000, 5000).unwrap(), small[3][1000..6000]);
+}
+
+#[test]
+fn a_corrupt_byte_in_a_pack_is_caught_and_only_that_object_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = bytes(1, 200_000);
+    let b = bytes(2, 200_000);
+    let slot_b = {
+        let cache = Cache::open(dir.path(), 1 << 20).unwrap();
+        cache_whole(&cache, "a", &a);
+        let ob = cache_whole(&cache, "b", &b);
+        cache.flush().unwrap();
+        ob.record().packed.unwrap()
+    };
+    let pack = files_under(&dir.path().join("packs")).pop().unwrap();
+    let mut raw = std::fs::read(&pack).unwrap();
+    raw[(slot_b.offset + 123) as usize] ^= 0xff;
+    std::fs::write(&pack, raw).unwrap();
+
+    let cache = reopen(dir.path());
+    let report = cache.verify_blocks(false).unwrap();
+    assert_eq!(report.bad, vec![("mem://b/b".to_string(), 0)]);
+    let ob = cache.object("mem://b", "b", "v1", b.len() as u64, "u").unwrap();
+    assert!(matches!(ob.read_cached(0, 10), Err(CacheError::Corrupt { .. })));
+    assert!(!ob.is_complete(), "the bad block is dropped, to be fetched again");
+    let oa = cache.object("mem://b", "a", "v1", a.len() as u64, "u").unwrap();
+    assert_eq!(oa.read_cached(0, a.len()).unwrap(), a, "its neighbour in the pack is intact");
+}
+
+#[test]
+fn evicting_packed_objects_frees_their_space_and_unused_packs_go_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let objs: Vec<Vec<u8>> = (0..20).map(|i| bytes(i, 256 << 10)).collect();
+    {
+        let cache = Cache::open(dir.path(), 1 << 20).unwrap();
+        for (i, data) in objs.iter().enumerate() {
+            cache_whole(&cache, &format!("o{i}"), data);
+        }
+        cache.flush().unwrap();
+    }
+    let pack = files_under(&dir.path().join("packs")).pop().unwrap();
+    let allocated = || std::fs::metadata(&pack).map(|m| m.blocks() * 512).unwrap_or(0);
+    let before = allocated();
+    assert!(before >= 20 * (256 << 10), "{before}");
+
+    let cache = reopen(dir.path());
+    let uris: Vec<String> = (0..10).map(|i| format!("mem://b/o{i}")).collect();
+    let report = cache.evict(&EvictWhat::Uris(uris)).unwrap();
+    assert_eq!(report.objects, 10);
+    assert_eq!(report.bytes, 10 * (256 << 10));
+    let after = allocated();
+    assert!(before - after >= 10 * (256 << 10), "holes punched: {before} -> {after}");
+    for (i, data) in objs.iter().enumerate().skip(10) {
+        let o = cache.object("mem://b", &format!("o{i}"), "v1", data.len() as u64, "u").unwrap();
+        assert_eq!(o.read_cached(0, data.len()).unwrap(), *data, "o{i} kept");
+    }
+    assert_eq!(cache.evict(&EvictWhat::All).unwrap().objects, 10);
+    drop(cache);
+
+    // No entry uses the pack any more: the next start removes it.
+    let cache = reopen(dir.path());
+    assert_eq!(cache.reconcile().unwrap().orphan_files, 1);
+    assert!(!pack.exists());
+    assert_eq!(cache.usage(), (0, 0));
+}
+
+#[test]
+fn an_index_entry_whose_pack_is_gone_is_dropped_and_fetched_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = bytes(3, 70_000);
+    {
+        let cache = Cache::open(dir.path(), 1 << 20).unwrap();
+        cache_whole(&cache, "x", &data);
+        cache.flush().unwrap();
+    }
+    for p in files_under(&dir.path().join("packs")) {
+        std::fs::remove_file(p).unwrap();
+    }
+    let cache = reopen(dir.path());
+    assert_eq!(cache.reconcile().unwrap().dropped_entries, 1);
+    let o = cache.object("mem://b", "x", "v1", data.len() as u64, "u").unwrap();
+    assert!(!o.is_complete(), "nothing is served from a pack that is not there");
+    let r = o.block_range(0);
+    o.store_block(0, &data[r.start as usize..r.end as usize]).unwrap();
+    assert_eq!(o.read_cached(0, data.len()).unwrap(), data);
+}
