@@ -104,10 +104,15 @@ impl CacheShared {
     }
 
     /// Bytes of the blocks of `id` present in the index.
+    /// The last block counts only its real length, so a 100 KiB object is 100 KiB against the
+    /// cap, not a whole block.
     pub(crate) fn block_bytes(&self, id: &ObjectId, rec: &ObjectRecord) -> u64 {
         let bs = rec.block_size.max(4096);
-        let count = self.blocks.scan_prefix(id.0).keys().count() as u64;
-        (count * bs).min(rec.size.div_ceil(bs) * bs)
+        let n = rec.size.div_ceil(bs);
+        let count = (self.blocks.scan_prefix(id.0).keys().count() as u64).min(n);
+        let last_present = n > 0 && self.blocks.contains_key(object::block_key(id, n - 1)).unwrap_or(false);
+        let short = if last_present { n * bs - rec.size } else { 0 };
+        (count * bs).saturating_sub(short)
     }
 
     /// Path of the data file an object of its own is kept in.
@@ -237,7 +242,7 @@ impl CacheShared {
 /// Disk bytes an object takes: its own file's allocated blocks, or its slot in a pack.
 fn disk_bytes(shared: &CacheShared, id: &ObjectId, rec: &ObjectRecord) -> u64 {
     match rec.packed {
-        Some(_) => super::pack::slot_len(shared.block_bytes(id, rec).min(rec.size)),
+        Some(_) => super::pack::slot_len(shared.block_bytes(id, rec)),
         None => allocated(&shared.data_path(id)),
     }
 }

@@ -314,7 +314,7 @@ impl CachedObject {
             !was_present
         };
         if newly {
-            self.shared.used.fetch_add(self.block_size(), Ordering::AcqRel);
+            self.shared.used.fetch_add(data.len() as u64, Ordering::AcqRel);
         }
         let complete = newly && self.present.fetch_add(1, Ordering::AcqRel) + 1 == self.block_count();
         if complete {
@@ -350,7 +350,8 @@ impl CachedObject {
         };
         if was_present {
             self.present.fetch_sub(1, Ordering::AcqRel);
-            let bs = self.block_size();
+            let range = self.block_range(idx);
+            let bs = range.end - range.start;
             let _ = self.shared.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(bs)));
         }
         self.shared.stats.corrupt_blocks.fetch_add(1, Ordering::Relaxed);

@@ -65,6 +65,9 @@ fn small_objects_share_a_pack_and_survive_a_restart() {
     // appends to a pack of its own.
     let cache = reopen(dir.path());
     assert_eq!(cache.reconcile().unwrap().orphan_files, 0);
+    // Against the cap, each object counts its own bytes, not whole blocks.
+    let total: u64 = small.iter().map(|d| d.len() as u64).sum::<u64>() + big.len() as u64;
+    assert_eq!(cache.report(std::time::Duration::from_secs(3600)).unwrap().used_bytes, total);
     for (i, data) in small.iter().enumerate() {
         let obj = cache.object("mem://b", &format!("s{i}"), "v1", data.len() as u64, "u").unwrap();
         assert!(obj.is_complete(), "s{i} known from the index");
