@@ -94,6 +94,42 @@ fn listing_does_not_download_and_inputs_json_is_complete() {
     assert_eq!(Path::new(one["path"].as_str().unwrap()), m.path("inputs/x/dir3/sub1/k00010.txt"));
 }
 
+#[test]
+fn every_file_read_whole_gets_its_checksums_even_in_quick_succession() {
+    if !fuse_available() {
+        return;
+    }
+    let s3 = S3Server::start();
+    let files: Vec<Vec<u8>> = (0..300).map(|i| bytes(100 + i, 20_000 + i as usize * 101)).collect();
+    for (i, data) in files.iter().enumerate() {
+        s3.put("quick", &format!("f{i:03}.bin"), data);
+    }
+    let m = TestMount::new(&["--input", "q=s3://quick/"], &s3.env());
+    // One open, read to the end, close per file, as fast as they come: the last block of a file
+    // may still be on its way to the cache when it is closed.
+    for (i, data) in files.iter().enumerate() {
+        assert_eq!(&std::fs::read(m.path(&format!("inputs/q/f{i:03}.bin"))).unwrap(), data, "f{i}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(m.path("config/inputs.json")).unwrap()).unwrap();
+        let listed = json["q"]["files"].as_array().unwrap().clone();
+        assert_eq!(listed.len(), files.len());
+        let missing: Vec<_> =
+            listed.iter().filter(|f| f["checksums"]["sha256"].is_null()).map(|f| f["name"].clone()).collect();
+        if missing.is_empty() {
+            for (i, data) in files.iter().enumerate() {
+                let f = listed.iter().find(|f| f["name"] == format!("f{i:03}.bin")).unwrap();
+                assert_eq!(f["checksums"]["sha256"], sha256(data), "f{i}");
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "read whole but never checksummed: {missing:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];

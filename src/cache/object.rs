@@ -220,6 +220,27 @@ impl CachedObject {
         self.present.load(Ordering::Acquire) == self.block_count()
     }
 
+    /// Whether every block is on disk or being fetched (the object completes unless a fetch fails).
+    pub fn is_filling(&self) -> bool {
+        self.lock_blocks().iter().all(|b| !matches!(b, BlockState::Missing))
+    }
+
+    /// Waits until every block is on disk; false as soon as one is missing with no fetch for it.
+    pub async fn wait_complete(&self) -> bool {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_complete() {
+                return true;
+            }
+            if !self.is_filling() {
+                return false;
+            }
+            notified.await;
+        }
+    }
+
     /// State of block `idx`.
     pub fn state(&self, idx: u64) -> BlockState {
         self.lock_blocks().get(idx as usize).cloned().unwrap_or(BlockState::Missing)

@@ -465,7 +465,9 @@ impl Fs {
         let h = self.handles.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh);
         if let Some(Handle::Input { node, obj, .. }) = h.as_deref() {
             if let NodeKind::File(f) = &node.kind {
-                self.after_read(node, f, obj);
+                // The last block may still be on its way to the cache (the reader was answered
+                // from the fetched bytes): checksum the file once it lands.
+                self.hash_when_complete(node, f, obj, obj.cached.is_filling());
             }
         }
     }
@@ -608,6 +610,15 @@ impl Fs {
                 Some(Ok(content[start..end].to_vec()))
             }
             Handle::Output(file, _) => Some(outputs_ops::pread(file, offset, size)),
+            Handle::Input { node, obj, .. } if offset >= obj.cached.size() => {
+                // At or past the end (every sequential reader's last call): nothing to fetch.
+                if let NodeKind::File(f) = &node.kind {
+                    if let Err(e) = check_content(f) {
+                        return Some(Err(e));
+                    }
+                }
+                Some(Ok(Vec::new()))
+            }
             Handle::Input { node, obj, .. } if obj.cached.is_complete() => {
                 if let NodeKind::File(f) = &node.kind {
                     if let Err(e) = check_content(f) {
@@ -692,8 +703,15 @@ impl Fs {
     /// Once a file is wholly cached, computes its checksums (once), logs them as Valohai does,
     /// and records them in the data store's integrity history.
     fn after_read(&self, node: &Arc<Node>, f: &FileNode, obj: &Arc<OpenObject>) {
+        self.hash_when_complete(node, f, obj, false)
+    }
+
+    /// As `after_read`; with `wait`, a file not yet complete is checksummed once its blocks in
+    /// flight are all in (nothing is done if a fetch fails; a later read tries again).
+    fn hash_when_complete(&self, node: &Arc<Node>, f: &FileNode, obj: &Arc<OpenObject>, wait: bool) {
         // A plain load first: this runs on every cached read, and the swap writes a shared line.
-        if f.hashing.load(Ordering::Acquire) || !obj.cached.is_complete() || f.hashing.swap(true, Ordering::AcqRel) {
+        let complete = obj.cached.is_complete();
+        if f.hashing.load(Ordering::Acquire) || !(complete || wait) || f.hashing.swap(true, Ordering::AcqRel) {
             return;
         }
         let cached = obj.cached.clone();
@@ -704,6 +722,10 @@ impl Fs {
         let hashed = self.hashed.clone();
         self.runtime.spawn(async move {
             let NodeKind::File(f) = &node.kind else { return };
+            if !complete && !cached.wait_complete().await {
+                f.hashing.store(false, Ordering::Release);
+                return;
+            }
             match cached.checksums().await {
                 Ok(sums) => {
                     tracing::info!("{path}: md5 sum: {}", sums.md5);
