@@ -340,6 +340,38 @@ fn files_read_whole_just_before_a_kill_are_served_from_the_cache_after_remount()
 }
 
 #[test]
+fn a_corrupted_small_file_in_a_pack_is_detected_and_fetched_again() {
+    if !fuse_available() {
+        return;
+    }
+    let s3 = S3Server::start();
+    let small: Vec<Vec<u8>> = (0..3).map(|i| bytes(40 + i, 150_000)).collect();
+    for (i, data) in small.iter().enumerate() {
+        s3.put("corp", &format!("s{i}.bin"), data);
+    }
+    let m = TestMount::new(&["--input", "d=s3://corp/"], &s3.env());
+    for i in 0..3 {
+        std::fs::read(m.path(&format!("inputs/d/s{i}.bin"))).unwrap();
+    }
+    let (dir, cache) = m.into_parts();
+    // The three share one pack; flip one byte of each object's slot (slots are 4 KiB aligned).
+    let packs: Vec<_> = walk(&cache.join("packs")).into_iter().filter(|p| p.is_file()).collect();
+    assert_eq!(packs.len(), 1, "{packs:?}");
+    let mut raw = std::fs::read(&packs[0]).unwrap();
+    let slot = 150_000usize.div_ceil(4096) * 4096;
+    raw[slot + 777] ^= 0xff; // the second object's
+    std::fs::write(&packs[0], raw).unwrap();
+    let m = TestMount::with_cache(dir, cache, &["--input", "d=s3://corp/"], &s3.env());
+    s3.clear_log();
+    for (i, data) in small.iter().enumerate() {
+        let got = std::fs::read(m.path(&format!("inputs/d/s{i}.bin"))).unwrap();
+        assert_eq!(sha256(&got), sha256(data), "s{i}: the bad block was not served");
+    }
+    let gets = s3.requests().into_iter().filter(|r| r.is_object_get()).count();
+    assert_eq!(gets, 1, "exactly the bad object is fetched again");
+}
+
+#[test]
 fn a_corrupted_cache_block_is_detected_and_fetched_again() {
     if !fuse_available() {
         return;

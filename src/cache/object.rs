@@ -215,6 +215,11 @@ impl CachedObject {
         start..(start + self.block_size).min(self.size)
     }
 
+    /// Whether its bytes live in a pack file shared with other small objects.
+    pub fn is_packed(&self) -> bool {
+        self.packed
+    }
+
     /// Whether every block is on disk.
     pub fn is_complete(&self) -> bool {
         self.present.load(Ordering::Acquire) == self.block_count()
@@ -440,6 +445,11 @@ impl CachedObject {
             })
             .collect();
         if todo.is_empty() {
+            return Ok(());
+        }
+        if let [(i, crc)] = todo[..] {
+            self.verify_block(i, crc)?;
+            self.stamp_if_checked();
             return Ok(());
         }
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 4);
