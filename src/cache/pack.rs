@@ -121,7 +121,9 @@ impl Packs {
             let (pack, file) = self.create_next()?;
             *current = Some((pack, file, 0));
         }
-        let Some((pack, file, next)) = current.as_mut() else { unreachable!("a pack was just made") };
+        let Some((pack, file, next)) = current.as_mut() else {
+            return Err(CacheError::Io { path: self.dir.clone(), error: std::io::Error::other("no pack to write to") });
+        };
         let slot = PackSlot { pack: *pack, offset: *next };
         *next += need;
         Ok((slot, file.clone()))
