@@ -75,7 +75,7 @@ pub struct VerifyReport {
 }
 
 /// What reconciliation at start fixed.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReconcileReport {
     /// Data files that no index entry knew, removed.
     pub orphan_files: u64,

@@ -165,3 +165,23 @@ fn an_index_entry_whose_pack_is_gone_is_dropped_and_fetched_afresh() {
     o.store_block(0, &data[r.start as usize..r.end as usize]).unwrap();
     assert_eq!(o.read_cached(0, data.len()).unwrap(), data);
 }
+
+#[test]
+fn an_object_cached_in_a_file_of_its_own_stays_there() {
+    // Cut into 64 KiB blocks, a 100 KB object has a file of its own; a later process that packs
+    // objects this small still serves it from that file, unfetched.
+    let dir = tempfile::tempdir().unwrap();
+    let data = bytes(5, 100_000);
+    {
+        let cache = Cache::open(dir.path(), 1 << 16).unwrap();
+        assert!(cache_whole(&cache, "own", &data).record().packed.is_none());
+        cache.flush().unwrap();
+    }
+    let cache = reopen(dir.path());
+    assert_eq!(cache.reconcile().unwrap(), ReconcileReport::default());
+    let o = cache.object("mem://b", "own", "v1", data.len() as u64, "u").unwrap();
+    assert!(o.is_complete() && !o.is_packed());
+    assert_eq!(o.read_cached(0, data.len()).unwrap(), data);
+    assert_eq!(files_under(&dir.path().join("objects")).len(), 1);
+    assert!(files_under(&dir.path().join("packs")).is_empty());
+}
