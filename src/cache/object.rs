@@ -506,7 +506,7 @@ impl CachedObject {
 
     fn hash_file_inner(&self) -> Result<Checksums, CacheError> {
         let mut hasher = MultiHasher::new();
-        let mut buf = vec![0u8; self.block_size as usize];
+        let mut buf = vec![0u8; self.block_size.min(self.size) as usize];
         for idx in 0..self.block_count() {
             let crc = match self.state(idx) {
                 BlockState::Present { crc, .. } => crc,
