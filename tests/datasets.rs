@@ -460,6 +460,22 @@ fn a_hundred_thousand_file_version_mounts_and_lists_without_listing_the_store() 
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join("v1.json"), serde_json::to_vec(&version).unwrap()).unwrap();
 
+    // A reader that stops early (`| head`, `| grep -q`) ends the command quietly, never a panic.
+    {
+        use std::io::Read;
+        let mut child = command(&c.home(), &[])
+            .args(["dataset", "show", "huge/v1", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut head = [0u8; 100];
+        child.stdout.take().unwrap().read_exact(&mut head).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    }
+
     let started = Instant::now();
     let m = c.mount("dataset://huge/v1");
     let mounted = started.elapsed();

@@ -94,7 +94,7 @@ pub fn run(args: CacheArgs) -> Result<i32> {
     };
     let v = run_op(&dir, op).with_context(|| format!("cache {}", dir.display()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        super::print_json(&v)?;
     }
     Ok(match args.command {
         CacheCommand::Stats { .. } => {

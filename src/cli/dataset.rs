@@ -102,7 +102,7 @@ pub fn run(args: DatasetArgs) -> Result<i32> {
         DatasetCommand::Create { name, json } => {
             let rec = rt.block_on(catalog.create_dataset(&name, None, false))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rec)?);
+                super::print_json(&rec)?;
             } else {
                 println!("dataset {name} created");
             }
@@ -110,7 +110,7 @@ pub fn run(args: DatasetArgs) -> Result<i32> {
         DatasetCommand::Ls { json } => {
             let names = rt.block_on(catalog.datasets())?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&names)?);
+                super::print_json(&names)?;
             } else if names.is_empty() {
                 println!("no datasets");
             } else {
@@ -134,7 +134,7 @@ pub fn run(args: DatasetArgs) -> Result<i32> {
                     "from": rec.from,
                     "files": rec.files,
                 });
-                println!("{}", serde_json::to_string_pretty(&summary)?);
+                super::print_json(&summary)?;
             } else {
                 let bytes: u64 = rec.files.iter().map(|f| f.size).sum();
                 println!("{}: {} file(s), {}", rec.uri(), rec.files.len(), super::human_bytes(bytes));
@@ -143,7 +143,7 @@ pub fn run(args: DatasetArgs) -> Result<i32> {
         DatasetCommand::Alias { command: AliasCommand::Set { name, alias, version, json } } => {
             let rec = rt.block_on(catalog.set_version_alias(&name, &alias, &version))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rec)?);
+                super::print_json(&rec)?;
             } else {
                 println!("dataset://{name}/{alias} -> {version} (move {} of its history)", rec.history.len());
             }
@@ -164,7 +164,7 @@ fn show_dataset(rt: &tokio::runtime::Runtime, catalog: &Catalog, name: &str, jso
             "versions": versions.iter().map(|(v, at)| json!({ "version": v, "created_at": at })).collect::<Vec<_>>(),
             "aliases": aliases,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        super::print_json(&v)?;
         return Ok(());
     }
     println!("dataset {name} (created {} on {})", rec.created_at, rec.host);
@@ -208,7 +208,7 @@ fn show_version(rt: &tokio::runtime::Runtime, catalog: &Catalog, name: &str, jso
             "from": rec.from,
             "files": files,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        super::print_json(&v)?;
         return Ok(());
     }
     let via = alias.map(|a| format!(" (alias {a})")).unwrap_or_default();

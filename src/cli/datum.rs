@@ -168,7 +168,7 @@ pub fn run_datum(args: DatumArgs) -> Result<i32> {
                     v["resolved_from"] = serde_json::to_value(a)?;
                 }
                 v["purged"] = serde_json::to_value(&purged)?;
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                super::print_json(&v)?;
             } else {
                 print_datum(&d);
                 if let Some(t) = &purged {
@@ -196,7 +196,7 @@ pub fn run_datum(args: DatumArgs) -> Result<i32> {
             let picked: Vec<&DatumRecord> =
                 all.iter().filter(|d| tag.as_ref().is_none_or(|t| d.tags.contains(t))).collect();
             if json {
-                println!("{}", serde_json::to_string_pretty(&picked)?);
+                super::print_json(&picked)?;
             } else if picked.is_empty() {
                 println!("no datums");
             } else {
@@ -219,7 +219,7 @@ pub fn run_datum(args: DatumArgs) -> Result<i32> {
             }
             let t = rt.block_on(catalog.purge(&d.id, reason.as_deref()))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&t)?);
+                super::print_json(&t)?;
             } else {
                 println!("{}", t.describe());
             }
@@ -321,7 +321,7 @@ pub fn run_lineage(args: LineageArgs) -> Result<i32> {
     let purged = rt.block_on(catalog.tombstone(&d.id))?;
     if args.json {
         let v = json!({ "datum": d, "produced_by": producer, "read_by": readers, "purged": purged });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        super::print_json(&v)?;
         return Ok(0);
     }
     println!("{}  {}  ({} bytes, sha256 {})", d.uri, d.path, d.size, d.checksums.sha256);
@@ -443,7 +443,7 @@ pub fn run_push(args: PushArgs) -> Result<i32> {
                 Err(e) => json!({ "path": rel, "error": e }),
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&json!({ "execution": execution, "datums": v }))?);
+        super::print_json(&json!({ "execution": execution, "datums": v }))?;
     } else {
         for (rel, r) in &results {
             match r {

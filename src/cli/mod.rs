@@ -78,6 +78,20 @@ fn absolute(path: &Path) -> PathBuf {
     }
 }
 
+/// Prints `value` as pretty JSON on stdout in one write, so that a reader that stops early
+/// (`| grep -q`, `| head`) never catches the command between two writes; a reader that is
+/// gone (broken pipe) is not an error.
+pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    use std::io::Write;
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
 /// `n` bytes for people: `512 B`, `1.5 MiB`.
 pub(crate) fn human_bytes(n: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -97,7 +97,7 @@ pub fn run(args: StatusArgs) -> Result<i32> {
     if args.json {
         let out =
             if args.mountpoint.is_some() { results.into_iter().next().unwrap_or(Value::Null) } else { json!(results) };
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        super::print_json(&out)?;
     } else if results.is_empty() {
         println!("no datumfs mounts");
     } else {

@@ -70,7 +70,7 @@ pub(super) fn sync_mount(mp: &Path, json: bool) -> Result<(SyncReport, bool)> {
         bail!("sync of {} failed: {}", mp.display(), resp.error.unwrap_or_else(|| "no report".into()));
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        super::print_json(&report)?;
     } else {
         for d in &report.datums {
             let note = if d.new { "" } else { "  (unchanged)" };

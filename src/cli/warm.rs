@@ -121,7 +121,7 @@ pub fn run(args: WarmArgs) -> Result<i32> {
         bail!("warm {path}: {}", resp.error.unwrap_or_else(|| "no report".into()));
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        super::print_json(&report)?;
     } else {
         println!(
             "{path}: {} file(s), {} cached ({} already were)",
