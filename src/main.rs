@@ -2,6 +2,7 @@
 //! exit code. No logic lives here.
 
 fn main() {
+    datumfs::cli::exit_quietly_on_closed_stdout();
     let code = match datumfs::cli::run() {
         Ok(code) => code,
         Err(e) => {

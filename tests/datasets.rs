@@ -461,10 +461,10 @@ fn a_hundred_thousand_file_version_mounts_and_lists_without_listing_the_store() 
     fs::write(dir.join("v1.json"), serde_json::to_vec(&version).unwrap()).unwrap();
 
     // A reader that stops early (`| head`, `| grep -q`) ends the command quietly, never a panic.
-    {
+    for args in [&["dataset", "show", "huge/v1", "--json"][..], &["dataset", "show", "huge/v1"]] {
         use std::io::Read;
         let mut child = command(&c.home(), &[])
-            .args(["dataset", "show", "huge/v1", "--json"])
+            .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -472,7 +472,7 @@ fn a_hundred_thousand_file_version_mounts_and_lists_without_listing_the_store() 
         let mut head = [0u8; 100];
         child.stdout.take().unwrap().read_exact(&mut head).unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{args:?}: {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
         assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
     }
 

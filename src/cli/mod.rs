@@ -78,6 +78,25 @@ fn absolute(path: &Path) -> PathBuf {
     }
 }
 
+/// Makes a reader that stops early (`datumfs dataset ls | head -3`) end the command quietly:
+/// Rust's `println!` panics when stdout is a closed pipe, and that panic would otherwise print a
+/// backtrace note and exit with 101. Any other panic keeps the default report.
+pub fn exit_quietly_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info)
+    }));
+}
+
 /// Prints `value` as pretty JSON on stdout in one write, so that a reader that stops early
 /// (`| grep -q`, `| head`) never catches the command between two writes; a reader that is
 /// gone (broken pipe) is not an error.
