@@ -477,5 +477,18 @@ impl Cache {
     }
 }
 
+/// Opens the cache in `dir` as a new process would, once the last user in this process has let
+/// go of the index (its background flusher may hold it a moment after the drop).
+#[cfg(test)]
+pub(crate) fn open_when_free(dir: &Path, block_size: u64) -> Cache {
+    for _ in 0..500 {
+        if let Ok(c) = Cache::open(dir, block_size) {
+            return c;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Cache::open(dir, block_size).expect("the cache index is still held after 5 s")
+}
+
 #[cfg(test)]
 mod tests;

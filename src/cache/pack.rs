@@ -166,12 +166,12 @@ impl Packs {
         if len == 0 {
             return 0;
         }
-        let Ok(file) = OpenOptions::new().write(true).open(self.path(slot.pack)) else { return 0 };
+        let Ok(pack) = self.open(slot.pack) else { return 0 };
         use std::os::fd::AsRawFd;
         // SAFETY: a valid descriptor; punching a hole changes no memory of ours.
         let rc = unsafe {
             libc::fallocate(
-                file.as_raw_fd(),
+                pack.file.as_raw_fd(),
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
                 slot.offset as libc::off_t,
                 len as libc::off_t,

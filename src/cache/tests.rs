@@ -18,16 +18,8 @@ fn cache_whole(cache: &Cache, key: &str, data: &[u8]) -> Arc<CachedObject> {
     obj
 }
 
-/// Opens the cache in `dir` as a new process would, once the last one has let go of the index
-/// (its background flusher may hold it a moment after the drop).
 fn reopen(dir: &Path) -> Cache {
-    for _ in 0..500 {
-        if let Ok(c) = Cache::open(dir, 1 << 20) {
-            return c;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    Cache::open(dir, 1 << 20).unwrap()
+    open_when_free(dir, 1 << 20)
 }
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {

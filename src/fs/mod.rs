@@ -467,7 +467,7 @@ impl Fs {
             if let NodeKind::File(f) = &node.kind {
                 // The last block may still be on its way to the cache (the reader was answered
                 // from the fetched bytes): checksum the file once it lands.
-                self.hash_when_complete(node, f, obj, obj.cached.is_filling());
+                self.hash_when_complete(node, f, obj, true);
             }
         }
     }
@@ -612,28 +612,27 @@ impl Fs {
                 Some(Ok(content[start..end].to_vec()))
             }
             Handle::Output(file, _) => Some(outputs_ops::pread(file, offset, size)),
-            Handle::Input { node, obj, .. } if offset >= obj.cached.size() => {
-                // At or past the end (every sequential reader's last call): nothing to fetch.
-                if let NodeKind::File(f) = &node.kind {
-                    if let Err(e) = check_content(f) {
-                        return Some(Err(e));
-                    }
+            Handle::Input { node, obj, .. } => {
+                let file = match &node.kind {
+                    NodeKind::File(f) => Some(f),
+                    _ => None,
+                };
+                if let Some(Err(e)) = file.map(|f| check_content(f)) {
+                    return Some(Err(e));
                 }
-                Some(Ok(Vec::new()))
-            }
-            Handle::Input { node, obj, .. } if obj.cached.is_complete() => {
-                if let NodeKind::File(f) = &node.kind {
-                    if let Err(e) = check_content(f) {
-                        return Some(Err(e));
-                    }
-                    if f.entry.expected.is_some() && f.checksums.get().is_none() {
-                        return None; // verified on the slow path first
-                    }
+                // At or past the end (every sequential reader's last call): nothing to fetch.
+                if offset >= obj.cached.size() {
+                    return Some(Ok(Vec::new()));
+                }
+                if !obj.cached.is_complete()
+                    || file.is_some_and(|f| f.entry.expected.is_some() && f.checksums.get().is_none())
+                {
+                    return None; // fetched, or verified against the record, on the slow path first
                 }
                 match obj.cached.read_cached(offset, size as usize) {
                     Ok(buf) => {
                         // The last block may have come in by read-ahead: checksum from here too.
-                        if let NodeKind::File(f) = &node.kind {
+                        if let Some(f) = file {
                             self.after_read(node, f, obj);
                         }
                         Some(Ok(buf))
@@ -641,7 +640,7 @@ impl Fs {
                     Err(_) => None, // a block failed verification: take the slow path, which refetches
                 }
             }
-            _ => None,
+            Handle::Dir(_) => None,
         }
     }
 
@@ -708,12 +707,15 @@ impl Fs {
         self.hash_when_complete(node, f, obj, false)
     }
 
-    /// As `after_read`; with `wait`, a file not yet complete is checksummed once its blocks in
-    /// flight are all in (nothing is done if a fetch fails; a later read tries again).
+    /// As `after_read`; with `wait`, a file whose missing blocks are all being fetched is
+    /// checksummed once they are in (nothing is done if a fetch fails; a later read tries again).
     fn hash_when_complete(&self, node: &Arc<Node>, f: &FileNode, obj: &Arc<OpenObject>, wait: bool) {
         // A plain load first: this runs on every cached read, and the swap writes a shared line.
+        if f.hashing.load(Ordering::Acquire) {
+            return;
+        }
         let complete = obj.cached.is_complete();
-        if f.hashing.load(Ordering::Acquire) || !(complete || wait) || f.hashing.swap(true, Ordering::AcqRel) {
+        if !(complete || wait && obj.cached.is_filling()) || f.hashing.swap(true, Ordering::AcqRel) {
             return;
         }
         let cached = obj.cached.clone();

@@ -132,15 +132,7 @@ async fn a_file_checked_in_this_boot_is_trusted_until_it_changes() {
     let Fixture { _dir, obj, .. } = f;
     drop(obj);
     // Read-ahead tasks finishing may hold the index a moment longer.
-    let open = |dir: &std::path::Path| {
-        for _ in 0..500 {
-            if let Ok(c) = Cache::open(dir, 1 << 16) {
-                return c;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        Cache::open(dir, 1 << 16).unwrap()
-    };
+    let open = |dir: &std::path::Path| crate::cache::open_when_free(dir, 1 << 16);
 
     // Written whole by the last process in this boot, unchanged: no block needs reading again.
     let cache = open(&dir);
