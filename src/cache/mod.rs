@@ -8,6 +8,7 @@
 //! block is dropped and fetched again). Knows nothing of stores or FUSE.
 
 mod lifecycle;
+pub mod low_priority;
 mod object;
 mod pack;
 
@@ -175,6 +176,8 @@ pub(crate) struct CacheShared {
     pub(crate) durability: Arc<Durability>,
     /// The pack files small objects live in.
     pub(crate) packs: pack::Packs,
+    /// Threads that checksum whole objects, at a low priority.
+    pub(crate) hashing: low_priority::LowPriorityPool,
 }
 
 /// Makes complete objects durable shortly after they complete, whatever sled's own flush timer
@@ -267,6 +270,11 @@ impl Cache {
             warned_full: Default::default(),
             durability: Arc::default(),
             packs: pack::Packs::new(dir),
+            hashing: low_priority::LowPriorityPool::start(
+                "datumfs-hash",
+                std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
+            )
+            .map_err(|error| CacheError::Io { path: index.clone(), error })?,
         });
         {
             let (durability, weak) = (shared.durability.clone(), Arc::downgrade(&shared));

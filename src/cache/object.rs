@@ -485,9 +485,13 @@ impl CachedObject {
         self.checksums
             .get_or_try_init(|| async move {
                 let worker = this.clone();
-                let sums = tokio::task::spawn_blocking(move || worker.hash_file())
+                // Hashing a large file takes seconds of CPU: the reads that jobs wait on go first.
+                let sums = this
+                    .shared
+                    .hashing
+                    .run(move || worker.hash_file())
                     .await
-                    .map_err(|e| this.io(std::io::Error::other(e)))??;
+                    .ok_or_else(|| this.io(std::io::Error::other("the checksum thread is gone")))??;
                 this.update_record(|rec| {
                     rec.checksums = Some(sums.clone());
                     true
@@ -499,12 +503,6 @@ impl CachedObject {
     }
 
     fn hash_file(&self) -> Result<Checksums, CacheError> {
-        // Hashing a large file takes seconds of CPU: let the reads that jobs wait on go first.
-        let _nice = LowPriority::enter();
-        self.hash_file_inner()
-    }
-
-    fn hash_file_inner(&self) -> Result<Checksums, CacheError> {
         let mut hasher = MultiHasher::new();
         let mut buf = vec![0u8; self.block_size.min(self.size) as usize];
         for idx in 0..self.block_count() {
@@ -583,28 +581,4 @@ fn read_exact_at_uninit(file: &File, len: usize, offset: u64) -> std::io::Result
         }
     }
     Ok(buf)
-}
-
-/// Lowers the calling thread's scheduling priority until dropped (a pool thread is reused).
-struct LowPriority(libc::c_int);
-
-impl LowPriority {
-    fn enter() -> Self {
-        // SAFETY: plain syscalls on the calling thread's id.
-        unsafe {
-            let tid = libc::gettid() as libc::id_t;
-            let before = libc::getpriority(libc::PRIO_PROCESS, tid);
-            libc::setpriority(libc::PRIO_PROCESS, tid, 10);
-            LowPriority(before)
-        }
-    }
-}
-
-impl Drop for LowPriority {
-    fn drop(&mut self) {
-        // SAFETY: as above; restoring a priority root may always set.
-        unsafe {
-            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, self.0);
-        }
-    }
 }

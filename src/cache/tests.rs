@@ -177,3 +177,37 @@ fn an_object_cached_in_a_file_of_its_own_stays_there() {
     assert_eq!(files_under(&dir.path().join("objects")).len(), 1);
     assert!(files_under(&dir.path().join("packs")).is_empty());
 }
+
+/// The `nice` value of the calling thread.
+fn thread_nice() -> libc::c_int {
+    // SAFETY: a plain syscall on the calling thread's own id.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+}
+
+#[test]
+fn checksumming_leaves_no_thread_of_a_daemon_without_cap_sys_nice_at_low_priority() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path(), 1 << 20).unwrap();
+    let data = bytes(5, 3 << 20);
+    let obj = cache_whole(&cache, "big", &data);
+    // Credentials are per thread in the kernel (glibc's setresuid changes every thread; the raw
+    // syscall only this one), and threads inherit them from the thread that makes them: this
+    // thread and the runtime's blocking threads it starts run as nobody, without CAP_SYS_NICE,
+    // as a daemon mounted by an ordinary user does.
+    let (before, after, sums) = std::thread::spawn(move || {
+        // SAFETY: changes only this thread's credentials; it exits when done.
+        let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+        assert_eq!(rc, 0, "dropping to nobody (the test runs as root)");
+        let rt = tokio::runtime::Builder::new_current_thread().max_blocking_threads(1).build().unwrap();
+        rt.block_on(async {
+            let before = tokio::task::spawn_blocking(thread_nice).await.unwrap();
+            let sums = obj.checksums().await.unwrap();
+            let after = tokio::task::spawn_blocking(thread_nice).await.unwrap();
+            (before, after, sums)
+        })
+    })
+    .join()
+    .unwrap();
+    assert_eq!(after, before, "the runtime's blocking thread keeps its priority after a checksum");
+    assert_eq!(sums, crate::checksum::MultiHasher::of_reader(&data[..]).unwrap().0);
+}

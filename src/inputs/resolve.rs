@@ -126,28 +126,6 @@ fn key_path(u: &SourceUri, key: &str) -> Result<Option<Path>, UriError> {
         .map_err(|e| UriError::Malformed { uri: u.original.clone(), reason: format!("not a valid object key: {e}") })
 }
 
-/// Decodes the percent-encoding local stores apply to odd bytes in file names.
-fn decode_name(store: &StoreHandle, name: &str) -> String {
-    if !store.encoded_names || !name.contains('%') {
-        return name.to_string();
-    }
-    let bytes = name.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&name[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap_or_else(|_| name.to_string())
-}
-
 fn entry(store: &Arc<StoreHandle>, meta: &ObjectMeta) -> FileEntry {
     FileEntry {
         store: store.clone(),
@@ -177,8 +155,7 @@ pub async fn list_dir(store: &Arc<StoreHandle>, prefix: Option<&Path>) -> Result
     let base_len = prefix.map(|p| p.as_ref().len() + 1).unwrap_or(0);
     let mut out = DirListing::default();
     for p in res.common_prefixes {
-        let raw = p.as_ref().get(base_len..).unwrap_or_default().to_string();
-        let name = decode_name(store, &raw);
+        let name = p.as_ref().get(base_len..).unwrap_or_default().to_string();
         match keys::check_segment(&name) {
             Ok(()) => {
                 out.dirs.insert(name, p);
@@ -187,11 +164,10 @@ pub async fn list_dir(store: &Arc<StoreHandle>, prefix: Option<&Path>) -> Result
         }
     }
     for meta in res.objects {
-        let raw = meta.location.as_ref().get(base_len..).unwrap_or_default().to_string();
-        if raw.is_empty() {
+        let name = meta.location.as_ref().get(base_len..).unwrap_or_default().to_string();
+        if name.is_empty() {
             continue; // the prefix's own directory marker
         }
-        let name = decode_name(store, &raw);
         if let Err(why) = keys::check_segment(&name) {
             warn_skipped(&store.uri_of(meta.location.as_ref()), &why);
             continue;
@@ -288,9 +264,9 @@ pub async fn resolve(
                 };
                 let mut e = entry(&store, &meta);
                 e.pin = Some(Pin::from_meta(&meta));
-                let base = decode_name(&store, meta.location.filename().unwrap_or_default());
+                let base = meta.location.filename().unwrap_or_default().to_string();
                 let rel = match spec.keep_directories {
-                    KeepDirectories::Full => u.key.split('/').map(|s| decode_name(&store, s)).collect(),
+                    KeepDirectories::Full => u.key.split('/').map(str::to_string).collect(),
                     _ => vec![spec.filename.clone().unwrap_or(base)],
                 };
                 push_checked(&mut files, rel, e);
@@ -323,8 +299,7 @@ pub async fn resolve(
                         (Selection::Wildcard { .. }, KeepDirectories::None) => key.rsplit('/').next().unwrap_or(key),
                         _ => rel_key,
                     };
-                    let decoded = decode_name(&store, rel_src);
-                    match keys::relative_segments(&decoded) {
+                    match keys::relative_segments(rel_src) {
                         Ok(segs) => push_checked(
                             &mut files,
                             segs.into_iter().map(str::to_string).collect(),
@@ -638,5 +613,31 @@ mod tests {
         assert!(two.to_string().contains("both map to 'x.csv'"), "{two}");
         let missing = resolved(&keys, &["s3://b/d/nope.csv"], KeepDirectories::None).await.unwrap_err();
         assert!(missing.to_string().contains("s3://b/d/nope.csv"), "{missing}");
+    }
+
+    /// Local listings carry file names as they are on disk (object_store 0.14 encodes nothing
+    /// there): shown as they are, `%` and multi-byte characters included, and read back whole.
+    #[tokio::test]
+    async fn a_local_directory_with_odd_names_resolves() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["50%€.csv", "100%.txt", "%41.bin", "€%"] {
+            std::fs::write(dir.path().join(name), name).unwrap();
+        }
+        std::fs::create_dir(dir.path().join("d%€")).unwrap();
+        std::fs::write(dir.path().join("d%€/x%€y"), b"x").unwrap();
+        let reg = StoreRegistry::new();
+        let uri = format!("{}/", dir.path().display());
+        let r = resolve(&spec(&[&uri], KeepDirectories::None), &reg, None, std::path::Path::new("/")).await.unwrap();
+        let InputRoot::Lazy { root, store, .. } = r.root else { panic!("a directory is listed lazily") };
+        let mut names: Vec<&str> = root.files.keys().map(String::as_str).collect();
+        names.sort();
+        assert_eq!(names, vec!["%41.bin", "100%.txt", "50%€.csv", "€%"]);
+        assert_eq!(root.dirs.keys().collect::<Vec<_>>(), vec!["d%€"]);
+        for (name, entry) in &root.files {
+            let bytes = store.inner.get(&entry.key).await.unwrap().bytes().await.unwrap();
+            assert_eq!(&bytes[..], name.as_bytes(), "{name} reads back its own bytes");
+        }
+        let sub = list_dir(&store, Some(&root.dirs["d%€"])).await.unwrap();
+        assert_eq!(sub.files.keys().collect::<Vec<_>>(), vec!["x%€y"]);
     }
 }

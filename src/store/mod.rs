@@ -11,7 +11,7 @@ pub mod faulty;
 
 use crate::inputs::uri::{Scheme, SourceUri};
 pub use error::StoreError;
-use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+use object_store::{BackoffConfig, ClientConfigKey, ClientOptions, ObjectStore, RetryConfig};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,14 +25,12 @@ pub struct StoreHandle {
     pub bucket: Option<String>,
     /// The client.
     pub inner: Arc<dyn ObjectStore>,
-    /// Local stores percent-encode odd bytes in file names; names must be decoded for display.
-    pub encoded_names: bool,
 }
 
 impl StoreHandle {
     /// Wraps an existing client (used by tests with in-memory or fault-injecting stores).
     pub fn new(url: &str, inner: Arc<dyn ObjectStore>) -> Self {
-        Self { url: url.to_string(), bucket: None, inner, encoded_names: false }
+        Self { url: url.to_string(), bucket: None, inner }
     }
 
     /// The URI of `key` in this store, for messages.
@@ -59,11 +57,32 @@ fn retry_config() -> RetryConfig {
     }
 }
 
-fn client_options() -> ClientOptions {
+/// Our client defaults, with every HTTP client setting the environment gives for this cloud
+/// (`GOOGLE_ALLOW_HTTP`, `AZURE_TIMEOUT`, `AWS_PROXY_URL`, ...) applied over them. The builders'
+/// `from_env()` reads those too, but `with_client_options` replaces all of it, so they are read
+/// again here.
+fn client_options(env_prefix: &str) -> ClientOptions {
+    let vars = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    client_options_from(env_prefix, vars)
+}
+
+/// Timeouts that fail a dead endpoint within seconds, and connections kept for many readers.
+fn default_client_options() -> ClientOptions {
     ClientOptions::new()
         .with_connect_timeout(Duration::from_secs(5))
         .with_timeout(Duration::from_secs(120))
         .with_pool_max_idle_per_host(64)
+}
+
+fn client_options_from(env_prefix: &str, vars: impl Iterator<Item = (String, String)>) -> ClientOptions {
+    let mut options = default_client_options();
+    for (name, value) in vars {
+        let Some(rest) = name.strip_prefix(env_prefix) else { continue };
+        if let Ok(key) = rest.to_ascii_lowercase().parse::<ClientConfigKey>() {
+            options = options.with_config(key, value);
+        }
+    }
+    options
 }
 
 fn env_true(name: &str) -> bool {
@@ -123,7 +142,7 @@ fn build(uri: &SourceUri) -> Result<StoreHandle, StoreError> {
             Arc::new(
                 object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_bucket_name(uri.bucket.clone().unwrap_or_default())
-                    .with_client_options(client_options())
+                    .with_client_options(client_options("GOOGLE_"))
                     .with_retry(retry_config())
                     .build()
                     .map_err(bad)?,
@@ -148,7 +167,7 @@ fn build(uri: &SourceUri) -> Result<StoreHandle, StoreError> {
             Arc::new(
                 object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_url(&uri.store_url)
-                    .with_client_options(client_options())
+                    .with_client_options(client_options("AZURE_"))
                     .with_retry(retry_config())
                     .build()
                     .map_err(bad)?,
@@ -157,7 +176,7 @@ fn build(uri: &SourceUri) -> Result<StoreHandle, StoreError> {
         Scheme::Http => Arc::new(
             object_store::http::HttpBuilder::new()
                 .with_url(&uri.store_url)
-                .with_client_options(client_options().with_allow_http(true))
+                .with_client_options(default_client_options().with_allow_http(true))
                 .with_retry(retry_config())
                 .build()
                 .map_err(bad)?,
@@ -170,19 +189,14 @@ fn build(uri: &SourceUri) -> Result<StoreHandle, StoreError> {
             })
         }
     };
-    Ok(StoreHandle {
-        url: uri.store_url.clone(),
-        bucket: uri.bucket.clone(),
-        inner,
-        encoded_names: uri.scheme == Scheme::File,
-    })
+    Ok(StoreHandle { url: uri.store_url.clone(), bucket: uri.bucket.clone(), inner })
 }
 
 fn build_s3(uri: &SourceUri) -> Result<object_store::aws::AmazonS3Builder, StoreError> {
     use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
     let mut b = AmazonS3Builder::from_env()
         .with_bucket_name(uri.bucket.clone().unwrap_or_default())
-        .with_client_options(client_options())
+        .with_client_options(client_options("AWS_"))
         .with_retry(retry_config());
     let env_creds = env_set("AWS_ACCESS_KEY_ID") && env_set("AWS_SECRET_ACCESS_KEY");
     let other_sources = env_set("AWS_WEB_IDENTITY_TOKEN_FILE")
@@ -220,12 +234,30 @@ fn build_s3(uri: &SourceUri) -> Result<object_store::aws::AmazonS3Builder, Store
             b = b.with_endpoint(e);
         }
     }
-    // S3-compatible endpoints are usually plain HTTP on a private network and path-style.
-    if env_true("AWS_ALLOW_HTTP") {
-        b = b.with_allow_http(true);
-    }
     if let Ok(v) = std::env::var("AWS_S3_ADDRESSING_STYLE") {
         b = b.with_config(AmazonS3ConfigKey::VirtualHostedStyleRequest, (v == "virtual").to_string());
     }
     Ok(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_settings_from_the_environment_win_over_defaults() {
+        let vars = [
+            ("AZURE_ALLOW_HTTP", "true"),
+            ("AZURE_TIMEOUT", "7s"),
+            ("GOOGLE_ALLOW_HTTP", "false"),
+            ("AZURE_STORAGE_ACCOUNT_KEY", "not a client key"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let azure = client_options_from("AZURE_", vars.clone().into_iter());
+        assert_eq!(azure.get_config_value(&ClientConfigKey::AllowHttp).as_deref(), Some("true"));
+        assert_eq!(azure.get_config_value(&ClientConfigKey::Timeout).as_deref(), Some("7s"));
+        let google = client_options_from("GOOGLE_", vars.into_iter());
+        assert_eq!(google.get_config_value(&ClientConfigKey::AllowHttp).as_deref(), Some("false"));
+        assert_eq!(google.get_config_value(&ClientConfigKey::ConnectTimeout).as_deref(), Some("5s"));
+    }
 }
