@@ -2,6 +2,7 @@
 //! catalog (lineage), and the answers to control requests about it (`status`, `sync`, `warm`,
 //! `unmount`).
 
+use super::events::MountRecorder;
 use super::mounts;
 use crate::cache::Cache;
 use crate::catalog::{self, Catalog, ExecutionRecord};
@@ -23,8 +24,10 @@ pub struct Execution {
     pub started_at: String,
     /// The mountpoint.
     pub mountpoint: PathBuf,
-    /// The filesystem (for status and the inputs read).
+    /// The filesystem (for status and warm).
     pub fs: Arc<Fs>,
+    /// What the filesystem reported: the inputs read, for lineage and status.
+    pub recorder: Arc<MountRecorder>,
     /// The staged outputs.
     pub staging: Arc<Staging>,
     /// Their sync state.
@@ -60,7 +63,7 @@ impl Execution {
         if self.command.is_some() {
             rec.command = self.command.clone();
         }
-        for input in self.fs.lineage_inputs() {
+        for input in self.recorder.lineage_inputs(&self.fs.input_summaries(), &self.mountpoint) {
             match rec.inputs.iter_mut().find(|i| i.name == input.name) {
                 Some(existing) => {
                     for f in input.files_read {
@@ -214,8 +217,11 @@ impl Execution {
         }
     }
 
-    pub(super) fn status(&self) -> serde_json::Value {
-        let mut status = self.fs.status();
+    pub(super) async fn status(&self) -> serde_json::Value {
+        // The cache's figures come from its index and a walk of its files: not on a runtime worker.
+        let fs = self.fs.clone();
+        let mut status = tokio::task::spawn_blocking(move || fs.status()).await.unwrap_or_default();
+        status["files"] = serde_json::to_value(self.recorder.files()).unwrap_or_default();
         status["config"] = self.config_json.clone();
         let pending = self.pending().ok();
         status["execution"] = serde_json::json!({

@@ -3,6 +3,7 @@
 //! live, or fails with the daemon's message), the cache-dir lock, the runtime, signals, and a
 //! clean shutdown after the last mount.
 
+pub mod events;
 mod execution;
 pub mod logging;
 pub mod mounts;

@@ -3,13 +3,14 @@
 //! one download per block and one memory budget. Each mount has its own FUSE session (on its
 //! own thread) and execution; the daemon leaves when its last mount is gone.
 
+use super::events::MountRecorder;
 use super::execution::{self, Execution};
 use super::mounts;
 use crate::cache::Cache;
 use crate::catalog::Catalog;
 use crate::config::{MinFree, MountConfig};
 use crate::control::{Handler, Request, Response, UnsyncedOutputs};
-use crate::fs::{Fs, FsSettings};
+use crate::fs::{Fs, FsParts, FsSettings};
 use crate::fuse::FuseAdapter;
 use crate::inputs::resolve;
 use crate::outputs::state::SyncState;
@@ -232,7 +233,7 @@ impl Node {
             .map(|spec| resolve::resolve(spec, &self.registry, Some(&catalog), &cfg.cwd));
         let resolved = futures::future::try_join_all(jobs).await?;
         let staging = Arc::new(
-            Staging::open(&cfg.staging_dir(), crate::fs::tree::OUTPUTS)
+            Staging::open(&cfg.staging_dir(), crate::fs::OUTPUTS)
                 .with_context(|| format!("outputs staging {}", cfg.staging_dir().display()))?,
         );
         let state = SyncState::open(self.cache.index(), &cfg.execution)?;
@@ -242,14 +243,16 @@ impl Node {
             gid: cfg.gid,
             control_socket: self.socket.clone(),
         };
-        let fs = Arc::new(Fs::new(
-            resolved,
-            self.cache.clone(),
-            self.reader.clone(),
-            Some(data_store),
-            settings,
-            Some(staging.clone()),
-        ));
+        let recorder = Arc::new(MountRecorder::new(Some(data_store.clone())));
+        let parts = FsParts {
+            inputs: resolved,
+            cache: self.cache.clone(),
+            reader: self.reader.clone(),
+            data_store: Some(data_store.url.clone()),
+            staging: staging.clone(),
+            events: recorder.clone(),
+        };
+        let fs = Arc::new(Fs::new(parts, settings));
         let adapter =
             FuseAdapter::new(fs.clone(), cfg.uid, cfg.gid, self.settings.read_ahead.min(u32::MAX as u64) as u32);
         let options = super::mount_options(cfg);
@@ -264,6 +267,7 @@ impl Node {
             started_at: crate::catalog::now(),
             mountpoint: cfg.mountpoint.clone(),
             fs,
+            recorder,
             staging,
             state,
             syncer: Syncer { catalog, execution: cfg.execution.clone() },
@@ -381,8 +385,8 @@ impl Node {
         super::warm_answer(res)
     }
 
-    fn status(&self, served: &Served) -> serde_json::Value {
-        let mut status = served.execution.status();
+    async fn status(&self, served: &Served) -> serde_json::Value {
+        let mut status = served.execution.status().await;
         let mounts: Vec<PathBuf> = self.lock().serving.keys().cloned().collect();
         status["daemon"] = serde_json::json!({
             "pid": std::process::id(),
@@ -417,7 +421,7 @@ impl Handler for Node {
                 }
             }
             Request::Status { mountpoint } => match self.served(&mountpoint) {
-                Ok(s) => Response::ok(Some(self.status(&s))),
+                Ok(s) => Response::ok(Some(self.status(&s).await)),
                 Err(resp) => resp,
             },
             Request::Sync { mountpoint } => match self.served(&mountpoint) {

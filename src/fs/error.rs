@@ -1,5 +1,7 @@
-//! The one place that decides which errno a kernel request gets.
+//! The one place that decides which errno a kernel request gets. Causes are kept as sources, so
+//! the log line and the CLI message can show the whole chain.
 
+use crate::cache::CacheError;
 use crate::reader::ReadError;
 use crate::store::StoreError;
 use thiserror::Error;
@@ -19,6 +21,9 @@ pub enum FsError {
     /// The tree is read-only here (inputs/ and config/).
     #[error("read-only file system")]
     ReadOnly,
+    /// A rename between two writable namespaces: tools copy instead.
+    #[error("cannot move between namespaces")]
+    CrossDevice,
     /// The attribute does not exist (yet).
     #[error("no such attribute")]
     NoAttr,
@@ -29,32 +34,38 @@ pub enum FsError {
     /// An unknown file handle.
     #[error("bad file handle")]
     BadHandle,
-    /// An operation on the staging area failed with this OS error (outputs).
+    /// A request that makes no sense here, with the reason.
+    #[error("{0}")]
+    Invalid(String),
+    /// A file's bytes differ from the checksum its record promised.
+    #[error("{uri}: content does not match its recorded sha256")]
+    Corrupt {
+        /// The file's URI.
+        uri: String,
+    },
+    /// An operation on local files failed with this OS error (the staging area).
     #[error("os error {0}")]
     Os(i32),
-    /// The store or the cache failed; logged with its cause, EIO to the caller.
-    #[error("{0}")]
-    Io(String),
-}
-
-impl From<ReadError> for FsError {
-    fn from(e: ReadError) -> Self {
-        FsError::Io(e.to_string())
-    }
+    /// The store failed or the object changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The read path failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The cache failed.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// Local I/O failed without an OS error number.
+    #[error(transparent)]
+    Io(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl From<std::io::Error> for FsError {
     fn from(e: std::io::Error) -> Self {
         match e.raw_os_error() {
             Some(errno) => FsError::Os(errno),
-            None => FsError::Io(e.to_string()),
+            None => FsError::Io(Box::new(e)),
         }
-    }
-}
-
-impl From<StoreError> for FsError {
-    fn from(e: StoreError) -> Self {
-        FsError::Io(e.to_string())
     }
 }
 
@@ -66,11 +77,15 @@ impl FsError {
             FsError::NotDir => libc::ENOTDIR,
             FsError::IsDir => libc::EISDIR,
             FsError::ReadOnly => libc::EROFS,
+            FsError::CrossDevice => libc::EXDEV,
             FsError::NoAttr => libc::ENODATA,
             FsError::BadHandle => libc::EBADF,
             FsError::NotSupported => libc::EOPNOTSUPP,
+            FsError::Invalid(_) => libc::EINVAL,
             FsError::Os(errno) => *errno,
-            FsError::Io(_) => libc::EIO,
+            FsError::Corrupt { .. } | FsError::Store(_) | FsError::Read(_) | FsError::Cache(_) | FsError::Io(_) => {
+                libc::EIO
+            }
         }
     }
 }

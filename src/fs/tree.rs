@@ -1,5 +1,5 @@
-//! The inode table: the fixed top of the mount (`inputs/`, `outputs/`, `config/inputs.json`) and
-//! each input's tree, static or listed lazily one directory at a time.
+//! The inode table of one input: its files, static or listed lazily one directory at a time.
+//! Append-only: an input is a snapshot, so an inode's meaning never changes.
 
 use crate::inputs::resolve::{DirListing, FileEntry, InputRoot, ResolvedInput};
 use crate::reader::{OpenObject, Pin};
@@ -8,13 +8,6 @@ use object_store::path::Path;
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
-
-/// Inode of the mount's root.
-pub const ROOT: u64 = 1;
-/// Inode of `inputs/` (made right after the root by [`Tree::build`]).
-pub const INPUTS: u64 = 2;
-/// Inode of `outputs/` (made right after `inputs/`); its contents live in the staging area.
-pub const OUTPUTS: u64 = 3;
 
 /// Where a lazily listed directory's entries come from.
 #[derive(Debug)]
@@ -52,15 +45,13 @@ pub enum NodeKind {
     },
     /// An input file.
     File(Box<FileNode>),
-    /// `config/inputs.json`.
-    InputsJson,
 }
 
 /// One inode.
 pub struct Node {
     /// Its number.
     pub ino: u64,
-    /// Its parent's number (the root is its own parent).
+    /// Its parent's number (for the input's top: `inputs/`).
     pub parent: u64,
     /// Path relative to the mountpoint (`inputs/x/a.bin`; empty for the root).
     pub path: String,
@@ -68,9 +59,9 @@ pub struct Node {
     pub kind: NodeKind,
 }
 
-/// All inodes of a mount. Append-only: inputs are snapshots, so an inode's meaning never changes.
-#[derive(Default)]
+/// All inodes of one input, numbered from `base` (its top directory) up.
 pub struct Tree {
+    base: u64,
     nodes: RwLock<Vec<Arc<Node>>>,
 }
 
@@ -82,17 +73,16 @@ fn join(parent: &str, name: &str) -> String {
     }
 }
 
-fn filled(children: BTreeMap<String, u64>) -> tokio::sync::OnceCell<BTreeMap<String, u64>> {
-    let cell = tokio::sync::OnceCell::new();
-    let _ = cell.set(children);
-    cell
-}
-
 impl Tree {
     /// The inode `ino`.
     pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
         let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
-        ino.checked_sub(1).and_then(|i| nodes.get(i as usize)).cloned()
+        ino.checked_sub(self.base).and_then(|i| nodes.get(usize::try_from(i).ok()?)).cloned()
+    }
+
+    /// The inode of the input's top directory.
+    pub fn top(&self) -> u64 {
+        self.base
     }
 
     /// Number of inodes.
@@ -107,8 +97,7 @@ impl Tree {
 
     fn push(&self, parent: u64, path: String, kind: NodeKind) -> u64 {
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
-        let ino = nodes.len() as u64 + 1;
-        let parent = if parent == 0 { ino } else { parent };
+        let ino = self.base + nodes.len() as u64;
         nodes.push(Arc::new(Node { ino, parent, path, kind }));
         ino
     }
@@ -128,34 +117,11 @@ impl Tree {
         }))
     }
 
-    /// Builds the fixed top and every input's tree. Returns the root's inode.
-    pub fn build(&self, inputs: Vec<ResolvedInput>) -> u64 {
-        let root = self.push(0, String::new(), NodeKind::Dir { children: tokio::sync::OnceCell::new(), lister: None });
-        let inputs_dir_ino = self.reserve_dir(root, "inputs");
-        debug_assert_eq!((root, inputs_dir_ino), (ROOT, INPUTS));
-        let outputs =
-            self.push(root, "outputs".into(), NodeKind::Dir { children: filled(BTreeMap::new()), lister: None });
-        debug_assert_eq!(outputs, OUTPUTS);
-        let config = self.reserve_dir(root, "config");
-        let json = self.push(config, "config/inputs.json".into(), NodeKind::InputsJson);
-        self.fill(config, BTreeMap::from([("inputs.json".to_string(), json)]));
-        let mut input_children = BTreeMap::new();
-        for input in inputs {
-            let ino = self.build_input(inputs_dir_ino, input);
-            if let Some(node) = self.get(ino) {
-                input_children.insert(node.path.rsplit('/').next().unwrap_or_default().to_string(), ino);
-            }
-        }
-        self.fill(inputs_dir_ino, input_children);
-        self.fill(
-            root,
-            BTreeMap::from([
-                ("inputs".to_string(), inputs_dir_ino),
-                ("outputs".to_string(), outputs),
-                ("config".to_string(), config),
-            ]),
-        );
-        root
+    /// The tree of `input`, numbered from `base`, its top directory a child of `parent`.
+    pub fn of_input(base: u64, parent: u64, input: ResolvedInput) -> Self {
+        let tree = Self { base, nodes: RwLock::new(Vec::new()) };
+        tree.build_input(parent, input);
+        tree
     }
 
     fn reserve_dir(&self, parent: u64, path: &str) -> u64 {

@@ -197,7 +197,8 @@ impl Filesystem for FuseAdapter {
                 TimeOrNow::SpecificTime(t) => SetTime::At(t),
             })
         };
-        let res = self.fs.setattr(ino.0, mode, size, conv(atime), conv(mtime), fh.map(|f| f.0));
+        let change = crate::fs::SetAttr { mode, size, atime: conv(atime), mtime: conv(mtime) };
+        let res = self.fs.setattr(ino.0, change, fh.map(|f| f.0));
         reply_attr(reply, res, self.uid, self.gid);
     }
 

@@ -158,6 +158,11 @@ impl Staging {
         self.inodes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The inode of the directory holding `ino` (`None` for the root or an unknown inode).
+    pub fn parent_of(&self, ino: u64) -> Option<u64> {
+        self.lock().links.get(&ino).map(|l| l.parent)
+    }
+
     /// The staging path of `ino`.
     pub fn path(&self, ino: u64) -> io::Result<PathBuf> {
         let inodes = self.lock();

@@ -21,20 +21,29 @@ use thiserror::Error;
 use tokio::sync::Semaphore;
 
 /// Why a read failed.
-#[derive(Debug, Error, Clone)]
+#[derive(Debug, Error)]
 pub enum ReadError {
     /// The store failed or the object changed.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The cache could not be used.
-    #[error("{0}")]
-    Cache(String),
-}
-
-impl From<CacheError> for ReadError {
-    fn from(e: CacheError) -> Self {
-        ReadError::Cache(e.to_string())
-    }
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// Blocks were dropped (failed checks) as fast as they were fetched.
+    #[error("{uri}: blocks kept disappearing from the cache")]
+    Unstable {
+        /// The object's URI.
+        uri: String,
+    },
+    /// The thread reading the cache failed.
+    #[error("{uri}: reading the cache failed: {source}")]
+    Task {
+        /// The object's URI.
+        uri: String,
+        /// Why.
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 /// Tuning of the read path.
@@ -219,7 +228,7 @@ impl Reader {
                 return Ok(());
             }
         }
-        Err(ReadError::Cache(format!("{}: blocks kept disappearing from the cache", obj.remote.uri)))
+        Err(ReadError::Unstable { uri: obj.remote.uri.clone() })
     }
 
     /// Reads up to `len` bytes at `offset`, fetching what is missing. When the cache cannot
@@ -237,7 +246,11 @@ impl Reader {
             return Ok(read_direct(&obj.remote, offset..end).await?);
         }
         match self.read_through_cache(obj, seq, offset, len).await {
-            Err(ReadError::Cache(cause)) | Err(ReadError::Store(StoreError::CacheWrite { cause, .. })) => {
+            Err(e @ (ReadError::Cache(_) | ReadError::Store(StoreError::CacheWrite { .. }))) => {
+                let cause = match &e {
+                    ReadError::Store(StoreError::CacheWrite { cause, .. }) => cause.clone(),
+                    other => other.to_string(),
+                };
                 obj.bypass.store(true, std::sync::atomic::Ordering::Release);
                 if !self.warned_uncached.swap(true, std::sync::atomic::Ordering::AcqRel) {
                     tracing::warn!(
@@ -292,14 +305,14 @@ impl Reader {
             let c = cached.clone();
             let res = tokio::task::spawn_blocking(move || c.read_cached(offset, (end - offset) as usize))
                 .await
-                .map_err(|e| ReadError::Cache(format!("read task failed: {e}")))?;
+                .map_err(|source| ReadError::Task { uri: obj.remote.uri.clone(), source })?;
             match res {
                 Ok(buf) => return Ok(buf),
                 Err(CacheError::Corrupt { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ReadError::Cache(format!("{}: blocks kept disappearing from the cache", obj.remote.uri)))
+        Err(ReadError::Unstable { uri: obj.remote.uri.clone() })
     }
 
     fn readahead(&self, seq: &Mutex<Sequential>, offset: u64, end: u64, bs: u64, blocks: u64, from: u64) -> Range<u64> {

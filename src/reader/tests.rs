@@ -1,9 +1,8 @@
 use super::*;
 use crate::cache::Cache;
-use crate::store::faulty::FaultyStore;
+use crate::store::faulty::{FaultyStore, Op};
 use object_store::memory::InMemory;
 use object_store::{ObjectStoreExt, PutPayload};
-use std::sync::atomic::Ordering;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -46,11 +45,11 @@ async fn reads_are_exact_and_cached() {
         off += 70_000;
     }
     assert!(f.obj.cached.is_complete());
-    let gets = f.faulty.gets.load(Ordering::SeqCst);
+    let gets = f.faulty.count(Op::Get);
     // Everything is cached now: a second pass makes no request.
     let got = r.read(&f.obj, &Mutex::new(Sequential::default()), 123_456, 500_000).await.unwrap();
     assert_eq!(got, &f.data[123_456..623_456]);
-    assert_eq!(f.faulty.gets.load(Ordering::SeqCst), gets);
+    assert_eq!(f.faulty.count(Op::Get), gets);
     let sums = f.obj.cached.checksums().await.unwrap();
     assert_eq!(sums, crate::checksum::MultiHasher::of_reader(&f.data[..]).unwrap().0);
 }
@@ -59,7 +58,7 @@ async fn reads_are_exact_and_cached() {
 async fn concurrent_readers_share_one_download() {
     let f = Arc::new(fixture(1 << 20, 1 << 16).await);
     let r = Arc::new(Reader::new(ReadConfig { max_readahead: 0, max_run_blocks: 16, max_inflight: 8, attempts: 3 }));
-    let before = f.faulty.gets.load(Ordering::SeqCst);
+    let before = f.faulty.count(Op::Get);
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let (f, r) = (f.clone(), r.clone());
@@ -72,13 +71,13 @@ async fn concurrent_readers_share_one_download() {
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(f.faulty.gets.load(Ordering::SeqCst) - before, 1, "one GET for one run of 16 blocks, whoever asked");
+    assert_eq!(f.faulty.count(Op::Get) - before, 1, "one GET for one run of 16 blocks, whoever asked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_retried() {
     let f = fixture(300_000, 1 << 16).await;
-    f.faulty.fail_next_gets.store(2, Ordering::SeqCst);
+    f.faulty.fail_next(Op::Get, 2);
     let got = reader().read(&f.obj, &Mutex::new(Sequential::default()), 0, 300_000).await.unwrap();
     assert_eq!(got, f.data);
 }
@@ -86,10 +85,10 @@ async fn transient_failures_are_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_failures_become_errors_and_a_later_read_recovers() {
     let f = fixture(300_000, 1 << 16).await;
-    f.faulty.fail_next_gets.store(100, Ordering::SeqCst);
+    f.faulty.fail_next(Op::Get, 100);
     let err = reader().read(&f.obj, &Mutex::new(Sequential::default()), 0, 1000).await.unwrap_err();
     assert!(err.to_string().contains("injected fault"), "{err}");
-    f.faulty.fail_next_gets.store(0, Ordering::SeqCst);
+    f.faulty.fail_next(Op::Get, 0);
     let got = reader().read(&f.obj, &Mutex::new(Sequential::default()), 0, 1000).await.unwrap();
     assert_eq!(got, &f.data[..1000]);
 }

@@ -1,0 +1,170 @@
+//! The one shape every part of the mount has. The dispatcher ([`super::Fs`]) owns the root and
+//! `inputs/`, finds the namespace an inode belongs to, and hands it the request; it never asks
+//! what kind of namespace it is talking to.
+//!
+//! Today's implementations: one per input (a snapshot of objects, [`super::input`]), the
+//! outputs staging tree ([`super::outputs`]) and `config/` ([`super::config`]). A copy-on-write
+//! volume or a manifest-backed input is one more implementation. Read-only namespaces only
+//! implement the reading half: every change answers EROFS by default.
+
+use super::{Attr, DirEntry, FsError, FsResult};
+use crate::outputs::SetTime;
+use async_trait::async_trait;
+use std::path::Path;
+use std::sync::Arc;
+
+/// An open file, as a namespace serves it.
+#[async_trait]
+pub trait OpenFile: Send + Sync {
+    /// Reads without waiting on anything but local memory or disk (`None`: call [`OpenFile::read`]).
+    fn try_read(&self, offset: u64, size: u32) -> Option<FsResult<Vec<u8>>>;
+
+    /// Reads, fetching what is missing.
+    async fn read(&self, offset: u64, size: u32) -> FsResult<Vec<u8>>;
+
+    /// Writes `data` at `offset`; returns the bytes written.
+    fn write(&self, _offset: u64, _data: &[u8]) -> FsResult<u32> {
+        Err(FsError::ReadOnly)
+    }
+
+    /// Flushes what was written to stable storage.
+    fn fsync(&self, _datasync: bool) -> FsResult<()> {
+        Ok(())
+    }
+
+    /// The handle is closed.
+    fn release(&self) {}
+
+    /// The staged file behind the handle, for changes made through it (`ftruncate`).
+    fn staged_file(&self) -> Option<&std::fs::File> {
+        None
+    }
+}
+
+/// A file a namespace opened, and how the kernel should treat it.
+pub struct OpenedFile {
+    /// The open file.
+    pub file: Arc<dyn OpenFile>,
+    /// Bypass the page cache.
+    pub direct_io: bool,
+    /// Keep cached pages across opens (immutable content).
+    pub keep_cache: bool,
+    /// A verified local file the kernel may read directly (FUSE passthrough).
+    pub backing: Option<std::fs::File>,
+    /// Closing it needs no word to us.
+    pub no_flush: bool,
+}
+
+/// Changes asked of an inode's attributes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New size (truncate).
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<SetTime>,
+    /// New modification time.
+    pub mtime: Option<SetTime>,
+}
+
+/// A part of the mount's tree that owns a set of inodes.
+#[async_trait]
+pub trait Namespace: Send + Sync {
+    /// The inode of its top directory.
+    fn top(&self) -> u64;
+
+    /// Whether `ino` is one of its inodes (its top included).
+    fn owns(&self, ino: u64) -> bool;
+
+    /// Whether it takes changes at all; a change asked of a read-only one is EROFS.
+    fn writable(&self) -> bool {
+        false
+    }
+
+    /// Attributes when they need no I/O (`None`: call [`Namespace::getattr`]).
+    fn try_getattr(&self, ino: u64) -> Option<FsResult<Attr>>;
+
+    /// Attributes of `ino`.
+    async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        self.try_getattr(ino).unwrap_or(Err(FsError::NotFound))
+    }
+
+    /// Looks `name` up in `parent` when that needs no I/O (`None`: call [`Namespace::lookup`]).
+    fn try_lookup(&self, parent: u64, name: &str) -> Option<FsResult<Attr>>;
+
+    /// Looks `name` up in directory `parent`.
+    async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        self.try_lookup(parent, name).unwrap_or(Err(FsError::NotFound))
+    }
+
+    /// The entries of directory `ino` (without `.` and `..`) and its parent's inode, when that
+    /// needs no I/O (`None`: call [`Namespace::readdir`]).
+    fn try_readdir(&self, ino: u64) -> Option<FsResult<(u64, Vec<DirEntry>)>>;
+
+    /// The entries of directory `ino` and its parent's inode, listing it if needed.
+    async fn readdir(&self, ino: u64) -> FsResult<(u64, Vec<DirEntry>)> {
+        self.try_readdir(ino).unwrap_or(Err(FsError::NotDir))
+    }
+
+    /// Directory `ino` is being opened: a chance to prepare what a walk will ask for next.
+    fn list_ahead(&self, _ino: u64) {}
+
+    /// Opens a file; with `passthrough`, a verified local copy may come back for the kernel.
+    async fn open(&self, ino: u64, flags: i32, passthrough: bool) -> FsResult<OpenedFile>;
+
+    /// An extended attribute when it needs no I/O (`None`: call [`Namespace::getxattr`]).
+    fn try_getxattr(&self, _ino: u64, name: &str) -> Option<FsResult<Vec<u8>>> {
+        Some(Err(if name.starts_with("user.") { FsError::NoAttr } else { FsError::NotSupported }))
+    }
+
+    /// An extended attribute.
+    async fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
+        self.try_getxattr(ino, name).unwrap_or(Err(FsError::NoAttr))
+    }
+
+    /// Names of the extended attributes of `ino`, NUL-separated.
+    fn listxattr(&self, _ino: u64) -> FsResult<Vec<u8>> {
+        Ok(Vec::new())
+    }
+
+    /// The target of a symbolic link.
+    fn readlink(&self, _ino: u64) -> FsResult<Vec<u8>> {
+        Err(FsError::Os(libc::EINVAL))
+    }
+
+    /// Creates and opens a file.
+    fn create(&self, _parent: u64, _name: &str, _mode: u32, _flags: i32) -> FsResult<(Attr, OpenedFile)> {
+        Err(FsError::ReadOnly)
+    }
+
+    /// Changes mode, size or times; `file` is the handle the change came through, if any.
+    fn setattr(&self, _ino: u64, _change: SetAttr, _file: Option<&dyn OpenFile>) -> FsResult<Attr> {
+        Err(FsError::ReadOnly)
+    }
+
+    /// Creates a directory.
+    fn mkdir(&self, _parent: u64, _name: &str, _mode: u32) -> FsResult<Attr> {
+        Err(FsError::ReadOnly)
+    }
+
+    /// Removes a file.
+    fn unlink(&self, _parent: u64, _name: &str) -> FsResult<()> {
+        Err(FsError::ReadOnly)
+    }
+
+    /// Removes an empty directory.
+    fn rmdir(&self, _parent: u64, _name: &str) -> FsResult<()> {
+        Err(FsError::ReadOnly)
+    }
+
+    /// Renames within this namespace.
+    fn rename(&self, _parent: u64, _name: &str, _new_parent: u64, _new_name: &str, _flags: u32) -> FsResult<()> {
+        Err(FsError::ReadOnly)
+    }
+
+    /// Creates a symbolic link.
+    fn symlink(&self, _parent: u64, _name: &str, _target: &Path) -> FsResult<Attr> {
+        Err(FsError::ReadOnly)
+    }
+}
