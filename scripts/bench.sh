@@ -10,7 +10,7 @@
 # ../shared/s3-bed/install.sh builds when that folder is present. Sizes: BENCH_BIG_MIB (2048),
 # BENCH_SMALL_COUNT (10000), BENCH_LS_COUNT (100000), BENCH_SYNC_MIB (1024), BENCH_SYNC_COUNT (1000);
 # BENCH_MULTI_MIB (256, per mount), BENCH_DATASET_COUNT (100000);
-# BENCH_PARTS picks workloads (default "read small ls sync multi dataset").
+# BENCH_PARTS picks workloads (default "read small ls sync multi dataset opens").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 json=0; [[ ${1:-} == --json ]] && json=1
@@ -23,7 +23,7 @@ SYNC_MIB=${BENCH_SYNC_MIB:-1024}
 SYNC_COUNT=${BENCH_SYNC_COUNT:-1000}
 MULTI_MIB=${BENCH_MULTI_MIB:-256}
 DATASET_COUNT=${BENCH_DATASET_COUNT:-100000}
-PARTS=" ${BENCH_PARTS:-read small ls sync multi dataset} "  # which workloads to run
+PARTS=" ${BENCH_PARTS:-read small ls sync multi dataset opens} "  # which workloads to run
 want() { [[ $PARTS == *" $1 "* ]]; }
 
 server=${S3_SERVER_BIN:-}
@@ -242,6 +242,16 @@ t0=$(now); ls -lR "$MNT/inputs/d" >/dev/null; t1=$(now)
 record "ls -lR $DATASET_COUNT-file version" "$(secs "$t0" "$t1")" "$local_ls"
 unmount_it
 
+fi
+
+# 7. Opens of new small cache objects (sled index, pack slot) from 8 threads at once vs the same
+#    number from one thread: a cache-wide lock shows as a ratio well below 1.
+if want opens; then
+cargo build --release -q --example cache_opens
+opens=$PWD/target/release/examples/cache_opens
+o1=$("$opens" "$T/opens1" 1 16000 | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])')
+o8=$("$opens" "$T/opens8" 8 2000 | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])')
+record "16000 cache opens, 8 threads" "$o8" "$o1"
 fi
 
 say "$(printf '%-34s %8d MiB (limit 200 MiB)' "peak daemon RSS" $((peak / 1024)))"

@@ -2,14 +2,12 @@
 //! figures `datumfs cache stats` shows, re-verification of every cached block, and the
 //! reconciliation of index and files at start. An object that is open is never evicted.
 
-use super::{object, Cache, CacheError, CacheShared, CachedObject, ObjectId, ObjectRecord};
+use super::{object, Cache, CacheError, CacheShared, ObjectId, ObjectRecord};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::collections::HashSet;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Weak;
 
 /// Which cached objects to evict.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,10 +86,6 @@ fn allocated(path: &std::path::Path) -> u64 {
 }
 
 impl CacheShared {
-    pub(crate) fn lock_open(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectId, Weak<CachedObject>>> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     pub(crate) fn records(&self) -> Vec<(ObjectId, ObjectRecord)> {
         self.objects
             .iter()
@@ -165,14 +159,14 @@ impl CacheShared {
     /// Whether `id` may be evicted: no open file or fetch uses it. If some other part still
     /// holds it (a checksum being computed), it is marked evicted, so that it writes nothing
     /// more to the index, and forgotten, so that the next open starts afresh.
-    fn release_unused(&self, open: &mut HashMap<ObjectId, Weak<CachedObject>>, id: &ObjectId) -> bool {
-        if let Some(obj) = open.get(id).and_then(Weak::upgrade) {
+    fn release_unused(&self, turn: &super::open_table::Turn<'_>) -> bool {
+        if let Some(obj) = turn.get() {
             if obj.is_in_use() {
                 return false;
             }
             obj.evicted.store(true, Ordering::Release);
         }
-        open.remove(id);
+        turn.forget();
         true
     }
 
@@ -208,18 +202,19 @@ impl CacheShared {
             if !self.short_of_room(need, u64::MAX) {
                 break;
             }
-            let mut open = self.lock_open();
-            if !self.release_unused(&mut open, &id) {
-                continue;
-            }
-            match self.remove_object(&id, &rec) {
-                Ok(b) => {
-                    objects += 1;
-                    bytes += b;
+            // The object's turn is held while it goes, so that nobody opens it half removed.
+            self.open.with_turn(id, |turn| {
+                if !self.release_unused(turn) {
+                    return;
                 }
-                Err(e) => tracing::warn!("cache: evicting {}: {e}", rec.uri),
-            }
-            drop(open);
+                match self.remove_object(&id, &rec) {
+                    Ok(b) => {
+                        objects += 1;
+                        bytes += b;
+                    }
+                    Err(e) => tracing::warn!("cache: evicting {}: {e}", rec.uri),
+                }
+            });
         }
         if objects > 0 {
             tracing::info!(
@@ -253,7 +248,7 @@ impl Cache {
     }
 
     fn open_ids(&self) -> HashSet<ObjectId> {
-        self.lock_open().iter().filter(|(_, w)| w.strong_count() > 0).map(|(id, _)| *id).collect()
+        self.shared.open.open_ids()
     }
 
     fn matches(what: &EvictWhat, rec: &ObjectRecord, now: u64) -> bool {
@@ -271,21 +266,19 @@ impl Cache {
             if !Self::matches(what, &rec, now) {
                 continue;
             }
-            // Held while the object goes, so that nobody opens it half removed.
-            let mut open = self.lock_open();
-            let in_use = open.get(&id).and_then(Weak::upgrade).is_some_and(|o| o.is_in_use());
-            if in_use || (remove && !self.shared.release_unused(&mut open, &id)) {
-                report.kept_open += 1;
-                continue;
-            }
-            report.objects += 1;
-            report.uris.push(rec.uri.clone());
-            if remove {
-                report.bytes += self.shared.remove_object(&id, &rec)?;
-            } else {
-                report.bytes += disk_bytes(&self.shared, &id, &rec);
-            }
-            drop(open);
+            // The object's turn is held while it goes, so that nobody opens it half removed.
+            self.shared.open.with_turn(id, |turn| {
+                let in_use = turn.get().is_some_and(|o| o.is_in_use());
+                if in_use || (remove && !self.shared.release_unused(turn)) {
+                    report.kept_open += 1;
+                    return Ok(());
+                }
+                report.objects += 1;
+                report.uris.push(rec.uri.clone());
+                report.bytes +=
+                    if remove { self.shared.remove_object(&id, &rec)? } else { disk_bytes(&self.shared, &id, &rec) };
+                Ok::<(), CacheError>(())
+            })?;
         }
         if remove && report.objects > 0 {
             tracing::info!("cache: evicted {} object(s), {} bytes", report.objects, report.bytes);

@@ -10,6 +10,7 @@
 mod lifecycle;
 pub mod low_priority;
 mod object;
+mod open_table;
 mod pack;
 
 pub use lifecycle::{CacheReport, EvictReport, EvictWhat, ReconcileReport, VerifyReport};
@@ -24,7 +25,7 @@ use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
@@ -160,8 +161,8 @@ pub(crate) struct CacheShared {
     pub(crate) objects: sled::Tree,
     pub(crate) blocks: sled::Tree,
     pub(crate) stats: CacheStats,
-    /// Objects in use (never evicted).
-    pub(crate) open: Mutex<HashMap<ObjectId, Weak<CachedObject>>>,
+    /// Objects in use (never evicted), one slot each.
+    pub(crate) open: open_table::OpenTable,
     /// Bytes of the blocks present in the index.
     pub(crate) used: AtomicU64,
     /// The size cap in bytes (0: none).
@@ -262,7 +263,7 @@ impl Cache {
             objects,
             blocks,
             stats: CacheStats::default(),
-            open: Mutex::new(HashMap::new()),
+            open: open_table::OpenTable::default(),
             used: AtomicU64::new(0),
             cap: AtomicU64::new(0),
             min_free: AtomicU64::new(0),
@@ -325,15 +326,15 @@ impl Cache {
         uri: &str,
     ) -> Result<Arc<CachedObject>, CacheError> {
         let id = ObjectId::of(store_url, key, version);
-        let mut open = self.lock_open();
-        if let Some(obj) = open.get(&id).and_then(Weak::upgrade).filter(|o| !o.is_evicted()) {
-            obj.touch();
-            return Ok(obj);
-        }
-        let obj = Arc::new(self.load(id, version, size, uri)?);
-        open.retain(|_, w| w.strong_count() > 0);
-        open.insert(id, Arc::downgrade(&obj));
-        Ok(obj)
+        self.shared.open.with_turn(id, |turn| {
+            if let Some(obj) = turn.get().filter(|o| !o.is_evicted()) {
+                obj.touch();
+                return Ok(obj);
+            }
+            let obj = Arc::new(self.load(id, version, size, uri)?);
+            turn.set(&obj);
+            Ok(obj)
+        })
     }
 
     /// The object if the cache already knows it; never creates anything (for questions such as
@@ -349,10 +350,6 @@ impl Cache {
         let known = self.shared.objects.contains_key(ObjectId::of(store_url, key, version).0).unwrap_or(false);
         // Known to the index (or open, which implies known): the shared path opens it once.
         known.then(|| self.object(store_url, key, version, size, uri).ok()).flatten()
-    }
-
-    fn lock_open(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectId, Weak<CachedObject>>> {
-        self.shared.lock_open()
     }
 
     fn load(&self, id: ObjectId, version: &str, size: u64, uri: &str) -> Result<CachedObject, CacheError> {

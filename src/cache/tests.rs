@@ -211,3 +211,32 @@ fn checksumming_leaves_no_thread_of_a_daemon_without_cap_sys_nice_at_low_priorit
     assert_eq!(after, before, "the runtime's blocking thread keeps its priority after a checksum");
     assert_eq!(sums, crate::checksum::MultiHasher::of_reader(&data[..]).unwrap().0);
 }
+
+#[test]
+fn concurrent_opens_share_one_instance_per_object_and_eviction_spares_open_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Arc::new(Cache::open(dir.path(), 1 << 20).unwrap());
+    let workers: Vec<_> = (0..8)
+        .map(|t| {
+            let cache = cache.clone();
+            std::thread::spawn(move || {
+                let shared: Vec<_> =
+                    (0..50).map(|_| cache.object("mem://b", "shared", "v1", 5000, "mem://b/shared").unwrap()).collect();
+                let own: Vec<_> = (0..50)
+                    .map(|i| cache.object("mem://b", &format!("t{t}/{i}"), "v1", 5000, "mem://b/x").unwrap())
+                    .collect();
+                (shared, own)
+            })
+        })
+        .collect();
+    let results: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    let first = results[0].0[0].clone();
+    assert!(results.iter().flat_map(|(s, _)| s).all(|o| Arc::ptr_eq(o, &first)), "one instance of a shared object");
+    // Every object in use (as by an open file): eviction of everything removes none of them.
+    let guards: Vec<_> = results.iter().flat_map(|(s, o)| s.iter().take(1).chain(o)).map(|o| o.in_use()).collect();
+    let report = cache.evict(&EvictWhat::All).unwrap();
+    assert_eq!((report.objects, report.kept_open), (0, 1 + 8 * 50));
+    drop(guards);
+    let report = cache.evict(&EvictWhat::All).unwrap();
+    assert_eq!(report.objects, 1 + 8 * 50, "all closed now: all evicted");
+}
