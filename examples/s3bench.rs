@@ -11,8 +11,8 @@
 //!
 //! Prints one JSON line: {"bytes": N, "seconds": S}.
 
-use datumfs::inputs::uri;
 use datumfs::store::{StoreHandle, StoreRegistry};
+use datumfs::uri;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};

@@ -21,3 +21,5 @@ pub mod outputs;
 pub mod reader;
 pub mod store;
 pub mod sync;
+pub mod uri;
+pub mod util;

@@ -35,7 +35,7 @@ fn endpoint() -> (String, Arc<Mutex<Vec<String>>>) {
 }
 
 async fn head(uri: &str) -> object_store::Result<object_store::ObjectMeta> {
-    let parsed = datumfs::inputs::uri::parse(uri, std::path::Path::new("/")).unwrap();
+    let parsed = datumfs::uri::parse(uri, std::path::Path::new("/")).unwrap();
     let store = StoreRegistry::new().open(&parsed).unwrap();
     store.inner.head(&object_store::path::Path::from("some/key")).await
 }

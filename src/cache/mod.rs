@@ -14,15 +14,15 @@ mod open_table;
 mod pack;
 
 pub use lifecycle::{CacheReport, EvictReport, EvictWhat, ReconcileReport, VerifyReport};
-pub use object::{BlockState, CachedObject, InFlight, InUse};
+pub use object::{BlockState, CachedObject, FetchError, InFlight, InUse};
 pub use pack::{PackSlot, PACK_MAX};
 
 use crate::checksum::Checksums;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::fs::{DirBuilder, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -236,9 +236,7 @@ pub fn now_secs() -> u64 {
 
 /// Creates `path` (and parents) as a directory private to the current user.
 pub fn create_private_dir(path: &Path) -> Result<(), CacheError> {
-    let io = |error| CacheError::Io { path: path.to_path_buf(), error };
-    DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(io)
+    crate::util::create_private_dir(path).map_err(|error| CacheError::Io { path: path.to_path_buf(), error })
 }
 
 impl Cache {

@@ -18,11 +18,15 @@ thread_local! {
 /// Last-access times are written to the index at most this often per object.
 const TOUCH_INTERVAL_SECS: u64 = 60;
 
+/// Why a fetch gave up, as the fetcher (the reader) put it; the cache only keeps it for the
+/// waiters, without knowing what it is.
+pub type FetchError = Arc<dyn std::error::Error + Send + Sync>;
+
 /// A fetch in progress; waiters learn its failure here.
 #[derive(Debug, Default)]
 pub struct InFlight {
     /// Set when the fetch gave up; blocks it held are back to `Missing`.
-    pub error: OnceLock<crate::store::StoreError>,
+    pub error: OnceLock<FetchError>,
     /// Blocks whose bytes are in but not yet written to the cache: a reader waiting for one is
     /// answered from here instead of waiting for the write and reading it back.
     fresh: Mutex<Vec<(u64, Arc<Vec<u8>>)>>,

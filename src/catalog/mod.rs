@@ -109,17 +109,10 @@ pub fn is_id(s: &str) -> bool {
 /// Checks a user-chosen name (alias, execution id): letters, digits, `.`, `_`, `-`; 1 to 128
 /// characters; starting with a letter or digit.
 pub fn check_name(name: &str, what: &str) -> Result<(), CatalogError> {
-    let bad = |reason: &str| CatalogError::BadName { name: name.to_string(), reason: format!("{what} {reason}") };
-    if name.is_empty() || name.len() > 128 {
-        return Err(bad("must be 1 to 128 characters long"));
+    match crate::uri::name_problem(name) {
+        Some(reason) => Err(CatalogError::BadName { name: name.to_string(), reason: format!("{what} {reason}") }),
+        None => Ok(()),
     }
-    if !name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) {
-        return Err(bad("must start with a letter or a digit"));
-    }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
-        return Err(bad("may only hold letters, digits, '.', '_' and '-'"));
-    }
-    Ok(())
 }
 
 /// Checks an alias: a name that cannot be mistaken for an id.
@@ -139,10 +132,7 @@ pub fn strip_scheme(s: &str) -> &str {
     s.strip_prefix("datum://").unwrap_or(s).trim_end_matches('/')
 }
 
-/// The host name, for records.
-pub fn hostname() -> String {
-    crate::inputs::integrity::hostname()
-}
+pub use crate::util::hostname;
 
 /// Now, RFC 3339.
 pub fn now() -> String {

@@ -267,7 +267,7 @@ async fn download(catalog: &Catalog, d: &DatumRecord, target: &std::path::Path) 
     use tokio::io::AsyncWriteExt;
     let registry = StoreRegistry::new();
     let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
-    let src = crate::inputs::uri::parse(&d.object_uri, &cwd).map_err(|e| anyhow!("{}: {e}", d.uri))?;
+    let src = crate::uri::parse(&d.object_uri, &cwd).map_err(|e| anyhow!("{}: {e}", d.uri))?;
     let store = if src.store_url == catalog.store().handle.url {
         catalog.store().handle.clone()
     } else {

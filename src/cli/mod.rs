@@ -111,21 +111,7 @@ pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<()> {
     }
 }
 
-/// `n` bytes for people: `512 B`, `1.5 MiB`.
-pub(crate) fn human_bytes(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
-}
+pub(crate) use crate::util::human_bytes;
 
 /// Reads an extended attribute of `path`.
 fn read_xattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {

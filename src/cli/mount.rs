@@ -91,8 +91,8 @@ impl MountArgs {
         let store_url = match self.store {
             // A local store is named by its absolute path: the daemon serving the mount may
             // run in another directory.
-            Some(s) => match crate::inputs::uri::parse(&s, &cwd) {
-                Ok(u) if u.scheme == crate::inputs::uri::Scheme::File => format!("file:///{}", u.key),
+            Some(s) => match crate::uri::parse(&s, &cwd) {
+                Ok(u) if u.scheme == crate::uri::Scheme::File => format!("file:///{}", u.key),
                 _ => s,
             },
             None => format!("file://{}", super::absolute(&home.join("store")).display()),

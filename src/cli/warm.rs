@@ -54,7 +54,7 @@ fn warm_in_mount(mp: &Path, rel: String) -> Result<control::Response> {
 /// Warms a URI into the cache at `cache_dir`: through its daemon when one runs, else directly.
 fn warm_uri(uri: &str, cache_dir: &Path, store: &str) -> Result<control::Response> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
-    crate::inputs::uri::parse(uri, &cwd)?;
+    crate::uri::parse(uri, &cwd)?;
     let socket = crate::daemon::control_socket(cache_dir);
     let bar = super::sync::progress_bar("warming");
     let req = Request::WarmUri {

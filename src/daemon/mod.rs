@@ -12,8 +12,8 @@ pub mod node;
 use crate::cache::{self, Cache};
 use crate::config::MountConfig;
 use crate::control;
-use crate::inputs::uri;
 use crate::reader::{ReadConfig, Reader};
+use crate::uri;
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -238,33 +238,6 @@ pub(crate) fn lock_cache_dir(dir: &Path) -> Result<CacheLock> {
             )
         }
     }
-}
-
-pub(crate) fn mount_options(cfg: &MountConfig) -> fuser::Config {
-    use fuser::{MountOption, SessionACL};
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        MountOption::FSName("datumfs".into()),
-        MountOption::Subtype("datumfs".into()),
-        MountOption::DefaultPermissions,
-        MountOption::NoDev,
-        MountOption::NoSuid,
-    ];
-    for opt in cfg.options.iter().flat_map(|o| o.split(',')).map(str::trim).filter(|o| !o.is_empty()) {
-        match opt {
-            "allow_other" => config.acl = SessionACL::All,
-            "allow_root" => config.acl = SessionACL::RootAndOwner,
-            "ro" => config.mount_options.push(MountOption::RO),
-            "rw" | "default_permissions" | "nodev" | "nosuid" => {}
-            "exec" => config.mount_options.push(MountOption::Exec),
-            "noexec" => config.mount_options.push(MountOption::NoExec),
-            "noatime" => config.mount_options.push(MountOption::NoAtime),
-            other => config.mount_options.push(MountOption::CUSTOM(other.to_string())),
-        }
-    }
-    config.n_threads = Some(4);
-    config.clone_fd = true;
-    config
 }
 
 /// Sets the mount up, reports readiness, serves until unmounted, then shuts down cleanly.

@@ -11,7 +11,7 @@ use crate::catalog::Catalog;
 use crate::config::{MinFree, MountConfig};
 use crate::control::{Handler, Request, Response, UnsyncedOutputs};
 use crate::fs::{Fs, FsParts, FsSettings};
-use crate::fuse::FuseAdapter;
+use crate::fuse::MountSettings;
 use crate::inputs::resolve;
 use crate::outputs::state::SyncState;
 use crate::outputs::Staging;
@@ -61,10 +61,10 @@ impl CacheSettings {
                 out.push(format!("{flag} ignored: the cache's daemon runs with {applies}"));
             }
         };
-        let size = |s: Option<u64>| s.map(crate::cli::human_bytes).unwrap_or_else(|| "no cap".into());
+        let size = |s: Option<u64>| s.map(crate::util::human_bytes).unwrap_or_else(|| "no cap".into());
         note("--cache-size", self.cache_size != asked.cache_size, size(self.cache_size));
-        note("--block-size", self.block_size != asked.block_size, crate::cli::human_bytes(self.block_size));
-        note("--read-ahead", self.read_ahead != asked.read_ahead, crate::cli::human_bytes(self.read_ahead));
+        note("--block-size", self.block_size != asked.block_size, crate::util::human_bytes(self.block_size));
+        note("--read-ahead", self.read_ahead != asked.read_ahead, crate::util::human_bytes(self.read_ahead));
         note(
             "--evict-after",
             self.evict_after != asked.evict_after,
@@ -72,7 +72,7 @@ impl CacheSettings {
         );
         let floor = match self.cache_min_free {
             None => "no free-space floor".to_string(),
-            Some(MinFree::Bytes(b)) => crate::cli::human_bytes(b),
+            Some(MinFree::Bytes(b)) => crate::util::human_bytes(b),
             Some(MinFree::Percent(p)) => format!("{p}%"),
         };
         note("--cache-min-free", self.cache_min_free != asked.cache_min_free, floor);
@@ -223,7 +223,7 @@ impl Node {
     async fn start(
         &self,
         cfg: &MountConfig,
-    ) -> Result<(Arc<Served>, fuser::Session<FuseAdapter>, tokio::sync::watch::Sender<bool>)> {
+    ) -> Result<(Arc<Served>, crate::fuse::Mounted, tokio::sync::watch::Sender<bool>)> {
         let data_store = DataStore::open(&cfg.store_url, &self.registry).map_err(|e| anyhow!("--store: {e}"))?;
         let catalog = Catalog::new(data_store.clone());
         let jobs = cfg
@@ -253,14 +253,14 @@ impl Node {
             events: recorder.clone(),
         };
         let fs = Arc::new(Fs::new(parts, settings));
-        let adapter =
-            FuseAdapter::new(fs.clone(), cfg.uid, cfg.gid, self.settings.read_ahead.min(u32::MAX as u64) as u32);
-        let options = super::mount_options(cfg);
-        let mountpoint = cfg.mountpoint.clone();
-        let session = tokio::task::spawn_blocking(move || fuser::Session::new(adapter, &mountpoint, &options))
-            .await
-            .map_err(|e| anyhow!("mounting {}: {e}", cfg.mountpoint.display()))?
-            .with_context(|| format!("mounting {}", cfg.mountpoint.display()))?;
+        let (mounted_fs, mountpoint, options) = (fs.clone(), cfg.mountpoint.clone(), cfg.options.clone());
+        let (uid, gid, max_readahead) = (cfg.uid, cfg.gid, self.settings.read_ahead.min(u32::MAX as u64) as u32);
+        let session = tokio::task::spawn_blocking(move || {
+            crate::fuse::mount(mounted_fs, &mountpoint, &MountSettings { uid, gid, max_readahead, options: &options })
+        })
+        .await
+        .map_err(|e| anyhow!("mounting {}: {e}", cfg.mountpoint.display()))?
+        .with_context(|| format!("mounting {}", cfg.mountpoint.display()))?;
         let execution = Arc::new(Execution {
             id: cfg.execution.clone(),
             command: cfg.command.clone(),

@@ -16,6 +16,64 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
+/// A filesystem mounted by the kernel whose requests are not served yet.
+pub struct Mounted(fuser::Session<FuseAdapter>);
+
+impl Mounted {
+    /// Serves requests until the filesystem is unmounted (blocks the calling thread).
+    pub fn run(self) -> std::io::Result<()> {
+        self.0.run()
+    }
+}
+
+/// How a filesystem is mounted.
+pub struct MountSettings<'a> {
+    /// Owner shown for every file.
+    pub uid: u32,
+    /// Group shown for every file.
+    pub gid: u32,
+    /// The kernel's read-ahead, in bytes.
+    pub max_readahead: u32,
+    /// Options as `mount -o` takes them (`allow_other`, `ro`, `noexec`, ...), comma-separated
+    /// or one per entry.
+    pub options: &'a [String],
+}
+
+/// Mounts `fs` at `mountpoint` (blocks while the kernel sets the mount up).
+pub fn mount(fs: Arc<Fs>, mountpoint: &Path, settings: &MountSettings<'_>) -> std::io::Result<Mounted> {
+    let adapter = FuseAdapter::new(fs, settings.uid, settings.gid, settings.max_readahead);
+    fuser::Session::new(adapter, mountpoint, &session_config(settings.options)).map(Mounted)
+}
+
+/// fuser's settings for `options`: always our fs name, default permissions, no devices, no
+/// setuid; four session threads, each with its own device descriptor.
+fn session_config(options: &[String]) -> fuser::Config {
+    use fuser::{MountOption, SessionACL};
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("datumfs".into()),
+        MountOption::Subtype("datumfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    for opt in options.iter().flat_map(|o| o.split(',')).map(str::trim).filter(|o| !o.is_empty()) {
+        match opt {
+            "allow_other" => config.acl = SessionACL::All,
+            "allow_root" => config.acl = SessionACL::RootAndOwner,
+            "ro" => config.mount_options.push(MountOption::RO),
+            "rw" | "default_permissions" | "nodev" | "nosuid" => {}
+            "exec" => config.mount_options.push(MountOption::Exec),
+            "noexec" => config.mount_options.push(MountOption::NoExec),
+            "noatime" => config.mount_options.push(MountOption::NoAtime),
+            other => config.mount_options.push(MountOption::CUSTOM(other.to_string())),
+        }
+    }
+    config.n_threads = Some(4);
+    config.clone_fd = true;
+    config
+}
+
 /// Inputs are snapshots: the kernel may keep their attributes for long.
 const STABLE_TTL: Duration = Duration::from_secs(3600);
 

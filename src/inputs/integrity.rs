@@ -73,10 +73,7 @@ pub async fn record(ds: &DataStore, new: &IntegrityRecord) -> Result<Option<Stri
     Ok(warning)
 }
 
-/// The host name, for records.
-pub fn hostname() -> String {
-    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".into())
-}
+pub use crate::util::hostname;
 
 #[cfg(test)]
 mod tests {

@@ -3,11 +3,11 @@
 //! listed lazily, one directory at a time, when first needed; everything else is listed at mount.
 
 use super::spec::{InputSpec, KeepDirectories};
-use super::uri::{self, Scheme, Selection, SourceUri, UriError};
 use crate::catalog::Catalog;
 use crate::keys::{self, UnsafeKey};
 use crate::reader::Pin;
 use crate::store::{StoreError, StoreHandle, StoreRegistry};
+use crate::uri::{self, Scheme, Selection, SourceUri, UriError};
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt};

@@ -126,8 +126,8 @@ impl Staging {
     /// Opens (or creates) the staging area in `dir`; `root_ino` is the inode of `outputs/`.
     pub fn open(dir: &Path, root_ino: u64) -> io::Result<Self> {
         let root = dir.join("files");
-        crate::cache::create_private_dir(dir).map_err(io::Error::other)?;
-        crate::cache::create_private_dir(&root).map_err(io::Error::other)?;
+        crate::util::create_private_dir(dir)?;
+        crate::util::create_private_dir(&root)?;
         let root_file = std::fs::metadata(&root)?.ino();
         Ok(Self {
             dir: dir.to_path_buf(),

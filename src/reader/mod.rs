@@ -7,7 +7,7 @@
 //! ignore `If-Match`). Blocks land in the cache as they stream in, so a reader waits only for
 //! its own blocks. Sequential readers grow a read-ahead window. Touches no FUSE types.
 
-use crate::cache::{BlockState, CacheError, CachedObject, InFlight};
+use crate::cache::{BlockState, CacheError, CachedObject, FetchError, InFlight};
 use crate::store::{StoreError, StoreHandle};
 use bytes::Buf;
 use chrono::{DateTime, Utc};
@@ -20,30 +20,59 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::Semaphore;
 
-/// Why a read failed.
-#[derive(Debug, Error)]
+/// Why a read failed. Cheap to clone: a failed fetch's error reaches every reader waiting on it.
+#[derive(Debug, Error, Clone)]
 pub enum ReadError {
     /// The store failed or the object changed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The cache could not be used.
-    #[error(transparent)]
-    Cache(#[from] CacheError),
+    /// The cache could not be used (disk full, I/O error); reads then go to the store directly.
+    #[error("{uri}: the cache could not keep its bytes: {source}")]
+    Cache {
+        /// The object's URI.
+        uri: String,
+        /// The cache's error.
+        #[source]
+        source: Arc<CacheError>,
+    },
     /// Blocks were dropped (failed checks) as fast as they were fetched.
     #[error("{uri}: blocks kept disappearing from the cache")]
     Unstable {
         /// The object's URI.
         uri: String,
     },
-    /// The thread reading the cache failed.
-    #[error("{uri}: reading the cache failed: {source}")]
+    /// The thread reading or writing the cache failed.
+    #[error("{uri}: a cache thread failed: {source}")]
     Task {
         /// The object's URI.
         uri: String,
         /// Why.
         #[source]
-        source: tokio::task::JoinError,
+        source: Arc<tokio::task::JoinError>,
     },
+}
+
+impl ReadError {
+    fn cache(uri: &str, e: CacheError) -> Self {
+        ReadError::Cache { uri: uri.to_string(), source: Arc::new(e) }
+    }
+
+    fn task(uri: &str, e: tokio::task::JoinError) -> Self {
+        ReadError::Task { uri: uri.to_string(), source: Arc::new(e) }
+    }
+
+    /// Whether trying again soon may succeed.
+    fn is_transient(&self) -> bool {
+        matches!(self, ReadError::Store(e) if e.is_transient())
+    }
+
+    /// The error a failed fetch left for its waiters (only the reader sets them: always ours).
+    fn of_fetch(e: &FetchError) -> Self {
+        match e.downcast_ref::<ReadError>() {
+            Some(e) => e.clone(),
+            None => ReadError::Store(StoreError::Other { uri: String::new(), cause: e.to_string() }),
+        }
+    }
 }
 
 /// Tuning of the read path.
@@ -246,11 +275,7 @@ impl Reader {
             return Ok(read_direct(&obj.remote, offset..end).await?);
         }
         match self.read_through_cache(obj, seq, offset, len).await {
-            Err(e @ (ReadError::Cache(_) | ReadError::Store(StoreError::CacheWrite { .. }))) => {
-                let cause = match &e {
-                    ReadError::Store(StoreError::CacheWrite { cause, .. }) => cause.clone(),
-                    other => other.to_string(),
-                };
+            Err(ReadError::Cache { source: cause, .. }) => {
                 obj.bypass.store(true, std::sync::atomic::Ordering::Release);
                 if !self.warned_uncached.swap(true, std::sync::atomic::Ordering::AcqRel) {
                     tracing::warn!(
@@ -300,16 +325,16 @@ impl Reader {
                 Ok(Readable::Present) => {}
                 Ok(Readable::Fresh(blocks)) => return Ok(copy_fresh(cached, needed.start, &blocks, offset..end)),
                 Ok(Readable::Retry) => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
             let c = cached.clone();
             let res = tokio::task::spawn_blocking(move || c.read_cached(offset, (end - offset) as usize))
                 .await
-                .map_err(|source| ReadError::Task { uri: obj.remote.uri.clone(), source })?;
+                .map_err(|e| ReadError::task(&obj.remote.uri, e))?;
             match res {
                 Ok(buf) => return Ok(buf),
                 Err(CacheError::Corrupt { .. }) => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(ReadError::cache(&obj.remote.uri, e)),
             }
         }
         Err(ReadError::Unstable { uri: obj.remote.uri.clone() })
@@ -374,7 +399,7 @@ async fn wait_readable(
     range: Range<u64>,
     claims: Vec<Arc<InFlight>>,
     fresh: bool,
-) -> Result<Readable, StoreError> {
+) -> Result<Readable, ReadError> {
     if !fresh {
         return Ok(match wait_present(cached, range, claims).await? {
             true => Readable::Present,
@@ -392,7 +417,7 @@ async fn wait_readable(
                 BlockState::Present { .. } => present += 1,
                 BlockState::Fetching(f) => {
                     if let Some(e) = f.error.get() {
-                        return Err(e.clone());
+                        return Err(ReadError::of_fetch(e));
                     }
                     match f.fresh(i) {
                         Some(data) => got.push(data),
@@ -406,7 +431,7 @@ async fn wait_readable(
                 BlockState::Missing => {
                     let failed = last_flight.iter().chain(claims.iter()).find_map(|f| f.error.get());
                     if let Some(e) = failed {
-                        return Err(e.clone());
+                        return Err(ReadError::of_fetch(e));
                     }
                     return Ok(Readable::Retry);
                 }
@@ -438,11 +463,7 @@ fn copy_fresh(cached: &CachedObject, first: u64, blocks: &[Arc<Vec<u8>>], want: 
 
 /// Waits until every block of `range` is present. `Ok(false)`: some block went back to missing
 /// without an error (dropped as corrupt): claim again.
-async fn wait_present(
-    cached: &CachedObject,
-    range: Range<u64>,
-    claims: Vec<Arc<InFlight>>,
-) -> Result<bool, StoreError> {
+async fn wait_present(cached: &CachedObject, range: Range<u64>, claims: Vec<Arc<InFlight>>) -> Result<bool, ReadError> {
     let mut last_flight: Option<Arc<InFlight>> = None;
     loop {
         let notified = cached.changed.notified();
@@ -454,7 +475,7 @@ async fn wait_present(
                 BlockState::Present { .. } => {}
                 BlockState::Fetching(f) => {
                     if let Some(e) = f.error.get() {
-                        return Err(e.clone());
+                        return Err(ReadError::of_fetch(e));
                     }
                     last_flight = Some(f);
                     pending = true;
@@ -464,7 +485,7 @@ async fn wait_present(
                     // A fetch of ours (or one we waited on) that failed released its blocks.
                     let failed = last_flight.iter().chain(claims.iter()).find_map(|f| f.error.get());
                     if let Some(e) = failed {
-                        return Err(e.clone());
+                        return Err(ReadError::of_fetch(e));
                     }
                     return Ok(false);
                 }
@@ -490,12 +511,12 @@ async fn fetch_run(remote: &Remote, cached: &Arc<CachedObject>, run: Range<u64>,
             }
             Err(e) => {
                 match &e {
-                    StoreError::Changed { uri, pinned, now } => tracing::error!(
+                    ReadError::Store(StoreError::Changed { uri, pinned, now }) => tracing::error!(
                         "{uri}: the object changed under the mount (pinned version {pinned}, store now has {now}); reads fail with EIO"
                     ),
                     other => tracing::error!("read failed: {other}"),
                 }
-                let _ = flight.error.set(e);
+                let _ = flight.error.set(Arc::new(e));
                 cached.release_failed(run, &flight);
                 return;
             }
@@ -529,7 +550,7 @@ async fn fetch_blocks(
     flight: &Arc<InFlight>,
     blocks: Range<u64>,
     next: &mut u64,
-) -> Result<(), StoreError> {
+) -> Result<(), ReadError> {
     if blocks.is_empty() {
         return Ok(());
     }
@@ -544,10 +565,10 @@ async fn fetch_blocks(
     let res = remote.store.inner.get_opts(&remote.key, opts).await.map_err(|e| remote.classify(e))?;
     remote.check(&res.meta)?;
     if res.range != (start..end) {
-        return Err(StoreError::Other {
+        return Err(ReadError::Store(StoreError::Other {
             uri: remote.uri.clone(),
             cause: format!("asked for bytes {start}..{end}, the store sent {:?}", res.range),
-        });
+        }));
     }
     let mut stream = res.into_stream();
     let mut idx = blocks.start;
@@ -557,10 +578,10 @@ async fn fetch_blocks(
         let mut chunk = chunk.map_err(|e| remote.classify(e))?;
         while chunk.has_remaining() {
             if idx >= blocks.end {
-                return Err(StoreError::Other {
+                return Err(ReadError::Store(StoreError::Other {
                     uri: remote.uri.clone(),
                     cause: "the store sent more bytes than asked for".into(),
-                });
+                }));
             }
             let need = (want.end - want.start) as usize - buf.len();
             let take = need.min(chunk.len());
@@ -574,9 +595,7 @@ async fn fetch_blocks(
                 let c = cached.clone();
                 let stored = tokio::task::spawn_blocking(move || c.store_block(idx, &data)).await;
                 flight.withdraw(idx);
-                stored
-                    .map_err(|e| StoreError::CacheWrite { uri: remote.uri.clone(), cause: e.to_string() })?
-                    .map_err(|e| StoreError::CacheWrite { uri: remote.uri.clone(), cause: e.to_string() })?;
+                stored.map_err(|e| ReadError::task(&remote.uri, e))?.map_err(|e| ReadError::cache(&remote.uri, e))?;
                 idx += 1;
                 *next = idx;
                 if idx < blocks.end {
@@ -587,7 +606,8 @@ async fn fetch_blocks(
         }
     }
     if idx < blocks.end {
-        return Err(StoreError::Unreachable { uri: remote.uri.clone(), cause: "the response ended early".into() });
+        let cause = "the response ended early".into();
+        return Err(ReadError::Store(StoreError::Unreachable { uri: remote.uri.clone(), cause }));
     }
     Ok(())
 }

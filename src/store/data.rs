@@ -2,7 +2,7 @@
 //! store under `$DATUMFS_HOME/store`). Records live under a reserved `.datumfs/` prefix.
 
 use super::{StoreError, StoreHandle, StoreRegistry};
-use crate::inputs::uri::{self, Scheme};
+use crate::uri::{self, Scheme};
 use object_store::path::Path;
 use std::sync::Arc;
 
@@ -38,8 +38,10 @@ impl DataStore {
         let mut local_dir = None;
         if parsed.scheme == Scheme::File {
             let dir = std::path::Path::new("/").join(&parsed.key);
-            crate::cache::create_private_dir(&dir)
-                .map_err(|e| StoreError::Other { uri: url.to_string(), cause: e.to_string() })?;
+            crate::util::create_private_dir(&dir).map_err(|e| StoreError::Other {
+                uri: url.to_string(),
+                cause: format!("cannot create {}: {e}", dir.display()),
+            })?;
             local_dir = Some(dir);
         }
         let handle = registry.open(&parsed)?;

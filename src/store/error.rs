@@ -72,15 +72,6 @@ pub enum StoreError {
         /// Why it is unsafe.
         reason: String,
     },
-    /// The store sent the bytes but the local cache could not keep them (disk full, I/O error);
-    /// readers are then served from the store directly.
-    #[error("{uri}: the cache could not keep its bytes: {cause}")]
-    CacheWrite {
-        /// The object's URI.
-        uri: String,
-        /// The cache's error.
-        cause: String,
-    },
     /// Anything else the store reported.
     #[error("{uri}: {cause}")]
     Other {
@@ -148,7 +139,6 @@ impl StoreError {
             StoreError::Changed { pinned, now, .. } => StoreError::Changed { uri, pinned, now },
             StoreError::UnsafeKey { key, reason, .. } => StoreError::UnsafeKey { uri, key, reason },
             StoreError::Other { cause, .. } => StoreError::Other { uri, cause },
-            StoreError::CacheWrite { cause, .. } => StoreError::CacheWrite { uri, cause },
         }
     }
 }

@@ -9,7 +9,7 @@ pub mod data;
 pub mod error;
 pub mod faulty;
 
-use crate::inputs::uri::{Scheme, SourceUri};
+use crate::uri::{Scheme, SourceUri};
 pub use error::StoreError;
 use object_store::{BackoffConfig, ClientConfigKey, ClientOptions, ObjectStore, RetryConfig};
 use std::collections::HashMap;

@@ -177,7 +177,9 @@ pub fn parse(uri: &str, cwd: &Path) -> Result<SourceUri, UriError> {
         }
         "dataset" => {
             let name = rest.trim_end_matches('/');
-            if crate::catalog::datasets::split_ref(name).is_err() {
+            let valid =
+                name.split_once('/').is_some_and(|(n, v)| name_problem(n).is_none() && name_problem(v).is_none());
+            if !valid {
                 return Err(malformed(
                     "a dataset URI is dataset://NAME/VERSION or dataset://NAME/ALIAS (letters, digits, '.', '_', '-')",
                 ));
@@ -245,6 +247,21 @@ fn local_path(path: &str, cwd: &Path, original: &str) -> Result<SourceUri, UriEr
         selection: selection_for(&key),
         key,
     })
+}
+
+/// What is wrong with a catalog name (dataset, version, alias), if anything: 1 to 128 characters,
+/// letters, digits, '.', '_' and '-', starting with a letter or a digit.
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() || name.len() > 128 {
+        return Some("must be 1 to 128 characters long");
+    }
+    if !name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) {
+        return Some("must start with a letter or a digit");
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        return Some("may only hold letters, digits, '.', '_' and '-'");
+    }
+    None
 }
 
 #[cfg(test)]
