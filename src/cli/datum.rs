@@ -376,7 +376,7 @@ pub(super) fn files_of(path: &std::path::Path) -> Result<Vec<(String, PathBuf)>>
 }
 
 /// Each pushed file's relative path and outcome.
-pub(super) type Pushed = Vec<(String, Result<DatumRecord, String>)>;
+pub(super) type Pushed = Vec<(String, Result<DatumRecord, crate::sync::SyncError>)>;
 
 /// Pushes local files as datums of a new `push-...` execution (recorded with them), with a
 /// progress bar on a terminal. Returns the execution id and each file's outcome.
@@ -440,7 +440,7 @@ pub fn run_push(args: PushArgs) -> Result<i32> {
             .iter()
             .map(|(rel, r)| match r {
                 Ok(d) => json!({ "path": rel, "datum": d.uri, "size": d.size, "sha256": d.checksums.sha256 }),
-                Err(e) => json!({ "path": rel, "error": e }),
+                Err(e) => json!({ "path": rel, "error": e.to_string() }),
             })
             .collect();
         super::print_json(&json!({ "execution": execution, "datums": v }))?;

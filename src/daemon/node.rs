@@ -102,8 +102,10 @@ impl Mounts {
     }
 }
 
-/// The error text a client takes as "this daemon is exiting: start a new one".
-pub const CLOSING: &str = "the cache's daemon is shutting down";
+/// A mount asked of a daemon that is shutting down (the client starts a new daemon).
+#[derive(Debug, thiserror::Error)]
+#[error("the cache's daemon is shutting down")]
+pub struct Closing;
 
 /// The daemon of one cache dir.
 pub struct Node {
@@ -158,7 +160,7 @@ impl Node {
         {
             let mut m = self.lock();
             if m.closing {
-                bail!("{CLOSING}");
+                return Err(Closing.into());
             }
             if m.serving.contains_key(&mp) || m.starting.contains_key(&mp) {
                 bail!("mountpoint {} is busy: this daemon already serves it", mp.display());
@@ -409,12 +411,12 @@ impl Handler for Node {
                 // cannot leave it half done.
                 let node = match self.me() {
                     Some(n) => n,
-                    None => return Response::failed(CLOSING.into(), None),
+                    None => return Response::failed(Closing.to_string(), None),
                 };
                 match tokio::spawn(async move { node.add_mount(*config).await }).await {
                     Ok(Ok(notes)) => Response::ok(Some(serde_json::json!({ "notes": notes }))),
-                    Ok(Err(e)) if e.to_string() == CLOSING => {
-                        Response::failed(CLOSING.into(), Some(serde_json::json!({ "closing": true })))
+                    Ok(Err(e)) if e.is::<Closing>() => {
+                        Response::failed(Closing.to_string(), Some(serde_json::json!({ "closing": true })))
                     }
                     Ok(Err(e)) => Response::failed(format!("{e:#}"), None),
                     Err(e) => Response::failed(format!("internal error: {e}"), None),

@@ -126,6 +126,16 @@ impl SyncState {
         self.tree.flush().map(|_| ())
     }
 
+    /// Runs `work` on this state from a blocking thread: a flush waits for the disk, which
+    /// must not hold up a runtime worker.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&SyncState) -> Result<T, sled::Error> + Send + 'static,
+    ) -> Result<T, sled::Error> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || work(&this)).await.map_err(|e| sled::Error::Io(std::io::Error::other(e)))?
+    }
+
     /// Every path with a state.
     pub fn all(&self) -> Vec<(String, PathState)> {
         self.tree

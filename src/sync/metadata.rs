@@ -24,6 +24,21 @@ pub struct DatumMeta {
     pub properties: Map<String, Value>,
 }
 
+/// A metadata file or key that cannot be used: names the file as the user sees it and the problem.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{file}: {problem}")]
+pub struct MetadataError {
+    /// The file (`outputs/x.metadata.json`, `outputs/valohai.metadata.jsonl line 3`, or the
+    /// output whose metadata holds the bad key).
+    pub file: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+fn bad(file: impl Into<String>, problem: impl Into<String>) -> MetadataError {
+    MetadataError { file: file.into(), problem: problem.into() }
+}
+
 /// Whether a staged path is metadata rather than an output.
 pub fn is_metadata_file(rel: &str) -> bool {
     rel == JSONL || rel.ends_with(SIDECAR_SUFFIX)
@@ -31,19 +46,19 @@ pub fn is_metadata_file(rel: &str) -> bool {
 
 /// The merged metadata objects of `valohai.metadata.jsonl`, by file (later lines override
 /// earlier keys), or the first malformed line's error.
-pub fn read_jsonl(root: &Path) -> Result<HashMap<String, Map<String, Value>>, String> {
+pub fn read_jsonl(root: &Path) -> Result<HashMap<String, Map<String, Value>>, MetadataError> {
     let path = root.join(JSONL);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
-        Err(e) => return Err(format!("outputs/{JSONL}: {e}")),
+        Err(e) => return Err(bad(format!("outputs/{JSONL}"), e.to_string())),
     };
     let mut out: HashMap<String, Map<String, Value>> = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |why: String| format!("outputs/{JSONL} line {}: {why}", i + 1);
+        let bad = |why: String| bad(format!("outputs/{JSONL} line {}", i + 1), why);
         let v: Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
         let file = v
             .get("file")
@@ -58,38 +73,40 @@ pub fn read_jsonl(root: &Path) -> Result<HashMap<String, Map<String, Value>>, St
 }
 
 /// Reads the sidecar of `rel` if it has one (`None`), or its parse error.
-pub fn read_sidecar(root: &Path, rel: &str) -> Result<Option<Map<String, Value>>, String> {
+pub fn read_sidecar(root: &Path, rel: &str) -> Result<Option<Map<String, Value>>, MetadataError> {
     let shown = format!("outputs/{rel}{SIDECAR_SUFFIX}");
     let text = match std::fs::read_to_string(root.join(format!("{rel}{SIDECAR_SUFFIX}"))) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{shown}: {e}")),
+        Err(e) => return Err(bad(shown, e.to_string())),
     };
     match serde_json::from_str::<Value>(&text) {
         Ok(Value::Object(m)) => Ok(Some(m)),
-        Ok(_) => Err(format!("{shown}: not a JSON object")),
-        Err(e) => Err(format!("{shown}: malformed JSON: {e}")),
+        Ok(_) => Err(bad(shown, "not a JSON object")),
+        Err(e) => Err(bad(shown, format!("malformed JSON: {e}"))),
     }
 }
 
 /// Turns merged metadata keys into a datum's metadata, checking the keys datumfs interprets.
-pub fn interpret(rel: &str, raw: Map<String, Value>) -> Result<DatumMeta, String> {
+pub fn interpret(rel: &str, raw: Map<String, Value>) -> Result<DatumMeta, MetadataError> {
     let mut meta = DatumMeta::default();
     for (k, v) in raw {
         match k.as_str() {
             "valohai.tags" => {
-                let tags = v.as_array().ok_or_else(|| format!("outputs/{rel}: valohai.tags must be a list"))?;
+                let tags = v.as_array().ok_or_else(|| bad(format!("outputs/{rel}"), "valohai.tags must be a list"))?;
                 for t in tags {
-                    let t =
-                        t.as_str().ok_or_else(|| format!("outputs/{rel}: valohai.tags must be a list of strings"))?;
+                    let t = t
+                        .as_str()
+                        .ok_or_else(|| bad(format!("outputs/{rel}"), "valohai.tags must be a list of strings"))?;
                     if !meta.tags.iter().any(|x| x == t) {
                         meta.tags.push(t.to_string());
                     }
                 }
             }
             "valohai.alias" => {
-                let a = v.as_str().ok_or_else(|| format!("outputs/{rel}: valohai.alias must be a string"))?;
-                crate::catalog::check_alias(a).map_err(|e| format!("outputs/{rel}: valohai.alias {e}"))?;
+                let a = v.as_str().ok_or_else(|| bad(format!("outputs/{rel}"), "valohai.alias must be a string"))?;
+                crate::catalog::check_alias(a)
+                    .map_err(|e| bad(format!("outputs/{rel}"), format!("valohai.alias {e}")))?;
                 meta.alias = Some(a.to_string());
             }
             "valohai.dataset-versions" => {
@@ -106,8 +123,9 @@ pub fn interpret(rel: &str, raw: Map<String, Value>) -> Result<DatumMeta, String
 
 /// `valohai.dataset-versions`: a list of `dataset://NAME/VERSION` strings, or of objects with
 /// such a `uri` (Valohai's longer form).
-pub fn dataset_versions(rel: &str, v: &Value) -> Result<Vec<String>, String> {
-    let bad = || format!("outputs/{rel}: valohai.dataset-versions must be a list of \"dataset://NAME/VERSION\"");
+pub fn dataset_versions(rel: &str, v: &Value) -> Result<Vec<String>, MetadataError> {
+    let file = format!("outputs/{rel}");
+    let bad = || bad(file.clone(), "valohai.dataset-versions must be a list of \"dataset://NAME/VERSION\"");
     let mut out = Vec::new();
     for item in v.as_array().ok_or_else(bad)? {
         let uri = match item {
@@ -119,7 +137,7 @@ pub fn dataset_versions(rel: &str, v: &Value) -> Result<Vec<String>, String> {
             return Err(bad());
         }
         let (name, version) = crate::catalog::datasets::split_ref(uri)
-            .map_err(|e| format!("outputs/{rel}: valohai.dataset-versions: {e}"))?;
+            .map_err(|e| MetadataError { file: file.clone(), problem: format!("valohai.dataset-versions: {e}") })?;
         let canonical = format!("dataset://{name}/{version}");
         if !out.contains(&canonical) {
             out.push(canonical);
@@ -129,7 +147,11 @@ pub fn dataset_versions(rel: &str, v: &Value) -> Result<Vec<String>, String> {
 }
 
 /// The metadata of `rel`: its jsonl entries, overridden key by key by its sidecar.
-pub fn for_file(root: &Path, rel: &str, jsonl: &HashMap<String, Map<String, Value>>) -> Result<DatumMeta, String> {
+pub fn for_file(
+    root: &Path,
+    rel: &str,
+    jsonl: &HashMap<String, Map<String, Value>>,
+) -> Result<DatumMeta, MetadataError> {
     let mut raw = jsonl.get(rel).cloned().unwrap_or_default();
     if let Some(side) = read_sidecar(root, rel)? {
         raw.extend(side);
@@ -167,7 +189,7 @@ mod tests {
         .unwrap();
         assert_eq!(v.dataset_versions, ["dataset://imgs/v1", "dataset://imgs/v2"]);
         let e = interpret("a.bin", serde_json::from_str(r#"{"valohai.dataset-versions": ["imgs/v1"]}"#).unwrap());
-        assert!(e.unwrap_err().contains("outputs/a.bin"));
+        assert_eq!(e.unwrap_err().file, "outputs/a.bin");
     }
 
     #[test]
@@ -175,11 +197,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("m.bin.metadata.json"), "{oops").unwrap();
         let err = for_file(dir.path(), "m.bin", &HashMap::new()).unwrap_err();
-        assert!(err.contains("outputs/m.bin.metadata.json") && err.contains("malformed"), "{err}");
+        assert!(err.file == "outputs/m.bin.metadata.json" && err.problem.contains("malformed"), "{err}");
         std::fs::write(dir.path().join(JSONL), "{\"file\": \"a\"}\nnot json\n").unwrap();
         let err = read_jsonl(dir.path()).unwrap_err();
-        assert!(err.contains("line 1"), "{err}");
+        assert!(err.to_string().contains("line 1"), "{err}");
         let bad_tags = interpret("a", serde_json::from_str(r#"{"valohai.tags": "x"}"#).unwrap()).unwrap_err();
-        assert!(bad_tags.contains("list"), "{bad_tags}");
+        assert!(bad_tags.problem.contains("list"), "{bad_tags}");
     }
 }

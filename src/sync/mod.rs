@@ -185,12 +185,41 @@ pub struct Syncer {
     pub execution: String,
 }
 
+/// Why one file did not become a datum.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// Its metadata (sidecar or jsonl) cannot be used.
+    #[error(transparent)]
+    Metadata(#[from] metadata::MetadataError),
+    /// Its bytes could not be uploaded.
+    #[error(transparent)]
+    Upload(#[from] upload::UploadError),
+    /// Both the natural key and the datum's own key are taken by other objects.
+    #[error("{uri}: the key is taken by another object")]
+    KeyTaken {
+        /// The key's URI.
+        uri: String,
+    },
+    /// The file changed while it was uploaded: no datum is recorded.
+    #[error("outputs/{path} changed while it was being synced; run sync again once it is complete")]
+    Changed {
+        /// The output path.
+        path: String,
+    },
+    /// The datum, its alias or a dataset version could not be recorded.
+    #[error(transparent)]
+    Catalog(#[from] catalog::CatalogError),
+    /// The sync state in the cache index could not be written.
+    #[error("recording the sync state: {0}")]
+    State(#[source] sled::Error),
+}
+
 /// One file to turn into a datum.
 struct Job {
     rel: String,
     local: PathBuf,
     stamp: FileStamp,
-    meta: Result<DatumMeta, String>,
+    meta: Result<DatumMeta, metadata::MetadataError>,
     /// The datum id and key, fixed (and recorded as pending) before any upload starts.
     planned: (String, String),
     /// Whether an earlier, interrupted sync planned them (its upload may be complete).
@@ -218,13 +247,11 @@ impl Syncer {
         resuming: bool,
         known: Option<(&Checksums, FileStamp)>,
         sent: &Arc<AtomicU64>,
-        on_replanned: impl Fn(&str, &str) -> Result<(), String>,
-    ) -> Result<DatumRecord, String> {
+        on_replanned: impl FnOnce(String, String) -> futures::future::BoxFuture<'static, Result<(), SyncError>>,
+    ) -> Result<DatumRecord, SyncError> {
         let ds = self.catalog.store();
         let (known, stamp) = (known.map(|k| k.0), known.map(|k| k.1));
-        let mut outcome = upload::upload(ds, local, &KeyPath::from(key.as_str()), resuming, known, sent)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut outcome = upload::upload(ds, local, &KeyPath::from(key.as_str()), resuming, known, sent).await?;
         if matches!(outcome, Outcome::KeyTaken) {
             // Something else is at the natural key: never touch it; use a key unique to the datum.
             tracing::warn!(
@@ -235,21 +262,17 @@ impl Syncer {
                 id = catalog::new_id();
             }
             key = ds.data_key(&format!("{}/{id}/{rel}", self.execution)).to_string();
-            on_replanned(&id, &key)?;
-            outcome = upload::upload(ds, local, &KeyPath::from(key.as_str()), true, known, sent)
-                .await
-                .map_err(|e| e.to_string())?;
+            on_replanned(id.clone(), key.clone()).await?;
+            outcome = upload::upload(ds, local, &KeyPath::from(key.as_str()), true, known, sent).await?;
         }
         let Outcome::Stored { checksums, size } = outcome else {
-            return Err(format!("{}: the key is taken by another object", ds.uri_of(&KeyPath::from(key.as_str()))));
+            return Err(SyncError::KeyTaken { uri: ds.uri_of(&KeyPath::from(key.as_str())) });
         };
         // Checksums from the write path hold only if the file did not change while it was read
         // for the upload; otherwise no datum is recorded (the bytes stay, unnamed).
         if let Some(stamp) = stamp {
             if !unchanged(local, stamp) {
-                return Err(format!(
-                    "outputs/{rel} changed while it was being synced; run sync again once it is complete"
-                ));
+                return Err(SyncError::Changed { path: rel.to_string() });
             }
         }
         let rec = DatumRecord {
@@ -267,9 +290,9 @@ impl Syncer {
             alias: meta.alias.clone(),
             properties: meta.properties,
         };
-        self.catalog.put_datum(&rec).await.map_err(|e| e.to_string())?;
+        self.catalog.put_datum(&rec).await?;
         if let Some(alias) = &meta.alias {
-            self.catalog.set_alias(alias, &id, Some(&self.execution)).await.map_err(|e| e.to_string())?;
+            self.catalog.set_alias(alias, &id, Some(&self.execution)).await?;
         }
         Ok(rec)
     }
@@ -315,7 +338,7 @@ impl Syncer {
                     let dataset_versions = match versions {
                         Ok(v) => v,
                         Err(error) => {
-                            report.failed.push(FailedFile { path: rel, error });
+                            report.failed.push(FailedFile { path: rel, error: error.to_string() });
                             continue;
                         }
                     };
@@ -353,21 +376,25 @@ impl Syncer {
                 (j.rel.clone(), PathState::Pending { stamp: j.stamp, datum, key })
             })
             .collect();
-        if let Err(e) = state.set_all(&pending) {
+        if let Err(e) = state.blocking(move |st| st.set_all(&pending)).await {
             report.failed.push(FailedFile { path: String::new(), error: format!("recording the sync state: {e}") });
             return report;
         }
         progress.files_total.store(jobs.len() as u64, Ordering::Relaxed);
         progress.bytes_total.store(jobs.iter().map(|j| j.stamp.size).sum(), Ordering::Relaxed);
-        let results: Vec<(String, Result<DatumRecord, String>)> = futures::stream::iter(jobs)
+        let results: Vec<(String, Result<DatumRecord, SyncError>)> = futures::stream::iter(jobs)
             .map(|job| async move {
                 let res = match job.meta {
-                    Err(e) => Err(e),
+                    Err(e) => Err(SyncError::from(e)),
                     Ok(meta) => {
-                        let replanned = |id: &str, key: &str| {
-                            let st =
-                                PathState::Pending { stamp: job.stamp, datum: id.to_string(), key: key.to_string() };
-                            state.set(&job.rel, &st).map_err(|e| format!("recording the sync state: {e}"))
+                        let (rel, stamp, pending_state) = (job.rel.clone(), job.stamp, state.clone());
+                        let replanned = move |datum: String, key: String| {
+                            let st = PathState::Pending { stamp, datum, key };
+                            // On disk before the upload to the new key starts.
+                            let write = async move {
+                                pending_state.blocking(move |s| s.set(&rel, &st)).await.map_err(SyncError::State)
+                            };
+                            Box::pin(write) as futures::future::BoxFuture<'static, _>
                         };
                         let res = self
                             .make_datum(
@@ -404,7 +431,7 @@ impl Syncer {
             .buffer_unordered(FILES_IN_FLIGHT)
             .collect()
             .await;
-        if let Err(e) = state.flush() {
+        if let Err(e) = state.blocking(SyncState::flush).await {
             tracing::warn!("flushing the sync state: {e}");
         }
         for (rel, res) in results {
@@ -431,7 +458,7 @@ impl Syncer {
                 }
                 Err(error) => {
                     tracing::error!("sync of outputs/{rel} failed: {error}");
-                    report.failed.push(FailedFile { path: rel, error });
+                    report.failed.push(FailedFile { path: rel, error: error.to_string() });
                 }
             }
         }
@@ -456,13 +483,13 @@ impl Syncer {
         let mut failed = Vec::new();
         for (uri, synced) in wanted {
             let res = async {
-                let (name, version) = catalog::datasets::split_ref(&uri).map_err(|e| e.to_string())?;
+                let (name, version) = catalog::datasets::split_ref(&uri)?;
                 let mut files = Vec::with_capacity(synced.len());
                 for d in synced {
                     let id = catalog::strip_scheme(&d.datum);
                     let checksums = match &d.checksums {
                         Some(c) => c.clone(),
-                        None => self.catalog.datum(id).await.map_err(|e| e.to_string())?.checksums,
+                        None => self.catalog.datum(id).await?.checksums,
                     };
                     files.push(catalog::datasets::VersionFile {
                         path: d.path.clone(),
@@ -472,12 +499,12 @@ impl Syncer {
                         object_uri: d.object_uri.clone(),
                     });
                 }
-                self.catalog.publish_version(&name, &version, &self.execution, files).await.map_err(|e| e.to_string())
+                self.catalog.publish_version(&name, &version, &self.execution, files).await
             }
             .await;
             match res {
                 Ok(rec) => report.versions.push(rec.uri()),
-                Err(error) => failed.push(FailedFile { path: uri, error }),
+                Err(error) => failed.push(FailedFile { path: uri, error: error.to_string() }),
             }
         }
         report.failed.extend(failed);
@@ -490,7 +517,7 @@ impl Syncer {
         files: Vec<(String, PathBuf)>,
         meta: DatumMeta,
         progress: &Progress,
-    ) -> Vec<(String, Result<DatumRecord, String>)> {
+    ) -> Vec<(String, Result<DatumRecord, SyncError>)> {
         progress.files_total.store(files.len() as u64, Ordering::Relaxed);
         let mut total = 0;
         for (_, p) in &files {
@@ -508,7 +535,9 @@ impl Syncer {
                 async move {
                     let planned = self.plan(&rel);
                     let res = self
-                        .make_datum(&rel, &local, m, planned, false, None, &progress.bytes_done, |_, _| Ok(()))
+                        .make_datum(&rel, &local, m, planned, false, None, &progress.bytes_done, |_, _| {
+                            Box::pin(async { Ok(()) })
+                        })
                         .await;
                     progress.files_done.fetch_add(1, Ordering::Relaxed);
                     (rel, res)
