@@ -34,6 +34,15 @@ pub enum FsError {
     /// An unknown file handle.
     #[error("bad file handle")]
     BadHandle,
+    /// Not allowed here, whoever asks (device nodes and hard links in outputs).
+    #[error("operation not permitted")]
+    NotPermitted,
+    /// A name that is not valid UTF-8 cannot be made (object keys are UTF-8).
+    #[error("invalid name")]
+    BadName,
+    /// The caller's buffer cannot hold the answer.
+    #[error("buffer too small")]
+    TooSmall,
     /// A request that makes no sense here, with the reason.
     #[error("{0}")]
     Invalid(String),
@@ -81,7 +90,9 @@ impl FsError {
             FsError::NoAttr => libc::ENODATA,
             FsError::BadHandle => libc::EBADF,
             FsError::NotSupported => libc::EOPNOTSUPP,
-            FsError::Invalid(_) => libc::EINVAL,
+            FsError::Invalid(_) | FsError::BadName => libc::EINVAL,
+            FsError::NotPermitted => libc::EPERM,
+            FsError::TooSmall => libc::ERANGE,
             FsError::Os(errno) => *errno,
             FsError::Corrupt { .. } | FsError::Store(_) | FsError::Read(_) | FsError::Cache(_) | FsError::Io(_) => {
                 libc::EIO

@@ -7,7 +7,7 @@ use super::events::{EventSink, FsEvent, HashedFile};
 use super::namespace::{Namespace, OpenFile, OpenedFile};
 use super::tree::{FileNode, Node, NodeKind, Tree};
 use super::{Attr, DirEntry, FsError, FsResult, InputSummary, Kind, DIR_PERM, FILE_PERM};
-use crate::cache::{Cache, PinRecord};
+use crate::cache::Cache;
 use crate::checksum::Checksums;
 use crate::inputs::resolve::{self, ResolvedInput};
 use crate::reader::{self, OpenObject, Pin, Reader, Remote, Sequential};
@@ -214,33 +214,16 @@ impl InputNamespace {
                 let Some(node) = self.tree.get(ino) else { continue };
                 match &node.kind {
                     NodeKind::Dir { .. } => next.push(node),
-                    NodeKind::File(f) => files.push(self.file_json(&node, f)),
+                    NodeKind::File(_) => files.push(node),
                 }
             }
             level = next;
         }
-        files
-    }
-
-    fn file_json(&self, node: &Node, f: &FileNode) -> serde_json::Value {
-        let name = node.path.rsplit('/').next().unwrap_or_default();
-        let mut v = serde_json::json!({
-            "name": name,
-            "path": self.services.mount_path(node),
-            "uri": f.entry.uri,
-            "size": f.entry.size,
-        });
-        let sums = f.checksums.get().cloned().or_else(|| {
-            let pin = f.pin.get()?;
-            self.services.cache.recorded_checksums(&f.entry.store.url, f.entry.key.as_ref(), &pin.version())
-        });
-        if let Some(s) = sums.as_ref().or(f.entry.expected.as_ref()) {
-            v["checksums"] = serde_json::json!({ "md5": s.md5, "sha1": s.sha1, "sha256": s.sha256 });
-        }
-        if let Some(d) = &f.entry.datum {
-            v["datum_id"] = serde_json::json!(d);
-        }
-        v
+        // Checksums recorded by earlier runs come from the cache index: not on a runtime worker.
+        let services = self.services.clone();
+        tokio::task::spawn_blocking(move || files.iter().filter_map(|n| file_json(&services, n)).collect())
+            .await
+            .unwrap_or_default()
     }
 
     /// Opens the object behind a file, pinning its version first if its listing had none.
@@ -253,28 +236,9 @@ impl InputNamespace {
         let pin = f
             .pin
             .get_or_try_init(|| async {
-                let listed = chrono::DateTime::<chrono::Utc>::from(e.mtime).to_rfc3339();
-                let (store_url, key) = (e.store.url.clone(), e.key.to_string());
-                let recalled = {
-                    let (cache, store_url, key, listed) =
-                        (cache.clone(), store_url.clone(), key.clone(), listed.clone());
-                    let size = e.size;
-                    tokio::task::spawn_blocking(move || cache.recall_version(&store_url, &key, size, &listed))
-                        .await
-                        .ok()
-                        .flatten()
-                };
-                if let Some(rec) = recalled {
-                    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&rec.last_modified) {
-                        return Ok(Pin { etag: rec.etag, last_modified: t.with_timezone(&chrono::Utc) });
-                    }
-                }
-                let pin = reader::pin_by_head(&e.store, &e.key, &e.uri, e.size).await?;
-                let rec = PinRecord { etag: pin.etag.clone(), last_modified: pin.last_modified.to_rfc3339() };
-                let (cache, size) = (cache.clone(), e.size);
-                let _ =
-                    tokio::task::spawn_blocking(move || cache.remember_version(&store_url, &key, size, &listed, &rec))
-                        .await;
+                let pin = reader::pin_listed(cache, &e.store, &e.key, &e.uri, e.size, e.mtime).await?;
+                // With its version known, checksums an earlier run recorded can be shown.
+                self.services.changed();
                 Ok::<Pin, crate::store::StoreError>(pin)
             })
             .await;
@@ -282,15 +246,9 @@ impl InputNamespace {
             Ok(p) => p.clone(),
             Err(err) => return Err(self.failed(node, f, err).await),
         };
-        let cached = {
-            let (cache, store_url, key, version, size, uri) =
-                (cache.clone(), e.store.url.clone(), e.key.to_string(), pin.version(), e.size, e.uri.clone());
-            tokio::task::spawn_blocking(move || cache.object(&store_url, &key, &version, size, &uri))
-                .await
-                .map_err(|err| FsError::Io(Box::new(std::io::Error::other(err))))??
-        };
         let remote =
             Arc::new(Remote { store: e.store.clone(), key: e.key.clone(), uri: e.uri.clone(), size: e.size, pin });
+        let cached = reader::cached_object(cache, &remote).await?;
         let mut slot = f.open.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(obj) = slot.upgrade() {
             return Ok(obj);
@@ -316,6 +274,29 @@ impl InputNamespace {
         hash_when_complete(&self.services, node, &obj, false);
         Ok(was)
     }
+}
+
+/// One file as `inputs.json` lists it, with the checksums known so far (reads the cache index).
+fn file_json(services: &InputServices, node: &Node) -> Option<serde_json::Value> {
+    let NodeKind::File(f) = &node.kind else { return None };
+    let name = node.path.rsplit('/').next().unwrap_or_default();
+    let mut v = serde_json::json!({
+        "name": name,
+        "path": services.mount_path(node),
+        "uri": f.entry.uri,
+        "size": f.entry.size,
+    });
+    let sums = f.checksums.get().cloned().or_else(|| {
+        let pin = f.pin.get()?;
+        services.cache.recorded_checksums(&f.entry.store.url, f.entry.key.as_ref(), &pin.version())
+    });
+    if let Some(s) = sums.as_ref().or(f.entry.expected.as_ref()) {
+        v["checksums"] = serde_json::json!({ "md5": s.md5, "sha1": s.sha1, "sha256": s.sha256 });
+    }
+    if let Some(d) = &f.entry.datum {
+        v["datum_id"] = serde_json::json!(d);
+    }
+    Some(v)
 }
 
 #[async_trait]
@@ -486,6 +467,7 @@ impl Namespace for InputNamespace {
             .filter(|c| c.is_complete())
             .ok_or(FsError::NoAttr)?;
         let sums = cached.checksums().await?;
+        self.services.changed();
         Ok(pick_checksum(&sums, name))
     }
 

@@ -486,6 +486,22 @@ impl Fs {
         self.ns(parent)?.symlink(parent, name, target)
     }
 
+    /// Device nodes, FIFOs and sockets: regular files come through create, the rest has no
+    /// place where namespaces take changes (EPERM), and none elsewhere (EROFS).
+    pub fn mknod(&self, parent: u64) -> FsError {
+        self.check_writable(parent).err().unwrap_or(FsError::NotPermitted)
+    }
+
+    /// Hard links would give one staged file two output paths; tools fall back to copies.
+    pub fn link(&self, new_parent: u64) -> FsError {
+        self.check_writable(new_parent).err().unwrap_or(FsError::NotPermitted)
+    }
+
+    /// Extended attributes cannot be set: read-only namespaces, and outputs keep none.
+    pub fn setxattr(&self, ino: u64) -> FsError {
+        self.check_writable(ino).err().unwrap_or(FsError::NotSupported)
+    }
+
     /// The target of a symbolic link.
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         match self.owner(ino)? {

@@ -215,7 +215,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let Some(name) = name_str(name) else { return reply.error(Errno::ENOENT) };
+        let Some(name) = name_str(name) else { return reply.error(errno(&FsError::NotFound)) };
         if let Some(res) = self.fs.try_lookup(parent.0, &name) {
             return reply_entry(reply, res, self.uid, self.gid);
         }
@@ -277,30 +277,26 @@ impl Filesystem for FuseAdapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        // Regular files come through create; devices, fifos and sockets have no place in outputs.
-        reply.error(match self.fs.check_writable(parent.0) {
-            Ok(()) => Errno::EPERM,
-            Err(e) => errno(&e),
-        });
+        reply.error(errno(&self.fs.mknod(parent.0)));
     }
 
     fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let Some(name) = name_str(name) else { return reply.error(Errno::EINVAL) };
+        let Some(name) = name_str(name) else { return reply.error(errno(&FsError::BadName)) };
         reply_entry(reply, self.fs.mkdir(parent.0, &name, mode & !umask), self.uid, self.gid);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let Some(name) = name_str(name) else { return reply.error(Errno::ENOENT) };
+        let Some(name) = name_str(name) else { return reply.error(errno(&FsError::NotFound)) };
         reply_empty(reply, self.fs.unlink(parent.0, &name));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let Some(name) = name_str(name) else { return reply.error(Errno::ENOENT) };
+        let Some(name) = name_str(name) else { return reply.error(errno(&FsError::NotFound)) };
         reply_empty(reply, self.fs.rmdir(parent.0, &name));
     }
 
     fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let Some(name) = name_str(link_name) else { return reply.error(Errno::EINVAL) };
+        let Some(name) = name_str(link_name) else { return reply.error(errno(&FsError::BadName)) };
         reply_entry(reply, self.fs.symlink(parent.0, &name, target), self.uid, self.gid);
     }
 
@@ -315,17 +311,13 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let (Some(name), Some(newname)) = (name_str(name), name_str(newname)) else {
-            return reply.error(Errno::EINVAL);
+            return reply.error(errno(&FsError::BadName));
         };
         reply_empty(reply, self.fs.rename(parent.0, &name, newparent.0, &newname, flags.bits()));
     }
 
     fn link(&self, _req: &Request, _ino: INodeNo, newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
-        // Hard links would give one staged file two output paths; tools fall back to copies.
-        reply.error(match self.fs.check_writable(newparent.0) {
-            Ok(()) => Errno::EPERM,
-            Err(e) => errno(&e),
-        });
+        reply.error(errno(&self.fs.link(newparent.0)));
     }
 
     fn create(
@@ -338,7 +330,7 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let Some(name) = name_str(name) else { return reply.error(Errno::EINVAL) };
+        let Some(name) = name_str(name) else { return reply.error(errno(&FsError::BadName)) };
         match self.fs.create(parent.0, &name, mode & !umask, flags) {
             Ok((a, o)) => {
                 let attr = file_attr(&a, self.uid, self.gid);
@@ -523,11 +515,11 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(self.refuse(ino));
+        reply.error(errno(&self.fs.setxattr(ino.0)));
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let Some(name) = name_str(name) else { return reply.error(Errno::ENODATA) };
+        let Some(name) = name_str(name) else { return reply.error(errno(&FsError::NoAttr)) };
         if let Some(res) = self.fs.try_getxattr(ino.0, &name) {
             return match res {
                 Ok(v) => reply_xattr(reply, size, &v),
@@ -550,7 +542,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(self.refuse(ino));
+        reply.error(errno(&self.fs.setxattr(ino.0)));
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
@@ -627,21 +619,11 @@ impl Passthrough {
     }
 }
 
-impl FuseAdapter {
-    /// Extended attributes cannot be set: read-only inputs, and outputs keep none.
-    fn refuse(&self, ino: INodeNo) -> Errno {
-        match self.fs.check_writable(ino.0) {
-            Ok(()) => Errno::ENOTSUP,
-            Err(e) => errno(&e),
-        }
-    }
-}
-
 fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
     if size == 0 {
         reply.size(value.len() as u32);
     } else if value.len() > size as usize {
-        reply.error(Errno::ERANGE);
+        reply.error(errno(&FsError::TooSmall));
     } else {
         reply.data(value);
     }

@@ -7,7 +7,7 @@
 //! ignore `If-Match`). Blocks land in the cache as they stream in, so a reader waits only for
 //! its own blocks. Sequential readers grow a read-ahead window. Touches no FUSE types.
 
-use crate::cache::{BlockState, CacheError, CachedObject, FetchError, InFlight};
+use crate::cache::{BlockState, Cache, CacheError, CachedObject, FetchError, InFlight, PinRecord};
 use crate::store::{StoreError, StoreHandle};
 use bytes::Buf;
 use chrono::{DateTime, Utc};
@@ -188,6 +188,50 @@ pub async fn pin_by_head(store: &Arc<StoreHandle>, key: &Path, uri: &str, listed
         });
     }
     Ok(pin)
+}
+
+/// The version of an object a mount serves, for an object listed with this size and time:
+/// the listing's ETag when it had one is pinned by the caller; otherwise the version an earlier
+/// HEAD found for the same size and listed time (remembered in the cache index, so a remount
+/// needs no request), else one HEAD, remembered.
+pub async fn pin_listed(
+    cache: &Arc<Cache>,
+    store: &Arc<StoreHandle>,
+    key: &Path,
+    uri: &str,
+    size: u64,
+    listed: std::time::SystemTime,
+) -> Result<Pin, StoreError> {
+    let listed = DateTime::<Utc>::from(listed).to_rfc3339();
+    let (c, store_url, k, l) = (cache.clone(), store.url.clone(), key.to_string(), listed.clone());
+    let recalled = tokio::task::spawn_blocking(move || c.recall_version(&store_url, &k, size, &l)).await.ok().flatten();
+    if let Some(rec) = recalled {
+        if let Ok(t) = DateTime::parse_from_rfc3339(&rec.last_modified) {
+            return Ok(Pin { etag: rec.etag, last_modified: t.with_timezone(&Utc) });
+        }
+    }
+    let pin = pin_by_head(store, key, uri, size).await?;
+    let rec = PinRecord { etag: pin.etag.clone(), last_modified: pin.last_modified.to_rfc3339() };
+    let (c, store_url, k) = (cache.clone(), store.url.clone(), key.to_string());
+    let _ = tokio::task::spawn_blocking(move || c.remember_version(&store_url, &k, size, &listed, &rec)).await;
+    Ok(pin)
+}
+
+/// The cache entry of `remote`'s pinned version, opened (index read, data file or pack slot
+/// made) on a blocking thread.
+pub async fn cached_object(cache: &Arc<Cache>, remote: &Remote) -> Result<Arc<CachedObject>, ReadError> {
+    let (c, store_url, key, version, size, uri) = (
+        cache.clone(),
+        remote.store.url.clone(),
+        remote.key.to_string(),
+        remote.pin.version(),
+        remote.size,
+        remote.uri.clone(),
+    );
+    tokio::task::spawn_blocking(move || c.object(&store_url, &key, &version, size, &uri))
+        .await
+        .map_err(|e| ReadError::task(&remote.uri, e))?
+        .map_err(|e| ReadError::cache(&remote.uri, e))
 }
 
 /// Per-handle memory of where the last read ended, to spot sequential readers.
