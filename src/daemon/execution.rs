@@ -219,11 +219,13 @@ impl Execution {
 
     pub(super) async fn status(&self) -> serde_json::Value {
         // The cache's figures come from its index and a walk of its files: not on a runtime worker.
-        let fs = self.fs.clone();
-        let mut status = tokio::task::spawn_blocking(move || fs.status()).await.unwrap_or_default();
+        let (fs, staging, state) = (self.fs.clone(), self.staging.files_dir().to_path_buf(), self.state.clone());
+        let (mut status, pending) =
+            tokio::task::spawn_blocking(move || (fs.status(), sync::pending(&staging, &state).ok()))
+                .await
+                .unwrap_or_default();
         status["files"] = serde_json::to_value(self.recorder.files()).unwrap_or_default();
         status["config"] = self.config_json.clone();
-        let pending = self.pending().ok();
         status["execution"] = serde_json::json!({
             "id": self.id,
             "staging": self.staging.files_dir(),

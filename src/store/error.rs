@@ -107,9 +107,29 @@ impl StoreError {
             object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
                 StoreError::AccessDenied { uri, cause: short_cause(&chain) }
             }
+            other if network_failure(&other) => StoreError::Unreachable { uri, cause: short_cause(&chain) },
+            // object_store keeps HTTP status codes and S3 error codes out of its types: only the
+            // message carries them.
             _ => classify_by_text(uri, bucket, &chain),
         }
     }
+}
+
+/// Whether the request never got an answer (connecting, sending, timing out), by the types in
+/// the error's chain.
+fn network_failure(err: &(dyn std::error::Error + 'static)) -> bool {
+    use object_store::client::{HttpError, HttpErrorKind};
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(http) = e.downcast_ref::<HttpError>() {
+            return matches!(
+                http.kind(),
+                HttpErrorKind::Connect | HttpErrorKind::Request | HttpErrorKind::Timeout | HttpErrorKind::Interrupted
+            );
+        }
+        cur = e.source();
+    }
+    false
 }
 
 fn unsafe_key(uri: String, err: &object_store::path::Error) -> StoreError {
@@ -210,5 +230,45 @@ fn short_cause(chain: &str) -> String {
         format!("{}...", &one_line[..end])
     } else {
         one_line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::ObjectStoreExt;
+
+    fn http_store(url: &str, timeout_ms: u64) -> object_store::http::HttpStore {
+        let options = object_store::ClientOptions::new()
+            .with_allow_http(true)
+            .with_timeout(std::time::Duration::from_millis(timeout_ms))
+            .with_connect_timeout(std::time::Duration::from_millis(timeout_ms));
+        let retry = object_store::RetryConfig { max_retries: 0, ..Default::default() };
+        object_store::http::HttpBuilder::new()
+            .with_url(url)
+            .with_client_options(options)
+            .with_retry(retry)
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_and_a_silent_server_are_unreachable() {
+        // A port nothing listens on: the connection is refused.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let err = http_store(&url, 2000).head(&object_store::path::Path::from("k")).await.unwrap_err();
+        let e = StoreError::from_object_store("http://x/k", None, err);
+        assert!(matches!(e, StoreError::Unreachable { .. }) && e.is_transient(), "{e:?}");
+
+        // A server that accepts and never answers: the request times out.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", silent.local_addr().unwrap());
+        let err = http_store(&url, 300).head(&object_store::path::Path::from("k")).await.unwrap_err();
+        let e = StoreError::from_object_store("http://x/k", None, err);
+        assert!(matches!(e, StoreError::Unreachable { .. }), "{e:?}");
+        assert!(e.to_string().starts_with("http://x/k: store unreachable"), "{e}");
+        drop(silent);
     }
 }

@@ -297,25 +297,16 @@ impl Syncer {
         Ok(rec)
     }
 
-    /// Syncs the staged outputs under `root` with `state`. `known` gives a file's checksums when
-    /// they were computed as it was written (by staging inode and size).
-    pub async fn sync(
-        &self,
-        root: &Path,
-        state: &SyncState,
-        progress: &Progress,
-        known: &(dyn Fn(u64, u64) -> Option<Checksums> + Sync),
-    ) -> SyncReport {
+    /// What a sync of the staged outputs under `root` has to do: files already synced go
+    /// straight into the report, the others become jobs with their datum id and key planned.
+    /// Walks the tree and reads the sync state and metadata files: call on a blocking thread.
+    fn plan_sync(&self, root: &Path, state: &SyncState) -> (SyncReport, Vec<Job>) {
         let mut report = SyncReport { execution: self.execution.clone(), ..Default::default() };
-        let walked = {
-            let root = root.to_path_buf();
-            tokio::task::spawn_blocking(move || walk(&root)).await
-        };
-        let (files, others) = match walked.map_err(std::io::Error::other).and_then(|w| w) {
+        let (files, others) = match walk(root) {
             Ok(w) => w,
             Err(e) => {
                 report.failed.push(FailedFile { path: String::new(), error: format!("reading outputs: {e}") });
-                return report;
+                return (report, Vec::new());
             }
         };
         report.skipped = others
@@ -363,8 +354,34 @@ impl Syncer {
                 Ok(j) => metadata::for_file(root, &rel, j),
                 Err(e) => Err(e.clone()),
             };
-            let known = known(stamp.ino, stamp.size);
-            jobs.push(Job { local: root.join(&rel), rel, stamp, meta, planned, resuming, known });
+            jobs.push(Job { local: root.join(&rel), rel, stamp, meta, planned, resuming, known: None });
+        }
+        (report, jobs)
+    }
+
+    /// Syncs the staged outputs under `root` with `state`. `known` gives a file's checksums when
+    /// they were computed as it was written (by staging inode and size).
+    pub async fn sync(
+        &self,
+        root: &Path,
+        state: &SyncState,
+        progress: &Progress,
+        known: &(dyn Fn(u64, u64) -> Option<Checksums> + Sync),
+    ) -> SyncReport {
+        let planned = {
+            let (this, root, state) = (self.clone(), root.to_path_buf(), state.clone());
+            tokio::task::spawn_blocking(move || this.plan_sync(&root, &state)).await
+        };
+        let (mut report, mut jobs) = match planned {
+            Ok(p) => p,
+            Err(e) => {
+                let mut report = SyncReport { execution: self.execution.clone(), ..Default::default() };
+                report.failed.push(FailedFile { path: String::new(), error: format!("planning the sync: {e}") });
+                return report;
+            }
+        };
+        for job in &mut jobs {
+            job.known = known(job.stamp.ino, job.stamp.size);
         }
         // Every upload's datum id and key are on disk before the first byte goes: a crash at
         // any point then resumes the same datums instead of making new ones.
