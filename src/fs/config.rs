@@ -4,7 +4,7 @@
 
 use super::input::{InputNamespace, InputServices};
 use super::namespace::{Namespace, OpenFile, OpenedFile};
-use super::{made_file_attr, Attr, DirEntry, FsError, FsResult, Kind, DIR_PERM};
+use super::{made_file_attr, Attr, DirEntry, FsError, FsResult, Kind};
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 use std::sync::atomic::Ordering;
@@ -34,16 +34,7 @@ impl ConfigNamespace {
     }
 
     fn dir_attr(&self) -> Attr {
-        Attr {
-            ino: self.top,
-            size: 0,
-            kind: Kind::Dir,
-            perm: DIR_PERM,
-            mtime: self.services.started,
-            times: None,
-            nlink: None,
-            volatile: false,
-        }
+        Attr::read_only_dir(self.top, self.services.started)
     }
 
     /// The content when nothing changed since it was last made.

@@ -6,7 +6,7 @@
 use super::events::{EventSink, FsEvent, HashedFile};
 use super::namespace::{Namespace, OpenFile, OpenedFile};
 use super::tree::{FileNode, Node, NodeKind, Tree};
-use super::{Attr, DirEntry, FsError, FsResult, InputSummary, Kind, DIR_PERM, FILE_PERM};
+use super::{Attr, DirEntry, FsError, FsResult, InputSummary, Kind, FILE_PERM};
 use crate::cache::Cache;
 use crate::checksum::Checksums;
 use crate::inputs::resolve::{self, ResolvedInput};
@@ -141,11 +141,19 @@ impl InputNamespace {
     }
 
     fn attr(&self, node: &Node) -> Attr {
-        let (size, kind, perm, mtime) = match &node.kind {
-            NodeKind::Dir { .. } => (0, Kind::Dir, DIR_PERM, self.services.started),
-            NodeKind::File(f) => (f.entry.size, Kind::File, FILE_PERM, f.entry.mtime),
-        };
-        Attr { ino: node.ino, size, kind, perm, mtime, times: None, nlink: None, volatile: false }
+        match &node.kind {
+            NodeKind::Dir { .. } => Attr::read_only_dir(node.ino, self.services.started),
+            NodeKind::File(f) => Attr {
+                ino: node.ino,
+                size: f.entry.size,
+                kind: Kind::File,
+                perm: FILE_PERM,
+                mtime: f.entry.mtime,
+                times: None,
+                nlink: None,
+                volatile: false,
+            },
+        }
     }
 
     fn entries(&self, children: &BTreeMap<String, u64>) -> Vec<DirEntry> {

@@ -81,6 +81,13 @@ pub struct Attr {
     pub volatile: bool,
 }
 
+impl Attr {
+    /// A read-only directory of the mount, made at `mtime`, whose attributes never change.
+    fn read_only_dir(ino: u64, mtime: SystemTime) -> Self {
+        Attr { ino, size: 0, kind: Kind::Dir, perm: DIR_PERM, mtime, times: None, nlink: None, volatile: false }
+    }
+}
+
 /// One directory entry.
 #[derive(Debug, Clone)]
 pub struct DirEntry {
@@ -257,16 +264,7 @@ impl Fs {
     }
 
     fn fixed_attr(&self, ino: u64) -> Attr {
-        Attr {
-            ino,
-            size: 0,
-            kind: Kind::Dir,
-            perm: DIR_PERM,
-            mtime: self.services.started,
-            times: None,
-            nlink: None,
-            volatile: false,
-        }
+        Attr::read_only_dir(ino, self.services.started)
     }
 
     /// The children of a fixed directory.
