@@ -1,9 +1,11 @@
-//! Datasets: named, versioned collections of datums. A version is one create-only record
-//! holding its whole manifest (path, datum, size, checksums, object URI of every file), so a
-//! mount resolves it with one GET and never lists the store. Aliases move between versions
-//! by compare-and-swap and keep their history. Purges leave tombstones that every reference
-//! reports.
+//! Datasets: named, versioned collections of datums. A version is a create-only record naming
+//! the chunks of its manifest (path, datum, size, checksums, object URI of every file; see
+//! `manifest` and `version_store`), so a mount resolves it without listing the store, and a
+//! version made from another writes only the chunks that differ. Aliases move between
+//! versions by compare-and-swap and keep their history. Purges leave tombstones that every
+//! reference reports.
 
+use super::version_store::StoredVersion;
 use super::{check_name, hostname, now, Catalog, CatalogError};
 use crate::checksum::Checksums;
 use futures::TryStreamExt;
@@ -137,7 +139,7 @@ fn dataset_rel(name: &str) -> String {
     format!("datasets/{name}/dataset.json")
 }
 
-fn version_rel(name: &str, version: &str) -> String {
+pub(super) fn version_rel(name: &str, version: &str) -> String {
     format!("datasets/{name}/versions/{version}.json")
 }
 
@@ -237,7 +239,10 @@ impl Catalog {
 
     /// Version `version` of `name`, if it exists.
     pub async fn version(&self, name: &str, version: &str) -> Result<Option<VersionRecord>, CatalogError> {
-        Ok(self.read(&self.ds.record_key(&version_rel(name, version))).await?.map(|(v, _)| v))
+        match self.stored_version(name, version).await? {
+            Some(stored) => Ok(Some(self.load_version(stored).await?)),
+            None => Ok(None),
+        }
     }
 
     /// The alias `alias` of dataset `name`, if it exists.
@@ -275,8 +280,16 @@ impl Catalog {
                 reason: format!("dataset {} has an alias of that name", rec.dataset),
             });
         }
+        // A version made from another shares its unchanged chunks: only the others are written.
+        let known = match rec.from.as_deref().map(split_ref).transpose()? {
+            Some((name, version)) => {
+                self.stored_version(&name, &version).await?.map(|b| b.chunk_ids()).unwrap_or_default()
+            }
+            None => Default::default(),
+        };
+        let stored = self.write_manifest(rec, &known).await?;
         let key = self.ds.record_key(&version_rel(&rec.dataset, &rec.version));
-        match self.put(&key, rec, PutMode::Create).await {
+        match self.put(&key, &stored, PutMode::Create).await {
             Ok(()) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
                 Err(self.version_exists(&rec.dataset, &rec.version).await)
@@ -312,35 +325,64 @@ impl Catalog {
         self.create_dataset(name, Some(execution), true).await?;
         let rel = version_rel(name, version);
         let mut refused = None;
-        let rec = self
-            .update(&rel, |old: Option<VersionRecord>| {
-                let mut rec = match old {
-                    Some(old) if old.execution.as_deref() == Some(execution) => old,
-                    Some(old) => {
-                        refused = Some(old.execution.unwrap_or_else(|| format!("a command on {}", old.host)));
-                        return Err(CatalogError::Exists {
-                            what: format!("dataset version {name}/{version}"),
-                            store: self.ds.url.clone(),
-                        });
-                    }
-                    None => VersionRecord {
-                        dataset: name.to_string(),
-                        version: version.to_string(),
-                        created_at: now(),
-                        host: hostname(),
-                        execution: Some(execution.to_string()),
-                        from: None,
-                        files: Vec::new(),
-                    },
-                };
-                for f in &files {
-                    rec.files.retain(|x| x.path != f.path);
-                    rec.files.push(f.clone());
+        let mut rec = Err(CatalogError::Contended { uri: self.ds.uri_of(&self.ds.record_key(&rel)), tries: 0 });
+        // The chunks are written before the record that names them: the record is swapped in
+        // only if nobody changed it since it was read; otherwise all is done again.
+        for _ in 0..super::CAS_TRIES {
+            let before = self.stored_version(name, version).await?;
+            let old_chunks = before.as_ref().map(StoredVersion::chunk_ids).unwrap_or_default();
+            let old = match before.clone() {
+                Some(stored) => Some(self.load_version(stored).await?),
+                None => None,
+            };
+            let mut next = match old {
+                Some(old) if old.execution.as_deref() == Some(execution) => old,
+                Some(old) => {
+                    refused = Some(old.execution.unwrap_or_else(|| format!("a command on {}", old.host)));
+                    rec = Err(CatalogError::Exists {
+                        what: format!("dataset version {name}/{version}"),
+                        store: self.ds.url.clone(),
+                    });
+                    break;
                 }
-                rec.files.sort_by(|a, b| a.path.cmp(&b.path));
-                Ok(rec)
-            })
-            .await;
+                None => VersionRecord {
+                    dataset: name.to_string(),
+                    version: version.to_string(),
+                    created_at: now(),
+                    host: hostname(),
+                    execution: Some(execution.to_string()),
+                    from: None,
+                    files: Vec::new(),
+                },
+            };
+            for f in &files {
+                next.files.retain(|x| x.path != f.path);
+                next.files.push(f.clone());
+            }
+            next.files.sort_by(|a, b| a.path.cmp(&b.path));
+            let stored = self.write_manifest(&next, &old_chunks).await?;
+            let mut raced = false;
+            let swapped = self
+                .update(&rel, |now: Option<StoredVersion>| {
+                    if now != before {
+                        raced = true;
+                        return Err(CatalogError::Contended { uri: String::new(), tries: 0 });
+                    }
+                    Ok(stored.clone())
+                })
+                .await;
+            match swapped {
+                Ok(_) => {
+                    rec = Ok(next);
+                    break;
+                }
+                Err(_) if raced => continue,
+                Err(e) => {
+                    rec = Err(e);
+                    break;
+                }
+            }
+        }
         match (rec, refused) {
             (Ok(rec), _) => Ok(rec),
             (Err(_), Some(other)) => Err(CatalogError::Exists {
@@ -440,8 +482,82 @@ mod tests {
     }
 
     fn file(path: &str, datum: &str) -> VersionFile {
-        let sums = Checksums { md5: "m".into(), sha1: "s".into(), sha256: "h".into() };
-        VersionFile { path: path.into(), datum: datum.into(), size: 1, checksums: sums, object_uri: "mem://x".into() }
+        let sums = crate::checksum::MultiHasher::of_reader(path.as_bytes()).unwrap().0;
+        let object_uri = format!("s3://bucket/data/{path}");
+        VersionFile { path: path.into(), datum: datum.into(), size: path.len() as u64, checksums: sums, object_uri }
+    }
+
+    /// A catalog in memory behind the fault-injecting wrapper, to count its requests.
+    fn counted_catalog() -> (Catalog, std::sync::Arc<crate::store::faulty::FaultyStore>) {
+        use crate::store::{data::DataStore, faulty::FaultyStore, StoreHandle};
+        let store = std::sync::Arc::new(FaultyStore::new(std::sync::Arc::new(object_store::memory::InMemory::new())));
+        let handle = std::sync::Arc::new(StoreHandle::new("mem://c", store.clone()));
+        let ds = DataStore { handle, prefix: String::new(), url: "mem://c".into(), local_dir: None };
+        (Catalog::new(ds), store)
+    }
+
+    #[tokio::test]
+    async fn versions_are_chunked_and_one_made_from_another_writes_only_what_changed() {
+        use crate::store::faulty::Op;
+        let (c, store) = counted_catalog();
+        c.create_dataset("d", None, false).await.unwrap();
+        let files: Vec<VersionFile> = (0..20_000).map(|i| file(&format!("s{:02}/f{i:06}.jpg", i % 50), "D")).collect();
+        let mut files = files;
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let before = store.count(Op::ConditionalPut);
+        c.put_version(&version("d", "v1", files.clone())).await.unwrap();
+        let v1_puts = store.count(Op::ConditionalPut) - before;
+        let stored = c.stored_version("d", "v1").await.unwrap().unwrap();
+        assert_eq!((stored.format, stored.count, stored.files.is_none()), (Some(2), 20_000, true));
+        assert_eq!(v1_puts, 2 * stored.chunks.len() + 1, "every chunk, its companion, and the record");
+        assert!(stored.chunks.len() > 2);
+        assert_eq!(c.version("d", "v1").await.unwrap().unwrap().files, files);
+
+        let mut more = files.clone();
+        more.push(file("s25/f999999.jpg", "D2"));
+        more.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut v2 = version("d", "v2", more.clone());
+        v2.from = Some("d/v1".into());
+        let before = store.count(Op::ConditionalPut);
+        c.put_version(&v2).await.unwrap();
+        assert_eq!(store.count(Op::ConditionalPut) - before, 3, "one chunk, its companion, and the record");
+        assert_eq!(c.version("d", "v2").await.unwrap().unwrap().files, more);
+        assert_eq!(c.version("d", "v1").await.unwrap().unwrap().files, files, "v1 unchanged");
+    }
+
+    #[tokio::test]
+    async fn versions_written_before_chunked_manifests_still_read() {
+        let c = catalog();
+        c.create_dataset("d", None, false).await.unwrap();
+        let old = serde_json::json!({
+            "dataset": "d", "version": "v0", "created_at": "2026-11-01T00:00:00Z", "host": "h",
+            "files": [{"path": "a.bin", "datum": "D1", "size": 3,
+                       "checksums": {"md5": "m", "sha1": "s", "sha256": "h"}, "object_uri": "s3://b/a.bin"}]
+        });
+        let key = c.ds.record_key(&version_rel("d", "v0"));
+        c.ds.handle.inner.put(&key, serde_json::to_vec(&old).unwrap().into()).await.unwrap();
+        let v = c.version("d", "v0").await.unwrap().unwrap();
+        assert_eq!((v.files.len(), v.files[0].path.as_str(), v.files[0].checksums.sha256.as_str()), (1, "a.bin", "h"));
+        // A version made from it is written in today's format.
+        let mut v1 = version("d", "v1", v.files.clone());
+        v1.from = Some("d/v0".into());
+        v1.files[0].checksums = file("a.bin", "D1").checksums;
+        c.put_version(&v1).await.unwrap();
+        assert_eq!(c.stored_version("d", "v1").await.unwrap().unwrap().format, Some(2));
+        assert_eq!(c.version("d", "v1").await.unwrap().unwrap().files, v1.files);
+    }
+
+    #[tokio::test]
+    async fn a_damaged_chunk_is_named_when_the_version_is_read() {
+        let c = catalog();
+        c.create_dataset("d", None, false).await.unwrap();
+        c.put_version(&version("d", "v1", vec![file("a", "D1"), file("b", "D2")])).await.unwrap();
+        let stored = c.stored_version("d", "v1").await.unwrap().unwrap();
+        let id = &stored.chunks[0].id;
+        let key = c.ds.record_key(&format!("datasets/d/chunks/{id}"));
+        c.ds.handle.inner.put(&key, b"garbage".to_vec().into()).await.unwrap();
+        let e = c.version("d", "v1").await.unwrap_err().to_string();
+        assert!(e.contains(&format!("datasets/d/chunks/{id}")) && e.contains("damaged"), "{e}");
     }
 
     fn version(name: &str, v: &str, files: Vec<VersionFile>) -> VersionRecord {

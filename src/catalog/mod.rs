@@ -7,7 +7,9 @@
 //! and purge tombstones are in `datasets`. Knows nothing of FUSE or the cache.
 
 pub mod datasets;
+pub mod manifest;
 pub mod records;
+mod version_store;
 
 use crate::store::data::DataStore;
 use crate::store::StoreError;

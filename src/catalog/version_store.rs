@@ -1,0 +1,170 @@
+//! How dataset versions are kept in the store: a small record naming the version's chunks
+//! (see [`super::manifest`]), and the chunks themselves under `datasets/<name>/chunks/<id>`,
+//! create-only and shared by every version that holds the same files. Records written before
+//! chunked manifests (the whole file list in the record) are read as they are.
+
+use super::datasets::{VersionFile, VersionRecord};
+use super::manifest::{self, ChunkRef};
+use super::{Catalog, CatalogError};
+use futures::{StreamExt, TryStreamExt};
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+
+/// The format of records written now.
+pub const FORMAT: u32 = 2;
+
+/// Chunks read or written at once.
+const CHUNKS_AT_ONCE: usize = 16;
+
+/// A version record as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoredVersion {
+    /// The dataset.
+    pub dataset: String,
+    /// The version's name.
+    pub version: String,
+    /// When it was created (RFC 3339).
+    pub created_at: String,
+    /// The host that created it.
+    pub host: String,
+    /// The execution whose sync created it, if any.
+    #[serde(default)]
+    pub execution: Option<String>,
+    /// The version it was made from (`NAME/VERSION`), if any.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// [`FORMAT`] for chunked manifests; absent in records that list their files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<u32>,
+    /// Number of files.
+    #[serde(default)]
+    pub count: u64,
+    /// Bytes of all files.
+    #[serde(default)]
+    pub bytes: u64,
+    /// The stores the files' objects are in (object URI = store + key).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stores: Vec<String>,
+    /// The chunks, in path order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<ChunkRef>,
+    /// Every file, in records written before chunked manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<VersionFile>>,
+}
+
+impl StoredVersion {
+    /// The ids of every chunk it uses (main and companion).
+    pub fn chunk_ids(&self) -> HashSet<String> {
+        self.chunks.iter().flat_map(|c| [c.id.clone(), c.sums.clone()]).collect()
+    }
+}
+
+fn chunk_rel(dataset: &str, id: &str) -> String {
+    format!("datasets/{dataset}/chunks/{id}")
+}
+
+impl Catalog {
+    /// The stored record of version `version` of `name`, and its ETag (for compare-and-swap).
+    pub(super) async fn stored_version(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<StoredVersion>, CatalogError> {
+        let key = self.ds.record_key(&super::datasets::version_rel(name, version));
+        Ok(self.read(&key).await?.map(|(v, _)| v))
+    }
+
+    /// A chunk's bytes.
+    async fn chunk(&self, dataset: &str, id: &str) -> Result<Vec<u8>, CatalogError> {
+        let key = self.ds.record_key(&chunk_rel(dataset, id));
+        let res = self.ds.handle.inner.get(&key).await.map_err(|e| self.store_err(&key, e))?;
+        Ok(res.bytes().await.map_err(|e| self.store_err(&key, e))?.to_vec())
+    }
+
+    /// The files of one chunk (with their md5 and sha1 from its companion chunk).
+    async fn load_chunk(
+        &self,
+        dataset: &str,
+        c: &ChunkRef,
+        stores: &[String],
+    ) -> Result<Vec<VersionFile>, CatalogError> {
+        let (main, sums) = futures::try_join!(self.chunk(dataset, &c.id), self.chunk(dataset, &c.sums))?;
+        let uri = self.ds.uri_of(&self.ds.record_key(&chunk_rel(dataset, &c.id)));
+        // Decompressing and decoding thousands of files is CPU work: not on a runtime worker.
+        let (chunk, stores) = (c.clone(), stores.to_vec());
+        let decoded = tokio::task::spawn_blocking(move || manifest::decode(&chunk, &main, Some(&sums), &stores))
+            .await
+            .map_err(|e| CatalogError::Malformed { uri: uri.clone(), reason: format!("decoding failed: {e}") })?;
+        decoded.map_err(|e| CatalogError::Malformed { uri, reason: e.to_string() })
+    }
+
+    /// Stores a chunk, create-only: one already there holds the same bytes (its id is their hash).
+    async fn put_chunk(&self, dataset: &str, id: &str, bytes: Vec<u8>) -> Result<(), CatalogError> {
+        let key = self.ds.record_key(&chunk_rel(dataset, id));
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.ds.handle.inner.put_opts(&key, PutPayload::from(bytes), opts).await {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(()),
+            Err(e) => Err(self.store_err(&key, e).into()),
+        }
+    }
+
+    /// The version a stored record describes, its files read from its chunks (several at once).
+    pub(super) async fn load_version(&self, stored: StoredVersion) -> Result<VersionRecord, CatalogError> {
+        let files = match stored.files {
+            Some(files) => files,
+            None => {
+                let loads: Vec<_> =
+                    stored.chunks.iter().map(|c| self.load_chunk(&stored.dataset, c, &stored.stores)).collect();
+                let parts: Vec<Vec<VersionFile>> =
+                    futures::stream::iter(loads).buffered(CHUNKS_AT_ONCE).try_collect().await?;
+                parts.into_iter().flatten().collect()
+            }
+        };
+        Ok(VersionRecord {
+            dataset: stored.dataset,
+            version: stored.version,
+            created_at: stored.created_at,
+            host: stored.host,
+            execution: stored.execution,
+            from: stored.from,
+            files,
+        })
+    }
+
+    /// Writes the chunks of `rec`'s files that are not in `known` (create-only: a chunk already
+    /// there holds the same bytes) and returns the record to store for it.
+    pub(super) async fn write_manifest(
+        &self,
+        rec: &VersionRecord,
+        known: &HashSet<String>,
+    ) -> Result<StoredVersion, CatalogError> {
+        let mut stores = Vec::new();
+        let chunks = manifest::encode(&rec.files, &mut stores).map_err(|e| CatalogError::BadName {
+            name: format!("{}/{}", rec.dataset, rec.version),
+            reason: e.to_string(),
+        })?;
+        let puts: Vec<_> = chunks
+            .iter()
+            .flat_map(|c| [(&c.reference.id, &c.main), (&c.reference.sums, &c.sums)])
+            .filter(|(id, _)| !known.contains(id.as_str()))
+            .map(|(id, bytes)| self.put_chunk(&rec.dataset, id, bytes.clone()))
+            .collect();
+        futures::stream::iter(puts).buffer_unordered(CHUNKS_AT_ONCE).try_collect::<Vec<()>>().await?;
+        Ok(StoredVersion {
+            dataset: rec.dataset.clone(),
+            version: rec.version.clone(),
+            created_at: rec.created_at.clone(),
+            host: rec.host.clone(),
+            execution: rec.execution.clone(),
+            from: rec.from.clone(),
+            format: Some(FORMAT),
+            count: rec.files.len() as u64,
+            bytes: rec.files.iter().map(|f| f.size).sum(),
+            stores,
+            chunks: chunks.into_iter().map(|c| c.reference).collect(),
+            files: None,
+        })
+    }
+}
