@@ -92,11 +92,14 @@ impl Catalog {
     ) -> Result<Vec<VersionFile>, CatalogError> {
         let (main, sums) = futures::try_join!(self.chunk(dataset, &c.id), self.chunk(dataset, &c.sums))?;
         let uri = self.ds.uri_of(&self.ds.record_key(&chunk_rel(dataset, &c.id)));
-        // Decompressing and decoding thousands of files is CPU work: not on a runtime worker.
-        let (chunk, stores) = (c.clone(), stores.to_vec());
-        let decoded = tokio::task::spawn_blocking(move || manifest::decode(&chunk, &main, Some(&sums), &stores))
-            .await
-            .map_err(|e| CatalogError::Malformed { uri: uri.clone(), reason: format!("decoding failed: {e}") })?;
+        // Decoding thousands of files is CPU work: the runtime is told, so that it moves other
+        // tasks off this worker. Not on a blocking-pool thread: its allocations would land in
+        // another malloc arena than the inode table built from them (+20 MiB peak RSS for a
+        // 100,000-file version).
+        let decode = || manifest::decode(c, &main, Some(&sums), stores);
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let decoded = if multi_thread { tokio::task::block_in_place(decode) } else { decode() };
         decoded.map_err(|e| CatalogError::Malformed { uri, reason: e.to_string() })
     }
 
@@ -117,9 +120,13 @@ impl Catalog {
             None => {
                 let loads: Vec<_> =
                     stored.chunks.iter().map(|c| self.load_chunk(&stored.dataset, c, &stored.stores)).collect();
-                let parts: Vec<Vec<VersionFile>> =
-                    futures::stream::iter(loads).buffered(CHUNKS_AT_ONCE).try_collect().await?;
-                parts.into_iter().flatten().collect()
+                // In order, each chunk's files moved in as it comes: never two copies of the list.
+                let mut parts = futures::stream::iter(loads).buffered(CHUNKS_AT_ONCE);
+                let mut files = Vec::with_capacity(usize::try_from(stored.count).unwrap_or(0).min(1 << 24));
+                while let Some(part) = parts.try_next().await? {
+                    files.extend(part);
+                }
+                files
             }
         };
         Ok(VersionRecord {
