@@ -197,8 +197,13 @@ impl Catalog {
         self.ds.handle.inner.put_opts(key, PutPayload::from(body), opts).await.map(|_| ())
     }
 
+    /// The record at `rel`, if there is one.
+    pub(crate) async fn read_record<T: DeserializeOwned>(&self, rel: &str) -> Result<Option<T>, CatalogError> {
+        Ok(self.read(&self.ds.record_key(rel)).await?.map(|(v, _)| v))
+    }
+
     /// Reads, changes and writes back the record at `rel` so that no concurrent update is lost.
-    async fn update<T, F>(&self, rel: &str, mut change: F) -> Result<T, CatalogError>
+    pub(crate) async fn update<T, F>(&self, rel: &str, mut change: F) -> Result<T, CatalogError>
     where
         T: Serialize + DeserializeOwned,
         F: FnMut(Option<T>) -> Result<T, CatalogError>,

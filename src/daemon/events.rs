@@ -1,6 +1,7 @@
 //! The daemon's sink for filesystem events: logs them, keeps the files each mount read whole
 //! (for `status` and the execution's lineage), writes input integrity records to the data
-//! store, and names a purge when a datum's bytes are gone.
+//! store in batches (every [`FLUSH_EVERY`], at [`BATCH`] files, and when the mount ends), and
+//! names a purge when a datum's bytes are gone.
 
 use crate::catalog::{Catalog, ExecutionInput, FileRead};
 use crate::fs::events::log_event;
@@ -9,20 +10,74 @@ use crate::inputs::integrity::{self, IntegrityRecord};
 use crate::store::data::DataStore;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+/// Integrity records are written at least this often while files are being read.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(2);
+/// ... and as soon as this many files wait.
+pub const BATCH: usize = 2000;
 
 /// Records what one mount's filesystem reports.
 pub struct MountRecorder {
     data_store: Option<DataStore>,
     runtime: tokio::runtime::Handle,
     hashed: Mutex<BTreeMap<String, HashedFile>>,
+    /// Reads waiting for their integrity records.
+    pending: Mutex<Vec<IntegrityRecord>>,
+    /// Wakes the flusher early (a full batch).
+    wake: tokio::sync::Notify,
+    /// One flush at a time.
+    flushing: tokio::sync::Mutex<()>,
+    /// Whether the store holds single-URI integrity records of older versions.
+    legacy: tokio::sync::OnceCell<bool>,
 }
 
 impl MountRecorder {
-    /// A recorder writing integrity records to `data_store` (if any). Must be called inside a
-    /// tokio runtime.
-    pub fn new(data_store: Option<DataStore>) -> Self {
-        Self { data_store, runtime: tokio::runtime::Handle::current(), hashed: Mutex::default() }
+    /// A recorder writing integrity records to `data_store` (if any), with its flusher. Must be
+    /// called inside a tokio runtime.
+    pub fn new(data_store: Option<DataStore>) -> Arc<Self> {
+        let recorder = Arc::new(Self {
+            data_store,
+            runtime: tokio::runtime::Handle::current(),
+            hashed: Mutex::default(),
+            pending: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+            flushing: tokio::sync::Mutex::new(()),
+            legacy: tokio::sync::OnceCell::new(),
+        });
+        let weak = Arc::downgrade(&recorder);
+        recorder.runtime.spawn(Self::flusher(weak));
+        recorder
+    }
+
+    /// Flushes every [`FLUSH_EVERY`] or when woken, until nobody but itself holds the recorder.
+    async fn flusher(weak: Weak<Self>) {
+        while let Some(me) = weak.upgrade() {
+            if Arc::strong_count(&me) == 1 {
+                return;
+            }
+            let _ = tokio::time::timeout(FLUSH_EVERY, me.wake.notified()).await;
+            me.flush().await;
+        }
+    }
+
+    /// Writes the integrity records of every read recorded so far, and logs the warnings.
+    pub async fn flush(&self) {
+        let _one = self.flushing.lock().await;
+        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let Some(ds) = self.data_store.clone().filter(|_| !batch.is_empty()) else { return };
+        let catalog = Catalog::new(ds);
+        let legacy = *self.legacy.get_or_init(|| integrity::has_legacy_records(&catalog)).await;
+        match integrity::record_batch(&catalog, &batch, legacy).await {
+            Ok(warnings) => warnings.iter().for_each(|w| tracing::warn!("{w}")),
+            Err(e) => tracing::warn!("could not record the checksums of {} input file(s): {e}", batch.len()),
+        }
+    }
+
+    /// [`MountRecorder::flush`] from a thread outside the runtime (the mount's end).
+    pub fn flush_blocking(&self) {
+        self.runtime.block_on(self.flush());
     }
 
     /// The files read whole so far, by path.
@@ -60,23 +115,23 @@ impl EventSink for MountRecorder {
         match event {
             FsEvent::InputChecksummed(file) => {
                 log_event(&FsEvent::InputChecksummed(file.clone()));
-                self.hashed.lock().unwrap_or_else(|e| e.into_inner()).insert(file.path.clone(), file.clone());
-                let Some(ds) = self.data_store.clone() else { return };
-                self.runtime.spawn(async move {
-                    let rec = IntegrityRecord {
-                        uri: file.uri,
-                        size: file.size,
-                        version: file.version,
-                        checksums: file.checksums,
-                        recorded_at: chrono::Utc::now().to_rfc3339(),
-                        host: integrity::hostname(),
-                    };
-                    match integrity::record(&ds, &rec).await {
-                        Ok(Some(warning)) => tracing::warn!("{warning}"),
-                        Ok(None) => {}
-                        Err(e) => tracing::warn!("could not record the checksums of {}: {e}", rec.uri),
-                    }
-                });
+                let rec = IntegrityRecord {
+                    uri: file.uri.clone(),
+                    size: file.size,
+                    version: file.version.clone(),
+                    checksums: file.checksums.clone(),
+                    recorded_at: chrono::Utc::now().to_rfc3339(),
+                    host: integrity::hostname(),
+                };
+                self.hashed.lock().unwrap_or_else(|e| e.into_inner()).insert(file.path.clone(), file);
+                let full = {
+                    let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                    pending.push(rec);
+                    pending.len() >= BATCH
+                };
+                if full {
+                    self.wake.notify_one();
+                }
             }
             FsEvent::InputFailed { path, datum: Some(id), not_found: true, error } => {
                 // The bytes of a datum are gone: a purge after the mount started says why.

@@ -190,6 +190,8 @@ impl Execution {
     /// file is synced (its bytes are safe in the store); otherwise keeps it for a later mount
     /// with the same execution id.
     pub fn finish(&self) {
+        // The inputs read last are recorded before the daemon may exit.
+        self.recorder.flush_blocking();
         let mode = *self.on_exit.lock().unwrap_or_else(|e| e.into_inner());
         let pending = self.pending();
         let remove = match mode {

@@ -245,7 +245,7 @@ impl Node {
             gid: cfg.gid,
             control_socket: self.socket.clone(),
         };
-        let recorder = Arc::new(MountRecorder::new(Some(data_store.clone())));
+        let recorder = MountRecorder::new(Some(data_store.clone()));
         let parts = FsParts {
             inputs: resolved,
             cache: self.cache.clone(),

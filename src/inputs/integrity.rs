@@ -1,12 +1,17 @@
 //! Input integrity history: the checksums of each input URI, recorded in the data store so that
 //! every node sharing the store can warn when an input's content differs from its last use.
+//!
+//! Files are recorded in batches, one record per directory (`integrity/dirs/<sha256(dir)>.json`,
+//! the directory's files by name), updated by compare-and-swap: reading ten thousand files of a
+//! few directories costs a few requests, not two per file. Records of single URIs written
+//! before (`integrity/<sha256(uri)>.json`) are still consulted, once per URI, when the store holds
+//! any.
 
+use crate::catalog::{Catalog, CatalogError};
 use crate::checksum::Checksums;
-use crate::store::data::DataStore;
-use crate::store::StoreError;
-use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
 /// What was read from one URI, once.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -25,52 +30,123 @@ pub struct IntegrityRecord {
     pub host: String,
 }
 
-fn record_rel(uri: &str) -> String {
+/// One file's last recorded read, in its directory's record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileIntegrity {
+    /// Its size.
+    pub size: u64,
+    /// The version (ETag) that was read.
+    pub version: String,
+    /// Its checksums.
+    pub checksums: Checksums,
+    /// When that content was first recorded (RFC 3339).
+    pub recorded_at: String,
+    /// Which host recorded it.
+    pub host: String,
+}
+
+/// The integrity record of one directory of input URIs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DirIntegrity {
+    /// The directory's URI.
+    pub dir: String,
+    /// Its files, by name.
+    pub files: BTreeMap<String, FileIntegrity>,
+}
+
+fn legacy_rel(uri: &str) -> String {
     format!("integrity/{}.json", hex::encode(Sha256::digest(uri.as_bytes())))
 }
 
-/// Records `new` for its URI and returns a warning when the previous record differs.
-pub async fn record(ds: &DataStore, new: &IntegrityRecord) -> Result<Option<String>, StoreError> {
-    let key = ds.record_key(&record_rel(&new.uri));
-    let shown = ds.handle.uri_of(key.as_ref());
-    let err = |e| StoreError::from_object_store(&shown, ds.handle.bucket.as_deref(), e);
-    let previous: Option<IntegrityRecord> = match ds.handle.inner.get(&key).await {
-        Ok(r) => {
-            let bytes = r.bytes().await.map_err(err)?;
-            match serde_json::from_slice(&bytes) {
-                Ok(rec) => Some(rec),
-                Err(e) => {
-                    tracing::warn!("{shown}: unreadable integrity record ({e}); replacing it");
-                    None
+fn dir_rel(dir: &str) -> String {
+    format!("integrity/dirs/{}.json", hex::encode(Sha256::digest(dir.as_bytes())))
+}
+
+/// The directory and name of a URI.
+fn split(uri: &str) -> (&str, &str) {
+    uri.rsplit_once('/').unwrap_or(("", uri))
+}
+
+/// Whether the store holds single-URI records written before directory records.
+pub async fn has_legacy_records(catalog: &Catalog) -> bool {
+    let ds = catalog.store();
+    let prefix = ds.record_key("integrity");
+    match ds.handle.inner.list_with_delimiter(Some(&prefix)).await {
+        Ok(l) => !l.objects.is_empty(),
+        Err(_) => true, // unknown: consult them
+    }
+}
+
+fn warning(uri: &str, old: &FileIntegrity, new: &IntegrityRecord) -> Option<String> {
+    (old.checksums.sha256 != new.checksums.sha256).then(|| {
+        format!(
+            "input {uri} differs from its last use (that content first recorded {} on {}): sha256 {} -> {}, md5 {} -> {}",
+            old.recorded_at, old.host, old.checksums.sha256, new.checksums.sha256, old.checksums.md5, new.checksums.md5
+        )
+    })
+}
+
+fn entry(rec: &IntegrityRecord) -> FileIntegrity {
+    FileIntegrity {
+        size: rec.size,
+        version: rec.version.clone(),
+        checksums: rec.checksums.clone(),
+        recorded_at: rec.recorded_at.clone(),
+        host: rec.host.clone(),
+    }
+}
+
+/// Records `recs` (reads of many URIs) and returns a warning for each whose content differs from
+/// its last recorded use. One read per directory, and one compare-and-swap write for each
+/// directory where something is new; the same content read again rewrites nothing.
+pub async fn record_batch(
+    catalog: &Catalog,
+    recs: &[IntegrityRecord],
+    legacy: bool,
+) -> Result<Vec<String>, CatalogError> {
+    let mut by_dir: BTreeMap<&str, Vec<&IntegrityRecord>> = BTreeMap::new();
+    for r in recs {
+        by_dir.entry(split(&r.uri).0).or_default().push(r);
+    }
+    let mut warnings = Vec::new();
+    for (dir, recs) in by_dir {
+        let rel = dir_rel(dir);
+        let now: DirIntegrity = catalog.read_record(&rel).await?.unwrap_or_default();
+        // What the records said before: the directory record, else a single-URI record.
+        let mut previous: BTreeMap<&str, FileIntegrity> = BTreeMap::new();
+        for r in &recs {
+            let name = split(&r.uri).1;
+            if let Some(old) = now.files.get(name) {
+                previous.insert(name, old.clone());
+            } else if legacy {
+                if let Some(old) = catalog.read_record::<IntegrityRecord>(&legacy_rel(&r.uri)).await.ok().flatten() {
+                    previous.insert(name, entry(&old));
                 }
             }
         }
-        Err(object_store::Error::NotFound { .. }) => None,
-        Err(e) => return Err(err(e)),
-    };
-    let warning = previous.as_ref().and_then(|old| {
-        (old.checksums.sha256 != new.checksums.sha256).then(|| {
-            format!(
-                "input {} differs from its last use (that content first recorded {} on {}): sha256 {} -> {}, md5 {} -> {}",
-                new.uri,
-                old.recorded_at,
-                old.host,
-                old.checksums.sha256,
-                new.checksums.sha256,
-                old.checksums.md5,
-                new.checksums.md5
-            )
-        })
-    });
-    // The same content read again rewrites nothing: only when or where it was read would change.
-    let same = previous.as_ref().is_some_and(|old| {
-        (&old.uri, old.size, &old.version, &old.checksums) == (&new.uri, new.size, &new.version, &new.checksums)
-    });
-    if !same {
-        let body = serde_json::to_vec_pretty(new).unwrap_or_default();
-        ds.handle.inner.put(&key, PutPayload::from(body)).await.map_err(err)?;
+        warnings.extend(recs.iter().filter_map(|r| warning(&r.uri, previous.get(split(&r.uri).1)?, r)));
+        let changed = |files: &BTreeMap<String, FileIntegrity>, r: &IntegrityRecord| {
+            files
+                .get(split(&r.uri).1)
+                .is_none_or(|old| (old.size, &old.version, &old.checksums) != (r.size, &r.version, &r.checksums))
+        };
+        if !recs.iter().any(|r| changed(&now.files, r)) {
+            continue;
+        }
+        catalog
+            .update(&rel, |current: Option<DirIntegrity>| {
+                let mut current =
+                    current.unwrap_or_else(|| DirIntegrity { dir: dir.to_string(), ..Default::default() });
+                for r in &recs {
+                    if changed(&current.files, r) {
+                        current.files.insert(split(&r.uri).1.to_string(), entry(r));
+                    }
+                }
+                Ok(current)
+            })
+            .await?;
     }
-    Ok(warning)
+    Ok(warnings)
 }
 
 pub use crate::util::hostname;
@@ -78,13 +154,12 @@ pub use crate::util::hostname;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoreHandle;
-    use object_store::memory::InMemory;
-    use std::sync::Arc;
+    use crate::store::faulty::{FaultyStore, Op};
+    use object_store::ObjectStoreExt;
 
-    fn rec(sha: &str) -> IntegrityRecord {
+    fn rec(uri: &str, sha: &str) -> IntegrityRecord {
         IntegrityRecord {
-            uri: "s3://b/k".into(),
+            uri: uri.into(),
             size: 1,
             version: "e1".into(),
             checksums: Checksums { md5: "m".into(), sha1: "s".into(), sha256: sha.into() },
@@ -93,17 +168,43 @@ mod tests {
         }
     }
 
+    fn counted() -> (Catalog, std::sync::Arc<FaultyStore>) {
+        use crate::store::{data::DataStore, StoreHandle};
+        let store = std::sync::Arc::new(FaultyStore::new(std::sync::Arc::new(object_store::memory::InMemory::new())));
+        let handle = std::sync::Arc::new(StoreHandle::new("mem://d", store.clone()));
+        (Catalog::new(DataStore { handle, prefix: "p".into(), url: "mem://d/p".into(), local_dir: None }), store)
+    }
+
     #[tokio::test]
-    async fn warns_when_content_differs() {
-        let ds = DataStore {
-            handle: Arc::new(StoreHandle::new("mem://d", Arc::new(InMemory::new()))),
-            prefix: "p".into(),
-            url: "mem://d/p".into(),
-            local_dir: None,
-        };
-        assert_eq!(record(&ds, &rec("aa")).await.unwrap(), None);
-        assert_eq!(record(&ds, &rec("aa")).await.unwrap(), None);
-        let w = record(&ds, &rec("bb")).await.unwrap().expect("a warning");
-        assert!(w.contains("s3://b/k") && w.contains("aa -> bb"), "{w}");
+    async fn warns_when_content_differs_and_costs_requests_per_directory_not_per_file() {
+        let (c, store) = counted();
+        let first: Vec<_> = (0..1000).map(|i| rec(&format!("s3://b/train/{}/f{i}.jpg", i % 4), "aa")).collect();
+        assert!(record_batch(&c, &first, false).await.unwrap().is_empty());
+        let requests = store.count(Op::Get) + store.count(Op::Put) + store.count(Op::ConditionalPut);
+        assert!(requests <= 4 * 3, "{requests} requests for 1000 files in 4 directories");
+        // The same content again: read, nothing written.
+        let puts = store.count(Op::ConditionalPut) + store.count(Op::Put);
+        assert!(record_batch(&c, &first, false).await.unwrap().is_empty());
+        assert_eq!(store.count(Op::ConditionalPut) + store.count(Op::Put), puts);
+        // One file changed: one warning naming it and both sha256.
+        let mut again = first.clone();
+        again[5] = rec(&first[5].uri, "bb");
+        let w = record_batch(&c, &again, false).await.unwrap();
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains(&first[5].uri) && w[0].contains("aa -> bb"), "{}", w[0]);
+        assert!(record_batch(&c, &again, false).await.unwrap().is_empty(), "the new content is now the last use");
+    }
+
+    #[tokio::test]
+    async fn single_uri_records_written_before_are_still_compared() {
+        let (c, _) = counted();
+        let old = rec("s3://b/k", "aa");
+        let key = c.store().record_key(&legacy_rel(&old.uri));
+        c.store().handle.inner.put(&key, serde_json::to_vec(&old).unwrap().into()).await.unwrap();
+        assert!(has_legacy_records(&c).await);
+        let w = record_batch(&c, &[rec("s3://b/k", "bb")], true).await.unwrap();
+        assert!(w.len() == 1 && w[0].contains("aa -> bb"), "{w:?}");
+        let (fresh, _) = counted();
+        assert!(!has_legacy_records(&fresh).await);
     }
 }
