@@ -225,6 +225,9 @@ fn a_changed_object_fails_with_eio_and_never_mixes_versions() {
     s3.put("chg", "k/other.bin", b"other");
     let m = TestMount::new(&["--input", "d=s3://chg/k/", "--read-ahead", "1MiB"], &s3.env());
     let path = m.path("inputs/d/data.bin");
+    // other.bin changes size after the listing pinned it and before it is fetched (opening
+    // data.bin fetches it ahead): the pinned version is gone from the store.
+    s3.put("chg", "k/other.bin", b"other but longer");
     // First block read: version pinned, block cached.
     assert_eq!(pread(&path, 0, 4096).unwrap(), &v1[..4096]);
     // The object changes (same size) under the mount.
@@ -235,7 +238,6 @@ fn a_changed_object_fails_with_eio_and_never_mixes_versions() {
     // The cached first block is still the pinned version's bytes; nothing of v2 is served.
     assert_eq!(pread(&path, 0, 4096).unwrap(), &v1[..4096]);
     // Changed size too.
-    s3.put("chg", "k/other.bin", b"other but longer");
     let err = std::fs::read(m.path("inputs/d/other.bin")).expect_err("changed size must fail");
     assert_eq!(err.raw_os_error(), Some(libc::EIO));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -252,7 +254,8 @@ fn server_down_gives_eio_quickly_and_the_mount_stays_responsive() {
     }
     let mut s3 = S3Server::start();
     s3.put("down", "a.bin", &bytes(3, 2 << 20));
-    s3.put("down", "b.bin", &bytes(4, 2 << 20));
+    // Too big to be fetched ahead when a.bin is opened: nothing of it is cached.
+    s3.put("down", "b.bin", &bytes(4, 6 << 20));
     let m = TestMount::new(&["--input", "d=s3://down/"], &s3.env());
     let a = std::fs::read(m.path("inputs/d/a.bin")).unwrap();
     assert_eq!(sha256(&a), sha256(&bytes(3, 2 << 20)));
@@ -266,7 +269,7 @@ fn server_down_gives_eio_quickly_and_the_mount_stays_responsive() {
     assert_eq!(sha256(&std::fs::read(m.path("inputs/d/a.bin")).unwrap()), sha256(&a));
     // The server comes back: the same read now succeeds.
     s3.resume();
-    assert_eq!(sha256(&std::fs::read(m.path("inputs/d/b.bin")).unwrap()), sha256(&bytes(4, 2 << 20)));
+    assert_eq!(sha256(&std::fs::read(m.path("inputs/d/b.bin")).unwrap()), sha256(&bytes(4, 6 << 20)));
 }
 
 #[test]

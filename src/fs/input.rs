@@ -73,7 +73,28 @@ pub struct InputNamespace {
     tree: Tree,
     services: Arc<InputServices>,
     this: Weak<InputNamespace>,
+    /// Per directory: how a reader walks it.
+    walks: Mutex<std::collections::HashMap<u64, Walk>>,
+    /// Files being fetched ahead at once, at most.
+    prefetching: Arc<tokio::sync::Semaphore>,
 }
+
+/// How files of one directory are being opened.
+struct Walk {
+    /// How many files after each one opened are fetched ahead.
+    window: usize,
+    /// The file opened last.
+    last: String,
+}
+
+/// Files fetched ahead after the first file opened in a directory.
+const PREFETCH_FIRST: usize = 4;
+/// Most files fetched ahead of one open.
+const PREFETCH_MAX: usize = 64;
+/// Files fetched ahead at once, over an input.
+const PREFETCH_AT_ONCE: usize = 16;
+/// Larger files are not fetched ahead (their own reads have read-ahead).
+const PREFETCH_MAX_SIZE: u64 = 4 << 20;
 
 /// Fails when a file's bytes were found to differ from the checksum its record promised.
 fn check_content(f: &FileNode) -> FsResult<()> {
@@ -99,7 +120,14 @@ impl InputNamespace {
             datasets: input.datasets.clone(),
         };
         let tree = Tree::of_input(base, parent, input);
-        Arc::new_cyclic(|this| Self { summary, tree, services, this: this.clone() })
+        Arc::new_cyclic(|this| Self {
+            summary,
+            tree,
+            services,
+            this: this.clone(),
+            walks: Mutex::default(),
+            prefetching: Arc::new(tokio::sync::Semaphore::new(PREFETCH_AT_ONCE)),
+        })
     }
 
     /// The input's name, URIs, datums and dataset versions.
@@ -273,6 +301,62 @@ impl InputNamespace {
         failed(&self.services, self.services.mount_path(node), f, err).await
     }
 
+    /// A file was opened: fetches the next files of its directory ahead, as a walk in listing
+    /// order (`find`, `os.walk`, an unshuffled loader) will open them next. The window grows
+    /// while opens land on files fetched ahead and shrinks to nothing when they do not (a
+    /// shuffled reader), so random access costs a few wasted fetches at most.
+    fn prefetch_after(&self, node: &Node, f: &FileNode) {
+        let Ok(parent) = self.node(node.parent) else { return };
+        let Some(Ok(siblings)) = self.loaded_children(&parent) else { return };
+        let Some(name) = node.path.rsplit('/').next() else { return };
+        let window = {
+            let mut walks = self.walks.lock().unwrap_or_else(|e| e.into_inner());
+            match walks.get_mut(&parent.ino) {
+                None => {
+                    walks.insert(parent.ino, Walk { window: PREFETCH_FIRST, last: name.to_string() });
+                    PREFETCH_FIRST
+                }
+                Some(w) => {
+                    // In order: a file fetched ahead, or the one right after the last opened.
+                    let after_last = siblings
+                        .range::<str, _>((std::ops::Bound::Excluded(w.last.as_str()), std::ops::Bound::Unbounded))
+                        .next()
+                        .is_some_and(|(n, _)| n == name);
+                    w.window = if f.prefetched.load(Ordering::Acquire) || after_last {
+                        (w.window * 2).clamp(PREFETCH_FIRST, PREFETCH_MAX)
+                    } else {
+                        w.window / 2
+                    };
+                    w.last = name.to_string();
+                    w.window
+                }
+            }
+        };
+        let Some(this) = self.this.upgrade() else { return };
+        let next = siblings.range::<str, _>((std::ops::Bound::Excluded(name), std::ops::Bound::Unbounded)).take(window);
+        for (_, &ino) in next {
+            let Ok(sibling) = self.node(ino) else { continue };
+            let NodeKind::File(sf) = &sibling.kind else { continue };
+            if sf.entry.size > PREFETCH_MAX_SIZE || sf.prefetched.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            let (this, permits) = (this.clone(), self.prefetching.clone());
+            self.services.runtime.spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else { return };
+                // Only fetched: checksums and lineage wait until the job opens the file, and a
+                // failure is left for that open, which reports it.
+                let NodeKind::File(sf) = &sibling.kind else { return };
+                let fetched = async {
+                    let obj = this.open_object(&sibling, sf).await?;
+                    this.services.reader.fetch_all(&obj).await.map_err(FsError::from)
+                };
+                if let Err(e) = fetched.await {
+                    tracing::debug!("fetching {} ahead failed: {e}", sibling.path);
+                }
+            });
+        }
+    }
+
     /// Fetches a file whole into the cache (`datumfs warm`); true if it was cached already.
     pub(super) async fn warm_file(&self, node: &Arc<Node>) -> FsResult<bool> {
         let NodeKind::File(f) = &node.kind else { return Ok(true) };
@@ -421,6 +505,7 @@ impl Namespace for InputNamespace {
         } else {
             None
         };
+        self.prefetch_after(&node, f);
         let file = Arc::new(InputFile {
             services: self.services.clone(),
             node: node.clone(),

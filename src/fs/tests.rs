@@ -47,8 +47,8 @@ fn bytes(seed: usize, len: usize) -> Vec<u8> {
     (0..len).map(|i| ((i * 31 + seed * 7) % 251) as u8).collect()
 }
 
-/// A mount of two inputs: `data` = `s3://b/train/` (a tree, listed lazily) and `one` = a single
-/// object. Reads retry twice at most.
+/// A mount of three inputs: `data` = `s3://b/train/` (a tree, listed lazily), `one` = a single
+/// object, `many` = twenty small files. Reads retry twice at most.
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let mem = Arc::new(InMemory::new());
@@ -59,6 +59,11 @@ async fn fixture() -> Fixture {
         let data = bytes(i, 100_000 + i * 300_000);
         mem.put(&object_store::path::Path::from(key), PutPayload::from(data.clone())).await.unwrap();
         files.insert(key.to_string(), data);
+    }
+    for i in 0..20 {
+        let (key, data) = (format!("many/f{i:02}.bin"), bytes(100 + i, 10_000 + i));
+        mem.put(&object_store::path::Path::from(key.as_str()), PutPayload::from(data.clone())).await.unwrap();
+        files.insert(key, data);
     }
     let store = Arc::new(FaultyStore::new(mem));
     let registry = StoreRegistry::new();
@@ -74,6 +79,7 @@ async fn fixture() -> Fixture {
     let inputs = vec![
         crate::inputs::resolve::resolve(&spec("data", "s3://b/train/"), &registry, None, cwd).await.unwrap(),
         crate::inputs::resolve::resolve(&spec("one", "s3://b/labels.csv"), &registry, None, cwd).await.unwrap(),
+        crate::inputs::resolve::resolve(&spec("many", "s3://b/many/"), &registry, None, cwd).await.unwrap(),
     ];
     let cache = Arc::new(crate::cache::Cache::open(&dir.path().join("cache"), 1 << 16).unwrap());
     let reader = Arc::new(Reader::new(ReadConfig { attempts: 2, ..ReadConfig::default() }));
@@ -129,7 +135,7 @@ fn sha256(data: &[u8]) -> String {
 async fn the_tree_is_served_by_its_namespaces() {
     let f = fixture().await;
     assert_eq!(f.names("").await, [".", "..", "inputs", "outputs", "config"]);
-    assert_eq!(f.names("inputs").await, [".", "..", "data", "one"]);
+    assert_eq!(f.names("inputs").await, [".", "..", "data", "one", "many"]);
     assert_eq!(f.names("inputs/data").await, [".", "..", "a.bin", "other", "sub"]);
     assert_eq!(f.names("inputs/data/sub").await, [".", "..", "b.bin", "c.bin"]);
     assert_eq!(f.names("config").await, [".", "..", "inputs.json"]);
@@ -313,5 +319,60 @@ async fn warm_fetches_an_input_whole_and_later_reads_need_no_request() {
     assert_eq!(f.fs.warm("inputs/nope", &crate::sync::Progress::default()).await.unwrap_err().errno(), libc::ENOENT);
     assert_eq!(f.fs.warm("outputs", &crate::sync::Progress::default()).await.unwrap_err().errno(), libc::EINVAL);
     let again = f.fs.warm("inputs", &crate::sync::Progress::default()).await.unwrap();
-    assert_eq!((again.files, again.already_cached), (5, 2));
+    assert_eq!((again.files, again.already_cached), (25, 2));
+}
+
+/// Waits (up to 10 s) until the store has served `n` GETs.
+async fn wait_for_gets(store: &FaultyStore, n: usize) {
+    for _ in 0..1000 {
+        if store.count(Op::Get) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("only {} GETs, {n} expected", store.count(Op::Get));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_walk_in_listing_order_finds_the_next_files_fetched_and_each_is_fetched_once() {
+    let f = fixture().await;
+    let gets = f.store.count(Op::Get);
+    assert_eq!(f.read_all("inputs/many/f00.bin").await.unwrap(), f.files["many/f00.bin"]);
+    // The next files are fetched ahead of their opens.
+    wait_for_gets(&f.store, gets + 5).await;
+    for i in 0..20 {
+        let key = format!("many/f{i:02}.bin");
+        assert_eq!(f.read_all(&format!("inputs/{key}")).await.unwrap(), f.files[&key], "{key}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(f.store.count(Op::Get) - gets, 20, "every file fetched exactly once");
+    // Fetching ahead is not reading: only the files the job opened count as read.
+    let checksummed = f.events.0.lock().unwrap().iter().filter(|e| matches!(e, FsEvent::InputChecksummed(_))).count();
+    assert_eq!(checksummed, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetching_ahead_stops_for_a_shuffled_reader_and_never_reads_files_not_opened() {
+    let f = fixture().await;
+    let gets = f.store.count(Op::Get);
+    for i in [17, 3, 11, 0, 14, 6, 19, 8] {
+        let key = format!("many/f{i:02}.bin");
+        assert_eq!(f.read_all(&format!("inputs/{key}")).await.unwrap(), f.files[&key], "{key}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let extra = f.store.count(Op::Get) - gets - 8;
+    assert!(extra <= 8, "{extra} files fetched ahead for a shuffled reader of 8");
+    let checksummed = f.events.0.lock().unwrap().iter().filter(|e| matches!(e, FsEvent::InputChecksummed(_))).count();
+    assert_eq!(checksummed, 8, "only opened files are read");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_changed_after_listing_fails_with_eio_even_when_fetched_ahead() {
+    let f = fixture().await;
+    // f01 changes in the store after the listing pinned it, before it is fetched ahead.
+    f.store.put(&object_store::path::Path::from("many/f01.bin"), PutPayload::from(bytes(9, 10_001))).await.unwrap();
+    f.read_all("inputs/many/f00.bin").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(f.read_all("inputs/many/f01.bin").await.unwrap_err().errno(), libc::EIO);
+    assert_eq!(f.read_all("inputs/many/f02.bin").await.unwrap(), f.files["many/f02.bin"]);
 }

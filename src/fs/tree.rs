@@ -32,6 +32,8 @@ pub struct FileNode {
     pub checksums: OnceLock<crate::checksum::Checksums>,
     /// Set when its bytes turned out to differ from the sha256 its record promised.
     pub mismatch: AtomicBool,
+    /// Set once it was fetched ahead of a reader walking its directory.
+    pub prefetched: AtomicBool,
 }
 
 /// What an inode is.
@@ -114,6 +116,7 @@ impl Tree {
             hashing: AtomicBool::new(false),
             checksums: OnceLock::new(),
             mismatch: AtomicBool::new(false),
+            prefetched: AtomicBool::new(false),
         }))
     }
 
