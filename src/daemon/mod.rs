@@ -83,10 +83,15 @@ pub fn mount(cfg: MountConfig) -> Result<()> {
     let (read_end, write_end) = nix::unistd::pipe().context("creating the readiness pipe")?;
     // SAFETY: no threads exist yet (no runtime, no logging), so the child may run anything.
     match unsafe { nix::unistd::fork() }.context("fork")? {
-        nix::unistd::ForkResult::Parent { .. } => {
+        nix::unistd::ForkResult::Parent { child } => {
             drop(write_end);
             let mut msg = String::new();
             let _ = std::fs::File::from(read_end).read_to_string(&mut msg);
+            if msg.strip_prefix("ok").is_none() {
+                // A daemon that failed to start still holds the cache dir's lock until it has
+                // exited: wait for that, so that the next mount of the cache dir finds it free.
+                let _ = nix::sys::wait::waitpid(child, None);
+            }
             drop(start_lock);
             match msg.strip_prefix("ok") {
                 Some(_) => Ok(()),
