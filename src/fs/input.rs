@@ -87,6 +87,8 @@ struct Walk {
     last: String,
 }
 
+/// Directories whose walks are remembered at most.
+const WALKS_KEPT: usize = 4096;
 /// Files fetched ahead after the first file opened in a directory.
 const PREFETCH_FIRST: usize = 4;
 /// Most files fetched ahead of one open.
@@ -311,6 +313,10 @@ impl InputNamespace {
         let Some(name) = node.path.rsplit('/').next() else { return };
         let window = {
             let mut walks = self.walks.lock().unwrap_or_else(|e| e.into_inner());
+            // Bounded: a walk over a million directories forgets the old ones.
+            if walks.len() >= WALKS_KEPT && !walks.contains_key(&parent.ino) {
+                walks.clear();
+            }
             match walks.get_mut(&parent.ino) {
                 None => {
                     walks.insert(parent.ino, Walk { window: PREFETCH_FIRST, last: name.to_string() });
