@@ -59,11 +59,25 @@ pub struct VersionRecord {
     /// The version it was made from (`NAME/VERSION`), if any.
     #[serde(default)]
     pub from: Option<String>,
-    /// Its files, sorted by path.
+    /// Its files, sorted by path (stored in chunks of their own; see `version_store`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<VersionFile>,
 }
 
 impl VersionRecord {
+    /// The same version without its files (the part stored in the version's record).
+    pub fn without_files(&self) -> Self {
+        Self {
+            dataset: self.dataset.clone(),
+            version: self.version.clone(),
+            created_at: self.created_at.clone(),
+            host: self.host.clone(),
+            execution: self.execution.clone(),
+            from: self.from.clone(),
+            files: Vec::new(),
+        }
+    }
+
     /// `dataset://NAME/VERSION`.
     pub fn uri(&self) -> String {
         format!("dataset://{}/{}", self.dataset, self.version)
@@ -508,7 +522,7 @@ mod tests {
         c.put_version(&version("d", "v1", files.clone())).await.unwrap();
         let v1_puts = store.count(Op::ConditionalPut) - before;
         let stored = c.stored_version("d", "v1").await.unwrap().unwrap();
-        assert_eq!((stored.format, stored.count, stored.files.is_none()), (Some(2), 20_000, true));
+        assert_eq!((stored.format, stored.count, stored.record.files.is_empty()), (Some(2), 20_000, true));
         assert_eq!(v1_puts, 2 * stored.chunks.len() + 1, "every chunk, its companion, and the record");
         assert!(stored.chunks.len() > 2);
         assert_eq!(c.version("d", "v1").await.unwrap().unwrap().files, files);

@@ -17,23 +17,13 @@ pub const FORMAT: u32 = 2;
 /// Chunks read or written at once.
 const CHUNKS_AT_ONCE: usize = 16;
 
-/// A version record as stored.
+/// A version record as stored: the version's own fields, and either its chunks (today) or, in
+/// records written before chunked manifests, its files.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StoredVersion {
-    /// The dataset.
-    pub dataset: String,
-    /// The version's name.
-    pub version: String,
-    /// When it was created (RFC 3339).
-    pub created_at: String,
-    /// The host that created it.
-    pub host: String,
-    /// The execution whose sync created it, if any.
-    #[serde(default)]
-    pub execution: Option<String>,
-    /// The version it was made from (`NAME/VERSION`), if any.
-    #[serde(default)]
-    pub from: Option<String>,
+    /// The version; its `files` are stored only by records of the older format.
+    #[serde(flatten)]
+    pub record: VersionRecord,
     /// [`FORMAT`] for chunked manifests; absent in records that list their files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<u32>,
@@ -49,9 +39,6 @@ pub struct StoredVersion {
     /// The chunks, in path order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<ChunkRef>,
-    /// Every file, in records written before chunked manifests.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub files: Option<Vec<VersionFile>>,
 }
 
 impl StoredVersion {
@@ -115,29 +102,19 @@ impl Catalog {
 
     /// The version a stored record describes, its files read from its chunks (several at once).
     pub(super) async fn load_version(&self, stored: StoredVersion) -> Result<VersionRecord, CatalogError> {
-        let files = match stored.files {
-            Some(files) => files,
-            None => {
-                let loads: Vec<_> =
-                    stored.chunks.iter().map(|c| self.load_chunk(&stored.dataset, c, &stored.stores)).collect();
-                // In order, each chunk's files moved in as it comes: never two copies of the list.
-                let mut parts = futures::stream::iter(loads).buffered(CHUNKS_AT_ONCE);
-                let mut files = Vec::with_capacity(usize::try_from(stored.count).unwrap_or(0).min(1 << 24));
-                while let Some(part) = parts.try_next().await? {
-                    files.extend(part);
-                }
-                files
+        let mut record = stored.record;
+        if !stored.chunks.is_empty() {
+            let loads: Vec<_> =
+                stored.chunks.iter().map(|c| self.load_chunk(&record.dataset, c, &stored.stores)).collect();
+            // In order, each chunk's files moved in as it comes: never two copies of the list.
+            let mut parts = futures::stream::iter(loads).buffered(CHUNKS_AT_ONCE);
+            let mut files = Vec::with_capacity(usize::try_from(stored.count).unwrap_or(0).min(1 << 24));
+            while let Some(part) = parts.try_next().await? {
+                files.extend(part);
             }
-        };
-        Ok(VersionRecord {
-            dataset: stored.dataset,
-            version: stored.version,
-            created_at: stored.created_at,
-            host: stored.host,
-            execution: stored.execution,
-            from: stored.from,
-            files,
-        })
+            record.files = files;
+        }
+        Ok(record)
     }
 
     /// Writes the chunks of `rec`'s files that are not in `known` (create-only: a chunk already
@@ -160,18 +137,12 @@ impl Catalog {
             .collect();
         futures::stream::iter(puts).buffer_unordered(CHUNKS_AT_ONCE).try_collect::<Vec<()>>().await?;
         Ok(StoredVersion {
-            dataset: rec.dataset.clone(),
-            version: rec.version.clone(),
-            created_at: rec.created_at.clone(),
-            host: rec.host.clone(),
-            execution: rec.execution.clone(),
-            from: rec.from.clone(),
+            record: rec.without_files(),
             format: Some(FORMAT),
             count: rec.files.len() as u64,
             bytes: rec.files.iter().map(|f| f.size).sum(),
             stores,
             chunks: chunks.into_iter().map(|c| c.reference).collect(),
-            files: None,
         })
     }
 }

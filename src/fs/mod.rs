@@ -420,13 +420,9 @@ impl Fs {
         self.file(fh).ok()?.try_read(offset, size)
     }
 
-    /// Reads from an open file, fetching what is missing.
+    /// Reads from an open file, fetching what is missing (callers try [`Fs::read_cached`] first).
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        let file = self.file(fh)?;
-        match file.try_read(offset, size) {
-            Some(res) => res,
-            None => file.read(offset, size).await,
-        }
+        self.file(fh)?.read(offset, size).await
     }
 
     /// Writes to an open file; returns the bytes written.
