@@ -5,14 +5,14 @@
 
 use super::events::{EventSink, FsEvent, HashedFile};
 use super::namespace::{Namespace, OpenFile, OpenedFile};
-use super::tree::{FileNode, Node, NodeKind, Tree};
+use super::tree::{is_dir, listed, FileNode, Node, NodeKind, Shape, Tree};
 use super::{Attr, DirEntry, FsError, FsResult, InputSummary, Kind, FILE_PERM};
 use crate::cache::Cache;
 use crate::checksum::Checksums;
 use crate::inputs::resolve::{self, ResolvedInput};
+use crate::inputs::table::DirRec;
 use crate::reader::{self, OpenObject, Pin, Reader, Remote, Sequential};
 use async_trait::async_trait;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
@@ -100,7 +100,7 @@ const PREFETCH_MAX_SIZE: u64 = 4 << 20;
 
 /// Fails when a file's bytes were found to differ from the checksum its record promised.
 fn check_content(f: &FileNode) -> FsResult<()> {
-    if f.mismatch.load(Ordering::Acquire) {
+    if f.state.mismatch.load(Ordering::Acquire) {
         return Err(FsError::Corrupt { uri: f.entry.uri.clone() });
     }
     Ok(())
@@ -110,18 +110,9 @@ impl InputNamespace {
     /// The namespace of `input`, its top directory at inode `base` (a child of `parent`), its
     /// other inodes numbered up from there.
     pub fn new(base: u64, parent: u64, input: ResolvedInput, services: Arc<InputServices>) -> Arc<Self> {
-        let summary = InputSummary {
-            name: input.name.clone(),
-            uris: input.uris.clone(),
-            datums: match &input.root {
-                resolve::InputRoot::Files(files) => {
-                    files.iter().filter(|(_, e)| !e.in_dataset).filter_map(|(_, e)| e.datum.clone()).collect()
-                }
-                resolve::InputRoot::Lazy { .. } => Vec::new(),
-            },
-            datasets: input.datasets.clone(),
-        };
+        let (name, uris, datasets) = (input.name.clone(), input.uris.clone(), input.datasets.clone());
         let tree = Tree::of_input(base, parent, input);
+        let summary = InputSummary { name, uris, datums: tree.loose_datums(), datasets };
         Arc::new_cyclic(|this| Self {
             summary,
             tree,
@@ -142,88 +133,97 @@ impl InputNamespace {
         self.tree.len()
     }
 
+    /// Bytes the input's inode table holds, roughly.
+    pub fn table_bytes(&self) -> usize {
+        self.tree.heap_bytes()
+    }
+
     fn node(&self, ino: u64) -> FsResult<Arc<Node>> {
         self.tree.get(ino).ok_or(FsError::NotFound)
     }
 
-    /// The entries of a directory, listing it in the store the first time.
-    pub(super) async fn children<'a>(&self, node: &'a Node) -> FsResult<&'a BTreeMap<String, u64>> {
-        let NodeKind::Dir { children, lister } = &node.kind else { return Err(FsError::NotDir) };
-        children
+    /// The directory `ino`, its entries listed (in the store, the first time).
+    pub(super) async fn listed_dir(&self, ino: u64) -> FsResult<Arc<DirRec>> {
+        let dir = self.tree.dir(ino)?;
+        dir.children
             .get_or_try_init(|| async {
-                let Some(l) = lister else { return Ok(BTreeMap::new()) };
+                let Some(l) = &dir.lister else { return Ok(Box::default()) };
                 let listing = resolve::list_dir(&l.store, l.prefix.as_ref()).await.map_err(|e| {
-                    tracing::error!("listing {} failed: {e}", node.path);
+                    tracing::error!("listing {}/{} failed: {e}", self.summary.name, dir.rel);
                     FsError::from(e)
                 })?;
-                let added = self.tree.add_listing(node.ino, &node.path, listing, &l.store);
+                let added = self.tree.add_listing(ino, listing, &l.store);
                 self.services.changed();
-                Ok(added)
+                Ok::<_, FsError>(added)
             })
-            .await
+            .await?;
+        Ok(dir)
     }
 
-    fn loaded_children<'a>(&self, node: &'a Node) -> Option<FsResult<&'a BTreeMap<String, u64>>> {
-        match &node.kind {
-            NodeKind::Dir { children, .. } => children.get().map(Ok),
-            NodeKind::File(_) => Some(Err(FsError::NotDir)),
+    /// The directory `ino` if its entries are known; `None` if it must be listed first.
+    fn loaded_dir(&self, ino: u64) -> Option<FsResult<Arc<DirRec>>> {
+        match self.tree.dir(ino) {
+            Ok(d) => d.children.initialized().then_some(Ok(d)),
+            Err(e) => Some(Err(e)),
         }
     }
 
-    fn attr(&self, node: &Node) -> Attr {
-        match &node.kind {
-            NodeKind::Dir { .. } => Attr::read_only_dir(node.ino, self.services.started),
-            NodeKind::File(f) => Attr {
-                ino: node.ino,
-                size: f.entry.size,
+    fn attr(&self, ino: u64) -> FsResult<Attr> {
+        match self.tree.shape(ino).ok_or(FsError::NotFound)? {
+            Shape::Dir => Ok(Attr::read_only_dir(ino, self.services.started)),
+            Shape::File(size, mtime) => Ok(Attr {
+                ino,
+                size,
                 kind: Kind::File,
                 perm: FILE_PERM,
-                mtime: f.entry.mtime,
+                mtime,
                 times: None,
                 nlink: None,
                 volatile: false,
-            },
+            }),
         }
     }
 
-    fn entries(&self, children: &BTreeMap<String, u64>) -> Vec<DirEntry> {
-        children
-            .iter()
-            .map(|(name, &child)| {
-                let kind = match self.tree.get(child).map(|n| matches!(n.kind, NodeKind::Dir { .. })) {
-                    Some(true) => Kind::Dir,
-                    _ => Kind::File,
-                };
-                DirEntry { ino: child, name: name.clone(), kind }
-            })
+    fn entries(&self, dir: &DirRec) -> Vec<DirEntry> {
+        self.tree
+            .entries(listed(dir))
+            .into_iter()
+            .map(|(ino, name, dir)| DirEntry { ino, name, kind: if dir { Kind::Dir } else { Kind::File } })
             .collect()
     }
 
-    /// Every file node at or below `ino`, listing directories as needed.
-    pub(super) async fn files_under(&self, ino: u64) -> FsResult<Vec<Arc<Node>>> {
+    /// Every file at or below `ino`, listing directories as needed.
+    pub(super) async fn files_under(&self, ino: u64) -> FsResult<Vec<u64>> {
+        if self.tree.file_size(ino).is_some() {
+            return Ok(vec![ino]);
+        }
         let mut files = Vec::new();
-        let mut stack = vec![self.node(ino)?];
-        while let Some(n) = stack.pop() {
-            match &n.kind {
-                NodeKind::File(_) => files.push(n),
-                NodeKind::Dir { .. } => {
-                    for &child in self.children(&n).await?.values() {
-                        stack.push(self.node(child)?);
+        let mut level = vec![ino];
+        while !level.is_empty() {
+            let mut next = Vec::new();
+            for ino in level {
+                let dir = self.listed_dir(ino).await?;
+                for (child, _, is_dir) in self.tree.entries(listed(&dir)) {
+                    if is_dir {
+                        next.push(child);
+                    } else {
+                        files.push(child);
                     }
                 }
             }
+            level = next;
         }
         Ok(files)
     }
 
     /// The inode at `path` (segments below the input's top), listing directories on the way.
     pub(super) async fn resolve_path(&self, path: &[&str]) -> FsResult<u64> {
-        let mut node = self.node(self.tree.top())?;
+        let mut ino = self.tree.top();
         for seg in path {
-            let ino = *self.children(&node).await?.get(*seg).ok_or(FsError::NotFound)?;
-            node = self.node(ino)?;
+            let dir = self.listed_dir(ino).await?;
+            ino = self.tree.find(listed(&dir), seg).ok_or(FsError::NotFound)?;
         }
-        Ok(node.ino)
+        Ok(ino)
     }
 
     /// Every file of the input as `inputs.json` lists it, listing every directory once
@@ -231,47 +231,74 @@ impl InputNamespace {
     pub(super) async fn files_json(&self) -> Vec<serde_json::Value> {
         const LIST_CONCURRENCY: usize = 16;
         let mut files = Vec::new();
-        let mut level: Vec<Arc<Node>> = self.tree.get(self.tree.top()).into_iter().collect();
+        let mut level = vec![self.tree.top()];
         while !level.is_empty() {
-            let mut listed: Vec<u64> = Vec::new();
+            let mut next = Vec::new();
             for chunk in level.chunks(LIST_CONCURRENCY) {
-                let results = futures::future::join_all(chunk.iter().map(|dir| async move {
-                    match self.children(dir).await {
-                        Ok(c) => c.values().copied().collect::<Vec<_>>(),
+                let results = futures::future::join_all(chunk.iter().map(|&dir| async move {
+                    match self.listed_dir(dir).await {
+                        Ok(d) => self.tree.entries(listed(&d)),
                         Err(e) => {
-                            tracing::warn!("inputs.json: {} left out: {e}", dir.path);
+                            tracing::warn!("inputs.json: a directory of {} left out: {e}", self.summary.name);
                             vec![]
                         }
                     }
                 }))
                 .await;
-                listed.extend(results.into_iter().flatten());
-            }
-            let mut next = Vec::new();
-            for ino in listed {
-                let Some(node) = self.tree.get(ino) else { continue };
-                match &node.kind {
-                    NodeKind::Dir { .. } => next.push(node),
-                    NodeKind::File(_) => files.push(node),
+                for (ino, _, is_dir) in results.into_iter().flatten() {
+                    if is_dir {
+                        next.push(ino);
+                    } else {
+                        files.push(ino);
+                    }
                 }
             }
             level = next;
         }
         // Checksums recorded by earlier runs come from the cache index: not on a runtime worker.
-        let services = self.services.clone();
-        tokio::task::spawn_blocking(move || files.iter().filter_map(|n| file_json(&services, n)).collect())
+        let Some(this) = self.this.upgrade() else { return Vec::new() };
+        tokio::task::spawn_blocking(move || files.iter().filter_map(|&ino| this.file_json(ino)).collect())
             .await
             .unwrap_or_default()
     }
 
+    /// One file as `inputs.json` lists it, with the checksums known so far (reads the cache
+    /// index). Builds nothing that stays: a file nobody opened keeps no state.
+    fn file_json(&self, ino: u64) -> Option<serde_json::Value> {
+        let (path, e) = self.tree.file_entry(ino)?;
+        let state = self.tree.state_if_any(ino);
+        let name = path.rsplit('/').next().unwrap_or_default();
+        let mut v = serde_json::json!({
+            "name": name,
+            "path": self.services.mountpoint.join(&path).display().to_string(),
+            "uri": e.uri,
+            "size": e.size,
+        });
+        let pin = state.as_ref().and_then(|s| s.pin.get().cloned()).or(e.pin.clone());
+        let sums = state
+            .as_ref()
+            .and_then(|s| s.checksums.get().cloned())
+            .or_else(|| self.services.cache.recorded_checksums(&e.store.url, e.key.as_ref(), &pin?.version()));
+        if let Some(s) = sums {
+            v["checksums"] = serde_json::json!({ "md5": s.md5, "sha1": s.sha1, "sha256": s.sha256 });
+        } else if let Some(sha256) = &e.expected_sha256 {
+            v["checksums"] = serde_json::json!({ "sha256": sha256 });
+        }
+        if let Some(d) = &e.datum {
+            v["datum_id"] = serde_json::json!(d);
+        }
+        Some(v)
+    }
+
     /// Opens the object behind a file, pinning its version first if its listing had none.
     pub(super) async fn open_object(&self, node: &Node, f: &FileNode) -> FsResult<Arc<OpenObject>> {
-        if let Some(obj) = f.open.lock().unwrap_or_else(|e| e.into_inner()).upgrade() {
+        if let Some(obj) = f.state.open.lock().unwrap_or_else(|e| e.into_inner()).upgrade() {
             return Ok(obj);
         }
         let e = &f.entry;
         let cache = &self.services.cache;
         let pin = f
+            .state
             .pin
             .get_or_try_init(|| async {
                 let pin = reader::pin_listed(cache, &e.store, &e.key, &e.uri, e.size, e.mtime).await?;
@@ -287,13 +314,13 @@ impl InputNamespace {
         let remote =
             Arc::new(Remote { store: e.store.clone(), key: e.key.clone(), uri: e.uri.clone(), size: e.size, pin });
         let cached = reader::cached_object(cache, &remote).await?;
-        let mut slot = f.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = f.state.open.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(obj) = slot.upgrade() {
             return Ok(obj);
         }
         let obj = OpenObject::new(remote, cached);
         // A file with a promised checksum answers its reads from the cache, where the check runs.
-        let obj = Arc::new(if e.expected.is_some() { obj.checked_before_served() } else { obj });
+        let obj = Arc::new(if e.expected_sha256.is_some() { obj.checked_before_served() } else { obj });
         *slot = Arc::downgrade(&obj);
         Ok(obj)
     }
@@ -308,27 +335,26 @@ impl InputNamespace {
     /// while opens land on files fetched ahead and shrinks to nothing when they do not (a
     /// shuffled reader), so random access costs a few wasted fetches at most.
     fn prefetch_after(&self, node: &Node, f: &FileNode) {
-        let Ok(parent) = self.node(node.parent) else { return };
-        let Some(Ok(siblings)) = self.loaded_children(&parent) else { return };
-        let Some(name) = node.path.rsplit('/').next() else { return };
+        let Some(Ok(parent)) = self.loaded_dir(node.parent) else { return };
+        let siblings = listed(&parent);
+        let name = node.name();
         let window = {
             let mut walks = self.walks.lock().unwrap_or_else(|e| e.into_inner());
             // Bounded: a walk over a million directories forgets the old ones.
-            if walks.len() >= WALKS_KEPT && !walks.contains_key(&parent.ino) {
+            if walks.len() >= WALKS_KEPT && !walks.contains_key(&node.parent) {
                 walks.clear();
             }
-            match walks.get_mut(&parent.ino) {
+            match walks.get_mut(&node.parent) {
                 None => {
-                    walks.insert(parent.ino, Walk { window: PREFETCH_FIRST, last: name.to_string() });
+                    walks.insert(node.parent, Walk { window: PREFETCH_FIRST, last: name.to_string() });
                     PREFETCH_FIRST
                 }
                 Some(w) => {
                     // In order: a file fetched ahead, or the one right after the last opened.
                     let after_last = siblings
-                        .range::<str, _>((std::ops::Bound::Excluded(w.last.as_str()), std::ops::Bound::Unbounded))
-                        .next()
-                        .is_some_and(|(n, _)| n == name);
-                    w.window = if f.prefetched.load(Ordering::Acquire) || after_last {
+                        .get(self.tree.after(siblings, &w.last).start)
+                        .is_some_and(|&c| self.tree.name(c) == name);
+                    w.window = if f.state.prefetched.load(Ordering::Acquire) || after_last {
                         (w.window * 2).clamp(PREFETCH_FIRST, PREFETCH_MAX)
                     } else {
                         w.window / 2
@@ -339,11 +365,14 @@ impl InputNamespace {
             }
         };
         let Some(this) = self.this.upgrade() else { return };
-        let next = siblings.range::<str, _>((std::ops::Bound::Excluded(name), std::ops::Bound::Unbounded)).take(window);
-        for (_, &ino) in next {
-            let Ok(sibling) = self.node(ino) else { continue };
+        for &child in siblings[self.tree.after(siblings, name)].iter().take(window) {
+            let ino = self.tree.ino_of(child);
+            if is_dir(child) || self.tree.file_size(ino).is_none_or(|size| size > PREFETCH_MAX_SIZE) {
+                continue;
+            }
+            let Some(sibling) = self.tree.get(ino) else { continue };
             let NodeKind::File(sf) = &sibling.kind else { continue };
-            if sf.entry.size > PREFETCH_MAX_SIZE || sf.prefetched.swap(true, Ordering::AcqRel) {
+            if sf.state.prefetched.swap(true, Ordering::AcqRel) {
                 continue;
             }
             let (this, permits) = (this.clone(), self.prefetching.clone());
@@ -364,37 +393,25 @@ impl InputNamespace {
     }
 
     /// Fetches a file whole into the cache (`datumfs warm`); true if it was cached already.
-    pub(super) async fn warm_file(&self, node: &Arc<Node>) -> FsResult<bool> {
+    pub(super) async fn warm_file(&self, ino: u64) -> FsResult<bool> {
+        let node = self.node(ino)?;
         let NodeKind::File(f) = &node.kind else { return Ok(true) };
-        let obj = self.open_object(node, f).await?;
+        let obj = self.open_object(&node, f).await?;
         let was = obj.cached.is_complete();
         self.services.reader.fetch_all(&obj).await?;
-        hash_when_complete(&self.services, node, &obj, false);
+        hash_when_complete(&self.services, &node, &obj, false);
         Ok(was)
     }
-}
 
-/// One file as `inputs.json` lists it, with the checksums known so far (reads the cache index).
-fn file_json(services: &InputServices, node: &Node) -> Option<serde_json::Value> {
-    let NodeKind::File(f) = &node.kind else { return None };
-    let name = node.path.rsplit('/').next().unwrap_or_default();
-    let mut v = serde_json::json!({
-        "name": name,
-        "path": services.mount_path(node),
-        "uri": f.entry.uri,
-        "size": f.entry.size,
-    });
-    let sums = f.checksums.get().cloned().or_else(|| {
-        let pin = f.pin.get()?;
-        services.cache.recorded_checksums(&f.entry.store.url, f.entry.key.as_ref(), &pin.version())
-    });
-    if let Some(s) = sums.as_ref().or(f.entry.expected.as_ref()) {
-        v["checksums"] = serde_json::json!({ "md5": s.md5, "sha1": s.sha1, "sha256": s.sha256 });
+    /// A file's mount-relative path.
+    pub(super) fn path_of(&self, ino: u64) -> String {
+        self.tree.file_entry(ino).map(|(p, _)| p).unwrap_or_default()
     }
-    if let Some(d) = &f.entry.datum {
-        v["datum_id"] = serde_json::json!(d);
+
+    /// A file's size.
+    pub(super) fn size_of(&self, ino: u64) -> u64 {
+        self.tree.file_size(ino).unwrap_or(0)
     }
-    Some(v)
 }
 
 #[async_trait]
@@ -404,52 +421,44 @@ impl Namespace for InputNamespace {
     }
 
     fn owns(&self, ino: u64) -> bool {
-        self.tree.get(ino).is_some()
+        self.tree.contains(ino)
     }
 
     fn try_getattr(&self, ino: u64) -> Option<FsResult<Attr>> {
-        Some(self.node(ino).map(|n| self.attr(&n)))
+        Some(self.attr(ino))
     }
 
     fn try_lookup(&self, parent: u64, name: &str) -> Option<FsResult<Attr>> {
-        let node = match self.node(parent) {
-            Ok(n) => n,
+        let dir = match self.loaded_dir(parent)? {
+            Ok(d) => d,
             Err(e) => return Some(Err(e)),
         };
-        let ino = match self.loaded_children(&node)? {
-            Ok(children) => match children.get(name) {
-                Some(&ino) => ino,
-                None => return Some(Err(FsError::NotFound)),
-            },
-            Err(e) => return Some(Err(e)),
-        };
-        self.try_getattr(ino)
+        Some(self.tree.find(listed(&dir), name).ok_or(FsError::NotFound).and_then(|ino| self.attr(ino)))
     }
 
     async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
         if let Some(res) = self.try_lookup(parent, name) {
             return res;
         }
-        let node = self.node(parent)?;
-        let ino = *self.children(&node).await?.get(name).ok_or(FsError::NotFound)?;
-        self.getattr(ino).await
+        let dir = self.listed_dir(parent).await?;
+        let ino = self.tree.find(listed(&dir), name).ok_or(FsError::NotFound)?;
+        self.attr(ino)
     }
 
     fn try_readdir(&self, ino: u64) -> Option<FsResult<(u64, Vec<DirEntry>)>> {
-        let node = match self.node(ino) {
-            Ok(n) => n,
+        let dir = match self.loaded_dir(ino)? {
+            Ok(d) => d,
             Err(e) => return Some(Err(e)),
         };
-        Some(self.loaded_children(&node)?.map(|c| (node.parent, self.entries(c))))
+        Some(self.tree.parent_of(ino).ok_or(FsError::NotFound).map(|p| (p, self.entries(&dir))))
     }
 
     async fn readdir(&self, ino: u64) -> FsResult<(u64, Vec<DirEntry>)> {
         if let Some(res) = self.try_readdir(ino) {
             return res;
         }
-        let node = self.node(ino)?;
-        let children = self.children(&node).await?;
-        Ok((node.parent, self.entries(children)))
+        let dir = self.listed_dir(ino).await?;
+        Ok((self.tree.parent_of(ino).ok_or(FsError::NotFound)?, self.entries(&dir)))
     }
 
     /// A walk opening a subdirectory will open its next siblings soon: starts listing the next
@@ -457,24 +466,26 @@ impl Namespace for InputNamespace {
     /// several listings at once rather than one after another. Only siblings of a directory
     /// actually opened are listed, so a plain `ls` of a huge prefix lists nothing extra.
     fn list_ahead(&self, ino: u64) {
-        let Ok(node) = self.node(ino) else { return };
-        if !matches!(node.kind, NodeKind::Dir { .. }) || ino == self.tree.top() {
+        let Ok(dir) = self.tree.dir(ino) else { return };
+        if ino == self.tree.top() {
             return;
         }
-        let Ok(parent) = self.node(node.parent) else { return };
-        let Some(Ok(siblings)) = self.loaded_children(&parent) else { return };
-        let Some(name) = node.path.rsplit('/').next() else { return };
-        let next = siblings
-            .range::<str, _>((std::ops::Bound::Excluded(name), std::ops::Bound::Unbounded))
-            .filter_map(|(_, &i)| self.node(i).ok())
-            .filter(|n| matches!(&n.kind, NodeKind::Dir { lister: Some(_), children } if children.get().is_none()))
-            .take(LIST_AHEAD_SIBLINGS);
+        let Some(parent) = self.tree.parent_of(ino) else { return };
+        let Some(Ok(parent)) = self.loaded_dir(parent) else { return };
+        let siblings = listed(&parent);
+        let next: Vec<u64> = siblings[self.tree.after(siblings, &dir.name)]
+            .iter()
+            .filter(|&&c| is_dir(c))
+            .map(|&c| self.tree.ino_of(c))
+            .filter(|&i| self.tree.dir(i).is_ok_and(|d| d.lister.is_some() && !d.children.initialized()))
+            .take(LIST_AHEAD_SIBLINGS)
+            .collect();
         for sibling in next {
             let (Some(this), permits) = (self.this.upgrade(), self.services.listing_ahead.clone()) else { return };
             self.services.runtime.spawn(async move {
                 let Ok(_permit) = permits.acquire_owned().await else { return };
                 // A failure is logged and left for the walk's own open, which tries again.
-                let _ = this.children(&sibling).await;
+                let _ = this.listed_dir(sibling).await;
             });
         }
     }
@@ -528,20 +539,27 @@ impl Namespace for InputNamespace {
     /// Everything but our own names answers "no such attribute" at once: `ls -l` asks for ACLs
     /// and labels per file.
     fn try_getxattr(&self, ino: u64, name: &str) -> Option<FsResult<Vec<u8>>> {
-        let node = match self.node(ino) {
-            Ok(n) => n,
-            Err(e) => return Some(Err(e)),
+        let shape = match self.tree.shape(ino) {
+            Some(s) => s,
+            None => return Some(Err(FsError::NotFound)),
         };
         if !name.starts_with("user.") {
             return Some(Err(FsError::NotSupported));
         }
+        if matches!(shape, Shape::Dir) || !name.starts_with("user.datumfs.") {
+            return Some(Err(FsError::NoAttr));
+        }
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return Some(Err(e)),
+        };
         let NodeKind::File(f) = &node.kind else { return Some(Err(FsError::NoAttr)) };
         Some(match name {
             "user.datumfs.uri" => Ok(f.entry.uri.clone().into_bytes()),
-            "user.datumfs.version" => f.pin.get().map(|p| p.version().into_bytes()).ok_or(FsError::NoAttr),
-            "user.datumfs.md5" | "user.datumfs.sha1" | "user.datumfs.sha256" => match f.checksums.get() {
+            "user.datumfs.version" => f.state.pin.get().map(|p| p.version().into_bytes()).ok_or(FsError::NoAttr),
+            "user.datumfs.md5" | "user.datumfs.sha1" | "user.datumfs.sha256" => match f.state.checksums.get() {
                 Some(sums) => Ok(pick_checksum(sums, name)),
-                None if f.pin.get().is_none() => Err(FsError::NoAttr),
+                None if f.state.pin.get().is_none() => Err(FsError::NoAttr),
                 None => return None,
             },
             _ => Err(FsError::NoAttr),
@@ -555,7 +573,7 @@ impl Namespace for InputNamespace {
         }
         let node = self.node(ino)?;
         let NodeKind::File(f) = &node.kind else { return Err(FsError::NoAttr) };
-        let Some(pin) = f.pin.get() else { return Err(FsError::NoAttr) };
+        let Some(pin) = f.state.pin.get() else { return Err(FsError::NoAttr) };
         let e = &f.entry;
         let (cache, store_url, key, version, size, uri) =
             (self.services.cache.clone(), e.store.url.clone(), e.key.to_string(), pin.version(), e.size, e.uri.clone());
@@ -571,13 +589,17 @@ impl Namespace for InputNamespace {
     }
 
     fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
-        let node = self.node(ino)?;
-        let NodeKind::File(f) = &node.kind else { return Ok(Vec::new()) };
+        let Some(Shape::File(..)) = self.tree.shape(ino) else {
+            return if self.tree.contains(ino) { Ok(Vec::new()) } else { Err(FsError::NotFound) };
+        };
+        let state = self.tree.state_if_any(ino);
         let mut names = vec!["user.datumfs.uri"];
-        if f.pin.get().is_some() {
+        if state.as_ref().is_some_and(|s| s.pin.get().is_some())
+            || self.tree.file_entry(ino).is_some_and(|(_, e)| e.pin.is_some())
+        {
             names.push("user.datumfs.version");
         }
-        if f.checksums.get().is_some() {
+        if state.as_ref().is_some_and(|s| s.checksums.get().is_some()) {
             names.extend(["user.datumfs.md5", "user.datumfs.sha1", "user.datumfs.sha256"]);
         }
         Ok(names.iter().flat_map(|n| n.bytes().chain(std::iter::once(0))).collect())
@@ -621,7 +643,8 @@ impl OpenFile for InputFile {
         if offset >= obj.cached.size() {
             return Some(Ok(Vec::new()));
         }
-        if !obj.cached.is_complete() || file.is_some_and(|f| f.entry.expected.is_some() && f.checksums.get().is_none())
+        if !obj.cached.is_complete()
+            || file.is_some_and(|f| f.entry.expected_sha256.is_some() && f.state.checksums.get().is_none())
         {
             return None; // fetched, or verified against the record, on the slow path first
         }
@@ -678,7 +701,7 @@ async fn failed(services: &InputServices, path: String, f: &FileNode, err: crate
 
 /// Records a mismatch once (the sink logs it); reads fail from then on.
 async fn mismatch(services: &InputServices, node: &Node, f: &FileNode, expected: &str, actual: &str) {
-    if !f.mismatch.swap(true, Ordering::AcqRel) {
+    if !f.state.mismatch.swap(true, Ordering::AcqRel) {
         let event = FsEvent::InputMismatch {
             path: services.mount_path(node),
             uri: f.entry.uri.clone(),
@@ -693,8 +716,8 @@ async fn mismatch(services: &InputServices, node: &Node, f: &FileNode, expected:
 /// before any more are served, so that the read completing the file fails with EIO rather than
 /// the job silently getting other bytes than the record promised.
 async fn check_expected(services: &InputServices, node: &Node, f: &FileNode, obj: &Arc<OpenObject>) -> FsResult<()> {
-    let Some(want) = f.entry.expected.as_ref().map(|c| &c.sha256) else { return Ok(()) };
-    if f.checksums.get().is_some() {
+    let Some(want) = f.entry.expected_sha256.as_ref() else { return Ok(()) };
+    if f.state.checksums.get().is_some() {
         return check_content(f);
     }
     let sums = obj.cached.checksums().await?;
@@ -702,7 +725,7 @@ async fn check_expected(services: &InputServices, node: &Node, f: &FileNode, obj
         mismatch(services, node, f, want, &sums.sha256).await;
         return check_content(f);
     }
-    let _ = f.checksums.set(sums);
+    let _ = f.state.checksums.set(sums);
     services.changed();
     Ok(())
 }
@@ -713,11 +736,11 @@ async fn check_expected(services: &InputServices, node: &Node, f: &FileNode, obj
 fn hash_when_complete(services: &Arc<InputServices>, node: &Arc<Node>, obj: &Arc<OpenObject>, wait: bool) {
     let NodeKind::File(f) = &node.kind else { return };
     // A plain load first: this runs on every cached read, and the swap writes a shared line.
-    if f.hashing.load(Ordering::Acquire) {
+    if f.state.hashing.load(Ordering::Acquire) {
         return;
     }
     let complete = obj.cached.is_complete();
-    if !(complete || wait && obj.cached.is_filling()) || f.hashing.swap(true, Ordering::AcqRel) {
+    if !(complete || wait && obj.cached.is_filling()) || f.state.hashing.swap(true, Ordering::AcqRel) {
         return;
     }
     let cached = obj.cached.clone();
@@ -727,25 +750,25 @@ fn hash_when_complete(services: &Arc<InputServices>, node: &Arc<Node>, obj: &Arc
     services.runtime.clone().spawn(async move {
         let NodeKind::File(f) = &node.kind else { return };
         if !complete && !cached.wait_complete().await {
-            f.hashing.store(false, Ordering::Release);
+            f.state.hashing.store(false, Ordering::Release);
             return;
         }
         let path = services.mount_path(&node);
         match cached.checksums().await {
             Ok(sums) => {
-                if let Some(want) = f.entry.expected.as_ref().map(|c| &c.sha256) {
+                if let Some(want) = &f.entry.expected_sha256 {
                     if *want != sums.sha256 {
                         mismatch(&services, &node, f, want, &sums.sha256).await;
                     }
                 }
-                let _ = f.checksums.set(sums.clone());
+                let _ = f.state.checksums.set(sums.clone());
                 services.changed();
                 let file = HashedFile { path, uri: f.entry.uri.clone(), size: f.entry.size, version, checksums: sums };
                 services.events.event(FsEvent::InputChecksummed(file)).await;
             }
             Err(e) => {
                 tracing::warn!("{path}: could not compute checksums: {e}");
-                f.hashing.store(false, Ordering::Release);
+                f.state.hashing.store(false, Ordering::Release);
             }
         }
     });

@@ -31,19 +31,15 @@ pub struct WarmReport {
 /// `progress`.
 async fn warm_input(input: &InputNamespace, ino: u64, progress: &Progress) -> FsResult<WarmReport> {
     let files = input.files_under(ino).await?;
-    let size_of = |n: &super::tree::Node| match &n.kind {
-        super::tree::NodeKind::File(f) => f.entry.size,
-        super::tree::NodeKind::Dir { .. } => 0,
-    };
     progress.files_total.store(files.len() as u64, Ordering::Relaxed);
-    progress.bytes_total.store(files.iter().map(|n| size_of(n)).sum(), Ordering::Relaxed);
+    progress.bytes_total.store(files.iter().map(|&f| input.size_of(f)).sum(), Ordering::Relaxed);
     let results: Vec<(String, u64, FsResult<bool>)> = futures::stream::iter(files)
-        .map(|node| async move {
-            let res = input.warm_file(&node).await;
-            let size = size_of(&node);
+        .map(|ino| async move {
+            let res = input.warm_file(ino).await;
+            let size = input.size_of(ino);
             progress.files_done.fetch_add(1, Ordering::Relaxed);
             progress.bytes_done.fetch_add(size, Ordering::Relaxed);
-            (node.path.clone(), size, res)
+            (input.path_of(ino), size, res)
         })
         .buffer_unordered(FILES_AT_ONCE)
         .collect()

@@ -4,3 +4,4 @@
 pub mod integrity;
 pub mod resolve;
 pub mod spec;
+pub mod table;

@@ -3,6 +3,7 @@
 //! listed lazily, one directory at a time, when first needed; everything else is listed at mount.
 
 use super::spec::{InputSpec, KeepDirectories};
+use super::table::FileTable;
 use crate::catalog::Catalog;
 use crate::keys::{self, UnsafeKey};
 use crate::reader::Pin;
@@ -11,7 +12,7 @@ use crate::uri::{self, Scheme, Selection, SourceUri, UriError};
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use thiserror::Error;
 
@@ -69,8 +70,8 @@ pub struct FileEntry {
     pub mtime: std::time::SystemTime,
     /// The datum id, for files of `datum://` inputs.
     pub datum: Option<String>,
-    /// The checksums the bytes must have (known up front for datums; the sha256 is checked).
-    pub expected: Option<crate::checksum::Checksums>,
+    /// The sha256 (hex) the bytes must have, known up front for datums and checked.
+    pub expected_sha256: Option<String>,
     /// Whether it is part of a dataset version (lineage names the version, not each datum).
     pub in_dataset: bool,
 }
@@ -87,8 +88,9 @@ pub struct DirListing {
 /// The root of a resolved input.
 #[derive(Debug)]
 pub enum InputRoot {
-    /// A fixed set of files at these relative paths (object and wildcard URIs, several URIs).
-    Files(Vec<(Vec<String>, FileEntry)>),
+    /// A fixed set of files laid out below the input's top (object and wildcard URIs, several
+    /// URIs, datums, dataset versions).
+    Files(Box<FileTable>),
     /// A prefix listed lazily: `leading` static directories (keep-directories full), then the
     /// listing of `prefix`, whose first level was fetched at mount.
     Lazy {
@@ -135,7 +137,7 @@ fn entry(store: &Arc<StoreHandle>, meta: &ObjectMeta) -> FileEntry {
         pin: meta.e_tag.as_ref().map(|_| Pin::from_meta(meta)),
         mtime: meta.last_modified.into(),
         datum: None,
-        expected: None,
+        expected_sha256: None,
         in_dataset: false,
     }
 }
@@ -224,15 +226,15 @@ pub async fn resolve(
         }
     }
 
-    let mut files: Vec<(Vec<String>, FileEntry)> = Vec::new();
+    let mut files = FileTable::new(&spec.name);
     let mut datasets = Vec::new();
     for u in &parsed {
         if u.scheme == Scheme::Dataset {
             let catalog =
                 catalog.ok_or_else(|| layout_err(format!("{}: dataset inputs need a data store", u.original)))?;
-            let before = files.len();
+            let before = files.file_count();
             let version = resolve_dataset(u, spec, catalog, registry, cwd, &mut files).await?;
-            if files.len() == before && !spec.optional {
+            if files.file_count() == before && !spec.optional {
                 return Err(layout_err(format!("{} ({version}) has no files", u.original)));
             }
             datasets.push(version);
@@ -246,7 +248,7 @@ pub async fn resolve(
             continue;
         }
         let store = registry.open(u).map_err(store_err)?;
-        let before = files.len();
+        let before = files.file_count();
         match &u.selection {
             Selection::Object => {
                 let key = key_path(u, &u.key)
@@ -310,27 +312,30 @@ pub async fn resolve(
                 }
             }
         }
-        if files.len() == before && !spec.optional {
+        if files.file_count() == before && !spec.optional {
             check_bucket(&store, u).await.map_err(store_err)?;
             return Err(layout_err(format!("{} matches no objects", u.original)));
         }
     }
-    check_layout(&files, spec.keep_directories).map_err(layout_err)?;
     if let Some(name) = &spec.filename {
-        if files.len() != 1 {
+        if files.file_count() != 1 {
             return Err(layout_err(format!(
                 "'filename: {name}' needs exactly one file, but the input has {}",
-                files.len()
+                files.file_count()
             )));
         }
         keys::check_segment(name).map_err(|why| layout_err(format!("filename '{name}': {why}")))?;
-        if let Some((rel, _)) = files.first_mut() {
-            if let Some(last) = rel.last_mut() {
-                *last = name.clone();
-            }
-        }
+        files = files.renamed_single(name);
     }
-    Ok(ResolvedInput { name: spec.name.clone(), uris: spec.uris.clone(), root: InputRoot::Files(files), datasets })
+    let hint =
+        if spec.keep_directories == KeepDirectories::None { "; use keep-directories: suffix or full" } else { "" };
+    files.finish(hint).map_err(|e| layout_err(e.0))?;
+    Ok(ResolvedInput {
+        name: spec.name.clone(),
+        uris: spec.uris.clone(),
+        root: InputRoot::Files(Box::new(files)),
+        datasets,
+    })
 }
 
 /// A `dataset://NAME/VERSION|ALIAS` input: the version's manifest, read once (an alias is
@@ -343,7 +348,7 @@ async fn resolve_dataset(
     catalog: &Catalog,
     registry: &StoreRegistry,
     cwd: &std::path::Path,
-    files: &mut Vec<(Vec<String>, FileEntry)>,
+    files: &mut FileTable,
 ) -> Result<String, ResolveError> {
     let input = spec.name.clone();
     let catalog_err = |error| ResolveError::Catalog { input: input.clone(), error };
@@ -390,7 +395,7 @@ async fn resolve_dataset(
             pin: None,
             mtime: created,
             datum: Some(f.datum.clone()),
-            expected: Some(f.checksums.clone()),
+            expected_sha256: Some(f.checksums.sha256.clone()),
             in_dataset: true,
         };
         push_checked(files, segs.into_iter().map(str::to_string).collect(), entry);
@@ -434,7 +439,7 @@ async fn resolve_datum(
     e.pin = Some(Pin::from_meta(&meta));
     e.uri = rec.uri.clone();
     e.datum = Some(rec.id.clone());
-    e.expected = Some(rec.checksums.clone());
+    e.expected_sha256 = Some(rec.checksums.sha256.clone());
     let rel = match spec.keep_directories {
         KeepDirectories::Full => rec.path.split('/').map(str::to_string).collect(),
         _ => vec![spec.filename.clone().unwrap_or_else(|| rec.path.rsplit('/').next().unwrap_or(&rec.id).to_string())],
@@ -442,33 +447,12 @@ async fn resolve_datum(
     Ok((rel, e))
 }
 
-fn push_checked(files: &mut Vec<(Vec<String>, FileEntry)>, rel: Vec<String>, e: FileEntry) {
+fn push_checked(files: &mut FileTable, rel: Vec<String>, e: FileEntry) {
     if rel.iter().all(|s| keys::check_segment(s).is_ok()) {
-        files.push((rel, e));
+        files.push(&rel, e);
     } else {
         tracing::warn!("skipping {}: its path is not usable as a file name", e.uri);
     }
-}
-
-/// Two files at one path, or a file where a directory must be, cannot be laid out.
-fn check_layout(files: &[(Vec<String>, FileEntry)], keep: KeepDirectories) -> Result<(), String> {
-    let mut seen: BTreeMap<&[String], &str> = BTreeMap::new();
-    let mut dirs: BTreeSet<&[String]> = BTreeSet::new();
-    for (rel, e) in files {
-        for i in 1..rel.len() {
-            dirs.insert(&rel[..i]);
-        }
-        if let Some(other) = seen.insert(rel.as_slice(), &e.uri) {
-            let hint = if keep == KeepDirectories::None { "; use keep-directories: suffix or full" } else { "" };
-            return Err(format!("{} and {} both map to '{}'{hint}", other, e.uri, rel.join("/")));
-        }
-    }
-    for (rel, uri) in &seen {
-        if dirs.contains(rel) {
-            return Err(format!("{uri} maps to '{}', which is also a directory of other files", rel.join("/")));
-        }
-    }
-    Ok(())
 }
 
 /// A glob over whole keys: `*` and `?` stay within one segment, `**` crosses segments; every
@@ -553,34 +537,13 @@ mod tests {
         assert!(l.files["a.bin"].pin.is_some(), "in-memory listings carry ETags");
     }
 
-    #[test]
-    fn layout_clash_is_an_error() {
-        let h = Arc::new(StoreHandle::new("mem://b", Arc::new(InMemory::new())));
-        let e = |uri: &str| FileEntry {
-            store: h.clone(),
-            key: Path::from(uri),
-            uri: uri.into(),
-            size: 0,
-            pin: None,
-            mtime: std::time::UNIX_EPOCH,
-            datum: None,
-            expected: None,
-            in_dataset: false,
-        };
-        let files = vec![(vec!["1.jpg".to_string()], e("a/1.jpg")), (vec!["1.jpg".to_string()], e("b/1.jpg"))];
-        let err = check_layout(&files, KeepDirectories::None).unwrap_err();
-        assert!(err.contains("a/1.jpg") && err.contains("b/1.jpg") && err.contains("keep-directories"), "{err}");
-        let files = vec![(vec!["a".to_string()], e("a")), (vec!["a".to_string(), "b".to_string()], e("a/b"))];
-        assert!(check_layout(&files, KeepDirectories::Suffix).is_err());
-    }
-
     async fn resolved(keys: &[&str], uris: &[&str], keep: KeepDirectories) -> Result<Vec<String>, ResolveError> {
         let (reg, h) = store(keys).await;
         reg.register("s3://b", h);
         let r = resolve(&spec(uris, keep), &reg, None, std::path::Path::new("/")).await?;
         match r.root {
             InputRoot::Files(f) => {
-                let mut v: Vec<String> = f.into_iter().map(|(rel, _)| rel.join("/")).collect();
+                let mut v: Vec<String> = (0..f.file_count() as u32).map(|i| f.file_path(i)).collect();
                 v.sort();
                 Ok(v)
             }
