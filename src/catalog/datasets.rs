@@ -267,13 +267,20 @@ impl Catalog {
     /// `NAME/VERSION` or `NAME/ALIAS` → the version record, and the alias when one was followed.
     /// Versions and aliases share one namespace per dataset, so the answer is never ambiguous.
     pub async fn resolve_version(&self, text: &str) -> Result<(VersionRecord, Option<String>), CatalogError> {
+        let (stored, alias) = self.resolve_stored_version(text).await?;
+        Ok((self.load_version(stored).await?, alias))
+    }
+
+    /// Like [`Catalog::resolve_version`], with the version's files left in the store: read
+    /// them a chunk at a time with [`Catalog::version_files`].
+    pub async fn resolve_stored_version(&self, text: &str) -> Result<(StoredVersion, Option<String>), CatalogError> {
         let (name, which) = split_ref(text)?;
         self.require_dataset(&name).await?;
-        if let Some(v) = self.version(&name, &which).await? {
+        if let Some(v) = self.stored_version(&name, &which).await? {
             return Ok((v, None));
         }
         match self.version_alias(&name, &which).await? {
-            Some(a) => match self.version(&name, &a.version).await? {
+            Some(a) => match self.stored_version(&name, &a.version).await? {
                 Some(v) => Ok((v, Some(which))),
                 None => Err(CatalogError::NoSuchVersion {
                     name: format!("{name}/{} (alias {which})", a.version),

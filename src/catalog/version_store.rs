@@ -70,20 +70,28 @@ impl Catalog {
         Ok(res.bytes().await.map_err(|e| self.store_err(&key, e))?.to_vec())
     }
 
-    /// The files of one chunk (with their md5 and sha1 from its companion chunk).
+    /// The files of one chunk (with `with_sums`, their md5 and sha1 from its companion chunk;
+    /// without, those are left empty and the companion is not read).
     async fn load_chunk(
         &self,
         dataset: &str,
         c: &ChunkRef,
         stores: &[String],
+        with_sums: bool,
     ) -> Result<Vec<VersionFile>, CatalogError> {
-        let (main, sums) = futures::try_join!(self.chunk(dataset, &c.id), self.chunk(dataset, &c.sums))?;
+        let sums = async {
+            match with_sums {
+                true => self.chunk(dataset, &c.sums).await.map(Some),
+                false => Ok(None),
+            }
+        };
+        let (main, sums) = futures::try_join!(self.chunk(dataset, &c.id), sums)?;
         let uri = self.ds.uri_of(&self.ds.record_key(&chunk_rel(dataset, &c.id)));
         // Decoding thousands of files is CPU work: the runtime is told, so that it moves other
         // tasks off this worker. Not on a blocking-pool thread: its allocations would land in
         // another malloc arena than the inode table built from them (+20 MiB peak RSS for a
         // 100,000-file version).
-        let decode = || manifest::decode(c, &main, Some(&sums), stores);
+        let decode = || manifest::decode(c, &main, sums.as_deref(), stores);
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let decoded = if multi_thread { tokio::task::block_in_place(decode) } else { decode() };
@@ -105,7 +113,7 @@ impl Catalog {
         let mut record = stored.record;
         if !stored.chunks.is_empty() {
             let loads: Vec<_> =
-                stored.chunks.iter().map(|c| self.load_chunk(&record.dataset, c, &stored.stores)).collect();
+                stored.chunks.iter().map(|c| self.load_chunk(&record.dataset, c, &stored.stores, true)).collect();
             // In order, each chunk's files moved in as it comes: never two copies of the list.
             let mut parts = futures::stream::iter(loads).buffered(CHUNKS_AT_ONCE);
             let mut files = Vec::with_capacity(usize::try_from(stored.count).unwrap_or(0).min(1 << 24));
@@ -115,6 +123,19 @@ impl Catalog {
             record.files = files;
         }
         Ok(record)
+    }
+
+    /// The files of a stored version a chunk at a time, in path order, several chunks read at
+    /// once; md5 and sha1 are left empty (their companion chunks are not read). Only a few
+    /// chunks' files are in memory at any time, however large the version.
+    pub fn version_files<'a>(
+        &'a self,
+        stored: &'a StoredVersion,
+    ) -> impl futures::Stream<Item = Result<Vec<VersionFile>, CatalogError>> + 'a {
+        let old_format = (stored.chunks.is_empty()).then(|| Ok(stored.record.files.clone()));
+        let loads =
+            stored.chunks.iter().map(move |c| self.load_chunk(&stored.record.dataset, c, &stored.stores, false));
+        futures::stream::iter(old_format).chain(futures::stream::iter(loads).buffered(CHUNKS_AT_ONCE / 4))
     }
 
     /// Writes the chunks of `rec`'s files that are not in `known` (create-only: a chunk already

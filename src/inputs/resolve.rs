@@ -353,7 +353,8 @@ async fn resolve_dataset(
     let input = spec.name.clone();
     let catalog_err = |error| ResolveError::Catalog { input: input.clone(), error };
     let layout_err = |reason: String| ResolveError::Layout { input: input.clone(), reason };
-    let (version, alias) = catalog.resolve_version(&u.key).await.map_err(catalog_err)?;
+    let (stored, alias) = catalog.resolve_stored_version(&u.key).await.map_err(catalog_err)?;
+    let version = &stored.record;
     let purged = catalog.tombstones().await.map_err(catalog_err)?;
     if alias.is_some() {
         tracing::info!("input {input}: {} is {} now (pinned for this mount)", u.original, version.uri());
@@ -363,42 +364,46 @@ async fn resolve_dataset(
         .unwrap_or(std::time::UNIX_EPOCH);
     // Manifests name few stores (usually one): parse each store URL once.
     let mut stores: HashMap<String, Arc<StoreHandle>> = HashMap::new();
-    for f in &version.files {
-        if let Some(t) = purged.get(&f.datum) {
-            tracing::warn!("input {input}: {} left out of {}: {}", f.path, version.uri(), t.describe());
-            continue;
-        }
-        let Ok(segs) = keys::relative_segments(&f.path) else {
-            tracing::warn!("input {input}: skipping '{}' of {}: not a usable path", f.path, version.uri());
-            continue;
-        };
-        let src = uri::parse(&f.object_uri, cwd)
-            .map_err(|e| layout_err(format!("{}: {} points at an unusable URI: {e}", version.uri(), f.path)))?;
-        let store_key = format!("{}|{}", src.store_url, src.bucket.as_deref().unwrap_or(""));
-        let store = match stores.get(&store_key) {
-            Some(s) => s.clone(),
-            None => {
-                let s = registry.open(&src).map_err(|error| ResolveError::Store { input: input.clone(), error })?;
-                stores.insert(store_key, s.clone());
-                s
+    // A chunk at a time: the version's whole file list is never in memory.
+    let mut chunks = std::pin::pin!(catalog.version_files(&stored));
+    while let Some(part) = chunks.try_next().await.map_err(catalog_err)? {
+        for f in part {
+            if let Some(t) = purged.get(&f.datum) {
+                tracing::warn!("input {input}: {} left out of {}: {}", f.path, version.uri(), t.describe());
+                continue;
             }
-        };
-        let key = key_path(&src, &src.key)
-            .map_err(|error| ResolveError::Uri { input: input.clone(), error })?
-            .ok_or_else(|| layout_err(format!("{}: {} has no key", version.uri(), f.path)))?;
-        let entry = FileEntry {
-            store,
-            key,
-            uri: format!("datum://{}", f.datum),
-            size: f.size,
-            // Datum bytes are never overwritten: pinned at first open, checked by sha256.
-            pin: None,
-            mtime: created,
-            datum: Some(f.datum.clone()),
-            expected_sha256: Some(f.checksums.sha256.clone()),
-            in_dataset: true,
-        };
-        push_checked(files, segs.into_iter().map(str::to_string).collect(), entry);
+            let Ok(segs) = keys::relative_segments(&f.path) else {
+                tracing::warn!("input {input}: skipping '{}' of {}: not a usable path", f.path, version.uri());
+                continue;
+            };
+            let src = uri::parse(&f.object_uri, cwd)
+                .map_err(|e| layout_err(format!("{}: {} points at an unusable URI: {e}", version.uri(), f.path)))?;
+            let store_key = format!("{}|{}", src.store_url, src.bucket.as_deref().unwrap_or(""));
+            let store = match stores.get(&store_key) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = registry.open(&src).map_err(|error| ResolveError::Store { input: input.clone(), error })?;
+                    stores.insert(store_key, s.clone());
+                    s
+                }
+            };
+            let key = key_path(&src, &src.key)
+                .map_err(|error| ResolveError::Uri { input: input.clone(), error })?
+                .ok_or_else(|| layout_err(format!("{}: {} has no key", version.uri(), f.path)))?;
+            let entry = FileEntry {
+                store,
+                key,
+                uri: format!("datum://{}", f.datum),
+                size: f.size,
+                // Datum bytes are never overwritten: pinned at first open, checked by sha256.
+                pin: None,
+                mtime: created,
+                datum: Some(f.datum),
+                expected_sha256: Some(f.checksums.sha256),
+                in_dataset: true,
+            };
+            push_checked(files, segs.into_iter().map(str::to_string).collect(), entry);
+        }
     }
     Ok(version.uri())
 }
