@@ -10,7 +10,8 @@
 # ../shared/s3-bed/install.sh builds when that folder is present. Sizes: BENCH_BIG_MIB (2048),
 # BENCH_SMALL_COUNT (10000), BENCH_LS_COUNT (100000), BENCH_SYNC_MIB (1024), BENCH_SYNC_COUNT (1000);
 # BENCH_MULTI_MIB (256, per mount), BENCH_DATASET_COUNT (100000);
-# BENCH_PARTS picks workloads (default "read small ls sync multi dataset opens").
+# BENCH_PARTS picks workloads (default "read small ls sync multi dataset opens"; "huge" adds
+# generated versions of BENCH_HUGE_COUNTS files, default "1000000 10000000").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 json=0; [[ ${1:-} == --json ]] && json=1
@@ -23,6 +24,7 @@ SYNC_MIB=${BENCH_SYNC_MIB:-1024}
 SYNC_COUNT=${BENCH_SYNC_COUNT:-1000}
 MULTI_MIB=${BENCH_MULTI_MIB:-256}
 DATASET_COUNT=${BENCH_DATASET_COUNT:-100000}
+HUGE_COUNTS=${BENCH_HUGE_COUNTS:-1000000 10000000}
 PARTS=" ${BENCH_PARTS:-read small ls sync multi dataset opens} "  # which workloads to run
 want() { [[ $PARTS == *" $1 "* ]]; }
 
@@ -256,6 +258,51 @@ record "ls -lR, chunked manifest" "$(secs "$t0" "$t1")" "$local_ls"
 say "$(printf '%-34s %8d MiB' "  daemon RSS after it" $(( $(rss_of "$PID") / 1024 )))"
 unmount_it
 
+fi
+
+# 6b. Generated versions of millions of files (chunked manifests written directly): resolve +
+#     mount vs mounting a one-file input, ls -lR vs the same tree on local disk (made for the
+#     smallest count only), reading 10,000 of its files, and the daemon's peak RSS over it all.
+if want huge; then
+cargo build --release -q --example make_version
+make_version=$PWD/target/release/examples/make_version
+for i in 0 1 2 3; do head -c $((10000 + i)) /dev/urandom >"$T/src/h$i"; done
+hids=$("$bin" push "$T/src/h0" "$T/src/h1" "$T/src/h2" "$T/src/h3" --json | python3 -c 'import json,sys; print(" ".join(d["datum"] for d in json.load(sys.stdin)["datums"]))')
+"$bin" dataset create huge >/dev/null
+mount_at one "$T/cache-one" --input "one=$T/src/h0"; unmount_it
+t0=$(now); mount_at one "$T/cache-one" --input "one=$T/src/h0"; t1=$(now); one_mount=$(secs "$t0" "$t1"); unmount_it
+first=1
+for n in $HUGE_COUNTS; do
+    say "making a generated $n-file dataset version"
+    "$make_version" "$DATUMFS_HOME/store" huge "v$n" "$n" $hids >/dev/null
+    if ((first)); then
+        python3 - "$T/hugetree" "$n" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for s in range((n + 999) // 1000):
+    d = os.path.join(root, f"shard-{s:04d}"); os.makedirs(d)
+    for i in range(s * 1000, min(n, s * 1000 + 1000)):
+        open(os.path.join(d, f"item-{i:08d}.bin"), "wb").close()
+PY
+        sync
+        l0=$(now); ls -lR "$T/hugetree" >/dev/null; l1=$(now); huge_local_ls=$(secs "$l0" "$l1"); huge_local_n=$n
+    fi
+    t0=$(now); mount_at "huge$n" "$T/cache-huge$n" --input "d=dataset://huge/v$n"; t1=$(now)
+    record "resolve+mount $n-file version" "$(secs "$t0" "$t1")" "$one_mount"
+    t0=$(now); ls -lR "$MNT/inputs/d" >/dev/null; t1=$(now)
+    if ((first)); then
+        record "ls -lR $n-file version" "$(secs "$t0" "$t1")" "$huge_local_ls"
+    else
+        record "ls -lR $n-file version (x$huge_local_n)" "$(secs "$t0" "$t1")" \
+            "$(python3 -c "print($huge_local_ls * $n / $huge_local_n)")"
+    fi
+    t0=$(now); find "$MNT/inputs/d" -path '*/shard-000[0-9]/*' -type f | xargs -P 8 -n 100 cat >/dev/null; t1=$(now)
+    say "$(printf '%-34s %8.3f s' "  read 10,000 of its files" "$(secs "$t0" "$t1")")"
+    say "$(printf '%-34s %8d MiB (limit %s)' "  daemon peak RSS" $(( $(rss_of "$PID") / 1024 )) "$( ((n > 1000000)) && echo 1024 || echo 256) MiB")"
+    unmount_it
+    first=0
+done
+rm -rf "$T/hugetree"
 fi
 
 # 7. Opens of new small cache objects (sled index, pack slot) from 8 threads at once vs the same

@@ -125,16 +125,25 @@ impl Catalog {
         Ok(record)
     }
 
-    /// The files of a stored version a chunk at a time, in path order, several chunks read at
-    /// once; md5 and sha1 are left empty (their companion chunks are not read). Only a few
+    /// The files of a stored version a chunk at a time, in path order, md5 and sha1 left empty
+    /// (their companion chunks are not read). Chunks are fetched and decoded a few at once in
+    /// tasks of their own, so decoding runs beside whatever consumes the files; only those few
     /// chunks' files are in memory at any time, however large the version.
-    pub fn version_files<'a>(
-        &'a self,
-        stored: &'a StoredVersion,
-    ) -> impl futures::Stream<Item = Result<Vec<VersionFile>, CatalogError>> + 'a {
+    pub fn version_files(
+        &self,
+        stored: &StoredVersion,
+    ) -> impl futures::Stream<Item = Result<Vec<VersionFile>, CatalogError>> + Send + 'static {
         let old_format = (stored.chunks.is_empty()).then(|| Ok(stored.record.files.clone()));
-        let loads =
-            stored.chunks.iter().map(move |c| self.load_chunk(&stored.record.dataset, c, &stored.stores, false));
+        let (this, dataset, stores) =
+            (self.clone(), stored.record.dataset.clone(), std::sync::Arc::new(stored.stores.clone()));
+        let loads = stored.chunks.clone().into_iter().map(move |c| {
+            let (this, dataset, stores) = (this.clone(), dataset.clone(), stores.clone());
+            async move {
+                let uri = this.ds.uri_of(&this.ds.record_key(&chunk_rel(&dataset, &c.id)));
+                let task = tokio::spawn(async move { this.load_chunk(&dataset, &c, &stores, false).await });
+                task.await.map_err(|e| CatalogError::Malformed { uri, reason: format!("decoding stopped: {e}") })?
+            }
+        });
         futures::stream::iter(old_format).chain(futures::stream::iter(loads).buffered(CHUNKS_AT_ONCE / 4))
     }
 

@@ -359,9 +359,26 @@ impl Fs {
 
     /// Entries of an open directory from `offset` on (the caller stops when its buffer is full).
     pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<(u64, DirEntry)>> {
+        let mut out = Vec::new();
+        self.readdir_each(fh, offset, |next, e| {
+            out.push((next, e.clone()));
+            false
+        })?;
+        Ok(out)
+    }
+
+    /// Hands the entries of an open directory from `offset` on to `add`, each with the offset
+    /// of the next, until `add` says the reply is full (true). Nothing is copied: a directory of
+    /// thousands of entries is read a page at a time, and each page costs only its entries.
+    pub fn readdir_each(&self, fh: u64, offset: u64, mut add: impl FnMut(u64, &DirEntry) -> bool) -> FsResult<()> {
         match &*self.handle(fh)? {
             Handle::Dir(entries) => {
-                Ok(entries.iter().enumerate().skip(offset as usize).map(|(i, e)| (i as u64 + 1, e.clone())).collect())
+                for (i, e) in entries.iter().enumerate().skip(usize::try_from(offset).unwrap_or(usize::MAX)) {
+                    if add(i as u64 + 1, e) {
+                        break;
+                    }
+                }
+                Ok(())
             }
             Handle::File(_) => Err(FsError::NotDir),
         }

@@ -432,15 +432,10 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        match self.fs.readdir(fh.0, offset) {
-            Ok(entries) => {
-                for (next, e) in entries {
-                    if reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let res =
+            self.fs.readdir_each(fh.0, offset, |next, e| reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name));
+        match res {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -448,38 +443,26 @@ impl Filesystem for FuseAdapter {
     /// Listings with attributes: `ls -l` and `find` over a big tree then cost one request per
     /// directory page instead of one lookup per file.
     fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        match self.fs.readdir(fh.0, offset) {
-            Ok(entries) => {
-                for (next, e) in entries {
-                    // "." and ".." carry no attributes the kernel uses: a placeholder, never cached.
-                    let attr = match e.name.as_str() {
-                        "." | ".." => None,
-                        _ => self.fs.listing_attr(e.ino).ok(),
-                    };
-                    let attr = attr.unwrap_or(crate::fs::Attr {
-                        ino: e.ino,
-                        size: 0,
-                        kind: e.kind,
-                        perm: 0o555,
-                        mtime: std::time::UNIX_EPOCH,
-                        times: None,
-                        nlink: None,
-                        volatile: true,
-                    });
-                    let full = reply.add(
-                        INodeNo(e.ino),
-                        next,
-                        &e.name,
-                        &ttl(&attr),
-                        &file_attr(&attr, self.uid, self.gid),
-                        Generation(0),
-                    );
-                    if full {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let res = self.fs.readdir_each(fh.0, offset, |next, e| {
+            // "." and ".." carry no attributes the kernel uses: a placeholder, never cached.
+            let attr = match e.name.as_str() {
+                "." | ".." => None,
+                _ => self.fs.listing_attr(e.ino).ok(),
+            };
+            let attr = attr.unwrap_or(crate::fs::Attr {
+                ino: e.ino,
+                size: 0,
+                kind: e.kind,
+                perm: 0o555,
+                mtime: std::time::UNIX_EPOCH,
+                times: None,
+                nlink: None,
+                volatile: true,
+            });
+            reply.add(INodeNo(e.ino), next, &e.name, &ttl(&attr), &file_attr(&attr, self.uid, self.gid), Generation(0))
+        });
+        match res {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
     }

@@ -362,9 +362,9 @@ async fn resolve_dataset(
     let created: std::time::SystemTime = chrono::DateTime::parse_from_rfc3339(&version.created_at)
         .map(|t| t.with_timezone(&chrono::Utc).into())
         .unwrap_or(std::time::UNIX_EPOCH);
-    // Manifests name few stores (usually one): parse each store URL once.
-    let mut stores: HashMap<String, Arc<StoreHandle>> = HashMap::new();
+    let mut stores = ObjectLocator::default();
     // A chunk at a time: the version's whole file list is never in memory.
+    files.reserve(usize::try_from(stored.count).unwrap_or(0));
     let mut chunks = std::pin::pin!(catalog.version_files(&stored));
     while let Some(part) = chunks.try_next().await.map_err(catalog_err)? {
         for f in part {
@@ -376,20 +376,14 @@ async fn resolve_dataset(
                 tracing::warn!("input {input}: skipping '{}' of {}: not a usable path", f.path, version.uri());
                 continue;
             };
-            let src = uri::parse(&f.object_uri, cwd)
-                .map_err(|e| layout_err(format!("{}: {} points at an unusable URI: {e}", version.uri(), f.path)))?;
-            let store_key = format!("{}|{}", src.store_url, src.bucket.as_deref().unwrap_or(""));
-            let store = match stores.get(&store_key) {
-                Some(s) => s.clone(),
-                None => {
-                    let s = registry.open(&src).map_err(|error| ResolveError::Store { input: input.clone(), error })?;
-                    stores.insert(store_key, s.clone());
-                    s
+            let (store, key) = match stores.locate(&f.object_uri, cwd, registry) {
+                Ok(found) => found,
+                Err(Located::Uri(e)) => {
+                    return Err(layout_err(format!("{}: {} points at an unusable URI: {e}", version.uri(), f.path)))
                 }
+                Err(Located::Store(error)) => return Err(ResolveError::Store { input: input.clone(), error }),
+                Err(Located::NoKey) => return Err(layout_err(format!("{}: {} has no key", version.uri(), f.path))),
             };
-            let key = key_path(&src, &src.key)
-                .map_err(|error| ResolveError::Uri { input: input.clone(), error })?
-                .ok_or_else(|| layout_err(format!("{}: {} has no key", version.uri(), f.path)))?;
             let entry = FileEntry {
                 store,
                 key,
@@ -406,6 +400,62 @@ async fn resolve_dataset(
         }
     }
     Ok(version.uri())
+}
+
+/// Why an object URI of a manifest cannot be located.
+enum Located {
+    Uri(UriError),
+    Store(StoreError),
+    NoKey,
+}
+
+/// Turns the object URIs of a manifest into stores and keys, parsing each store's URI once:
+/// manifests name few stores (usually one) and millions of keys below them, and parsing a
+/// `file://` URI asks the file system.
+#[derive(Default)]
+struct ObjectLocator {
+    /// By the URI up to the key (`s3://bucket/`): the store, and what comes before the key's
+    /// part of the URI in the key (`None`: the key is not a plain suffix of the URI; every
+    /// URI of that store is parsed whole).
+    known: HashMap<String, (Arc<StoreHandle>, Option<String>)>,
+}
+
+impl ObjectLocator {
+    fn locate(
+        &mut self,
+        object_uri: &str,
+        cwd: &std::path::Path,
+        registry: &StoreRegistry,
+    ) -> Result<(Arc<StoreHandle>, Path), Located> {
+        let split = object_uri.find("://").and_then(|i| object_uri[i + 3..].find('/').map(|j| i + 3 + j + 1));
+        let (base, tail) = object_uri.split_at(split.unwrap_or(object_uri.len()));
+        if let Some((store, Some(key_base))) = self.known.get(base) {
+            let key = format!("{key_base}{tail}");
+            if let Ok(Some(path)) = key_path_of(&key) {
+                return Ok((store.clone(), path));
+            }
+        }
+        let src = uri::parse(object_uri, cwd).map_err(Located::Uri)?;
+        let key = key_path(&src, &src.key).map_err(Located::Uri)?.ok_or(Located::NoKey)?;
+        let store = match self.known.get(base) {
+            Some((store, _)) => store.clone(),
+            None => {
+                let store = registry.open(&src).map_err(Located::Store)?;
+                let key_base = src.key.strip_suffix(tail).filter(|_| !tail.is_empty()).map(str::to_string);
+                self.known.insert(base.to_string(), (store.clone(), key_base));
+                store
+            }
+        };
+        Ok((store, key))
+    }
+}
+
+fn key_path_of(key: &str) -> Result<Option<Path>, object_store::path::Error> {
+    let trimmed = key.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Ok(None);
+    }
+    Path::parse(trimmed).map(Some)
 }
 
 /// A `datum://ID|ALIAS` input file: looked up once in the catalog and pinned to the stored

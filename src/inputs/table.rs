@@ -89,6 +89,8 @@ pub struct FileTable {
     /// While a fixed set of files is being added: directories by path, and their children.
     building: HashMap<Box<str>, u32>,
     pending: HashMap<u32, Vec<Child>>,
+    /// The directory the last file was added to, by path (files come sorted, mostly).
+    last_dir: (String, u32),
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -154,7 +156,14 @@ impl FileTable {
             key_dir_ids: HashMap::new(),
             building: HashMap::from([(Box::from(""), 0)]),
             pending: HashMap::new(),
+            last_dir: (String::new(), 0),
         }
+    }
+
+    /// Makes room for `files` more files (names and datum ids of a typical length included).
+    pub fn reserve(&mut self, files: usize) {
+        self.files.reserve(files);
+        self.strings.reserve(files.saturating_mul(48));
     }
 
     /// Number of directories (the top included).
@@ -225,9 +234,9 @@ impl FileTable {
             flags |= HAS_DATUM;
             put_str(&mut self.strings, d);
         }
-        if e.datum.as_ref().is_some_and(|d| e.uri == format!("datum://{d}")) {
+        if e.datum.as_ref().is_some_and(|d| e.uri.strip_prefix("datum://") == Some(d.as_str())) {
             flags |= URI_IS_DATUM;
-        } else if e.uri != e.store.uri_of(key) {
+        } else if !e.store.is_uri_of(&e.uri, key) {
             flags |= HAS_URI;
             put_str(&mut self.strings, &e.uri);
         }
@@ -276,6 +285,15 @@ impl FileTable {
     /// found by [`FileTable::finish`].
     pub fn push(&mut self, rel: &[String], e: FileEntry) {
         let Some((name, dirs)) = rel.split_last() else { return };
+        let (last, last_dir) = &self.last_dir;
+        let same = dirs.len() == last.split('/').filter(|s| !s.is_empty()).count()
+            && dirs.iter().zip(last.split('/')).all(|(a, b)| a == b);
+        if same {
+            let parent = *last_dir;
+            let f = self.add_file(parent, name, e);
+            self.pending.entry(parent).or_default().push(f);
+            return;
+        }
         let mut parent = 0;
         let mut path = String::new();
         for seg in dirs {
@@ -293,6 +311,7 @@ impl FileTable {
                 }
             };
         }
+        self.last_dir = (path, parent);
         let f = self.add_file(parent, name, e);
         self.pending.entry(parent).or_default().push(f);
     }

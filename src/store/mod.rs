@@ -33,6 +33,16 @@ impl StoreHandle {
         Self { url: url.to_string(), bucket: None, inner }
     }
 
+    /// Whether `uri` is what [`StoreHandle::uri_of`] gives for `key` (without building it).
+    pub fn is_uri_of(&self, uri: &str, key: &str) -> bool {
+        let rest = if self.url == "file://" {
+            uri.strip_prefix("file:///")
+        } else {
+            uri.strip_prefix(self.url.as_str()).and_then(|r| r.strip_prefix('/'))
+        };
+        rest == Some(key)
+    }
+
     /// The URI of `key` in this store, for messages.
     pub fn uri_of(&self, key: &str) -> String {
         if self.url == "file://" {
