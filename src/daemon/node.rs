@@ -232,7 +232,7 @@ impl Node {
             .inputs
             .iter()
             .filter(|i| !i.uris.is_empty())
-            .map(|spec| resolve::resolve(spec, &self.registry, Some(&catalog), &cfg.cwd));
+            .map(|spec| resolve::resolve(spec, &self.registry, Some(&catalog), &cfg.cwd, Some(&self.cache_dir)));
         let resolved = futures::future::try_join_all(jobs).await?;
         let staging = Arc::new(
             Staging::open(&cfg.staging_dir(), crate::fs::OUTPUTS)

@@ -77,9 +77,9 @@ async fn fixture() -> Fixture {
     };
     let cwd = std::path::Path::new("/");
     let inputs = vec![
-        crate::inputs::resolve::resolve(&spec("data", "s3://b/train/"), &registry, None, cwd).await.unwrap(),
-        crate::inputs::resolve::resolve(&spec("one", "s3://b/labels.csv"), &registry, None, cwd).await.unwrap(),
-        crate::inputs::resolve::resolve(&spec("many", "s3://b/many/"), &registry, None, cwd).await.unwrap(),
+        crate::inputs::resolve::resolve(&spec("data", "s3://b/train/"), &registry, None, cwd, None).await.unwrap(),
+        crate::inputs::resolve::resolve(&spec("one", "s3://b/labels.csv"), &registry, None, cwd, None).await.unwrap(),
+        crate::inputs::resolve::resolve(&spec("many", "s3://b/many/"), &registry, None, cwd, None).await.unwrap(),
     ];
     let cache = Arc::new(crate::cache::Cache::open(&dir.path().join("cache"), 1 << 16).unwrap());
     let reader = Arc::new(Reader::new(ReadConfig { attempts: 2, ..ReadConfig::default() }));

@@ -101,7 +101,7 @@ impl Tree {
         let table = match input.root {
             InputRoot::Files(table) => *table,
             InputRoot::Lazy { store, leading, root, .. } => {
-                let mut table = FileTable::new(&input.name);
+                let mut table = FileTable::new(&input.name, input.spill_dir.clone());
                 let mut dir = 0;
                 for seg in &leading {
                     dir = table.push_leading(dir, seg);

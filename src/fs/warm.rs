@@ -113,8 +113,9 @@ pub async fn warm_uri(w: WarmUri<'_>, progress: &Progress) -> Result<WarmReport,
         filename: None,
         optional: false,
     };
-    let resolved =
-        crate::inputs::resolve::resolve(&spec, w.registry, w.catalog, w.cwd).await.map_err(|e| e.to_string())?;
+    let resolved = crate::inputs::resolve::resolve(&spec, w.registry, w.catalog, w.cwd, Some(w.cache.dir()))
+        .await
+        .map_err(|e| e.to_string())?;
     let services = InputServices::new(w.cache, w.reader, Arc::new(LogOnly), "/".into());
     let input = InputNamespace::new(1, INPUTS, resolved, services);
     warm_input(&input, input.top(), progress).await.map_err(|e| format!("warm {}: {e}", w.uri))

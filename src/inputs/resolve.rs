@@ -116,6 +116,8 @@ pub struct ResolvedInput {
     pub root: InputRoot,
     /// The dataset versions it reads (`dataset://NAME/VERSION`, aliases resolved).
     pub datasets: Vec<String>,
+    /// Where the names of a very large input may spill (the cache directory).
+    pub spill_dir: Option<std::path::PathBuf>,
 }
 
 fn key_path(u: &SourceUri, key: &str) -> Result<Option<Path>, UriError> {
@@ -194,7 +196,9 @@ pub async fn resolve(
     registry: &StoreRegistry,
     catalog: Option<&Catalog>,
     cwd: &std::path::Path,
+    spill_dir: Option<&std::path::Path>,
 ) -> Result<ResolvedInput, ResolveError> {
+    let spill_dir = spill_dir.map(std::path::Path::to_path_buf);
     let input = spec.name.clone();
     let uri_err = |error| ResolveError::Uri { input: input.clone(), error };
     let store_err = |error| ResolveError::Store { input: input.clone(), error };
@@ -222,11 +226,12 @@ pub async fn resolve(
                 uris: spec.uris.clone(),
                 root: InputRoot::Lazy { store, uri: u.original.clone(), leading, root },
                 datasets: Vec::new(),
+                spill_dir,
             });
         }
     }
 
-    let mut files = FileTable::new(&spec.name);
+    let mut files = FileTable::new(&spec.name, spill_dir.clone());
     let mut datasets = Vec::new();
     for u in &parsed {
         if u.scheme == Scheme::Dataset {
@@ -335,6 +340,7 @@ pub async fn resolve(
         uris: spec.uris.clone(),
         root: InputRoot::Files(Box::new(files)),
         datasets,
+        spill_dir,
     })
 }
 
@@ -595,7 +601,7 @@ mod tests {
     async fn resolved(keys: &[&str], uris: &[&str], keep: KeepDirectories) -> Result<Vec<String>, ResolveError> {
         let (reg, h) = store(keys).await;
         reg.register("s3://b", h);
-        let r = resolve(&spec(uris, keep), &reg, None, std::path::Path::new("/")).await?;
+        let r = resolve(&spec(uris, keep), &reg, None, std::path::Path::new("/"), None).await?;
         match r.root {
             InputRoot::Files(f) => {
                 let mut v: Vec<String> = (0..f.file_count() as u32).map(|i| f.file_path(i)).collect();
@@ -645,7 +651,8 @@ mod tests {
         std::fs::write(dir.path().join("d%€/x%€y"), b"x").unwrap();
         let reg = StoreRegistry::new();
         let uri = format!("{}/", dir.path().display());
-        let r = resolve(&spec(&[&uri], KeepDirectories::None), &reg, None, std::path::Path::new("/")).await.unwrap();
+        let r =
+            resolve(&spec(&[&uri], KeepDirectories::None), &reg, None, std::path::Path::new("/"), None).await.unwrap();
         let InputRoot::Lazy { root, store, .. } = r.root else { panic!("a directory is listed lazily") };
         let mut names: Vec<&str> = root.files.keys().map(String::as_str).collect();
         names.sort();

@@ -4,14 +4,17 @@
 //! A file is a fixed record of 40 bytes plus its strings (its name, and only what cannot be
 //! derived: a key that is not "key directory + name", an ETag, a datum id, a URI that is not
 //! the store's own), its sha256 in binary when its record promised one, and 4 bytes in its
-//! directory's child list. Key directories and stores are interned: a prefix of a million
+//! directory's child list. The strings go to disk past a bound (see [`super::arena`]), so an
+//! input of ten million files keeps about 44 bytes per file in memory. Key directories and stores are interned: a prefix of a million
 //! objects names its bucket and prefix once. Directories are few and are kept as records of
 //! their own. A [`FileEntry`] is rebuilt from this on demand.
 
+use super::arena::Arena;
 use super::resolve::{DirListing, FileEntry};
 use crate::reader::Pin;
 use crate::store::StoreHandle;
 use object_store::path::Path;
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,9 +57,10 @@ const HAS_DATUM: u8 = 8;
 const URI_IS_DATUM: u8 = 16;
 const HAS_URI: u8 = 32;
 const IN_DATASET: u8 = 64;
+const HAS_SHA256: u8 = 128;
 
 /// One file: fixed fields, and the offset of its strings (name, then the optional tail, ETag,
-/// datum and URI its flags announce).
+/// datum and URI its flags announce, then the 32 bytes of its sha256 if it has one).
 #[derive(Debug)]
 struct FileRec {
     strings: u64,
@@ -64,10 +68,30 @@ struct FileRec {
     mtime_ns: i64,
     parent: u32,
     key_dir: u32,
-    /// Index + 1 into the sha256 list; 0 for none.
-    sha256: u32,
     store: u16,
     flags: u8,
+}
+
+/// The children added to a directory so far, while a fixed set of files is laid out.
+#[derive(Debug, Default)]
+struct Pending {
+    children: Vec<Child>,
+    /// The name added last.
+    last: String,
+    /// Whether every name came after the one before (files come sorted, mostly: then nothing
+    /// needs sorting or comparing again, which matters once names are on disk).
+    unordered: bool,
+}
+
+impl Pending {
+    fn add(&mut self, child: Child, name: &str) {
+        if !self.children.is_empty() && name <= self.last.as_str() {
+            self.unordered = true;
+        }
+        self.last.clear();
+        self.last.push_str(name);
+        self.children.push(child);
+    }
 }
 
 /// Why files cannot be laid out as given.
@@ -80,44 +104,16 @@ pub struct LayoutClash(pub String);
 pub struct FileTable {
     dirs: Vec<Arc<DirRec>>,
     files: Vec<FileRec>,
-    strings: Vec<u8>,
-    sha256: Vec<[u8; 32]>,
+    strings: Arena,
     stores: Vec<Arc<StoreHandle>>,
     store_ids: HashMap<usize, u16>,
     key_dirs: Vec<Box<str>>,
     key_dir_ids: HashMap<Box<str>, u32>,
     /// While a fixed set of files is being added: directories by path, and their children.
     building: HashMap<Box<str>, u32>,
-    pending: HashMap<u32, Vec<Child>>,
+    pending: HashMap<u32, Pending>,
     /// The directory the last file was added to, by path (files come sorted, mostly).
     last_dir: (String, u32),
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    let mut v = s.len() as u64;
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-    out.extend_from_slice(s.as_bytes());
-}
-
-/// The string at `*at` (advancing past it). The table wrote it, so it is well formed.
-fn get_str<'a>(bytes: &'a [u8], at: &mut usize) -> &'a str {
-    let (mut len, mut shift) = (0usize, 0);
-    while let Some(&b) = bytes.get(*at) {
-        *at += 1;
-        len |= usize::from(b & 0x7f) << shift;
-        shift += 7;
-        if b & 0x80 == 0 {
-            break;
-        }
-    }
-    let end = (*at + len).min(bytes.len());
-    let s = std::str::from_utf8(&bytes[*at..end]).unwrap_or_default();
-    *at = end;
-    s
 }
 
 fn to_ns(t: SystemTime) -> i64 {
@@ -136,8 +132,9 @@ fn from_ns(ns: i64) -> SystemTime {
 }
 
 impl FileTable {
-    /// A table holding only the input's top directory, named `name`.
-    pub fn new(name: &str) -> Self {
+    /// A table holding only the input's top directory, named `name`; its strings may spill
+    /// into `spill_dir`.
+    pub fn new(name: &str, spill_dir: Option<std::path::PathBuf>) -> Self {
         let top = DirRec {
             parent: 0,
             name: name.into(),
@@ -148,8 +145,7 @@ impl FileTable {
         Self {
             dirs: vec![Arc::new(top)],
             files: Vec::new(),
-            strings: Vec::new(),
-            sha256: Vec::new(),
+            strings: Arena::new(spill_dir),
             stores: Vec::new(),
             store_ids: HashMap::new(),
             key_dirs: Vec::new(),
@@ -217,54 +213,40 @@ impl FileTable {
         };
         let key_dir = self.key_dir_id(key_dir);
         let mut flags = 0;
-        let strings = self.strings.len() as u64;
-        put_str(&mut self.strings, name);
+        let strings = self.strings.len();
+        self.strings.push_str(name);
         if tail != name {
             flags |= HAS_TAIL;
-            put_str(&mut self.strings, tail);
+            self.strings.push_str(tail);
         }
         if let Some(pin) = &e.pin {
             flags |= HAS_PIN;
             if let Some(etag) = &pin.etag {
                 flags |= HAS_ETAG;
-                put_str(&mut self.strings, etag);
+                self.strings.push_str(etag);
             }
         }
         if let Some(d) = &e.datum {
             flags |= HAS_DATUM;
-            put_str(&mut self.strings, d);
+            self.strings.push_str(d);
         }
         if e.datum.as_ref().is_some_and(|d| e.uri.strip_prefix("datum://") == Some(d.as_str())) {
             flags |= URI_IS_DATUM;
         } else if !e.store.is_uri_of(&e.uri, key) {
             flags |= HAS_URI;
-            put_str(&mut self.strings, &e.uri);
+            self.strings.push_str(&e.uri);
         }
         if e.in_dataset {
             flags |= IN_DATASET;
         }
-        let sha256 = match e.expected_sha256.as_deref().map(|h| {
-            let mut out = [0u8; 32];
-            hex::decode_to_slice(h, &mut out).map(|_| out)
-        }) {
-            Some(Ok(bin)) => {
-                self.sha256.push(bin);
-                self.sha256.len() as u32
-            }
-            _ => 0,
-        };
+        let mut sha256 = [0u8; 32];
+        if e.expected_sha256.as_deref().is_some_and(|h| hex::decode_to_slice(h, &mut sha256).is_ok()) {
+            flags |= HAS_SHA256;
+            self.strings.push(&sha256);
+        }
         // A pinned file's time is its pin's, so that one field keeps both.
         let mtime = e.pin.as_ref().map_or(e.mtime, |p| p.last_modified.into());
-        self.files.push(FileRec {
-            strings,
-            size: e.size,
-            mtime_ns: to_ns(mtime),
-            parent,
-            key_dir,
-            sha256,
-            store,
-            flags,
-        });
+        self.files.push(FileRec { strings, size: e.size, mtime_ns: to_ns(mtime), parent, key_dir, store, flags });
         (self.files.len() - 1) as u32
     }
 
@@ -291,7 +273,7 @@ impl FileTable {
         if same {
             let parent = *last_dir;
             let f = self.add_file(parent, name, e);
-            self.pending.entry(parent).or_default().push(f);
+            self.pending.entry(parent).or_default().add(f, name);
             return;
         }
         let mut parent = 0;
@@ -305,7 +287,7 @@ impl FileTable {
                 Some(&d) => d,
                 None => {
                     let d = self.add_dir(parent, seg, None);
-                    self.pending.entry(parent).or_default().push(d | DIR_FLAG);
+                    self.pending.entry(parent).or_default().add(d | DIR_FLAG, seg);
                     self.building.insert(path.as_str().into(), d);
                     d
                 }
@@ -313,30 +295,30 @@ impl FileTable {
         }
         self.last_dir = (path, parent);
         let f = self.add_file(parent, name, e);
-        self.pending.entry(parent).or_default().push(f);
+        self.pending.entry(parent).or_default().add(f, name);
     }
 
     /// Adds a directory `name` below `parent` that is not listed (a leading directory of a
     /// listed prefix); [`FileTable::finish`] sets the children.
     pub fn push_leading(&mut self, parent: u32, name: &str) -> u32 {
         let d = self.add_dir(parent, name, None);
-        self.pending.entry(parent).or_default().push(d | DIR_FLAG);
+        self.pending.entry(parent).or_default().add(d | DIR_FLAG, name);
         d
     }
 
     /// The name of a child.
-    pub fn name(&self, child: Child) -> &str {
+    pub fn name(&self, child: Child) -> Cow<'_, str> {
         if child & DIR_FLAG != 0 {
-            return self.dirs.get((child & !DIR_FLAG) as usize).map_or("", |d| &d.name);
+            return Cow::Borrowed(self.dirs.get((child & !DIR_FLAG) as usize).map_or("", |d| &d.name));
         }
         match self.files.get(child as usize) {
-            Some(f) => get_str(&self.strings, &mut (f.strings as usize)),
-            None => "",
+            Some(f) => self.strings.string(&mut { f.strings }),
+            None => Cow::Borrowed(""),
         }
     }
 
     fn sorted(&self, mut children: Vec<Child>) -> Vec<Child> {
-        children.sort_unstable_by(|a, b| self.name(*a).cmp(self.name(*b)));
+        children.sort_unstable_by(|a, b| self.name(*a).cmp(&self.name(*b)));
         children
     }
 
@@ -347,7 +329,11 @@ impl FileTable {
             return Err(LayoutClash(format!("its files are in {} or more stores", u16::MAX)));
         }
         let pending = std::mem::take(&mut self.pending);
-        for (dir, children) in pending {
+        for (dir, Pending { children, unordered, .. }) in pending {
+            if !unordered {
+                let _ = self.dirs[dir as usize].children.set(children.into_boxed_slice());
+                continue;
+            }
             let children = self.sorted(children);
             for pair in children.windows(2) {
                 if self.name(pair[0]) != self.name(pair[1]) {
@@ -383,7 +369,6 @@ impl FileTable {
         self.building = HashMap::new();
         self.files.shrink_to_fit();
         self.strings.shrink_to_fit();
-        self.sha256.shrink_to_fit();
         Ok(())
     }
 
@@ -407,12 +392,12 @@ impl FileTable {
 
     /// The child of `children` (sorted by name) called `name`.
     pub fn find(&self, children: &[Child], name: &str) -> Option<Child> {
-        children.binary_search_by(|c| self.name(*c).cmp(name)).ok().map(|i| children[i])
+        children.binary_search_by(|c| self.name(*c).as_ref().cmp(name)).ok().map(|i| children[i])
     }
 
     /// Where the children after `name` start in `children` (sorted by name).
     pub fn after(&self, children: &[Child], name: &str) -> usize {
-        children.partition_point(|c| self.name(*c).cmp(name) != Ordering::Greater)
+        children.partition_point(|c| self.name(*c).as_ref().cmp(name) != Ordering::Greater)
     }
 
     /// The directory a file is in.
@@ -433,24 +418,24 @@ impl FileTable {
     /// Everything known about file `file`, rebuilt.
     pub fn entry(&self, file: Child) -> Option<FileEntry> {
         let f = self.files.get(file as usize)?;
-        let mut at = f.strings as usize;
-        let name = get_str(&self.strings, &mut at);
-        let tail = if f.flags & HAS_TAIL != 0 { get_str(&self.strings, &mut at) } else { name };
-        let etag = (f.flags & HAS_ETAG != 0).then(|| get_str(&self.strings, &mut at).to_string());
-        let datum = (f.flags & HAS_DATUM != 0).then(|| get_str(&self.strings, &mut at).to_string());
+        let mut at = f.strings;
+        let name = self.strings.string(&mut at);
+        let tail = if f.flags & HAS_TAIL != 0 { self.strings.string(&mut at) } else { name };
+        let etag = (f.flags & HAS_ETAG != 0).then(|| self.strings.string(&mut at).into_owned());
+        let datum = (f.flags & HAS_DATUM != 0).then(|| self.strings.string(&mut at).into_owned());
         let store = self.stores.get(usize::from(f.store))?.clone();
         let key_text = format!("{}{tail}", self.key_dirs.get(f.key_dir as usize)?);
         let key = Path::parse(&key_text).unwrap_or_else(|_| Path::from(key_text.as_str()));
         let uri = if f.flags & URI_IS_DATUM != 0 {
             format!("datum://{}", datum.as_deref().unwrap_or_default())
         } else if f.flags & HAS_URI != 0 {
-            get_str(&self.strings, &mut at).to_string()
+            self.strings.string(&mut at).into_owned()
         } else {
             store.uri_of(&key_text)
         };
         let mtime = from_ns(f.mtime_ns);
         let pin = (f.flags & HAS_PIN != 0).then(|| Pin { etag, last_modified: mtime.into() });
-        let expected_sha256 = f.sha256.checked_sub(1).and_then(|i| self.sha256.get(i as usize)).map(hex::encode);
+        let expected_sha256 = (f.flags & HAS_SHA256 != 0).then(|| hex::encode(self.strings.bytes(at, 32)));
         Some(FileEntry {
             store,
             key,
@@ -480,7 +465,7 @@ impl FileTable {
         if let Some(last) = rel.last_mut() {
             *last = name.to_string();
         }
-        let mut t = Self::new(&self.dirs[0].name);
+        let mut t = Self::new(&self.dirs[0].name, None);
         t.push(&rel, e);
         t
     }
@@ -496,8 +481,7 @@ impl FileTable {
     /// Bytes held, roughly (for figures).
     pub fn heap_bytes(&self) -> usize {
         self.files.capacity() * std::mem::size_of::<FileRec>()
-            + self.strings.capacity()
-            + self.sha256.capacity() * 32
+            + self.strings.memory()
             + self.dirs.iter().map(|d| d.children.get().map_or(0, |c| c.len() * 4) + 64 + d.rel.len()).sum::<usize>()
     }
 }
@@ -532,7 +516,7 @@ mod tests {
     #[test]
     fn entries_come_back_as_given() {
         let s = store();
-        let mut t = FileTable::new("x");
+        let mut t = FileTable::new("x", None);
         let mut a = entry(&s, "data/train/a.jpg");
         a.datum = Some("01KAAAA".into());
         a.uri = "datum://01KAAAA".into();
@@ -576,13 +560,13 @@ mod tests {
     #[test]
     fn clashes_are_named() {
         let s = store();
-        let mut t = FileTable::new("x");
+        let mut t = FileTable::new("x", None);
         t.push(&segs("a/b"), entry(&s, "k1"));
         t.push(&segs("a/b"), entry(&s, "k2"));
         let e = t.finish("; hint").unwrap_err().0;
         assert!(e.contains("s3://bucket/k1") && e.contains("s3://bucket/k2") && e.contains("'a/b'; hint"), "{e}");
 
-        let mut t = FileTable::new("x");
+        let mut t = FileTable::new("x", None);
         t.push(&segs("a"), entry(&s, "k1"));
         t.push(&segs("a/b"), entry(&s, "k2"));
         let e = t.finish("").unwrap_err().0;
@@ -592,7 +576,7 @@ mod tests {
     #[test]
     fn a_listed_prefix_costs_little_per_file() {
         let s = store();
-        let mut t = FileTable::new("x");
+        let mut t = FileTable::new("x", None);
         let files = (0..10_000)
             .map(|i| {
                 let key = format!("datasets/imagenet/train/n0144/img_{i:08}.JPEG");
