@@ -45,6 +45,7 @@ fn main() {
                     size: d.size,
                     checksums: d.checksums.clone(),
                     object_uri: d.object_uri.clone(),
+                    packed: d.packed.clone(),
                 }
             })
             .collect();

@@ -20,6 +20,7 @@ fn main() {
                 size: 10_000 + (i as u64 % 5000),
                 checksums: Checksums { md5: h[..32].into(), sha1: h[..40].into(), sha256: h.clone() },
                 object_uri: format!("s3://bench/datumfs/data/exec-01kbench/shard-{:04}/item-{i:07}.bin", i / 1000),
+                packed: None,
             }
         })
         .collect();

@@ -91,6 +91,8 @@ pub struct MountConfig {
     pub block_size: u64,
     /// Largest read-ahead window in bytes.
     pub read_ahead: u64,
+    /// Outputs smaller than this go into packs at sync (0: none do).
+    pub pack_below: u64,
     /// Stay in the foreground (containers).
     pub foreground: bool,
     /// Extra mount options (`allow_other`, `ro`, ...).

@@ -29,6 +29,35 @@ fn datums(report: &Value) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The bytes of a datum as `datum ls --json` or `datum show --json` describe it: its object, or
+/// its range of its pack.
+fn stored_bytes(s3: &S3Server, d: &Value) -> Vec<u8> {
+    let object = s3.object(BUCKET, d["key"].as_str().unwrap()).unwrap();
+    match d.get("packed") {
+        Some(p) if !p.is_null() => {
+            let at = p["offset"].as_u64().unwrap() as usize;
+            assert_eq!(p["pack_size"].as_u64().unwrap() as usize, object.len());
+            object[at..at + d["size"].as_u64().unwrap() as usize].to_vec()
+        }
+        _ => object,
+    }
+}
+
+/// The files of a tar, as any tar reader sees them.
+fn untar(bytes: &[u8]) -> BTreeMap<String, Vec<u8>> {
+    let mut archive = tar::Archive::new(bytes);
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut buf).unwrap();
+            (e.path().unwrap().to_string_lossy().into_owned(), buf)
+        })
+        .collect()
+}
+
 fn input_dir(dir: &Path) -> String {
     let src = dir.join("src");
     fs::create_dir_all(&src).unwrap();
@@ -59,9 +88,17 @@ fn outputs_round_trip_through_an_s3_store() {
     let first = json(&m.run(&["sync", &mp, "--json"]));
     let ids = datums(&first);
     assert_eq!(ids.keys().collect::<Vec<_>>(), vec!["empty.txt", "eval/metrics.json", "model.bin"]);
-    // the bytes are plain objects whose key shows the execution and the path
+    // a big file is a plain object whose key shows the execution and the path; small ones go
+    // up inside a pack, a plain tar under the execution's `.packs/`
     assert_eq!(s3.object(BUCKET, "team/data/exec-rt/model.bin").unwrap(), big);
-    assert_eq!(s3.object(BUCKET, "team/data/exec-rt/eval/metrics.json").unwrap(), small);
+    let packed: Vec<&Value> = first["datums"].as_array().unwrap().iter().filter(|d| d["path"] != "model.bin").collect();
+    let pack_uri = packed[0]["object_uri"].as_str().unwrap();
+    assert!(packed.iter().all(|d| d["object_uri"] == pack_uri), "{first}");
+    let pack_key = pack_uri.strip_prefix(&format!("s3://{BUCKET}/")).unwrap();
+    assert!(pack_key.starts_with("team/data/exec-rt/.packs/") && pack_key.ends_with(".tar"), "{pack_key}");
+    let in_pack = untar(&s3.object(BUCKET, pack_key).unwrap());
+    assert_eq!(in_pack.keys().collect::<Vec<_>>(), ["empty.txt", "eval/metrics.json"]);
+    assert_eq!(in_pack["eval/metrics.json"], small);
 
     // a second sync with no change makes nothing new; a changed file becomes a new datum
     let second = json(&m.run(&["sync", &mp, "--json"]));
@@ -71,7 +108,7 @@ fn outputs_round_trip_through_an_s3_store() {
     let third = json(&m.run(&["sync", &mp, "--json"]));
     let changed = &datums(&third)["eval/metrics.json"];
     assert_ne!(changed, &ids["eval/metrics.json"]);
-    assert_eq!(s3.object(BUCKET, "team/data/exec-rt/eval/metrics.json").unwrap(), small, "never overwritten");
+    assert_eq!(untar(&s3.object(BUCKET, pack_key).unwrap()), in_pack, "a pack is never overwritten");
 
     let env = s3.env();
     let home = m.home.clone();
@@ -90,6 +127,15 @@ fn outputs_round_trip_through_an_s3_store() {
     let out = cli(&["datum", "get", &ids["model.bin"], got.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(fs::read(&got).unwrap(), big);
+    // a packed datum is shown with its place in the pack, and `get` gives its bytes alone
+    let shown = json(&cli(&["datum", "show", &ids["eval/metrics.json"], "--json"]));
+    assert_eq!(shown["object_uri"], pack_uri);
+    assert_eq!(stored_bytes(&s3, &shown), small);
+    for (path, want) in [("eval/metrics.json", &small[..]), ("empty.txt", b"")] {
+        let out = cli(&["datum", "get", &ids[path], got.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(fs::read(&got).unwrap(), want, "{path}");
+    }
     m.unmount();
 
     // a later job reads the datum back through the mount, byte for byte, and is a reader
@@ -100,6 +146,19 @@ fn outputs_round_trip_through_an_s3_store() {
     assert_eq!(lineage["read_by"][0]["execution"], "exec-reader", "{lineage}");
     let inputs: Value = serde_json::from_slice(&fs::read(m2.path("config/inputs.json")).unwrap()).unwrap();
     assert_eq!(inputs["model"]["files"][0]["checksums"]["sha256"], sha256(&big));
+    drop(m2);
+
+    // packed datums read back through a mount as files of their own, byte for byte
+    let back: Vec<String> = ["eval/metrics.json", "empty.txt"].iter().map(|p| format!("packed={}", ids[*p])).collect();
+    let mut args = vec!["--store", store.as_str(), "--execution", "exec-packed-reader"];
+    for b in &back {
+        args.extend(["--input", b.as_str()]);
+    }
+    let m3 = TestMount::new(&args, &s3.env());
+    assert_eq!(fs::read(m3.path("inputs/packed/metrics.json")).unwrap(), small);
+    assert_eq!(fs::read(m3.path("inputs/packed/empty.txt")).unwrap(), b"");
+    assert_eq!(fs::metadata(m3.path("inputs/packed/metrics.json")).unwrap().len(), small.len() as u64);
+    assert_eq!(pread(&m3.path("inputs/packed/metrics.json"), 100, 50).unwrap(), &small[100..150]);
 }
 
 #[test]
@@ -111,7 +170,9 @@ fn sync_never_overwrites_an_existing_object() {
     s3.put(BUCKET, "team/data/exec-co/model.bin", b"someone else's bytes");
     let scratch = tempfile::tempdir().unwrap();
     let input = input_dir(scratch.path());
-    let m = TestMount::new(&["--input", &input, "--store", &store, "--execution", "exec-co"], &s3.env());
+    // Files of their own (small files would go into a pack, whose key is new).
+    let args = ["--input", &input, "--store", &store, "--execution", "exec-co", "--pack-below", "0"];
+    let m = TestMount::new(&args, &s3.env());
     let data = bytes(20, 100_000);
     fs::write(m.path("outputs/model.bin"), &data).unwrap();
     let report = json(&m.run(&["sync", m.mnt.to_str().unwrap(), "--json"]));
@@ -132,7 +193,7 @@ fn sync_killed_midway_finishes_on_rerun_with_every_file_once() {
     let (s3, store) = s3_store();
     let scratch = tempfile::tempdir().unwrap();
     let input = input_dir(scratch.path());
-    let args = ["--input", input.as_str(), "--store", store.as_str(), "--execution", "exec-kill"];
+    let args = ["--input", input.as_str(), "--store", store.as_str(), "--execution", "exec-kill", "--pack-below", "0"];
     let mut m = TestMount::new(&args, &s3.env());
     let files: Vec<(String, Vec<u8>)> = (0..24).map(|i| (format!("part-{i:02}.bin"), bytes(100 + i, 50_000))).collect();
     for (name, data) in &files {
@@ -441,7 +502,8 @@ fn a_store_outage_mid_sync_loses_nothing_and_a_rerun_finishes() {
     let (mut s3, store) = s3_store();
     let scratch = tempfile::tempdir().unwrap();
     let input = input_dir(scratch.path());
-    let m = TestMount::new(&["--input", &input, "--store", &store, "--execution", "exec-outage"], &s3.env());
+    let args = ["--input", &input, "--store", &store, "--execution", "exec-outage", "--pack-below", "0"];
+    let m = TestMount::new(&args, &s3.env());
     let files: Vec<(String, Vec<u8>)> = (0..12).map(|i| (format!("f{i:02}.bin"), bytes(200 + i, 80_000))).collect();
     for (name, data) in &files {
         fs::write(m.path(&format!("outputs/{name}")), data).unwrap();
@@ -475,4 +537,119 @@ fn a_store_outage_mid_sync_loses_nothing_and_a_rerun_finishes() {
         assert_eq!(&s3.object(BUCKET, d["key"].as_str().unwrap()).unwrap(), data);
         assert_eq!(d["checksums"]["sha256"], sha256(data));
     }
+}
+
+/// Every output path is exactly one datum in the catalog, with the right bytes.
+fn assert_each_file_once(s3: &S3Server, home: &Path, store: &str, files: &[(String, Vec<u8>)]) -> Vec<Value> {
+    let all = json(&command(home, &s3.env()).args(["datum", "ls", "--json", "--store", store]).output().unwrap());
+    let mut per_path: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for d in all.as_array().unwrap() {
+        per_path.entry(d["path"].as_str().unwrap().to_string()).or_default().push(d.clone());
+    }
+    assert_eq!(per_path.len(), files.len());
+    for (name, data) in files {
+        let ds = &per_path[name];
+        assert_eq!(ds.len(), 1, "{name} has {} datums", ds.len());
+        assert_eq!(ds[0]["checksums"]["sha256"], sha256(data));
+        assert_eq!(&stored_bytes(s3, &ds[0]), data, "{name}");
+    }
+    all.as_array().unwrap().clone()
+}
+
+#[test]
+fn sync_killed_while_packing_finishes_on_rerun_with_every_file_once() {
+    if !fuse_available() {
+        return;
+    }
+    let (s3, store) = s3_store();
+    let scratch = tempfile::tempdir().unwrap();
+    let input = input_dir(scratch.path());
+    let args = ["--input", input.as_str(), "--store", store.as_str(), "--execution", "exec-pack-kill"];
+    let mut m = TestMount::new(&args, &s3.env());
+    // Just under the pack threshold: three packs, the first two uploaded in parts.
+    let files: Vec<(String, Vec<u8>)> =
+        (0..70).map(|i| (format!("shard-{}/item-{i:02}.bin", i % 3), bytes(300 + i, 1_000_000))).collect();
+    for (name, data) in &files {
+        let p = m.path(&format!("outputs/{name}"));
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, data).unwrap();
+    }
+    s3.write_delay_ms.store(300, std::sync::atomic::Ordering::Relaxed);
+    s3.clear_log();
+    let mut sync = command(&m.home, &m.env).arg("sync").arg(&m.mnt).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s3.requests().iter().filter(|r| r.method == "PUT" && r.path.contains("/.packs/")).count() < 3 {
+        assert!(Instant::now() < deadline, "no pack uploads started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    m.crash(); // kill -9 of the daemon mid-pack
+    let _ = sync.wait();
+    s3.write_delay_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+    let (dir, cache) = (std::mem::replace(&mut m.dir, tempfile::tempdir().unwrap()), m.cache.clone());
+    drop(m);
+    let m = TestMount::with_cache(dir, cache, &args, &s3.env());
+    let report = json(&m.run(&["sync", m.mnt.to_str().unwrap(), "--json"]));
+    assert_eq!(datums(&report).len(), files.len());
+    let all = assert_each_file_once(&s3, &m.home, &store, &files);
+    // Each pack is a tar holding exactly its datums' files.
+    let mut packs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for d in &all {
+        packs.entry(d["key"].as_str().unwrap().to_string()).or_default().push(d["path"].as_str().unwrap().to_string());
+    }
+    assert!(packs.len() >= 3, "{packs:?}");
+    for (key, mut paths) in packs {
+        let content = untar(&s3.object(BUCKET, &key).unwrap());
+        paths.sort();
+        assert_eq!(content.keys().cloned().collect::<Vec<_>>(), paths, "{key}");
+        for p in paths {
+            assert_eq!(&content[&p], &files.iter().find(|(n, _)| *n == p).unwrap().1);
+        }
+    }
+    // A second sync finds everything done.
+    let again = json(&m.run(&["sync", m.mnt.to_str().unwrap(), "--json"]));
+    assert!(again["datums"].as_array().unwrap().iter().all(|d| d["new"] == false), "{again}");
+}
+
+#[test]
+fn purging_a_packed_datum_blanks_its_bytes_and_leaves_its_neighbours_readable() {
+    if !fuse_available() {
+        return;
+    }
+    let (s3, store) = s3_store();
+    let scratch = tempfile::tempdir().unwrap();
+    let input = input_dir(scratch.path());
+    let m = TestMount::new(&["--input", &input, "--store", &store, "--execution", "exec-purge"], &s3.env());
+    let files: Vec<(String, Vec<u8>)> = (0..3).map(|i| (format!("f{i}.bin"), bytes(400 + i, 20_000))).collect();
+    for (name, data) in &files {
+        fs::write(m.path(&format!("outputs/{name}")), data).unwrap();
+    }
+    let ids = datums(&json(&m.run(&["sync", m.mnt.to_str().unwrap(), "--json"])));
+    let (home, env) = (m.home.clone(), s3.env());
+    let cli = |args: &[&str]| command(&home, &env).args(args).arg("--store").arg(&store).output().unwrap();
+    let gone = json(&cli(&["datum", "show", &ids["f1.bin"], "--json"]));
+    let pack_key = gone["key"].as_str().unwrap().to_string();
+    // A job that mounted a neighbour before the purge reads on after it.
+    let reader = TestMount::new(
+        &["--store", &store, "--input", &format!("n={}", ids["f2.bin"]), "--execution", "exec-purge-reader"],
+        &s3.env(),
+    );
+
+    let out = cli(&["datum", "purge", &ids["f1.bin"], "--yes", "--reason", "request #7"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pack = s3.object(BUCKET, &pack_key).unwrap();
+    let at = gone["packed"]["offset"].as_u64().unwrap() as usize;
+    assert!(pack[at..at + 20_000].iter().all(|&b| b == 0), "the purged bytes are gone");
+    assert!(!pack.windows(64).any(|w| w == &files[1].1[..64]), "no copy of them is left");
+    let content = untar(&pack);
+    assert_eq!(content.len(), 3, "still a valid tar with every member");
+    assert_eq!(content["f0.bin"], files[0].1);
+
+    let got = scratch.path().join("got.bin");
+    let out = cli(&["datum", "get", &ids["f0.bin"], got.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read(&got).unwrap(), files[0].1);
+    let out = cli(&["datum", "get", &ids["f1.bin"], got.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("request #7"), "{err}");
+    assert_eq!(fs::read(reader.path("inputs/n/f2.bin")).unwrap(), files[2].1);
 }

@@ -38,8 +38,11 @@ pub struct VersionFile {
     pub size: u64,
     /// md5, sha1 and sha256.
     pub checksums: Checksums,
-    /// Where the bytes are.
+    /// Where the bytes are (the pack, for a packed datum).
     pub object_uri: String,
+    /// Where in its pack, for a packed datum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packed: Option<super::PackedIn>,
 }
 
 /// An immutable dataset version and its manifest.
@@ -462,7 +465,8 @@ impl Catalog {
     }
 
     /// Deletes a datum's bytes and leaves a tombstone (written first, so that nothing ever
-    /// finds the bytes gone without the reason). Purging again retries the deletion.
+    /// finds the bytes gone without the reason). Purging again retries the deletion. A packed
+    /// datum's bytes are overwritten with zeros in its pack.
     pub async fn purge(&self, id: &str, reason: Option<&str>) -> Result<Tombstone, CatalogError> {
         let rec = self.datum(id).await?;
         let tomb = match self.tombstone(id).await? {
@@ -486,6 +490,11 @@ impl Catalog {
                 }
             }
         };
+        if rec.packed.is_some() {
+            // The pack holds other datums: only this one's bytes are blanked.
+            self.blank_in_pack(&rec).await?;
+            return Ok(tomb);
+        }
         let key = object_store::path::Path::from(rec.key.as_str());
         match self.ds.handle.inner.delete(&key).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(tomb),
@@ -505,7 +514,14 @@ mod tests {
     fn file(path: &str, datum: &str) -> VersionFile {
         let sums = crate::checksum::MultiHasher::of_reader(path.as_bytes()).unwrap().0;
         let object_uri = format!("s3://bucket/data/{path}");
-        VersionFile { path: path.into(), datum: datum.into(), size: path.len() as u64, checksums: sums, object_uri }
+        VersionFile {
+            path: path.into(),
+            datum: datum.into(),
+            size: path.len() as u64,
+            checksums: sums,
+            object_uri,
+            packed: None,
+        }
     }
 
     /// A catalog in memory behind the fault-injecting wrapper, to count its requests.

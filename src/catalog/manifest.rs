@@ -10,7 +10,8 @@
 //!
 //! A chunk holds, per file: its path (prefix-compressed against the previous one), its object's
 //! store (an index into the version's store list) and key (prefix-compressed), its size, its
-//! datum id and its sha256, in that order, zstd-compressed. md5 and sha1 are in a companion
+//! datum id, its sha256 and, for a packed datum, its place in the pack (offset + 1 and the
+//! pack's size; 0 for others), in that order, zstd-compressed. md5 and sha1 are in a companion
 //! chunk of the same files, read only when something asks for them.
 
 use super::datasets::VersionFile;
@@ -27,7 +28,9 @@ pub const MIN_ENTRIES: usize = 512;
 /// A chunk is cut at this many files at the latest.
 pub const MAX_ENTRIES: usize = 32768;
 
-const MAIN_MAGIC: &[u8; 5] = b"DFMC1";
+/// Chunks written before packed datums existed (no pack field); still read.
+const MAIN_MAGIC_V1: &[u8; 5] = b"DFMC1";
+const MAIN_MAGIC: &[u8; 5] = b"DFMC2";
 const SUMS_MAGIC: &[u8; 5] = b"DFMS1";
 const ZSTD_LEVEL: i32 = 3;
 
@@ -179,6 +182,13 @@ fn encode_chunk(
         put_varint(&mut main, f.size);
         put_str(&mut main, &f.datum);
         main.extend_from_slice(&hex_bytes::<32>(&f.path, "sha256", &f.checksums.sha256)?);
+        match &f.packed {
+            Some(p) => {
+                put_varint(&mut main, p.offset + 1);
+                put_varint(&mut main, p.pack_size);
+            }
+            None => put_varint(&mut main, 0),
+        }
         sums.extend_from_slice(&hex_bytes::<16>(&f.path, "md5", &f.checksums.md5)?);
         sums.extend_from_slice(&hex_bytes::<20>(&f.path, "sha1", &f.checksums.sha1)?);
         (prev_path, prev_key) = (&f.path, key);
@@ -244,14 +254,14 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Checks a stored chunk against its id and decompresses it.
-fn open(id: &str, stored: &[u8], magic: &[u8; 5]) -> Result<Vec<u8>, ManifestError> {
+/// Checks a stored chunk against its id and decompresses it; it must start with one of `magics`.
+fn open(id: &str, stored: &[u8], magics: &[&[u8; 5]]) -> Result<Vec<u8>, ManifestError> {
     if hex::encode(Sha256::digest(stored)) != id {
         return Err(ManifestError::Damaged { id: id.to_string() });
     }
     let raw = zstd::stream::decode_all(stored)
         .map_err(|e| ManifestError::Corrupt { id: id.to_string(), reason: format!("cannot decompress: {e}") })?;
-    if raw.get(..magic.len()) != Some(&magic[..]) {
+    if !magics.iter().any(|m| raw.get(..m.len()) == Some(&m[..])) {
         return Err(ManifestError::Corrupt { id: id.to_string(), reason: "not a manifest chunk".into() });
     }
     Ok(raw)
@@ -265,13 +275,14 @@ pub fn decode(
     sums: Option<&[u8]>,
     stores: &[String],
 ) -> Result<Vec<VersionFile>, ManifestError> {
-    let raw = open(&chunk.id, main, MAIN_MAGIC)?;
+    let raw = open(&chunk.id, main, &[MAIN_MAGIC, MAIN_MAGIC_V1])?;
+    let with_packs = raw.starts_with(MAIN_MAGIC);
     let mut c = Cursor { id: &chunk.id, bytes: &raw, at: MAIN_MAGIC.len() };
     let count = c.varint()?;
     if count != chunk.count {
         return Err(c.corrupt(&format!("holds {count} files, its reference says {}", chunk.count)));
     }
-    let sums_raw = sums.map(|s| open(&chunk.sums, s, SUMS_MAGIC)).transpose()?;
+    let sums_raw = sums.map(|s| open(&chunk.sums, s, &[SUMS_MAGIC])).transpose()?;
     let mut s = sums_raw.as_ref().map(|raw| Cursor { id: &chunk.sums, bytes: raw, at: SUMS_MAGIC.len() });
     if let Some(s) = s.as_mut() {
         if s.varint()? != count {
@@ -287,6 +298,14 @@ pub fn decode(
         let size = c.varint()?;
         let datum = c.string()?.to_string();
         let sha256 = hex::encode(c.take(32)?);
+        let packed = match if with_packs { c.varint()? } else { 0 } {
+            0 => None,
+            at => {
+                let pack =
+                    super::packs::pack_of(&datum).ok_or_else(|| c.corrupt("a packed file's datum id is not an id"))?;
+                Some(super::PackedIn { pack, offset: at - 1, pack_size: c.varint()? })
+            }
+        };
         let (md5, sha1) = match s.as_mut() {
             Some(s) => (hex::encode(s.take(16)?), hex::encode(s.take(20)?)),
             None => (String::new(), String::new()),
@@ -297,6 +316,7 @@ pub fn decode(
             datum,
             size,
             checksums: Checksums { md5, sha1, sha256 },
+            packed,
         });
         prev_key = key;
     }
@@ -309,9 +329,16 @@ mod tests {
 
     fn file(i: usize) -> VersionFile {
         let h = |n: usize| hex::encode(Sha256::digest(format!("{i}").as_bytes()))[..n].to_string();
+        let datum = format!("01K{i:023}");
+        let packed = (i % 5 == 0).then(|| crate::catalog::PackedIn {
+            pack: crate::catalog::packs::pack_of(&datum).unwrap(),
+            offset: 512 * i as u64,
+            pack_size: 1 << 25,
+        });
         VersionFile {
+            packed,
             path: format!("shard-{:03}/img-{i:07}.jpg", i / 1000),
-            datum: format!("01K{i:023}"),
+            datum,
             size: 1000 + i as u64,
             checksums: Checksums { md5: h(32), sha1: h(40), sha256: h(64) },
             object_uri: if i % 3 == 0 {

@@ -8,6 +8,7 @@
 
 pub mod datasets;
 pub mod manifest;
+pub mod packs;
 pub mod records;
 mod version_store;
 
@@ -16,7 +17,9 @@ use crate::store::StoreError;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
-pub use records::{AliasMove, AliasRecord, DatumRecord, ExecutionInput, ExecutionRecord, FileRead, ReaderRecord};
+pub use records::{
+    AliasMove, AliasRecord, DatumRecord, ExecutionInput, ExecutionRecord, FileRead, PackedIn, ReaderRecord,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use thiserror::Error;
@@ -145,6 +148,7 @@ pub fn now() -> String {
 #[derive(Debug, Clone)]
 pub struct Catalog {
     ds: DataStore,
+    packs: packs::PackCache,
 }
 
 const CAS_TRIES: u32 = 50;
@@ -152,7 +156,7 @@ const CAS_TRIES: u32 = 50;
 impl Catalog {
     /// The catalog kept in `ds`.
     pub fn new(ds: DataStore) -> Self {
-        Self { ds }
+        Self { ds, packs: packs::new_cache() }
     }
 
     /// A catalog in memory, for unit tests.
@@ -260,11 +264,14 @@ impl Catalog {
         }
     }
 
-    /// The datum with id `id`.
+    /// The datum with id `id` (a record of its own, or a member of a pack's record).
     pub async fn datum(&self, id: &str) -> Result<DatumRecord, CatalogError> {
         let key = self.ds.record_key(&Self::datum_rel(id));
-        match self.read(&key).await? {
-            Some((d, _)) => Ok(d),
+        if let Some((d, _)) = self.read(&key).await? {
+            return Ok(d);
+        }
+        match self.packed_datum(id).await? {
+            Some(d) => Ok(d),
             None => Err(CatalogError::NoSuchDatum { name: format!("datum://{id}"), store: self.ds.url.clone() }),
         }
     }
@@ -285,6 +292,7 @@ impl Catalog {
     /// Every datum, oldest first (ids sort by time).
     pub async fn datums(&self) -> Result<Vec<DatumRecord>, CatalogError> {
         let mut out: Vec<DatumRecord> = self.read_all("datums").await?;
+        out.extend(self.packs().await?.into_iter().flat_map(|p| p.datums));
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }

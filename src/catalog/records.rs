@@ -35,6 +35,22 @@ pub struct DatumRecord {
     /// Every other metadata key, as given.
     #[serde(default)]
     pub properties: serde_json::Map<String, serde_json::Value>,
+    /// Where in its pack the bytes are, for a small file uploaded inside a pack (`key` and
+    /// `object_uri` then name the pack).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packed: Option<PackedIn>,
+}
+
+/// The place of a packed datum's bytes: `size` bytes from `offset` of the pack object, a plain
+/// tar of many small datums (see `catalog::packs`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PackedIn {
+    /// The pack's id (also the datum id with its member number cleared).
+    pub pack: String,
+    /// Offset of the datum's first byte in the pack.
+    pub offset: u64,
+    /// Size of the whole pack object.
+    pub pack_size: u64,
 }
 
 /// An input as an execution saw it.

@@ -236,6 +236,7 @@ fn version_file(d: &DatumRecord) -> VersionFile {
         size: d.size,
         checksums: d.checksums.clone(),
         object_uri: d.object_uri.clone(),
+        packed: d.packed.clone(),
     }
 }
 

@@ -9,7 +9,6 @@ use crate::sync::{Progress, Syncer};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use futures::StreamExt;
-use object_store::ObjectStoreExt;
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -280,12 +279,19 @@ async fn download(catalog: &Catalog, d: &DatumRecord, target: &std::path::Path) 
     ));
     let mut out = tokio::fs::File::create(&tmp).await.with_context(|| format!("creating {}", tmp.display()))?;
     let res = async {
-        let mut stream = store
-            .inner
-            .get(&key)
-            .await
-            .map_err(|e| crate::store::StoreError::from_object_store(&d.object_uri, src.bucket.as_deref(), e))?
-            .into_stream();
+        // A packed datum is a range of its pack.
+        let range = d.packed.as_ref().map(|p| object_store::GetRange::Bounded(p.offset..p.offset + d.size));
+        let opts = object_store::GetOptions { range, ..Default::default() };
+        let mut stream = if d.packed.is_some() && d.size == 0 {
+            futures::stream::empty().boxed()
+        } else {
+            store
+                .inner
+                .get_opts(&key, opts)
+                .await
+                .map_err(|e| crate::store::StoreError::from_object_store(&d.object_uri, src.bucket.as_deref(), e))?
+                .into_stream()
+        };
         let mut h = sha2::Sha256::new();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| crate::store::StoreError::from_object_store(&d.object_uri, None, e))?;
@@ -387,7 +393,7 @@ pub(super) fn push_files(
     meta: DatumMeta,
 ) -> Result<(String, Pushed)> {
     let execution = format!("push-{}", catalog::new_id().to_ascii_lowercase());
-    let syncer = Syncer { catalog: catalog.clone(), execution: execution.clone() };
+    let syncer = Syncer { catalog: catalog.clone(), execution: execution.clone(), pack_below: 0 };
     let progress = Arc::new(Progress::default());
     let bar = super::sync::progress_bar("pushing");
     let results = rt.block_on(async {

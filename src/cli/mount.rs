@@ -45,6 +45,10 @@ pub struct MountArgs {
     /// Largest read-ahead window for sequential readers.
     #[arg(long, value_name = "SIZE", env = "DATUMFS_READ_AHEAD", default_value = "64MiB", value_parser = config::parse_size)]
     read_ahead: u64,
+    /// Outputs smaller than this are uploaded at sync inside pack objects (plain tars of tens of
+    /// MiB), each still a datum of its own; 0 uploads every file as an object of its own.
+    #[arg(long, value_name = "SIZE", env = "DATUMFS_PACK_BELOW", default_value = "1MiB", value_parser = config::parse_size)]
+    pack_below: u64,
     /// Stay in the foreground and log to stderr too (for containers).
     #[arg(long, env = "DATUMFS_FOREGROUND")]
     foreground: bool,
@@ -107,6 +111,7 @@ impl MountArgs {
             cache_min_free: self.cache_min_free,
             block_size: self.block_size,
             read_ahead: self.read_ahead.max(self.block_size),
+            pack_below: self.pack_below,
             foreground: self.foreground,
             options: self.options,
             uid: self.uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw()),

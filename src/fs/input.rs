@@ -278,7 +278,7 @@ impl InputNamespace {
         let sums = state
             .as_ref()
             .and_then(|s| s.checksums.get().cloned())
-            .or_else(|| self.services.cache.recorded_checksums(&e.store.url, e.key.as_ref(), &pin?.version()));
+            .or_else(|| self.services.cache.recorded_checksums(&e.store.url, &e.cache_key(), &pin?.version()));
         if let Some(s) = sums {
             v["checksums"] = serde_json::json!({ "md5": s.md5, "sha1": s.sha1, "sha256": s.sha256 });
         } else if let Some(sha256) = &e.expected_sha256 {
@@ -301,6 +301,9 @@ impl InputNamespace {
             .state
             .pin
             .get_or_try_init(|| async {
+                if let (Some(_), Some(sha256)) = (&e.window, &e.expected_sha256) {
+                    return Ok(Pin::of_content(sha256, e.mtime.into()));
+                }
                 let pin = reader::pin_listed(cache, &e.store, &e.key, &e.uri, e.size, e.mtime).await?;
                 // With its version known, checksums an earlier run recorded can be shown.
                 self.services.changed();
@@ -311,8 +314,14 @@ impl InputNamespace {
             Ok(p) => p.clone(),
             Err(err) => return Err(self.failed(node, f, err).await),
         };
-        let remote =
-            Arc::new(Remote { store: e.store.clone(), key: e.key.clone(), uri: e.uri.clone(), size: e.size, pin });
+        let remote = Arc::new(Remote {
+            store: e.store.clone(),
+            key: e.key.clone(),
+            uri: e.uri.clone(),
+            size: e.size,
+            pin,
+            window: e.window,
+        });
         let cached = reader::cached_object(cache, &remote).await?;
         let mut slot = f.state.open.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(obj) = slot.upgrade() {
@@ -576,7 +585,7 @@ impl Namespace for InputNamespace {
         let Some(pin) = f.state.pin.get() else { return Err(FsError::NoAttr) };
         let e = &f.entry;
         let (cache, store_url, key, version, size, uri) =
-            (self.services.cache.clone(), e.store.url.clone(), e.key.to_string(), pin.version(), e.size, e.uri.clone());
+            (self.services.cache.clone(), e.store.url.clone(), e.cache_key(), pin.version(), e.size, e.uri.clone());
         let cached = tokio::task::spawn_blocking(move || cache.existing_object(&store_url, &key, &version, size, &uri))
             .await
             .ok()

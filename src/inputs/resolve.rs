@@ -6,7 +6,7 @@ use super::spec::{InputSpec, KeepDirectories};
 use super::table::FileTable;
 use crate::catalog::Catalog;
 use crate::keys::{self, UnsafeKey};
-use crate::reader::Pin;
+use crate::reader::{Pin, Window};
 use crate::store::{StoreError, StoreHandle, StoreRegistry};
 use crate::uri::{self, Scheme, Selection, SourceUri, UriError};
 use futures::TryStreamExt;
@@ -74,6 +74,18 @@ pub struct FileEntry {
     pub expected_sha256: Option<String>,
     /// Whether it is part of a dataset version (lineage names the version, not each datum).
     pub in_dataset: bool,
+    /// For a packed datum: where its bytes are in its pack (`key` names the pack).
+    pub window: Option<Window>,
+}
+
+impl FileEntry {
+    /// The name of its bytes in the cache (see [`crate::reader::Remote::cache_key`]).
+    pub fn cache_key(&self) -> String {
+        match &self.window {
+            Some(w) => format!("{}#{}", self.key, w.offset),
+            None => self.key.to_string(),
+        }
+    }
 }
 
 /// One directory's listing below a prefix.
@@ -141,6 +153,7 @@ fn entry(store: &Arc<StoreHandle>, meta: &ObjectMeta) -> FileEntry {
         datum: None,
         expected_sha256: None,
         in_dataset: false,
+        window: None,
     }
 }
 
@@ -401,6 +414,7 @@ async fn resolve_dataset(
                 datum: Some(f.datum),
                 expected_sha256: Some(f.checksums.sha256),
                 in_dataset: true,
+                window: f.packed.map(|p| Window { offset: p.offset, object_size: p.pack_size }),
             };
             push_checked(files, segs.into_iter().map(str::to_string).collect(), entry);
         }
@@ -490,14 +504,20 @@ async fn resolve_datum(
         input: input.clone(),
         error: StoreError::from_object_store(&format!("{} ({})", u.original, rec.object_uri), src.bucket.as_deref(), e),
     })?;
-    if meta.size != rec.size {
+    let stored_size = rec.packed.as_ref().map_or(rec.size, |p| p.pack_size);
+    if meta.size != stored_size {
         return Err(layout_err(format!(
-            "{}: the stored object {} has {} bytes but the datum has {}: it was changed or damaged",
-            u.original, rec.object_uri, meta.size, rec.size
+            "{}: the stored object {} has {} bytes but the datum's record says {stored_size}: it was changed or damaged",
+            u.original, rec.object_uri, meta.size
         )));
     }
     let mut e = entry(&store, &meta);
     e.pin = Some(Pin::from_meta(&meta));
+    if let Some(p) = &rec.packed {
+        e.size = rec.size;
+        e.pin = Some(Pin::of_content(&rec.checksums.sha256, meta.last_modified));
+        e.window = Some(Window { offset: p.offset, object_size: p.pack_size });
+    }
     e.uri = rec.uri.clone();
     e.datum = Some(rec.id.clone());
     e.expected_sha256 = Some(rec.checksums.sha256.clone());

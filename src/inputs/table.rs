@@ -11,7 +11,7 @@
 
 use super::arena::Arena;
 use super::resolve::{DirListing, FileEntry};
-use crate::reader::Pin;
+use crate::reader::{Pin, Window};
 use crate::store::StoreHandle;
 use object_store::path::Path;
 use std::borrow::Cow;
@@ -50,17 +50,19 @@ pub struct DirRec {
     pub lister: Option<Lister>,
 }
 
-const HAS_TAIL: u8 = 1;
-const HAS_PIN: u8 = 2;
-const HAS_ETAG: u8 = 4;
-const HAS_DATUM: u8 = 8;
-const URI_IS_DATUM: u8 = 16;
-const HAS_URI: u8 = 32;
-const IN_DATASET: u8 = 64;
-const HAS_SHA256: u8 = 128;
+const HAS_TAIL: u16 = 1;
+const HAS_PIN: u16 = 2;
+const HAS_ETAG: u16 = 4;
+const HAS_DATUM: u16 = 8;
+const URI_IS_DATUM: u16 = 16;
+const HAS_URI: u16 = 32;
+const IN_DATASET: u16 = 64;
+const HAS_SHA256: u16 = 128;
+const HAS_WINDOW: u16 = 256;
 
 /// One file: fixed fields, and the offset of its strings (name, then the optional tail, ETag,
-/// datum and URI its flags announce, then the 32 bytes of its sha256 if it has one).
+/// datum and URI its flags announce, then the 32 bytes of its sha256 if it has one, then the
+/// offset and object size of its window, 8 bytes each, for a packed file).
 #[derive(Debug)]
 struct FileRec {
     strings: u64,
@@ -69,7 +71,7 @@ struct FileRec {
     parent: u32,
     key_dir: u32,
     store: u16,
-    flags: u8,
+    flags: u16,
 }
 
 /// The children added to a directory so far, while a fixed set of files is laid out.
@@ -243,6 +245,11 @@ impl FileTable {
         if e.expected_sha256.as_deref().is_some_and(|h| hex::decode_to_slice(h, &mut sha256).is_ok()) {
             flags |= HAS_SHA256;
             self.strings.push(&sha256);
+        }
+        if let Some(w) = &e.window {
+            flags |= HAS_WINDOW;
+            self.strings.push(&w.offset.to_le_bytes());
+            self.strings.push(&w.object_size.to_le_bytes());
         }
         // A pinned file's time is its pin's, so that one field keeps both.
         let mtime = e.pin.as_ref().map_or(e.mtime, |p| p.last_modified.into());
@@ -435,7 +442,17 @@ impl FileTable {
         };
         let mtime = from_ns(f.mtime_ns);
         let pin = (f.flags & HAS_PIN != 0).then(|| Pin { etag, last_modified: mtime.into() });
-        let expected_sha256 = (f.flags & HAS_SHA256 != 0).then(|| hex::encode(self.strings.bytes(at, 32)));
+        let expected_sha256 = (f.flags & HAS_SHA256 != 0).then(|| {
+            let hex = hex::encode(self.strings.bytes(at, 32));
+            at += 32;
+            hex
+        });
+        let window = (f.flags & HAS_WINDOW != 0).then(|| {
+            let raw = self.strings.bytes(at, 16);
+            let word =
+                |i: usize| u64::from_le_bytes(raw.get(i..i + 8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
+            Window { offset: word(0), object_size: word(8) }
+        });
         Some(FileEntry {
             store,
             key,
@@ -446,6 +463,7 @@ impl FileTable {
             datum,
             expected_sha256,
             in_dataset: f.flags & IN_DATASET != 0,
+            window,
         })
     }
 
@@ -506,6 +524,7 @@ mod tests {
             datum: None,
             expected_sha256: None,
             in_dataset: false,
+            window: None,
         }
     }
 
@@ -523,6 +542,7 @@ mod tests {
         a.expected_sha256 = Some("ab".repeat(32));
         a.in_dataset = true;
         a.pin = None;
+        a.window = Some(Window { offset: 1536, object_size: 1 << 30 });
         let mut b = entry(&s, "other/place/b-renamed.jpg");
         b.uri = "gs://elsewhere/b".into();
         b.pin = Some(Pin { etag: None, last_modified: chrono::Utc::now() });
@@ -545,6 +565,7 @@ mod tests {
             assert_eq!(got.datum, want.datum);
             assert_eq!(got.expected_sha256, want.expected_sha256);
             assert_eq!(got.in_dataset, want.in_dataset);
+            assert_eq!(got.window, want.window);
             assert_eq!(got.pin.as_ref().map(|p| p.etag.clone()), want.pin.as_ref().map(|p| p.etag.clone()));
             assert_eq!(got.pin.is_some(), want.pin.is_some());
             if let Some(p) = &want.pin {

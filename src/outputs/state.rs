@@ -39,6 +39,9 @@ pub enum PathState {
         datum: String,
         /// The key being written.
         key: String,
+        /// For a file going into a pack (`key` is the pack's), the offset of its bytes there.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        packed: Option<u64>,
     },
     /// This content is datum `datum`.
     Synced {

@@ -109,6 +109,12 @@ impl Pin {
         Pin { etag: meta.e_tag.clone(), last_modified: meta.last_modified }
     }
 
+    /// The pin of bytes known by their sha256 (a packed datum: its pack's ETag changes when
+    /// another member is purged, its own bytes never do).
+    pub fn of_content(sha256: &str, last_modified: DateTime<Utc>) -> Self {
+        Pin { etag: Some(format!("sha256:{sha256}")), last_modified }
+    }
+
     /// The version string that identifies this pin in the cache and in messages.
     pub fn version(&self) -> String {
         match &self.etag {
@@ -121,6 +127,15 @@ impl Pin {
 /// ETags differ only by quoting and weakness markers between listings and GETs on some servers.
 fn normalize_etag(e: &str) -> &str {
     e.trim_start_matches("W/").trim_matches('"')
+}
+
+/// Where a file's bytes are inside a larger object (a packed datum in its pack).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Offset of the file's first byte in the object.
+    pub offset: u64,
+    /// Size of the whole object.
+    pub object_size: u64,
 }
 
 /// An object as a mount sees it: where it is, its size and its pinned version.
@@ -136,6 +151,10 @@ pub struct Remote {
     pub size: u64,
     /// Version fixed at resolution (or first HEAD).
     pub pin: Pin,
+    /// For a file that is a part of its object: where. Such a file is checked by its own
+    /// sha256, not by the object's version (the rest of the object may be rewritten: a purge
+    /// blanks one member of a pack).
+    pub window: Option<Window>,
 }
 
 impl Remote {
@@ -146,9 +165,34 @@ impl Remote {
         }
     }
 
+    /// The name of its bytes in the cache: the key, and for a part of an object its offset.
+    pub fn cache_key(&self) -> String {
+        match &self.window {
+            Some(w) => format!("{}#{}", self.key, w.offset),
+            None => self.key.to_string(),
+        }
+    }
+
+    /// The ETag a ranged GET must match (none for a part of an object: see `window`).
+    fn if_match(&self) -> Option<String> {
+        self.pin.etag.clone().filter(|_| self.window.is_none())
+    }
+
+    /// The object's bytes that hold the file's `range`.
+    fn object_range(&self, range: Range<u64>) -> Range<u64> {
+        let base = self.window.map_or(0, |w| w.offset);
+        range.start + base..range.end + base
+    }
+
     /// Checks that an answer from the store is still the pinned version.
     fn check(&self, meta: &ObjectMeta) -> Result<(), StoreError> {
         let changed = |now: String| StoreError::Changed { uri: self.uri.clone(), pinned: self.pin.version(), now };
+        if let Some(w) = &self.window {
+            if meta.size != w.object_size {
+                return Err(changed(format!("an object of {} bytes instead of {}", meta.size, w.object_size)));
+            }
+            return Ok(());
+        }
         match (&self.pin.etag, &meta.e_tag) {
             (Some(p), Some(n)) if normalize_etag(p) != normalize_etag(n) => {
                 return Err(changed(normalize_etag(n).to_string()))
@@ -223,7 +267,7 @@ pub async fn cached_object(cache: &Arc<Cache>, remote: &Remote) -> Result<Arc<Ca
     let (c, store_url, key, version, size, uri) = (
         cache.clone(),
         remote.store.url.clone(),
-        remote.key.to_string(),
+        remote.cache_key(),
         remote.pin.version(),
         remote.size,
         remote.uri.clone(),
@@ -575,8 +619,8 @@ async fn read_direct(remote: &Remote, range: Range<u64>) -> Result<Vec<u8>, Stor
         return Ok(Vec::new());
     }
     let opts = GetOptions {
-        range: Some(GetRange::Bounded(range.clone())),
-        if_match: remote.pin.etag.clone(),
+        range: Some(GetRange::Bounded(remote.object_range(range.clone()))),
+        if_match: remote.if_match(),
         ..Default::default()
     };
     let res = remote.store.inner.get_opts(&remote.key, opts).await.map_err(|e| remote.classify(e))?;
@@ -601,14 +645,14 @@ async fn fetch_blocks(
     let start = cached.block_range(blocks.start).start;
     let end = cached.block_range(blocks.end - 1).end;
     let opts = GetOptions {
-        range: Some(GetRange::Bounded(start..end)),
-        if_match: remote.pin.etag.clone(),
+        range: Some(GetRange::Bounded(remote.object_range(start..end))),
+        if_match: remote.if_match(),
         ..Default::default()
     };
     tracing::debug!(uri = %remote.uri, start, end, "ranged GET");
     let res = remote.store.inner.get_opts(&remote.key, opts).await.map_err(|e| remote.classify(e))?;
     remote.check(&res.meta)?;
-    if res.range != (start..end) {
+    if res.range != remote.object_range(start..end) {
         return Err(ReadError::Store(StoreError::Other {
             uri: remote.uri.clone(),
             cause: format!("asked for bytes {start}..{end}, the store sent {:?}", res.range),

@@ -24,7 +24,7 @@ async fn fixture(size: usize, block: u64) -> Fixture {
     let pin = Pin::from_meta(&meta);
     let cache = Cache::open(dir.path(), block).unwrap();
     let cached = cache.object("mem://b", key.as_ref(), &pin.version(), size as u64, "mem://b/k/obj.bin").unwrap();
-    let remote = Arc::new(Remote { store, key, uri: "mem://b/k/obj.bin".into(), size: size as u64, pin });
+    let remote = Arc::new(Remote { store, key, uri: "mem://b/k/obj.bin".into(), size: size as u64, pin, window: None });
     Fixture { _dir: dir, mem, faulty, obj: OpenObject::new(remote, cached), data }
 }
 

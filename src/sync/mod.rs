@@ -4,9 +4,11 @@
 //! a rerun after a crash finishes that datum instead of making another.
 
 pub mod metadata;
+pub mod pack;
 pub mod upload;
 
-use crate::catalog::{self, Catalog, DatumRecord};
+use crate::catalog::packs::{member_id, pack_of};
+use crate::catalog::{self, Catalog, DatumRecord, PackedIn};
 use crate::checksum::Checksums;
 use crate::outputs::state::{FileStamp, PathState, SyncState};
 use futures::StreamExt;
@@ -21,6 +23,11 @@ use upload::Outcome;
 
 /// Files uploaded at once (each also writes its datum record).
 const FILES_IN_FLIGHT: usize = 16;
+/// Packs built and uploaded at once.
+const PACKS_IN_FLIGHT: usize = 2;
+
+/// What became of one file.
+type DatumResult = Result<DatumRecord, SyncError>;
 
 /// Live counters of a sync, for progress bars.
 #[derive(Debug, Default)]
@@ -81,6 +88,9 @@ pub struct SyncedFile {
     /// Its checksums, when this sync made it.
     #[serde(skip)]
     pub checksums: Option<Checksums>,
+    /// Its place in a pack, when this sync packed it.
+    #[serde(skip)]
+    pub packed: Option<PackedIn>,
 }
 
 /// A file that could not be synced.
@@ -183,6 +193,8 @@ pub struct Syncer {
     pub catalog: Catalog,
     /// The execution id (part of every key).
     pub execution: String,
+    /// Files smaller than this are uploaded inside packs (0: none are).
+    pub pack_below: u64,
 }
 
 /// Why one file did not become a datum.
@@ -224,6 +236,8 @@ struct Job {
     planned: (String, String),
     /// Whether an earlier, interrupted sync planned them (its upload may be complete).
     resuming: bool,
+    /// For a file an interrupted sync was packing: its offset in the planned pack.
+    packed: Option<u64>,
     /// Checksums computed while the file was written, if they cover exactly its bytes.
     known: Option<Checksums>,
 }
@@ -289,6 +303,7 @@ impl Syncer {
             tags: meta.tags,
             alias: meta.alias.clone(),
             properties: meta.properties,
+            packed: None,
         };
         self.catalog.put_datum(&rec).await?;
         if let Some(alias) = &meta.alias {
@@ -342,19 +357,23 @@ impl Syncer {
                         new: false,
                         dataset_versions,
                         checksums: None,
+                        packed: None,
                     });
                     continue;
                 }
-                Some(PathState::Pending { stamp: s, datum, key }) if s == stamp => Some((datum, key)),
+                Some(PathState::Pending { stamp: s, datum, key, packed }) if s == stamp => Some((datum, key, packed)),
                 _ => None,
             };
             let resuming = planned.is_some();
-            let planned = planned.unwrap_or_else(|| self.plan(&rel));
+            let (planned, packed) = match planned {
+                Some((datum, key, packed)) => ((datum, key), packed),
+                None => (self.plan(&rel), None),
+            };
             let meta = match &jsonl {
                 Ok(j) => metadata::for_file(root, &rel, j),
                 Err(e) => Err(e.clone()),
             };
-            jobs.push(Job { local: root.join(&rel), rel, stamp, meta, planned, resuming, known: None });
+            jobs.push(Job { local: root.join(&rel), rel, stamp, meta, planned, resuming, packed, known: None });
         }
         (report, jobs)
     }
@@ -383,6 +402,11 @@ impl Syncer {
         for job in &mut jobs {
             job.known = known(job.stamp.ino, job.stamp.size);
         }
+        // Small files go into packs (a file an interrupted sync was uploading on its own stays
+        // on its own, to finish that upload).
+        let (packed_jobs, mut jobs): (Vec<Job>, Vec<Job>) = jobs
+            .into_iter()
+            .partition(|j| j.meta.is_ok() && j.stamp.size < self.pack_below && (!j.resuming || j.packed.is_some()));
         // Every upload's datum id and key are on disk before the first byte goes: a crash at
         // any point then resumes the same datums instead of making new ones.
         let pending: Vec<(String, PathState)> = jobs
@@ -390,23 +414,25 @@ impl Syncer {
             .filter(|j| !j.resuming && j.meta.is_ok())
             .map(|j| {
                 let (datum, key) = j.planned.clone();
-                (j.rel.clone(), PathState::Pending { stamp: j.stamp, datum, key })
+                (j.rel.clone(), PathState::Pending { stamp: j.stamp, datum, key, packed: None })
             })
             .collect();
         if let Err(e) = state.blocking(move |st| st.set_all(&pending)).await {
             report.failed.push(FailedFile { path: String::new(), error: format!("recording the sync state: {e}") });
             return report;
         }
-        progress.files_total.store(jobs.len() as u64, Ordering::Relaxed);
-        progress.bytes_total.store(jobs.iter().map(|j| j.stamp.size).sum(), Ordering::Relaxed);
-        let results: Vec<(String, Result<DatumRecord, SyncError>)> = futures::stream::iter(jobs)
+        let all = jobs.iter().chain(&packed_jobs);
+        progress.files_total.store(all.clone().count() as u64, Ordering::Relaxed);
+        progress.bytes_total.store(all.map(|j| j.stamp.size).sum(), Ordering::Relaxed);
+        jobs.sort_by(|a, b| a.rel.cmp(&b.rel));
+        let singles = futures::stream::iter(jobs)
             .map(|job| async move {
                 let res = match job.meta {
                     Err(e) => Err(SyncError::from(e)),
                     Ok(meta) => {
                         let (rel, stamp, pending_state) = (job.rel.clone(), job.stamp, state.clone());
                         let replanned = move |datum: String, key: String| {
-                            let st = PathState::Pending { stamp, datum, key };
+                            let st = PathState::Pending { stamp, datum, key, packed: None };
                             // On disk before the upload to the new key starts.
                             let write = async move {
                                 pending_state.blocking(move |s| s.set(&rel, &st)).await.map_err(SyncError::State)
@@ -446,8 +472,9 @@ impl Syncer {
                 (job.rel, res)
             })
             .buffer_unordered(FILES_IN_FLIGHT)
-            .collect()
-            .await;
+            .collect::<Vec<_>>();
+        let (mut results, packed) = futures::join!(singles, self.sync_packed(packed_jobs, state, progress));
+        results.extend(packed);
         if let Err(e) = state.blocking(SyncState::flush).await {
             tracing::warn!("flushing the sync state: {e}");
         }
@@ -471,6 +498,7 @@ impl Syncer {
                         new: true,
                         dataset_versions,
                         checksums: Some(rec.checksums),
+                        packed: rec.packed,
                     });
                 }
                 Err(error) => {
@@ -489,6 +517,224 @@ impl Syncer {
         report
     }
 
+    /// Turns small files into datums inside packs (see `catalog::packs`). Files an interrupted
+    /// sync was packing are first packed again as planned (the same files give the same bytes,
+    /// so the pack is found stored and only its record is missing); the others fill new packs in
+    /// path order, a few packs in flight at once.
+    async fn sync_packed(&self, jobs: Vec<Job>, state: &SyncState, progress: &Progress) -> Vec<(String, DatumResult)> {
+        let mut results = Vec::new();
+        let mut fresh = Vec::new();
+        let mut resumed: BTreeMap<String, Vec<Job>> = BTreeMap::new();
+        for job in jobs {
+            if job.resuming && job.packed.is_some() {
+                resumed.entry(job.planned.1.clone()).or_default().push(job);
+            } else {
+                fresh.push(job);
+            }
+        }
+        for (key, mut members) in resumed {
+            members.sort_by_key(|j| j.packed);
+            let id = pack_of(&members[0].planned.0).unwrap_or_default();
+            let whole = members.iter().enumerate().all(|(n, j)| member_id(&id, n).is_some_and(|m| m == j.planned.0));
+            if !whole {
+                fresh.extend(members);
+                continue;
+            }
+            match self.make_pack(id, key, true, members, state, progress).await {
+                Ok(done) => results.extend(done),
+                Err(again) => fresh.extend(again),
+            }
+        }
+        fresh.sort_by(|a, b| a.rel.cmp(&b.rel));
+        let mut packs: Vec<Vec<Job>> = Vec::new();
+        let mut bytes = 0;
+        for job in fresh {
+            match packs.last_mut() {
+                Some(p) if bytes < pack::PACK_TARGET && p.len() < pack::PACK_MEMBERS => p.push(job),
+                _ => {
+                    bytes = 0;
+                    packs.push(vec![job]);
+                }
+            }
+            bytes += packs.last().map_or(0, |p| p.last().map_or(0, |j| j.stamp.size));
+        }
+        let made: Vec<Vec<(String, DatumResult)>> = futures::stream::iter(packs)
+            .map(|members| async move {
+                let id = catalog::packs::new_pack_id();
+                let key = self.catalog.store().data_key(&format!("{}/.packs/{id}.tar", self.execution)).to_string();
+                match self.make_pack(id, key, false, members, state, progress).await {
+                    Ok(done) => done,
+                    Err(members) => members
+                        .into_iter()
+                        .map(|j| {
+                            let uri = self.catalog.store().uri_of(&KeyPath::from(j.planned.1.as_str()));
+                            (j.rel, Err(SyncError::KeyTaken { uri }))
+                        })
+                        .collect(),
+                }
+            })
+            .buffer_unordered(PACKS_IN_FLIGHT)
+            .collect()
+            .await;
+        results.extend(made.into_iter().flatten());
+        results
+    }
+
+    /// Packs `members` into pack `id` at `key`, uploads it and records its datums. `resuming`:
+    /// the pack was planned by an interrupted sync; if it cannot be made again exactly as planned
+    /// (a file changed, another object holds the key), the members come back to be packed anew.
+    async fn make_pack(
+        &self,
+        id: String,
+        key: String,
+        resuming: bool,
+        members: Vec<Job>,
+        state: &SyncState,
+        progress: &Progress,
+    ) -> Result<Vec<(String, DatumResult)>, Vec<Job>> {
+        let spec: Vec<pack::Member> = members
+            .iter()
+            .map(|j| pack::Member {
+                rel: j.rel.clone(),
+                local: j.local.clone(),
+                stamp: j.stamp,
+                known: j.known.clone(),
+            })
+            .collect();
+        let built = match tokio::task::spawn_blocking(move || pack::build(&spec)).await {
+            Ok(b) => b,
+            Err(e) => {
+                let fail = |j: Job| {
+                    let error = std::io::Error::other(e.to_string());
+                    (
+                        j.rel,
+                        Err(SyncError::Upload(upload::UploadError::Local {
+                            path: j.local.display().to_string(),
+                            error,
+                        })),
+                    )
+                };
+                return Ok(members.into_iter().map(fail).collect());
+            }
+        };
+        if resuming && built.placed.iter().zip(&members).any(|(p, j)| p.as_ref().ok().map(|p| p.offset) != j.packed) {
+            return Err(members);
+        }
+        let mut results = Vec::new();
+        let mut kept = Vec::new();
+        for (job, placed) in members.into_iter().zip(built.placed) {
+            progress.files_done.fetch_add(1, Ordering::Relaxed);
+            match placed {
+                Ok(p) => kept.push((job, p)),
+                Err(error) => {
+                    let path = job.local.display().to_string();
+                    results.push((job.rel, Err(SyncError::Upload(upload::UploadError::Local { path, error }))));
+                }
+            }
+        }
+        if kept.is_empty() {
+            return Ok(results);
+        }
+        // The members' datum ids and places are on disk before the pack goes up.
+        let planned: Vec<(String, PathState)> = kept
+            .iter()
+            .enumerate()
+            .map(|(n, (j, p))| {
+                let datum = member_id(&id, n).unwrap_or_default();
+                (j.rel.clone(), PathState::Pending { stamp: j.stamp, datum, key: key.clone(), packed: Some(p.offset) })
+            })
+            .collect();
+        let fail_all = |kept: Vec<(Job, pack::Placed)>, e: &dyn Fn() -> SyncError| {
+            kept.into_iter().map(|(j, _)| (j.rel, Err(e()))).collect::<Vec<_>>()
+        };
+        if let Err(e) = state.blocking(move |st| st.set_all(&planned)).await {
+            let msg = e.to_string();
+            results.extend(fail_all(kept, &|| SyncError::State(sled::Error::Unsupported(msg.clone()))));
+            return Ok(results);
+        }
+        let ds = self.catalog.store();
+        let pack_size = built.bytes.len() as u64;
+        let pack_key = KeyPath::from(key.as_str());
+        match upload::upload_bytes(ds, &pack_key, bytes::Bytes::from(built.bytes), resuming).await {
+            Ok(true) => {}
+            Ok(false) if resuming => return Err(kept.into_iter().map(|(j, _)| j).collect()),
+            Ok(false) => {
+                let uri = ds.uri_of(&pack_key);
+                results.extend(fail_all(kept, &|| SyncError::KeyTaken { uri: uri.clone() }));
+                return Ok(results);
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                results.extend(fail_all(kept, &|| {
+                    SyncError::Upload(upload::UploadError::Store(crate::store::StoreError::Other {
+                        uri: ds.uri_of(&pack_key),
+                        cause: msg.clone(),
+                    }))
+                }));
+                return Ok(results);
+            }
+        }
+        progress.bytes_done.fetch_add(kept.iter().map(|(j, _)| j.stamp.size).sum(), Ordering::Relaxed);
+        let object_uri = ds.uri_of(&pack_key);
+        let mut record = catalog::packs::record(
+            id.clone(),
+            key.clone(),
+            object_uri.clone(),
+            pack_size,
+            Some(self.execution.clone()),
+        );
+        for (n, (job, placed)) in kept.iter().enumerate() {
+            let datum = member_id(&id, n).unwrap_or_default();
+            let meta = job.meta.as_ref().cloned().unwrap_or_default();
+            record.datums.push(DatumRecord {
+                uri: format!("datum://{datum}"),
+                id: datum,
+                store: ds.url.clone(),
+                key: key.clone(),
+                object_uri: object_uri.clone(),
+                size: job.stamp.size,
+                checksums: placed.checksums.clone(),
+                created_at: record.created_at.clone(),
+                execution: Some(self.execution.clone()),
+                path: job.rel.clone(),
+                tags: meta.tags,
+                alias: meta.alias,
+                properties: meta.properties,
+                packed: Some(PackedIn { pack: id.clone(), offset: placed.offset, pack_size }),
+            });
+        }
+        if let Err(e) = self.catalog.put_pack(&record).await {
+            let msg = e.to_string();
+            let uri = ds.uri_of(&pack_key);
+            results.extend(fail_all(kept, &|| {
+                SyncError::Catalog(catalog::CatalogError::Store(crate::store::StoreError::Other {
+                    uri: uri.clone(),
+                    cause: msg.clone(),
+                }))
+            }));
+            return Ok(results);
+        }
+        for ((job, _), rec) in kept.into_iter().zip(record.datums) {
+            if let Some(alias) = &rec.alias {
+                if let Err(e) = self.catalog.set_alias(alias, &rec.id, Some(&self.execution)).await {
+                    results.push((job.rel, Err(e.into())));
+                    continue;
+                }
+            }
+            let st = PathState::Synced {
+                stamp: job.stamp,
+                datum: rec.id.clone(),
+                key: rec.key.clone(),
+                sha256: rec.checksums.sha256.clone(),
+            };
+            if let Err(e) = state.set_lazily(&job.rel, &st) {
+                tracing::warn!("outputs/{}: recording the sync state: {e}", job.rel);
+            }
+            results.push((job.rel, Ok(rec)));
+        }
+        Ok(results)
+    }
+
     /// Makes (or extends, for this execution) the dataset versions the synced files name.
     async fn publish_versions(&self, report: &mut SyncReport) {
         let mut wanted: BTreeMap<String, Vec<&SyncedFile>> = BTreeMap::new();
@@ -504,9 +750,12 @@ impl Syncer {
                 let mut files = Vec::with_capacity(synced.len());
                 for d in synced {
                     let id = catalog::strip_scheme(&d.datum);
-                    let checksums = match &d.checksums {
-                        Some(c) => c.clone(),
-                        None => self.catalog.datum(id).await?.checksums,
+                    let (checksums, packed) = match &d.checksums {
+                        Some(c) => (c.clone(), d.packed.clone()),
+                        None => {
+                            let rec = self.catalog.datum(id).await?;
+                            (rec.checksums, rec.packed)
+                        }
                     };
                     files.push(catalog::datasets::VersionFile {
                         path: d.path.clone(),
@@ -514,6 +763,7 @@ impl Syncer {
                         size: d.size,
                         checksums,
                         object_uri: d.object_uri.clone(),
+                        packed,
                     });
                 }
                 self.catalog.publish_version(&name, &version, &self.execution, files).await

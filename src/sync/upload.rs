@@ -189,3 +189,57 @@ pub async fn upload(
     };
     Ok(Outcome::Stored { checksums, size: total })
 }
+
+/// Uploads `bytes` (a pack) to `key` without ever replacing an existing object: one
+/// create-only PUT, or a multipart upload when they are big. `resuming`: an earlier attempt may
+/// have stored these very bytes there, which then counts as done. Returns false when another
+/// object holds the key (left untouched).
+pub async fn upload_bytes(
+    ds: &DataStore,
+    key: &Path,
+    bytes: bytes::Bytes,
+    resuming: bool,
+) -> Result<bool, UploadError> {
+    let shown = ds.uri_of(key);
+    let err = |e| StoreError::from_object_store(&shown, ds.handle.bucket.as_deref(), e);
+    let same_bytes = |bytes: bytes::Bytes| async move {
+        if !resuming {
+            return Ok(false);
+        }
+        let local = tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&bytes)))
+            .await
+            .map_err(|e| StoreError::Other { uri: ds.uri_of(key), cause: e.to_string() })?;
+        Ok::<bool, UploadError>(remote_sha256(ds, key).await? == local)
+    };
+    if bytes.len() as u64 <= SINGLE_PUT_MAX {
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        return match ds.handle.inner.put_opts(key, PutPayload::from(bytes.clone()), opts).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                same_bytes(bytes).await
+            }
+            Err(e) => Err(err(e).into()),
+        };
+    }
+    // As for files: multipart completion is not conditional, so the key is checked first (it
+    // holds a pack id no other writer uses).
+    match ds.handle.inner.head(key).await {
+        Ok(_) => return same_bytes(bytes).await,
+        Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(err(e).into()),
+    }
+    let upload = ds.handle.inner.put_multipart(key).await.map_err(err)?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+    let mut at = 0;
+    while at < bytes.len() {
+        if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
+            let _ = writer.abort().await;
+            return Err(err(e).into());
+        }
+        let end = (at + PART_SIZE).min(bytes.len());
+        writer.put(bytes.slice(at..end));
+        at = end;
+    }
+    writer.finish().await.map_err(err)?;
+    Ok(true)
+}

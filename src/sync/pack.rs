@@ -1,0 +1,139 @@
+//! Building a pack: small output files laid out in one plain tar, in memory, with the offset of
+//! each file's bytes. The layout depends only on the files' paths, sizes and modification times,
+//! so a sync resumed after a crash rebuilds exactly the bytes it was uploading.
+
+use crate::checksum::{Checksums, MultiHasher};
+use crate::outputs::state::FileStamp;
+use std::path::PathBuf;
+
+/// Files below this size go into packs by default.
+pub const DEFAULT_PACK_BELOW: u64 = 1 << 20;
+/// A pack takes no more files once it holds this many bytes.
+pub const PACK_TARGET: u64 = 32 << 20;
+/// Files per pack at most (keeps a pack's record a few MiB at most).
+pub const PACK_MEMBERS: usize = 4096;
+
+/// A file to put in a pack.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Its path relative to `outputs/` (its name in the tar).
+    pub rel: String,
+    /// The staged file.
+    pub local: PathBuf,
+    /// The file as planned: a file that no longer has this stamp is left out.
+    pub stamp: FileStamp,
+    /// Its checksums when known from the write path.
+    pub known: Option<Checksums>,
+}
+
+/// Where one member ended up.
+#[derive(Debug, Clone)]
+pub struct Placed {
+    /// Offset of its bytes in the pack.
+    pub offset: u64,
+    /// Its checksums.
+    pub checksums: Checksums,
+}
+
+/// A pack in memory.
+#[derive(Debug)]
+pub struct Built {
+    /// The tar's bytes.
+    pub bytes: Vec<u8>,
+    /// Per member (in the order given): where it is, or why it is not in the pack.
+    pub placed: Vec<Result<Placed, std::io::Error>>,
+}
+
+fn padded(size: u64) -> u64 {
+    size.div_ceil(512) * 512
+}
+
+/// Reads `members` and lays them out in a tar. A member that cannot be read, or that changed
+/// since it was planned, is left out with its error. Blocking.
+pub fn build(members: &[Member]) -> Built {
+    let mut tar = tar::Builder::new(Vec::with_capacity(
+        members.iter().map(|m| padded(m.stamp.size) as usize + 512).sum::<usize>() + 1024,
+    ));
+    let mut placed = Vec::with_capacity(members.len());
+    for m in members {
+        let res = (|| {
+            let bytes = std::fs::read(&m.local)?;
+            let now = FileStamp::of(&std::fs::symlink_metadata(&m.local)?);
+            if now != m.stamp || bytes.len() as u64 != m.stamp.size {
+                return Err(std::io::Error::other("it changed while it was being packed"));
+            }
+            let checksums = match &m.known {
+                Some(k) => k.clone(),
+                None => {
+                    let mut h = MultiHasher::new();
+                    h.update(&bytes);
+                    h.finish()
+                }
+            };
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(u64::try_from(m.stamp.mtime_ns / 1_000_000_000).unwrap_or(0));
+            tar.append_data(&mut header, &m.rel, bytes.as_slice())?;
+            let offset = tar.get_ref().len() as u64 - padded(bytes.len() as u64);
+            Ok(Placed { offset, checksums })
+        })();
+        placed.push(res);
+    }
+    let bytes = tar.into_inner().unwrap_or_default();
+    Built { bytes, placed }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pack_is_a_tar_whose_members_are_where_it_says_and_rebuilds_identically() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = format!("{}/deep.bin", "d".repeat(150));
+        let files: Vec<(String, Vec<u8>)> = vec![
+            ("a.txt".into(), b"hello".to_vec()),
+            ("empty".into(), Vec::new()),
+            (long, (0..3000u32).map(|i| i as u8).collect()),
+        ];
+        let members: Vec<Member> = files
+            .iter()
+            .enumerate()
+            .map(|(i, (rel, bytes))| {
+                let local = dir.path().join(format!("f{i}"));
+                std::fs::write(&local, bytes).unwrap();
+                let stamp = FileStamp::of(&std::fs::metadata(&local).unwrap());
+                Member { rel: rel.clone(), local, stamp, known: None }
+            })
+            .collect();
+        let built = build(&members);
+        for ((_, bytes), placed) in files.iter().zip(&built.placed) {
+            let p = placed.as_ref().unwrap();
+            assert_eq!(&built.bytes[p.offset as usize..p.offset as usize + bytes.len()], bytes.as_slice());
+            assert_eq!(p.checksums, MultiHasher::of_reader(bytes.as_slice()).unwrap().0);
+        }
+        // Any tar reader sees the same files.
+        let mut archive = tar::Archive::new(built.bytes.as_slice());
+        let read: Vec<(String, Vec<u8>)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut e, &mut buf).unwrap();
+                (e.path().unwrap().to_string_lossy().into_owned(), buf)
+            })
+            .collect();
+        assert_eq!(read, files);
+        assert_eq!(build(&members).bytes, built.bytes, "the same files give the same bytes");
+
+        // A file changed since it was planned is left out, and named.
+        std::fs::write(&members[0].local, b"changed!").unwrap();
+        let again = build(&members);
+        assert!(again.placed[0].is_err() && again.placed[1].is_ok());
+    }
+}
