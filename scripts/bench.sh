@@ -9,8 +9,8 @@
 # flags: --host --port --access-key --secret-key ROOT), or the patched s3s-fs that
 # ../shared/s3-bed/install.sh builds when that folder is present. Sizes: BENCH_BIG_MIB (2048),
 # BENCH_SMALL_COUNT (10000), BENCH_LS_COUNT (100000), BENCH_SYNC_MIB (1024), BENCH_SYNC_COUNT (1000);
-# BENCH_MULTI_MIB (256, per mount), BENCH_DATASET_COUNT (100000);
-# BENCH_PARTS picks workloads (default "read small ls sync multi dataset opens"; "huge" adds
+# BENCH_MULTI_MIB (256, per mount), BENCH_DATASET_COUNT (100000), BENCH_PACKED_COUNT (100000);
+# BENCH_PARTS picks workloads (default "read small ls sync packed multi dataset opens"; "huge" adds
 # generated versions of BENCH_HUGE_COUNTS files, default "1000000 10000000").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,8 +24,9 @@ SYNC_MIB=${BENCH_SYNC_MIB:-1024}
 SYNC_COUNT=${BENCH_SYNC_COUNT:-1000}
 MULTI_MIB=${BENCH_MULTI_MIB:-256}
 DATASET_COUNT=${BENCH_DATASET_COUNT:-100000}
+PACKED_COUNT=${BENCH_PACKED_COUNT:-100000}
 HUGE_COUNTS=${BENCH_HUGE_COUNTS:-1000000 10000000}
-PARTS=" ${BENCH_PARTS:-read small ls sync multi dataset opens} "  # which workloads to run
+PARTS=" ${BENCH_PARTS:-read small ls sync packed multi dataset opens} "  # which workloads to run
 want() { [[ $PARTS == *" $1 "* ]]; }
 
 server=${S3_SERVER_BIN:-}
@@ -181,6 +182,51 @@ cp -r "$T/out/." "$MNT/outputs/"
 t1=$(now)
 record "write + sync ${SYNC_MIB} MiB + $SYNC_COUNT files" "$(secs "$t0" "$t1")" "$direct"
 unmount_it
+
+fi
+
+if want packed; then
+# 5b. Many small outputs: PACKED_COUNT x 10 KiB written into outputs and synced (packed into tars),
+#    vs a tar of the same files and one PUT; then read back cold as the dataset:// version the
+#    sync published, 8 readers, vs GETs of that tar into a local file and extracting it.
+say "making $PACKED_COUNT x 10 KiB output files"
+mkdir -p "$T/pk/files" "$T/pk/x"
+python3 - "$T/pk/files" "$PACKED_COUNT" <<'PY'
+import json, os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+with open(os.path.join(root, "valohai.metadata.jsonl"), "w") as meta:
+    for i in range(n):
+        rel = f"shard-{i // 1000:03d}/item-{i:06d}.bin"
+        if i % 1000 == 0: os.makedirs(os.path.join(root, os.path.dirname(rel)), exist_ok=True)
+        with open(os.path.join(root, rel), "wb") as f: f.write(os.urandom(10240))
+        meta.write(json.dumps({"file": rel, "metadata": {"valohai.dataset-versions": ["dataset://packed/v1"]}}) + "\n")
+PY
+sync
+t0=$(now)
+tar -cf "$T/pk/all.tar" -C "$T/pk/files" --exclude valohai.metadata.jsonl .
+"$s3bench" put-file "$T/pk/all.tar" s3://bench/pk/all.tar >/dev/null
+t1=$(now)
+tar_put=$(secs "$t0" "$t1")
+mount_at packed "$T/cache-packed" --store s3://bench/pkstore
+t0=$(now)
+cp -r "$T/pk/files/." "$MNT/outputs/"
+"$bin" sync "$MNT" --json >"$T/pk/sync.json"
+t1=$(now)
+record "write + sync $PACKED_COUNT x 10 KiB" "$(secs "$t0" "$t1")" "$tar_put"
+unmount_it
+rm -f "$T/pk/all.tar"; sync
+t0=$(now)
+"$s3bench" get s3://bench/pk/all.tar 8 8388608 "$T/pk/got.tar" >/dev/null
+tar -xf "$T/pk/got.tar" -C "$T/pk/x"
+t1=$(now)
+untar=$(secs "$t0" "$t1")
+mount_at packedread "$T/cache-packedread" --store s3://bench/pkstore --input d=dataset://packed/v1
+t0=$(now)
+find "$MNT/inputs/d" -type f -print0 | xargs -0 -P8 -n 2000 cat >/dev/null
+t1=$(now)
+record "read back $PACKED_COUNT packed, 8 readers" "$(secs "$t0" "$t1")" "$untar"
+unmount_it
+rm -rf "$T/pk"
 
 fi
 

@@ -97,6 +97,10 @@ const PREFETCH_MAX: usize = 64;
 const PREFETCH_AT_ONCE: usize = 16;
 /// Larger files are not fetched ahead (their own reads have read-ahead).
 const PREFETCH_MAX_SIZE: u64 = 4 << 20;
+/// Packed neighbours this far apart in their pack (tar headers and padding) are fetched together.
+const SPAN_GAP: u64 = 64 << 10;
+/// One GET for packed neighbours covers at most this many bytes.
+const SPAN_MAX: u64 = 16 << 20;
 
 /// Fails when a file's bytes were found to differ from the checksum its record promised.
 fn check_content(f: &FileNode) -> FsResult<()> {
@@ -374,7 +378,20 @@ impl InputNamespace {
             }
         };
         let Some(this) = self.this.upgrade() else { return };
-        for &child in siblings[self.tree.after(siblings, name)].iter().take(window) {
+        let ahead = &siblings[self.tree.after(siblings, name)];
+        let ahead = &ahead[..ahead.len().min(window)];
+        // In batches: nothing while at least half the window is fetched ahead, then the rest of
+        // the window at once, so that runs of packed neighbours go in one GET each.
+        let done = |c: &crate::inputs::table::Child| {
+            is_dir(*c)
+                || self.tree.state_if_any(self.tree.ino_of(*c)).is_some_and(|s| s.prefetched.load(Ordering::Acquire))
+        };
+        if ahead.iter().take_while(|c| done(c)).count() > window / 2 {
+            return;
+        }
+        // Packed neighbours of one pack go in groups: one GET for each group.
+        let mut groups: Vec<Vec<Arc<Node>>> = Vec::new();
+        for &child in ahead {
             let ino = self.tree.ino_of(child);
             if is_dir(child) || self.tree.file_size(ino).is_none_or(|size| size > PREFETCH_MAX_SIZE) {
                 continue;
@@ -384,18 +401,33 @@ impl InputNamespace {
             if sf.state.prefetched.swap(true, Ordering::AcqRel) {
                 continue;
             }
+            match groups.last_mut() {
+                Some(g) if next_in_pack(g, &sf.entry) => g.push(sibling),
+                _ => groups.push(vec![sibling]),
+            }
+        }
+        for group in groups {
             let (this, permits) = (this.clone(), self.prefetching.clone());
             self.services.runtime.spawn(async move {
                 let Ok(_permit) = permits.acquire_owned().await else { return };
                 // Only fetched: checksums and lineage wait until the job opens the file, and a
                 // failure is left for that open, which reports it.
-                let NodeKind::File(sf) = &sibling.kind else { return };
-                let fetched = async {
-                    let obj = this.open_object(&sibling, sf).await?;
-                    this.services.reader.fetch_all(&obj).await.map_err(FsError::from)
-                };
-                if let Err(e) = fetched.await {
-                    tracing::debug!("fetching {} ahead failed: {e}", sibling.path);
+                let mut objs = Vec::with_capacity(group.len());
+                for sibling in &group {
+                    let NodeKind::File(sf) = &sibling.kind else { continue };
+                    match this.open_object(sibling, sf).await {
+                        Ok(obj) => objs.push(obj),
+                        Err(e) => tracing::debug!("fetching {} ahead failed: {e}", sibling.path),
+                    }
+                }
+                if objs.len() > 1 {
+                    this.services.reader.fetch_span(&objs).await;
+                    return;
+                }
+                for obj in objs {
+                    if let Err(e) = this.services.reader.fetch_all(&obj).await {
+                        tracing::debug!("fetching {} ahead failed: {e}", obj.remote.uri);
+                    }
                 }
             });
         }
@@ -706,6 +738,27 @@ async fn failed(services: &InputServices, path: String, f: &FileNode, err: crate
     };
     services.events.event(event).await;
     FsError::from(err)
+}
+
+/// Whether `next` is a packed file right after the last one of `group` in the same pack (a
+/// tar header apart), so that one GET can fetch the group with it.
+fn next_in_pack(group: &[Arc<Node>], next: &crate::inputs::resolve::FileEntry) -> bool {
+    fn entry(n: &Arc<Node>) -> Option<&crate::inputs::resolve::FileEntry> {
+        match &n.kind {
+            NodeKind::File(f) => Some(&f.entry),
+            NodeKind::Dir { .. } => None,
+        }
+    }
+    let (Some(first), Some(last)) = (group.first().and_then(entry), group.last().and_then(entry)) else {
+        return false;
+    };
+    let (Some(fw), Some(lw), Some(nw)) = (first.window, last.window, next.window) else { return false };
+    let last_end = lw.offset + last.size;
+    Arc::ptr_eq(&last.store, &next.store)
+        && last.key == next.key
+        && nw.offset >= last_end
+        && nw.offset - last_end <= SPAN_GAP
+        && nw.offset + next.size - fw.offset <= SPAN_MAX
 }
 
 /// Records a mismatch once (the sink logs it); reads fail from then on.

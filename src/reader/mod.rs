@@ -428,6 +428,78 @@ impl Reader {
         Err(ReadError::Unstable { uri: obj.remote.uri.clone() })
     }
 
+    /// Fetches files that are neighbouring parts of one object (packed datums of one pack, in
+    /// pack order) with one ranged GET for all of them, each file's bytes stored in its own
+    /// cache entry. Files with blocks already cached or being fetched are left to their own
+    /// reads. Returns once every file fetched here is stored (or failed; its readers see why).
+    pub async fn fetch_span(&self, objs: &[Arc<OpenObject>]) {
+        let mut span: Vec<(Arc<OpenObject>, Arc<InFlight>)> = Vec::new();
+        for obj in objs {
+            if obj.remote.window.is_none() {
+                continue;
+            }
+            let blocks = obj.cached.block_count();
+            let flight = Arc::new(InFlight::default());
+            let runs = obj.cached.claim_missing(0..blocks, || flight.clone(), u64::MAX);
+            if runs.len() == 1 && runs[0].0 == (0..blocks) && blocks > 0 {
+                span.push((obj.clone(), flight));
+            } else {
+                // Partly cached or in flight already: give back what was claimed; its own
+                // reads fetch the rest.
+                for (run, f) in runs {
+                    obj.cached.release_failed(run, &f);
+                }
+            }
+        }
+        let Some((first, _)) = span.first() else { return };
+        let remote = first.remote.clone();
+        let start = remote.window.map_or(0, |w| w.offset);
+        let end = span.last().and_then(|(o, _)| o.remote.window.map(|w| w.offset + o.remote.size)).unwrap_or(start);
+        let _permit = self.inflight.clone().acquire_owned().await;
+        let mut attempt = 0;
+        let body = loop {
+            match read_span(&remote, start..end).await {
+                Ok(b) => break Ok(b),
+                Err(e) if attempt + 1 < self.cfg.attempts && ReadError::Store(e.clone()).is_transient() => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100 << (2 * attempt))).await;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        for (obj, flight) in span {
+            let all = 0..obj.cached.block_count();
+            let stored = async {
+                let body = body.as_ref().map_err(|e| ReadError::Store(e.clone()))?;
+                let at = obj.remote.window.map_or(0, |w| w.offset) - start;
+                for idx in all.clone() {
+                    let r = obj.cached.block_range(idx);
+                    let Some(bytes) = body.get((at + r.start) as usize..(at + r.end) as usize) else {
+                        return Err(ReadError::Store(StoreError::Unreachable {
+                            uri: obj.remote.uri.clone(),
+                            cause: "the response ended early".into(),
+                        }));
+                    };
+                    let data = Arc::new(bytes.to_vec());
+                    flight.offer(idx, data.clone());
+                    obj.cached.changed.notify_waiters();
+                    let c = obj.cached.clone();
+                    let res = tokio::task::spawn_blocking(move || c.store_block(idx, &data)).await;
+                    flight.withdraw(idx);
+                    res.map_err(|e| ReadError::task(&obj.remote.uri, e))?
+                        .map_err(|e| ReadError::cache(&obj.remote.uri, e))?;
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = stored {
+                tracing::debug!("fetching {} with its neighbours failed: {e}", obj.remote.uri);
+                let _ = flight.error.set(Arc::new(e));
+                obj.cached.release_failed(all, &flight);
+            }
+        }
+    }
+
     fn readahead(&self, seq: &Mutex<Sequential>, offset: u64, end: u64, bs: u64, blocks: u64, from: u64) -> Range<u64> {
         let mut s = seq.lock().unwrap_or_else(|e| e.into_inner());
         let max = self.cfg.max_readahead.max(bs);
@@ -610,6 +682,22 @@ async fn fetch_run(remote: &Remote, cached: &Arc<CachedObject>, run: Range<u64>,
             }
         }
     }
+}
+
+/// Bytes `range` of the file's object (not of the file: a span of several files), whole.
+async fn read_span(remote: &Remote, range: Range<u64>) -> Result<bytes::Bytes, StoreError> {
+    if range.is_empty() {
+        return Ok(bytes::Bytes::new());
+    }
+    let opts = GetOptions { range: Some(GetRange::Bounded(range.clone())), ..Default::default() };
+    tracing::debug!(uri = %remote.uri, start = range.start, end = range.end, "ranged GET of neighbours");
+    let res = remote.store.inner.get_opts(&remote.key, opts).await.map_err(|e| remote.classify(e))?;
+    remote.check(&res.meta)?;
+    let bytes = res.bytes().await.map_err(|e| remote.classify(e))?;
+    if bytes.len() as u64 != range.end - range.start {
+        return Err(StoreError::Unreachable { uri: remote.uri.clone(), cause: "the response ended early".into() });
+    }
+    Ok(bytes)
 }
 
 /// One ranged GET for `blocks`; stores each block as soon as its bytes are in.
