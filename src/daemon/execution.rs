@@ -66,8 +66,11 @@ impl Execution {
         for input in self.recorder.lineage_inputs(&self.fs.input_summaries(), &self.mountpoint) {
             match rec.inputs.iter_mut().find(|i| i.name == input.name) {
                 Some(existing) => {
+                    // A set: an input of a million files read whole is a million entries.
+                    let mut seen: std::collections::HashSet<(String, String)> =
+                        existing.files_read.iter().map(|f| (f.uri.clone(), f.checksums.sha256.clone())).collect();
                     for f in input.files_read {
-                        if !existing.files_read.contains(&f) {
+                        if seen.insert((f.uri.clone(), f.checksums.sha256.clone())) {
                             existing.files_read.push(f);
                         }
                     }
@@ -124,9 +127,12 @@ impl Execution {
         let counters = Arc::new(Progress::default());
         let ticker = ticker(counters.clone(), progress);
         let staging = self.staging.clone();
-        let known = move |file: u64, size: u64| match tokio::task::block_in_place(|| staging.hasher.snapshot(file)) {
-            Some((len, sums)) if len == size => Some(sums),
-            _ => None,
+        let known = move |files: &[(u64, u64)]| {
+            let sums = tokio::task::block_in_place(|| staging.hasher.snapshots(files.iter().map(|f| f.0).collect()));
+            sums.into_iter()
+                .zip(files)
+                .map(|(s, &(_, size))| s.filter(|(len, _)| *len == size).map(|(_, sums)| sums))
+                .collect()
         };
         let report = self.syncer.sync(self.staging.files_dir(), &self.state, &counters, &known).await;
         ticker.abort();
@@ -134,8 +140,9 @@ impl Execution {
         let new: Vec<String> = report.datums.iter().filter(|d| d.new).map(|d| strip(&d.datum)).collect();
         match self.record(true).await {
             Ok(mut rec) => {
+                let mut seen: std::collections::HashSet<String> = rec.outputs.iter().cloned().collect();
                 for id in new {
-                    if !rec.outputs.contains(&id) {
+                    if seen.insert(id.clone()) {
                         rec.outputs.push(id);
                     }
                 }

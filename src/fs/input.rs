@@ -183,7 +183,7 @@ impl InputNamespace {
                 mtime,
                 times: None,
                 nlink: None,
-                volatile: false,
+                cache_for: super::CacheFor::Long,
             }),
         }
     }

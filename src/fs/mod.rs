@@ -77,14 +77,38 @@ pub struct Attr {
     pub times: Option<(SystemTime, SystemTime)>,
     /// Link count, where it is not the usual one (outputs).
     pub nlink: Option<u32>,
-    /// Whether the kernel may cache it for long (immutable inputs) or must ask again.
-    pub volatile: bool,
+    /// How long the kernel may keep it.
+    pub cache_for: CacheFor,
+}
+
+/// How long the kernel may keep an entry's attributes before asking again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheFor {
+    /// Long: immutable inputs and the mount's fixed directories.
+    Long,
+    /// A second, as a local filesystem behind FUSE would: outputs, which change only through
+    /// the mount, so the kernel's own updates (size after a write, attributes after setattr,
+    /// directories after create, rename and unlink) keep its copy right. Without it every
+    /// path walk asks for each directory's attributes again: a file copied into outputs cost
+    /// seven GETATTRs.
+    Short,
+    /// Not at all: files whose contents are made on demand (`config/inputs.json`).
+    Never,
 }
 
 impl Attr {
     /// A read-only directory of the mount, made at `mtime`, whose attributes never change.
     fn read_only_dir(ino: u64, mtime: SystemTime) -> Self {
-        Attr { ino, size: 0, kind: Kind::Dir, perm: DIR_PERM, mtime, times: None, nlink: None, volatile: false }
+        Attr {
+            ino,
+            size: 0,
+            kind: Kind::Dir,
+            perm: DIR_PERM,
+            mtime,
+            times: None,
+            nlink: None,
+            cache_for: CacheFor::Long,
+        }
     }
 }
 
@@ -156,7 +180,7 @@ fn made_file_attr(ino: u64, size: u64) -> Attr {
         mtime: SystemTime::now(),
         times: None,
         nlink: None,
-        volatile: true,
+        cache_for: CacheFor::Never,
     }
 }
 

@@ -42,7 +42,7 @@ fn attr(e: EntryAttr) -> Attr {
         mtime: e.mtime,
         times: Some((e.atime, e.ctime)),
         nlink: Some(e.nlink),
-        volatile: true,
+        cache_for: super::CacheFor::Short,
     }
 }
 

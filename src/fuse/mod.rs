@@ -76,6 +76,8 @@ fn session_config(options: &[String]) -> fuser::Config {
 
 /// Inputs are snapshots: the kernel may keep their attributes for long.
 const STABLE_TTL: Duration = Duration::from_secs(3600);
+/// Outputs: see [`crate::fs::CacheFor::Short`].
+const SHORT_TTL: Duration = Duration::from_secs(1);
 
 /// Adapts [`Fs`] to fuser's `Filesystem` trait.
 pub struct FuseAdapter {
@@ -149,10 +151,10 @@ fn file_type(kind: Kind) -> FileType {
 }
 
 fn ttl(a: &Attr) -> Duration {
-    if a.volatile {
-        Duration::ZERO
-    } else {
-        STABLE_TTL
+    match a.cache_for {
+        crate::fs::CacheFor::Long => STABLE_TTL,
+        crate::fs::CacheFor::Short => SHORT_TTL,
+        crate::fs::CacheFor::Never => Duration::ZERO,
     }
 }
 
@@ -457,7 +459,7 @@ impl Filesystem for FuseAdapter {
                 mtime: std::time::UNIX_EPOCH,
                 times: None,
                 nlink: None,
-                volatile: true,
+                cache_for: crate::fs::CacheFor::Never,
             });
             reply.add(INodeNo(e.ino), next, &e.name, &ttl(&attr), &file_attr(&attr, self.uid, self.gid), Generation(0))
         });

@@ -17,8 +17,8 @@ enum Msg {
     Reset { file: u64 },
     /// The file changed in a way that cannot be followed.
     Invalidate { file: u64 },
-    /// What the checksums of the file's first `len` bytes are now, if known.
-    Snapshot { file: u64, reply: SyncSender<Option<(u64, Checksums)>> },
+    /// What the checksums of each file's first `len` bytes are now, if known.
+    Snapshot { files: Vec<u64>, reply: SyncSender<Vec<Option<(u64, Checksums)>>> },
 }
 
 enum FileState {
@@ -69,9 +69,18 @@ impl WriteHasher {
     /// The checksums of `file`'s first bytes and how many bytes they cover, if known. Every
     /// write noted before this call is included.
     pub fn snapshot(&self, file: u64) -> Option<(u64, Checksums)> {
+        self.snapshots(vec![file]).pop().flatten()
+    }
+
+    /// [`WriteHasher::snapshot`] of many files in one exchange with the hashing thread (a sync
+    /// of a hundred thousand files would otherwise wait for it as many times).
+    pub fn snapshots(&self, files: Vec<u64>) -> Vec<Option<(u64, Checksums)>> {
+        let n = files.len();
         let (reply, answer) = sync_channel(1);
-        self.tx.send(Msg::Snapshot { file, reply }).ok()?;
-        answer.recv_timeout(Duration::from_secs(120)).ok().flatten()
+        if self.tx.send(Msg::Snapshot { files, reply }).is_err() {
+            return vec![None; n];
+        }
+        answer.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| vec![None; n])
     }
 }
 
@@ -95,11 +104,14 @@ fn run(rx: Receiver<Msg>) {
             Msg::Invalidate { file } => {
                 files.insert(file, FileState::Unknown);
             }
-            Msg::Snapshot { file, reply } => {
-                let answer = match files.get(&file) {
-                    Some(FileState::Hashing { next, hasher }) => Some((*next, (**hasher).clone().finish())),
-                    _ => None,
-                };
+            Msg::Snapshot { files: asked, reply } => {
+                let answer = asked
+                    .iter()
+                    .map(|file| match files.get(file) {
+                        Some(FileState::Hashing { next, hasher }) => Some((*next, (**hasher).clone().finish())),
+                        _ => None,
+                    })
+                    .collect();
                 let _ = reply.send(answer);
             }
         }

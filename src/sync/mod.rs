@@ -29,6 +29,10 @@ const PACKS_IN_FLIGHT: usize = 2;
 /// What became of one file.
 type DatumResult = Result<DatumRecord, SyncError>;
 
+/// Checksums computed while files were written, asked for by (staging inode, size), for many
+/// files at once; `None` where they are not known for exactly those bytes.
+pub type KnownChecksums = dyn Fn(&[(u64, u64)]) -> Vec<Option<Checksums>> + Sync;
+
 /// Live counters of a sync, for progress bars.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -378,14 +382,14 @@ impl Syncer {
         (report, jobs)
     }
 
-    /// Syncs the staged outputs under `root` with `state`. `known` gives a file's checksums when
-    /// they were computed as it was written (by staging inode and size).
+    /// Syncs the staged outputs under `root` with `state`. `known` gives files' checksums when
+    /// they were computed as they were written (asked by staging inode and size, all at once).
     pub async fn sync(
         &self,
         root: &Path,
         state: &SyncState,
         progress: &Progress,
-        known: &(dyn Fn(u64, u64) -> Option<Checksums> + Sync),
+        known: &KnownChecksums,
     ) -> SyncReport {
         let planned = {
             let (this, root, state) = (self.clone(), root.to_path_buf(), state.clone());
@@ -399,8 +403,9 @@ impl Syncer {
                 return report;
             }
         };
-        for job in &mut jobs {
-            job.known = known(job.stamp.ino, job.stamp.size);
+        let asked: Vec<(u64, u64)> = jobs.iter().map(|j| (j.stamp.ino, j.stamp.size)).collect();
+        for (job, sums) in jobs.iter_mut().zip(known(&asked)) {
+            job.known = sums;
         }
         // Small files go into packs (a file an interrupted sync was uploading on its own stays
         // on its own, to finish that upload).
