@@ -11,7 +11,7 @@ use crate::checksum::Checksums;
 use futures::TryStreamExt;
 use object_store::{ObjectStoreExt, PutMode};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// A dataset: a name under which versions are made.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -379,10 +379,14 @@ impl Catalog {
                     files: Vec::new(),
                 },
             };
+            // New files replace old ones at the same path (one pass: versions hold millions).
+            let replaced: std::collections::HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+            next.files.retain(|x| !replaced.contains(x.path.as_str()));
+            let mut added: BTreeMap<&str, &VersionFile> = BTreeMap::new();
             for f in &files {
-                next.files.retain(|x| x.path != f.path);
-                next.files.push(f.clone());
+                added.insert(f.path.as_str(), f);
             }
+            next.files.extend(added.into_values().cloned());
             next.files.sort_by(|a, b| a.path.cmp(&b.path));
             let stored = self.write_manifest(&next, &old_chunks).await?;
             let mut raced = false;

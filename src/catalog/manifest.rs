@@ -396,6 +396,37 @@ mod tests {
     }
 
     #[test]
+    fn chunks_written_before_packed_datums_still_read() {
+        // A DFMC1 chunk of one file, as written then: no place in a pack after the sha256.
+        let f = VersionFile { packed: None, ..file(1) };
+        let (store, key) = split_uri(&f.object_uri);
+        let mut raw = MAIN_MAGIC_V1.to_vec();
+        put_varint(&mut raw, 1);
+        put_varint(&mut raw, 0);
+        put_str(&mut raw, &f.path);
+        put_varint(&mut raw, 0);
+        put_varint(&mut raw, 0);
+        put_str(&mut raw, key);
+        put_varint(&mut raw, f.size);
+        put_str(&mut raw, &f.datum);
+        raw.extend_from_slice(&hex::decode(&f.checksums.sha256).unwrap());
+        let main = zstd::bulk::compress(&raw, 3).unwrap();
+        let reference = ChunkRef {
+            id: hex::encode(Sha256::digest(&main)),
+            sums: String::new(),
+            first: f.path.clone(),
+            count: 1,
+            bytes: f.size,
+        };
+        let got = decode(&reference, &main, None, &[store.to_string()]).unwrap();
+        let want = VersionFile {
+            checksums: Checksums { md5: String::new(), sha1: String::new(), ..f.checksums.clone() },
+            ..f
+        };
+        assert_eq!(got, vec![want]);
+    }
+
+    #[test]
     fn a_damaged_or_corrupt_chunk_is_named() {
         let files: Vec<VersionFile> = (0..100).map(file).collect();
         let mut stores = Vec::new();
