@@ -260,7 +260,7 @@ fn serve(cfg: MountConfig, ready: Option<OwnedFd>) -> Result<()> {
     result
 }
 
-/// glibc gives each thread that allocates its own arena (up to 8 per core); the daemon's many
+/// Allocator tuning for a long-running daemon. glibc gives each thread that allocates its own arena (up to 8 per core); the daemon's many
 /// short-lived blocking threads then pin freed buffers in dozens of arenas (a 1 GiB sync
 /// peaked at 290 MiB RSS; 160 MiB with 4 arenas, 114 MiB with 2).
 fn limit_malloc_arenas() {
@@ -268,6 +268,11 @@ fn limit_malloc_arenas() {
     // SAFETY: mallopt only changes allocator tuning; called before any thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        // Buffers of a MiB and more (packs being built, manifest chunks, fetched runs) are
+        // mapped on their own and unmapped when freed. Left to itself, glibc raises this
+        // threshold to the size of the last such buffer freed, and the next ones then come from
+        // the heap, where they stay counted in RSS long after they are freed.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 
@@ -282,6 +287,9 @@ pub(crate) fn warm_answer(res: Result<crate::fs::WarmReport, String>) -> control
         Err(e) => control::Response::failed(e, None),
     }
 }
+
+/// How often the daemon hands freed memory back to the system.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Hands memory freed by the allocator back to the system: resolving a large input (a dataset
 /// manifest of many files) leaves hundreds of MB free but still counted in RSS otherwise.
@@ -365,6 +373,15 @@ fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<(
             }
         });
     }
+    // Memory freed inside the heap (a sync's plan, files read and hashed) stays counted in RSS
+    // until it is handed back: a walk over 20,000 packed files held 148 MiB, 83 MiB once
+    // trimmed. A trim every few seconds costs a few milliseconds.
+    runtime.spawn(async {
+        loop {
+            tokio::time::sleep(TRIM_EVERY).await;
+            let _ = tokio::task::spawn_blocking(release_free_memory).await;
+        }
+    });
     let in_flight = control::InFlight::default();
     runtime.spawn(control::serve(listener, node.clone(), in_flight.clone()));
     {

@@ -228,18 +228,17 @@ pub async fn upload_bytes(
         Err(object_store::Error::NotFound { .. }) => {}
         Err(e) => return Err(err(e).into()),
     }
-    let upload = ds.handle.inner.put_multipart(key).await.map_err(err)?;
-    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-    let mut at = 0;
-    while at < bytes.len() {
-        if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
-            let _ = writer.abort().await;
-            return Err(err(e).into());
-        }
-        let end = (at + PART_SIZE).min(bytes.len());
-        writer.put(bytes.slice(at..end));
-        at = end;
+    // Parts are slices of the pack itself (a multipart writer would copy them into buffers of
+    // its own), all in flight at once: a pack is a few parts.
+    let mut upload = ds.handle.inner.put_multipart(key).await.map_err(err)?;
+    let parts: Vec<_> = (0..bytes.len())
+        .step_by(PART_SIZE)
+        .map(|at| upload.put_part(PutPayload::from(bytes.slice(at..(at + PART_SIZE).min(bytes.len())))))
+        .collect();
+    if let Err(e) = futures::future::try_join_all(parts).await {
+        let _ = upload.abort().await;
+        return Err(err(e).into());
     }
-    writer.finish().await.map_err(err)?;
+    upload.complete().await.map_err(err)?;
     Ok(true)
 }
