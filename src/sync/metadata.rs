@@ -44,17 +44,46 @@ pub fn is_metadata_file(rel: &str) -> bool {
     rel == JSONL || rel.ends_with(SIDECAR_SUFFIX)
 }
 
-/// The merged metadata objects of `valohai.metadata.jsonl`, by file (later lines override
-/// earlier keys), or the first malformed line's error.
-pub fn read_jsonl(root: &Path) -> Result<HashMap<String, Map<String, Value>>, MetadataError> {
+/// `valohai.metadata.jsonl`, checked, with each file's lines found by name. Only the text is
+/// kept: a job that describes each of a hundred thousand outputs would otherwise hold a parsed
+/// JSON object per file (about 2 KB each) for the whole sync.
+#[derive(Debug, Clone, Default)]
+pub struct Jsonl {
+    text: String,
+    /// Per file, the byte ranges of its lines, in file order.
+    lines: HashMap<String, Vec<(usize, usize)>>,
+}
+
+impl Jsonl {
+    /// The merged metadata of `file` (later lines override earlier keys).
+    pub fn get(&self, file: &str) -> Option<Map<String, Value>> {
+        let spans = self.lines.get(file)?;
+        let mut out = Map::new();
+        for &(start, end) in spans {
+            // Checked when read: parses again.
+            if let Ok(Value::Object(mut line)) = serde_json::from_str::<Value>(&self.text[start..end]) {
+                if let Some(Value::Object(meta)) = line.remove("metadata") {
+                    out.extend(meta);
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+/// `valohai.metadata.jsonl` (empty when there is none), or the first malformed line's error.
+pub fn read_jsonl(root: &Path) -> Result<Jsonl, MetadataError> {
     let path = root.join(JSONL);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Jsonl::default()),
         Err(e) => return Err(bad(format!("outputs/{JSONL}"), e.to_string())),
     };
-    let mut out: HashMap<String, Map<String, Value>> = HashMap::new();
-    for (i, line) in text.lines().enumerate() {
+    let mut lines: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
+    let mut start = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let span = (start, start + line.trim_end_matches(['\n', '\r']).len());
+        start += line.len();
         if line.trim().is_empty() {
             continue;
         }
@@ -66,10 +95,10 @@ pub fn read_jsonl(root: &Path) -> Result<HashMap<String, Map<String, Value>>, Me
             .ok_or_else(|| bad("no \"file\" string".into()))?
             .trim_start_matches("./")
             .to_string();
-        let meta = v.get("metadata").and_then(Value::as_object).ok_or_else(|| bad("no \"metadata\" object".into()))?;
-        out.entry(file).or_default().extend(meta.clone());
+        v.get("metadata").and_then(Value::as_object).ok_or_else(|| bad("no \"metadata\" object".into()))?;
+        lines.entry(file).or_default().push(span);
     }
-    Ok(out)
+    Ok(Jsonl { text, lines })
 }
 
 /// Reads the sidecar of `rel` if it has one (`None`), or its parse error.
@@ -147,12 +176,8 @@ pub fn dataset_versions(rel: &str, v: &Value) -> Result<Vec<String>, MetadataErr
 }
 
 /// The metadata of `rel`: its jsonl entries, overridden key by key by its sidecar.
-pub fn for_file(
-    root: &Path,
-    rel: &str,
-    jsonl: &HashMap<String, Map<String, Value>>,
-) -> Result<DatumMeta, MetadataError> {
-    let mut raw = jsonl.get(rel).cloned().unwrap_or_default();
+pub fn for_file(root: &Path, rel: &str, jsonl: &Jsonl) -> Result<DatumMeta, MetadataError> {
+    let mut raw = jsonl.get(rel).unwrap_or_default();
     if let Some(side) = read_sidecar(root, rel)? {
         raw.extend(side);
     }
@@ -196,7 +221,7 @@ mod tests {
     fn malformed_inputs_are_named() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("m.bin.metadata.json"), "{oops").unwrap();
-        let err = for_file(dir.path(), "m.bin", &HashMap::new()).unwrap_err();
+        let err = for_file(dir.path(), "m.bin", &Jsonl::default()).unwrap_err();
         assert!(err.file == "outputs/m.bin.metadata.json" && err.problem.contains("malformed"), "{err}");
         std::fs::write(dir.path().join(JSONL), "{\"file\": \"a\"}\nnot json\n").unwrap();
         let err = read_jsonl(dir.path()).unwrap_err();
