@@ -116,19 +116,42 @@ pub struct Response {
     /// The daemon's process id.
     pub pid: u32,
     /// The status document (for `status`), the sync report (for `sync`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<serde_json::Value>,
+    /// A status document already in its JSON text, sent as `status`: a sync report of a hundred
+    /// thousand files costs the daemon 30 MB as text and about 150 MB as a JSON tree.
+    #[serde(rename = "status", skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub status_text: Option<Box<serde_json::value::RawValue>>,
 }
 
 impl Response {
     /// A successful answer carrying `status`.
     pub fn ok(status: Option<serde_json::Value>) -> Self {
-        Self { version: PROTOCOL_VERSION, ok: true, error: None, pid: std::process::id(), status }
+        Self { version: PROTOCOL_VERSION, ok: true, error: None, pid: std::process::id(), status, status_text: None }
+    }
+
+    /// `status` serialized without building its JSON tree first.
+    pub fn with_status_of<T: Serialize>(mut self, status: &T) -> Self {
+        match serde_json::value::to_raw_value(status) {
+            Ok(raw) => {
+                self.status = None;
+                self.status_text = Some(raw);
+            }
+            Err(e) => tracing::warn!("serializing an answer: {e}"),
+        }
+        self
     }
 
     /// A failed answer.
     pub fn failed(error: String, status: Option<serde_json::Value>) -> Self {
-        Self { version: PROTOCOL_VERSION, ok: false, error: Some(error), pid: std::process::id(), status }
+        Self {
+            version: PROTOCOL_VERSION,
+            ok: false,
+            error: Some(error),
+            pid: std::process::id(),
+            status,
+            status_text: None,
+        }
     }
 }
 

@@ -156,11 +156,11 @@ impl Execution {
             let names: Vec<&str> = report.failed.iter().map(|f| f.path.as_str()).collect();
             error = Some(format!("{} file(s) could not be synced: {}", report.failed.len(), names.join(", ")));
         }
-        let json = serde_json::to_value(&report).ok();
         match error {
-            None => Response::ok(json),
-            Some(e) => Response::failed(e, json),
+            None => Response::ok(None),
+            Some(e) => Response::failed(e, None),
         }
+        .with_status_of(&report)
     }
 
     pub(super) fn unmount(&self, unsynced: UnsyncedOutputs) -> Response {

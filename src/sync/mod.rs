@@ -26,8 +26,35 @@ const FILES_IN_FLIGHT: usize = 16;
 /// Packs built and uploaded at once.
 const PACKS_IN_FLIGHT: usize = 2;
 
+/// A new datum as the report keeps it, and the alias it moved (alias, `datum://ID`).
+type Made = (SyncedFile, Option<(String, String)>);
+
 /// What became of one file.
-type DatumResult = Result<DatumRecord, SyncError>;
+type DatumResult = Result<Made, SyncError>;
+
+/// The report's entry for a new datum, made as soon as its record is stored: a sync of a
+/// hundred thousand files then never holds all their records at once.
+fn made(rel: &str, rec: DatumRecord) -> Made {
+    let alias = rec.alias.clone().map(|a| (a, rec.uri.clone()));
+    let dataset_versions = rec
+        .properties
+        .get("valohai.dataset-versions")
+        .and_then(|v| metadata::dataset_versions(rel, v).ok())
+        .unwrap_or_default();
+    let file = SyncedFile {
+        path: rel.to_string(),
+        datum: rec.uri,
+        object_uri: rec.object_uri,
+        size: rec.size,
+        sha256: rec.checksums.sha256.clone(),
+        new: true,
+        // Kept only where a dataset version needs them.
+        checksums: (!dataset_versions.is_empty()).then_some(rec.checksums),
+        dataset_versions,
+        packed: rec.packed,
+    };
+    (file, alias)
+}
 
 /// Checksums computed while files were written, asked for by (staging inode, size), for many
 /// files at once; `None` where they are not known for exactly those bytes.
@@ -89,7 +116,7 @@ pub struct SyncedFile {
     /// The dataset versions its metadata puts it in.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dataset_versions: Vec<String>,
-    /// Its checksums, when this sync made it.
+    /// Its checksums, when this sync made it and a dataset version takes it.
     #[serde(skip)]
     pub checksums: Option<Checksums>,
     /// Its place in a pack, when this sync packed it.
@@ -470,7 +497,7 @@ impl Syncer {
                                 tracing::warn!("outputs/{}: recording the sync state: {e}", job.rel);
                             }
                         }
-                        res
+                        res.map(|rec| made(&job.rel, rec))
                     }
                 };
                 progress.files_done.fetch_add(1, Ordering::Relaxed);
@@ -485,26 +512,9 @@ impl Syncer {
         }
         for (rel, res) in results {
             match res {
-                Ok(rec) => {
-                    if let Some(a) = &rec.alias {
-                        report.aliases.push((a.clone(), rec.uri.clone()));
-                    }
-                    let dataset_versions = rec
-                        .properties
-                        .get("valohai.dataset-versions")
-                        .and_then(|v| metadata::dataset_versions(&rel, v).ok())
-                        .unwrap_or_default();
-                    report.datums.push(SyncedFile {
-                        path: rel,
-                        datum: rec.uri,
-                        object_uri: rec.object_uri,
-                        size: rec.size,
-                        sha256: rec.checksums.sha256.clone(),
-                        new: true,
-                        dataset_versions,
-                        checksums: Some(rec.checksums),
-                        packed: rec.packed,
-                    });
+                Ok((file, alias)) => {
+                    report.aliases.extend(alias);
+                    report.datums.push(file);
                 }
                 Err(error) => {
                     tracing::error!("sync of outputs/{rel} failed: {error}");
@@ -735,7 +745,8 @@ impl Syncer {
             if let Err(e) = state.set_lazily(&job.rel, &st) {
                 tracing::warn!("outputs/{}: recording the sync state: {e}", job.rel);
             }
-            results.push((job.rel, Ok(rec)));
+            let entry = made(&job.rel, rec);
+            results.push((job.rel, Ok(entry)));
         }
         Ok(results)
     }
