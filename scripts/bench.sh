@@ -218,6 +218,7 @@ l0=$(now); cp -r "$T/pk/files/." "$T/pk/local/"; l1=$(now)
 record "write + sync $PACKED_COUNT x 10 KiB" "$(secs "$t0" "$t2")" "$tar_put"
 record "  the write, vs cp to a local dir" "$(secs "$t0" "$t1")" "$(secs "$l0" "$l1")"
 record "  the sync, vs tar + one PUT" "$(secs "$t1" "$t2")" "$tar_put"
+sync_rss=$(rss_of "$PID")
 unmount_it
 rm -rf "$T/pk/local"
 rm -f "$T/pk/all.tar"; sync
@@ -231,6 +232,7 @@ t0=$(now)
 find "$MNT/inputs/d" -type f -print0 | xargs -0 -P8 -n 2000 cat >/dev/null
 t1=$(now)
 record "read back $PACKED_COUNT packed, 8 readers" "$(secs "$t0" "$t1")" "$untar"
+say "$(printf '%-34s %8d MiB writing + syncing, %d MiB reading back' "  peak daemon RSS" $((sync_rss / 1024)) $(($(rss_of "$PID") / 1024)))"
 unmount_it
 rm -rf "$T/pk"
 
