@@ -194,41 +194,34 @@ fn sync_killed_midway_finishes_on_rerun_with_every_file_once() {
     let scratch = tempfile::tempdir().unwrap();
     let input = input_dir(scratch.path());
     let args = ["--input", input.as_str(), "--store", store.as_str(), "--execution", "exec-kill", "--pack-below", "0"];
-    let mut m = TestMount::new(&args, &s3.env());
+    let m = TestMount::new(&args, &s3.env());
     let files: Vec<(String, Vec<u8>)> = (0..24).map(|i| (format!("part-{i:02}.bin"), bytes(100 + i, 50_000))).collect();
     for (name, data) in &files {
         fs::write(m.path(&format!("outputs/{name}")), data).unwrap();
     }
-    s3.write_delay_ms.store(400, std::sync::atomic::Ordering::Relaxed);
+    let m = crash_mid_sync(m, &s3, &args, "/data/", 4);
+    let report = json(&m.run(&["sync", m.mnt.to_str().unwrap(), "--json"]));
+    assert_eq!(datums(&report).len(), files.len());
+    assert_each_file_once(&s3, &m.home, &store, &files);
+}
+
+/// Starts a sync with slow PUTs, kills the daemon with SIGKILL once `puts` PUTs to keys holding
+/// `part` have started, and mounts the same execution again on the same cache.
+fn crash_mid_sync(mut m: TestMount, s3: &S3Server, args: &[&str], part: &str, puts: usize) -> TestMount {
+    s3.write_delay_ms.store(300, std::sync::atomic::Ordering::Relaxed);
     s3.clear_log();
     let mut sync = command(&m.home, &m.env).arg("sync").arg(&m.mnt).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while s3.requests().iter().filter(|r| r.method == "PUT" && r.path.contains("/data/")).count() < 4 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s3.requests().iter().filter(|r| r.method == "PUT" && r.path.contains(part)).count() < puts {
         assert!(Instant::now() < deadline, "no uploads started");
         std::thread::sleep(Duration::from_millis(10));
     }
-    m.crash(); // kill -9 of the daemon mid-sync
+    m.crash();
     let _ = sync.wait();
     s3.write_delay_ms.store(0, std::sync::atomic::Ordering::Relaxed);
     let (dir, cache) = (std::mem::replace(&mut m.dir, tempfile::tempdir().unwrap()), m.cache.clone());
     drop(m);
-    let m = TestMount::with_cache(dir, cache, &args, &s3.env());
-    let report = json(&m.run(&["sync", m.mnt.to_str().unwrap(), "--json"]));
-    assert_eq!(datums(&report).len(), files.len());
-    // every path is exactly one datum in the catalog, with the right bytes
-    let all = json(&command(&m.home, &s3.env()).args(["datum", "ls", "--json", "--store", &store]).output().unwrap());
-    let mut per_path: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for d in all.as_array().unwrap() {
-        per_path.entry(d["path"].as_str().unwrap().to_string()).or_default().push(d.clone());
-    }
-    assert_eq!(per_path.len(), files.len());
-    for (name, data) in &files {
-        let ds = &per_path[name];
-        assert_eq!(ds.len(), 1, "{name} has {} datums", ds.len());
-        assert_eq!(ds[0]["checksums"]["sha256"], sha256(data));
-        let key = ds[0]["key"].as_str().unwrap();
-        assert_eq!(&s3.object(BUCKET, key).unwrap(), data, "{name}");
-    }
+    TestMount::with_cache(dir, cache, args, &s3.env())
 }
 
 #[test]
@@ -565,7 +558,7 @@ fn sync_killed_while_packing_finishes_on_rerun_with_every_file_once() {
     let scratch = tempfile::tempdir().unwrap();
     let input = input_dir(scratch.path());
     let args = ["--input", input.as_str(), "--store", store.as_str(), "--execution", "exec-pack-kill"];
-    let mut m = TestMount::new(&args, &s3.env());
+    let m = TestMount::new(&args, &s3.env());
     // Just under the pack threshold: three packs, the first two uploaded in parts.
     let files: Vec<(String, Vec<u8>)> =
         (0..70).map(|i| (format!("shard-{}/item-{i:02}.bin", i % 3), bytes(300 + i, 1_000_000))).collect();
@@ -574,20 +567,7 @@ fn sync_killed_while_packing_finishes_on_rerun_with_every_file_once() {
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(p, data).unwrap();
     }
-    s3.write_delay_ms.store(300, std::sync::atomic::Ordering::Relaxed);
-    s3.clear_log();
-    let mut sync = command(&m.home, &m.env).arg("sync").arg(&m.mnt).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s3.requests().iter().filter(|r| r.method == "PUT" && r.path.contains("/.packs/")).count() < 3 {
-        assert!(Instant::now() < deadline, "no pack uploads started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    m.crash(); // kill -9 of the daemon mid-pack
-    let _ = sync.wait();
-    s3.write_delay_ms.store(0, std::sync::atomic::Ordering::Relaxed);
-    let (dir, cache) = (std::mem::replace(&mut m.dir, tempfile::tempdir().unwrap()), m.cache.clone());
-    drop(m);
-    let m = TestMount::with_cache(dir, cache, &args, &s3.env());
+    let m = crash_mid_sync(m, &s3, &args, "/.packs/", 3); // mid-pack
     let report = json(&m.run(&["sync", m.mnt.to_str().unwrap(), "--json"]));
     assert_eq!(datums(&report).len(), files.len());
     let all = assert_each_file_once(&s3, &m.home, &store, &files);

@@ -212,6 +212,17 @@ pub fn pending(root: &Path, state: &SyncState) -> std::io::Result<Pending> {
     Ok(p)
 }
 
+/// Records that output `rel`, as `stamp` describes it, is datum `rec`. Flushed once at the end
+/// of the sync: losing it only means a rerun finds the pending record and checks the stored
+/// bytes again.
+fn record_synced(state: &SyncState, rel: &str, stamp: FileStamp, rec: &DatumRecord) {
+    let st =
+        PathState::Synced { stamp, datum: rec.id.clone(), key: rec.key.clone(), sha256: rec.checksums.sha256.clone() };
+    if let Err(e) = state.set_lazily(rel, &st) {
+        tracing::warn!("outputs/{rel}: recording the sync state: {e}");
+    }
+}
+
 /// Whether the file at `path` still has `stamp`.
 fn unchanged(path: &Path, stamp: FileStamp) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| FileStamp::of(&m) == stamp)
@@ -485,17 +496,7 @@ impl Syncer {
                             .await;
 
                         if let Ok(rec) = &res {
-                            let st = PathState::Synced {
-                                stamp: job.stamp,
-                                datum: rec.id.clone(),
-                                key: rec.key.clone(),
-                                sha256: rec.checksums.sha256.clone(),
-                            };
-                            // Flushed once at the end: losing it only means a rerun finds the
-                            // pending record and checks the stored bytes again.
-                            if let Err(e) = state.set_lazily(&job.rel, &st) {
-                                tracing::warn!("outputs/{}: recording the sync state: {e}", job.rel);
-                            }
+                            record_synced(state, &job.rel, job.stamp, rec);
                         }
                         res.map(|rec| made(&job.rel, rec))
                     }
@@ -736,15 +737,7 @@ impl Syncer {
                     continue;
                 }
             }
-            let st = PathState::Synced {
-                stamp: job.stamp,
-                datum: rec.id.clone(),
-                key: rec.key.clone(),
-                sha256: rec.checksums.sha256.clone(),
-            };
-            if let Err(e) = state.set_lazily(&job.rel, &st) {
-                tracing::warn!("outputs/{}: recording the sync state: {e}", job.rel);
-            }
+            record_synced(state, &job.rel, job.stamp, &rec);
             let entry = made(&job.rel, rec);
             results.push((job.rel, Ok(entry)));
         }
