@@ -551,6 +551,32 @@ impl Syncer {
         for (key, mut members) in resumed {
             members.sort_by_key(|j| j.packed);
             let id = pack_of(&members[0].planned.0).unwrap_or_default();
+            // The pack and its record may have been stored before the crash, with only some of
+            // its files' states written since: those files are its datums already.
+            match self.catalog.pack(&id).await {
+                Ok(Some(record)) => {
+                    for job in members {
+                        match record.datums.iter().find(|d| d.id == job.planned.0) {
+                            Some(rec) => results.push(self.recorded(job, rec.clone(), state, progress).await),
+                            None => fresh.push(job),
+                        }
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let msg = e.to_string();
+                    for job in members {
+                        progress.files_done.fetch_add(1, Ordering::Relaxed);
+                        let err = catalog::CatalogError::Store(crate::store::StoreError::Other {
+                            uri: self.catalog.store().uri_of(&KeyPath::from(key.as_str())),
+                            cause: msg.clone(),
+                        });
+                        results.push((job.rel, Err(err.into())));
+                    }
+                    continue;
+                }
+            }
             let whole = members.iter().enumerate().all(|(n, j)| member_id(&id, n).is_some_and(|m| m == j.planned.0));
             if !whole {
                 fresh.extend(members);
@@ -731,17 +757,34 @@ impl Syncer {
             return Ok(results);
         }
         for ((job, _), rec) in kept.into_iter().zip(record.datums) {
-            if let Some(alias) = &rec.alias {
-                if let Err(e) = self.catalog.set_alias(alias, &rec.id, Some(&self.execution)).await {
-                    results.push((job.rel, Err(e.into())));
-                    continue;
-                }
-            }
-            record_synced(state, &job.rel, job.stamp, &rec);
-            let entry = made(&job.rel, rec);
-            results.push((job.rel, Ok(entry)));
+            results.push(self.finish_packed(job, rec, state).await);
         }
         Ok(results)
+    }
+
+    /// A file of a pack whose record was stored before an interrupted sync ended: its datum.
+    async fn recorded(
+        &self,
+        job: Job,
+        rec: DatumRecord,
+        state: &SyncState,
+        progress: &Progress,
+    ) -> (String, DatumResult) {
+        progress.files_done.fetch_add(1, Ordering::Relaxed);
+        progress.bytes_done.fetch_add(job.stamp.size, Ordering::Relaxed);
+        self.finish_packed(job, rec, state).await
+    }
+
+    /// Moves a packed datum's alias and records its file as synced.
+    async fn finish_packed(&self, job: Job, rec: DatumRecord, state: &SyncState) -> (String, DatumResult) {
+        if let Some(alias) = &rec.alias {
+            if let Err(e) = self.catalog.set_alias(alias, &rec.id, Some(&self.execution)).await {
+                return (job.rel, Err(e.into()));
+            }
+        }
+        record_synced(state, &job.rel, job.stamp, &rec);
+        let entry = made(&job.rel, rec);
+        (job.rel, Ok(entry))
     }
 
     /// Makes (or extends, for this execution) the dataset versions the synced files name.
@@ -822,5 +865,52 @@ impl Syncer {
             .buffered(FILES_IN_FLIGHT)
             .collect()
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Staged outputs under a temporary root, their sync state, and a syncer with a catalog
+    /// in memory.
+    async fn setup(files: usize) -> (tempfile::TempDir, SyncState, Syncer) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("outputs");
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        for i in 0..files {
+            std::fs::write(root.join(format!("d/f{i:03}.bin")), format!("file {i}").repeat(100)).unwrap();
+        }
+        let db = sled::Config::new().path(dir.path().join("index")).open().unwrap();
+        let state = SyncState::open(&db, "exec").unwrap();
+        let syncer = Syncer { catalog: Catalog::in_memory(), execution: "exec".into(), pack_below: 1 << 20 };
+        (dir, state, syncer)
+    }
+
+    fn none_known(files: &[(u64, u64)]) -> Vec<Option<Checksums>> {
+        vec![None; files.len()]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pack_recorded_before_a_crash_is_not_made_again() {
+        let (dir, state, syncer) = setup(10).await;
+        let root = dir.path().join("outputs");
+        let first = syncer.sync(&root, &state, &Progress::default(), &none_known).await;
+        assert!(first.failed.is_empty(), "{:?}", first.failed);
+        assert_eq!(syncer.catalog.packs().await.unwrap().len(), 1);
+        // A crash after the pack's record was stored, before half of its files' states were:
+        // those are still pending, as they were planned.
+        for d in first.datums.iter().step_by(2) {
+            let rec = syncer.catalog.datum(catalog::strip_scheme(&d.datum)).await.unwrap();
+            let Some(PathState::Synced { stamp, .. }) = state.get(&d.path) else { panic!("{} not synced", d.path) };
+            let offset = rec.packed.as_ref().map(|p| p.offset);
+            state.set(&d.path, &PathState::Pending { stamp, datum: rec.id, key: rec.key, packed: offset }).unwrap();
+        }
+        let again = syncer.sync(&root, &state, &Progress::default(), &none_known).await;
+        assert!(again.failed.is_empty(), "{:?}", again.failed);
+        let ids = |r: &SyncReport| r.datums.iter().map(|d| (d.path.clone(), d.datum.clone())).collect::<Vec<_>>();
+        assert_eq!(ids(&again), ids(&first), "the same datums, none made twice");
+        assert_eq!(syncer.catalog.packs().await.unwrap().len(), 1, "no second pack");
+        assert_eq!(syncer.catalog.datums().await.unwrap().len(), 10);
     }
 }
