@@ -79,12 +79,9 @@ pub struct FileEntry {
 }
 
 impl FileEntry {
-    /// The name of its bytes in the cache (see [`crate::reader::Remote::cache_key`]).
+    /// The name of its bytes in the cache (see [`crate::reader::cache_key`]).
     pub fn cache_key(&self) -> String {
-        match &self.window {
-            Some(w) => format!("{}#{}", self.key, w.offset),
-            None => self.key.to_string(),
-        }
+        crate::reader::cache_key(&self.key, self.window)
     }
 }
 
@@ -514,8 +511,9 @@ async fn resolve_datum(
     let mut e = entry(&store, &meta);
     e.pin = Some(Pin::from_meta(&meta));
     if let Some(p) = &rec.packed {
+        // Pinned by its own sha256 at first open, as a dataset's packed files are.
         e.size = rec.size;
-        e.pin = Some(Pin::of_content(&rec.checksums.sha256, meta.last_modified));
+        e.pin = None;
         e.window = Some(Window { offset: p.offset, object_size: p.pack_size });
     }
     e.uri = rec.uri.clone();

@@ -138,6 +138,15 @@ pub struct Window {
     pub object_size: u64,
 }
 
+/// The name of a file's bytes in the cache: its object's key, and for a part of an object (a
+/// packed datum) its offset there.
+pub fn cache_key(key: &Path, window: Option<Window>) -> String {
+    match window {
+        Some(w) => format!("{key}#{}", w.offset),
+        None => key.to_string(),
+    }
+}
+
 /// An object as a mount sees it: where it is, its size and its pinned version.
 #[derive(Debug)]
 pub struct Remote {
@@ -165,12 +174,9 @@ impl Remote {
         }
     }
 
-    /// The name of its bytes in the cache: the key, and for a part of an object its offset.
+    /// The name of its bytes in the cache (see [`cache_key`]).
     pub fn cache_key(&self) -> String {
-        match &self.window {
-            Some(w) => format!("{}#{}", self.key, w.offset),
-            None => self.key.to_string(),
-        }
+        cache_key(&self.key, self.window)
     }
 
     /// The ETag a ranged GET must match (none for a part of an object: see `window`).
@@ -458,7 +464,8 @@ impl Reader {
         let _permit = self.inflight.clone().acquire_owned().await;
         let mut attempt = 0;
         let body = loop {
-            match read_span(&remote, start..end).await {
+            // The first file's window starts the span: its range 0..len is the span's bytes.
+            match read_direct(&remote, 0..end - start).await {
                 Ok(b) => break Ok(b),
                 Err(e) if attempt + 1 < self.cfg.attempts && ReadError::Store(e.clone()).is_transient() => {
                     attempt += 1;
@@ -480,14 +487,7 @@ impl Reader {
                             cause: "the response ended early".into(),
                         }));
                     };
-                    let data = Arc::new(bytes.to_vec());
-                    flight.offer(idx, data.clone());
-                    obj.cached.changed.notify_waiters();
-                    let c = obj.cached.clone();
-                    let res = tokio::task::spawn_blocking(move || c.store_block(idx, &data)).await;
-                    flight.withdraw(idx);
-                    res.map_err(|e| ReadError::task(&obj.remote.uri, e))?
-                        .map_err(|e| ReadError::cache(&obj.remote.uri, e))?;
+                    store_fetched(&obj.remote, &obj.cached, &flight, idx, bytes.to_vec()).await?;
                 }
                 Ok(())
             }
@@ -684,20 +684,23 @@ async fn fetch_run(remote: &Remote, cached: &Arc<CachedObject>, run: Range<u64>,
     }
 }
 
-/// Bytes `range` of the file's object (not of the file: a span of several files), whole.
-async fn read_span(remote: &Remote, range: Range<u64>) -> Result<bytes::Bytes, StoreError> {
-    if range.is_empty() {
-        return Ok(bytes::Bytes::new());
-    }
-    let opts = GetOptions { range: Some(GetRange::Bounded(range.clone())), ..Default::default() };
-    tracing::debug!(uri = %remote.uri, start = range.start, end = range.end, "ranged GET of neighbours");
-    let res = remote.store.inner.get_opts(&remote.key, opts).await.map_err(|e| remote.classify(e))?;
-    remote.check(&res.meta)?;
-    let bytes = res.bytes().await.map_err(|e| remote.classify(e))?;
-    if bytes.len() as u64 != range.end - range.start {
-        return Err(StoreError::Unreachable { uri: remote.uri.clone(), cause: "the response ended early".into() });
-    }
-    Ok(bytes)
+/// Stores fetched block `idx` in the cache; readers waiting for it take it from memory while it
+/// is written.
+async fn store_fetched(
+    remote: &Remote,
+    cached: &Arc<CachedObject>,
+    flight: &Arc<InFlight>,
+    idx: u64,
+    data: Vec<u8>,
+) -> Result<(), ReadError> {
+    let data = Arc::new(data);
+    flight.offer(idx, data.clone());
+    cached.changed.notify_waiters();
+    let c = cached.clone();
+    let stored = tokio::task::spawn_blocking(move || c.store_block(idx, &data)).await;
+    flight.withdraw(idx);
+    stored.map_err(|e| ReadError::task(&remote.uri, e))?.map_err(|e| ReadError::cache(&remote.uri, e))?;
+    Ok(())
 }
 
 /// One ranged GET for `blocks`; stores each block as soon as its bytes are in.
@@ -764,14 +767,7 @@ async fn fetch_blocks(
             buf.extend_from_slice(&chunk[..take]);
             chunk.advance(take);
             if buf.len() as u64 == want.end - want.start {
-                // Readers waiting for this block take it from memory while it is written.
-                let data = Arc::new(std::mem::take(&mut buf));
-                flight.offer(idx, data.clone());
-                cached.changed.notify_waiters();
-                let c = cached.clone();
-                let stored = tokio::task::spawn_blocking(move || c.store_block(idx, &data)).await;
-                flight.withdraw(idx);
-                stored.map_err(|e| ReadError::task(&remote.uri, e))?.map_err(|e| ReadError::cache(&remote.uri, e))?;
+                store_fetched(remote, cached, flight, idx, std::mem::take(&mut buf)).await?;
                 idx += 1;
                 *next = idx;
                 if idx < blocks.end {

@@ -105,22 +105,12 @@ pub async fn upload(
         })
         .await?;
         let size = bytes.len() as u64;
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        return match ds.handle.inner.put_opts(key, PutPayload::from(bytes), opts).await {
-            Ok(_) => {
-                sent.fetch_add(size, Ordering::Relaxed);
-                Ok(Outcome::Stored { checksums, size })
-            }
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-                if resuming && remote_sha256(ds, key).await? == checksums.sha256 {
-                    sent.fetch_add(size, Ordering::Relaxed);
-                    Ok(Outcome::Stored { checksums, size })
-                } else {
-                    Ok(Outcome::KeyTaken)
-                }
-            }
-            Err(e) => Err(err(e).into()),
-        };
+        return Ok(if upload_bytes(ds, key, bytes::Bytes::from(bytes), resuming).await? {
+            sent.fetch_add(size, Ordering::Relaxed);
+            Outcome::Stored { checksums, size }
+        } else {
+            Outcome::KeyTaken
+        });
     }
 
     // Multipart completion cannot be made conditional through object_store's generic API, so
@@ -190,8 +180,8 @@ pub async fn upload(
     Ok(Outcome::Stored { checksums, size: total })
 }
 
-/// Uploads `bytes` (a pack) to `key` without ever replacing an existing object: one
-/// create-only PUT, or a multipart upload when they are big. `resuming`: an earlier attempt may
+/// Uploads `bytes` (a small file, a pack) to `key` without ever replacing an existing object:
+/// one create-only PUT, or a multipart upload when they are big. `resuming`: an earlier attempt may
 /// have stored these very bytes there, which then counts as done. Returns false when another
 /// object holds the key (left untouched).
 pub async fn upload_bytes(
