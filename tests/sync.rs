@@ -203,6 +203,59 @@ fn sync_killed_midway_finishes_on_rerun_with_every_file_once() {
     let report = json(&m.run(&["sync", m.mnt.to_str().unwrap(), "--json"]));
     assert_eq!(datums(&report).len(), files.len());
     assert_each_file_once(&s3, &m.home, &store, &files);
+    // The execution's datums are the ones listed, each once, whether or not the killed sync
+    // got to record them.
+    let of_exec = json(
+        &command(&m.home, &s3.env())
+            .args(["datum", "ls", "--execution", "exec-kill", "--json", "--store", &store])
+            .output()
+            .unwrap(),
+    );
+    let mut ids: Vec<&str> = of_exec.as_array().unwrap().iter().map(|d| d["uri"].as_str().unwrap()).collect();
+    ids.sort();
+    let made = datums(&report);
+    let mut want: Vec<&str> = made.values().map(String::as_str).collect();
+    want.sort();
+    assert_eq!(ids, want);
+}
+
+#[test]
+fn datum_ls_reads_one_index_record_per_sync_not_one_record_per_datum() {
+    if !fuse_available() {
+        return;
+    }
+    let (s3, store) = s3_store();
+    let scratch = tempfile::tempdir().unwrap();
+    let input = input_dir(scratch.path());
+    // Files of 20 KB and more are uploaded alone, smaller ones packed.
+    let args =
+        ["--input", input.as_str(), "--store", store.as_str(), "--execution", "exec-index", "--pack-below", "20000"];
+    let m = TestMount::new(&args, &s3.env());
+    let files: Vec<(String, Vec<u8>)> =
+        (0..40).map(|i| (format!("f-{i:02}.bin"), bytes(500 + i, if i % 4 == 0 { 100 } else { 30_000 }))).collect();
+    for (name, data) in &files {
+        fs::write(m.path(&format!("outputs/{name}")), data).unwrap();
+    }
+    let report = json(&m.run(&["sync", m.mnt.to_str().unwrap(), "--json"]));
+    assert_eq!(datums(&report).len(), files.len());
+    s3.clear_log();
+    assert_each_file_once(&s3, &m.home, &store, &files);
+    let record_gets = |what: &str| {
+        s3.requests().iter().filter(|r| r.method == "GET" && r.path.contains(&format!("/.datumfs/{what}/"))).count()
+    };
+    assert_eq!(record_gets("datums"), 0, "datum ls read datum records one by one");
+    assert!(record_gets("index") >= 1);
+    s3.clear_log();
+    let of_exec = json(
+        &command(&m.home, &s3.env())
+            .args(["datum", "ls", "--execution", "exec-index", "--json", "--store", &store])
+            .output()
+            .unwrap(),
+    );
+    let mut paths: Vec<&str> = of_exec.as_array().unwrap().iter().map(|d| d["path"].as_str().unwrap()).collect();
+    paths.sort();
+    assert_eq!(paths, files.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>());
+    assert_eq!(record_gets("datums"), 0, "datum ls --execution read datum records one by one");
 }
 
 /// Starts a sync with slow PUTs, kills the daemon with SIGKILL once `puts` PUTs to keys holding

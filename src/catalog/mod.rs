@@ -7,6 +7,7 @@
 //! and purge tombstones are in `datasets`. Knows nothing of FUSE or the cache.
 
 pub mod datasets;
+pub mod index;
 pub mod manifest;
 pub mod packs;
 pub mod records;
@@ -287,14 +288,6 @@ impl Catalog {
             Some(a) => self.datum(&a.datum).await,
             None => Err(CatalogError::NoSuchDatum { name: format!("datum://{bare}"), store: self.ds.url.clone() }),
         }
-    }
-
-    /// Every datum, oldest first (ids sort by time).
-    pub async fn datums(&self) -> Result<Vec<DatumRecord>, CatalogError> {
-        let mut out: Vec<DatumRecord> = self.read_all("datums").await?;
-        out.extend(self.packs().await?.into_iter().flat_map(|p| p.datums));
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
     }
 
     /// Every record below the reserved-prefix path `rel` (one listing, 32 reads at once), in no

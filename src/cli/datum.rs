@@ -182,13 +182,7 @@ pub fn run_datum(args: DatumArgs) -> Result<i32> {
             let all = match &execution {
                 Some(e) => {
                     let rec = rt.block_on(catalog.execution(e))?;
-                    rt.block_on(
-                        futures::stream::iter(rec.outputs.iter().map(|id| catalog.datum(id)))
-                            .buffered(16)
-                            .collect::<Vec<_>>(),
-                    )
-                    .into_iter()
-                    .collect::<Result<Vec<_>, _>>()?
+                    rt.block_on(catalog.execution_datums(&rec))?
                 }
                 None => rt.block_on(catalog.datums())?,
             };

@@ -468,6 +468,9 @@ impl Syncer {
         progress.files_total.store(all.clone().count() as u64, Ordering::Relaxed);
         progress.bytes_total.store(all.map(|j| j.stamp.size).sum(), Ordering::Relaxed);
         jobs.sort_by(|a, b| a.rel.cmp(&b.rel));
+        // Records of the datums uploaded alone, for the index record.
+        let indexed = std::sync::Mutex::new(Vec::new());
+        let indexed_ref = &indexed;
         let singles = futures::stream::iter(jobs)
             .map(|job| async move {
                 let res = match job.meta {
@@ -497,6 +500,7 @@ impl Syncer {
 
                         if let Ok(rec) = &res {
                             record_synced(state, &job.rel, job.stamp, rec);
+                            indexed_ref.lock().unwrap_or_else(|e| e.into_inner()).push(rec.clone());
                         }
                         res.map(|rec| made(&job.rel, rec))
                     }
@@ -511,6 +515,9 @@ impl Syncer {
         if let Err(e) = state.blocking(SyncState::flush).await {
             tracing::warn!("flushing the sync state: {e}");
         }
+        let packs = results.iter().filter_map(|(_, r)| r.as_ref().ok()?.0.packed.as_ref().map(|p| p.pack.clone()));
+        let packs = packs.collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        self.index(indexed.into_inner().unwrap_or_else(|e| e.into_inner()), packs).await;
         for (rel, res) in results {
             match res {
                 Ok((file, alias)) => {
@@ -787,6 +794,14 @@ impl Syncer {
         (job.rel, Ok(entry))
     }
 
+    /// Writes the index record of the datums this sync made (see `catalog::index`). Without it
+    /// listings read those datums' records one by one, so a failure only warns.
+    async fn index(&self, datums: Vec<DatumRecord>, packs: Vec<String>) {
+        if let Err(e) = self.catalog.put_index(&self.execution, datums, packs).await {
+            tracing::warn!("writing the datum index of execution {}: {e}", self.execution);
+        }
+    }
+
     /// Makes (or extends, for this execution) the dataset versions the synced files name.
     async fn publish_versions(&self, report: &mut SyncReport) {
         let mut wanted: BTreeMap<String, Vec<&SyncedFile>> = BTreeMap::new();
@@ -845,7 +860,7 @@ impl Syncer {
         progress.bytes_total.store(total, Ordering::Relaxed);
         // The alias goes to the last file only (an alias names one datum).
         let last = files.len().saturating_sub(1);
-        futures::stream::iter(files.into_iter().enumerate())
+        let made = futures::stream::iter(files.into_iter().enumerate())
             .map(|(i, (rel, local))| {
                 let mut m = meta.clone();
                 if i != last {
@@ -863,8 +878,10 @@ impl Syncer {
                 }
             })
             .buffered(FILES_IN_FLIGHT)
-            .collect()
-            .await
+            .collect::<Vec<_>>()
+            .await;
+        self.index(made.iter().filter_map(|(_, r)| r.as_ref().ok().cloned()).collect(), Vec::new()).await;
+        made
     }
 }
 
