@@ -249,3 +249,93 @@ fn staged_outputs_survive_a_daemon_crash() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["datums"].as_array().unwrap().len(), 2, "{report}");
 }
+
+#[test]
+fn special_files_hard_links_owners_and_xattrs_in_outputs_and_what_sync_makes_of_them() {
+    if !fuse_available() {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let input = local_input(scratch.path());
+    let m = TestMount::new(&["--input", &input, "--execution", "exec-kinds"], &[]);
+    let o = m.path("outputs");
+
+    // hard links: one inode, two names, writes through either seen through both
+    fs::write(o.join("a.bin"), b"linked\n").unwrap();
+    fs::hard_link(o.join("a.bin"), o.join("b.bin")).unwrap();
+    let (a, b) = (fs::metadata(o.join("a.bin")).unwrap(), fs::metadata(o.join("b.bin")).unwrap());
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+    fs::OpenOptions::new().append(true).open(o.join("b.bin")).unwrap().write_all(b"more\n").unwrap();
+    assert_eq!(fs::read(o.join("a.bin")).unwrap(), b"linked\nmore\n");
+    // the first name goes; the second still works, by name and through an open file
+    let held = fs::File::open(o.join("a.bin")).unwrap();
+    fs::remove_file(o.join("a.bin")).unwrap();
+    assert_eq!(fs::metadata(o.join("b.bin")).unwrap().nlink(), 1);
+    fs::hard_link(o.join("b.bin"), o.join("a.bin")).unwrap();
+    fs::rename(o.join("b.bin"), o.join("c.bin")).unwrap();
+    assert_eq!(fs::read(o.join("c.bin")).unwrap(), b"linked\nmore\n");
+    drop(held);
+
+    // a file created read-only, and another unlinked while open
+    let ro = std::ffi::CString::new(o.join("lock").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid path.
+    let fd = unsafe { libc::open(ro.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_RDONLY, 0o444) };
+    assert!(fd >= 0, "O_CREAT|O_EXCL|O_RDONLY: {}", std::io::Error::last_os_error());
+    // SAFETY: the descriptor just opened.
+    unsafe { libc::close(fd) };
+    assert_eq!(fs::metadata(o.join("lock")).unwrap().mode() & 0o777, 0o444);
+    let mut gone = fs::File::create(o.join("gone.tmp")).unwrap();
+    fs::remove_file(o.join("gone.tmp")).unwrap();
+    gone.write_all(b"still writable").unwrap();
+    assert_eq!((gone.metadata().unwrap().nlink(), gone.metadata().unwrap().len()), (0, 14));
+    gone.set_len(3).unwrap();
+    drop(gone);
+
+    // owners kept (the test runs as root where FUSE is available)
+    fs::create_dir(o.join("theirs")).unwrap();
+    std::os::unix::fs::chown(o.join("theirs"), Some(65534), Some(65534)).unwrap();
+    let t = fs::metadata(o.join("theirs")).unwrap();
+    assert_eq!((t.uid(), t.gid()), (65534, 65534));
+
+    // xattrs kept in staging
+    let value = b"v1";
+    let path = std::ffi::CString::new(o.join("c.bin").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid C strings and a value of the length given.
+    let rc = unsafe { libc::setxattr(path.as_ptr(), c"user.note".as_ptr(), value.as_ptr().cast(), 2, 0) };
+    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
+    assert_eq!(xattr(&o.join("c.bin"), "user.note").as_deref(), Some("v1"));
+
+    // FIFOs, sockets and symlinks can be made; sync skips them and says so
+    nix::unistd::mkfifo(&o.join("pipe"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let sock = std::os::unix::net::UnixListener::bind(o.join("sock")).unwrap();
+    std::os::unix::fs::symlink("c.bin", o.join("latest")).unwrap();
+    let kinds: Vec<_> =
+        ["pipe", "sock", "latest"].iter().map(|n| fs::symlink_metadata(o.join(n)).unwrap().file_type()).collect();
+    use std::os::unix::fs::FileTypeExt;
+    assert!(kinds[0].is_fifo() && kinds[1].is_socket() && kinds[2].is_symlink());
+
+    let out = m.run(&["sync", m.mnt.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    drop(sock);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut paths: Vec<&str> =
+        report["datums"].as_array().unwrap().iter().map(|d| d["path"].as_str().unwrap()).collect();
+    paths.sort();
+    assert_eq!(paths, ["a.bin", "c.bin", "lock"], "every name of a hard-linked file is a datum");
+    let sha = |p: &str| report["datums"].as_array().unwrap().iter().find(|d| d["path"] == p).unwrap()["sha256"].clone();
+    assert_eq!(sha("a.bin"), sha256(b"linked\nmore\n"));
+    assert_eq!(sha("a.bin"), sha("c.bin"));
+    let skipped: Vec<(String, String)> = report["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["path"].as_str().unwrap().to_string(), s["error"].as_str().unwrap().to_string()))
+        .collect();
+    let why = |p: &str| skipped.iter().find(|(q, _)| q == p).map(|(_, w)| w.clone()).unwrap_or_default();
+    assert!(
+        why("pipe").contains("FIFO") && why("sock").contains("socket") && why("latest").contains("symbolic link"),
+        "{skipped:?}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("outputs/pipe") && err.contains("outputs/sock"), "{err}");
+}

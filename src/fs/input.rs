@@ -181,8 +181,7 @@ impl InputNamespace {
                 kind: Kind::File,
                 perm: FILE_PERM,
                 mtime,
-                times: None,
-                nlink: None,
+                staged: None,
                 cache_for: super::CacheFor::Long,
             }),
         }

@@ -23,7 +23,7 @@ pub use warm::{warm_uri, WarmReport, WarmUri};
 
 use crate::cache::Cache;
 use crate::inputs::resolve::ResolvedInput;
-use crate::outputs::Staging;
+use crate::outputs::{Caller, Staging};
 use crate::reader::Reader;
 use input::{InputNamespace, InputServices};
 use std::collections::HashMap;
@@ -58,6 +58,14 @@ pub enum Kind {
     File,
     /// A symbolic link (outputs only).
     Symlink,
+    /// A named pipe (outputs only).
+    Fifo,
+    /// A unix socket (outputs only).
+    Socket,
+    /// A character device (outputs only).
+    CharDevice,
+    /// A block device (outputs only).
+    BlockDevice,
 }
 
 /// Attributes of an inode, in the filesystem's own terms.
@@ -73,12 +81,28 @@ pub struct Attr {
     pub perm: u16,
     /// Modification time.
     pub mtime: SystemTime,
-    /// Access and change times, where they differ from `mtime` (outputs).
-    pub times: Option<(SystemTime, SystemTime)>,
-    /// Link count, where it is not the usual one (outputs).
-    pub nlink: Option<u32>,
+    /// The local filesystem's own fields, for a staged entry (outputs); others have the
+    /// mount's owner, one link (two for a directory) and `mtime` for every time.
+    pub staged: Option<StagedAttr>,
     /// How long the kernel may keep it.
     pub cache_for: CacheFor,
+}
+
+/// The fields of a staged entry that read-only entries do not have.
+#[derive(Debug, Clone, Copy)]
+pub struct StagedAttr {
+    /// Access time.
+    pub atime: SystemTime,
+    /// Change time.
+    pub ctime: SystemTime,
+    /// Link count.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Device number (device nodes).
+    pub rdev: u32,
 }
 
 /// How long the kernel may keep an entry's attributes before asking again.
@@ -99,16 +123,7 @@ pub enum CacheFor {
 impl Attr {
     /// A read-only directory of the mount, made at `mtime`, whose attributes never change.
     fn read_only_dir(ino: u64, mtime: SystemTime) -> Self {
-        Attr {
-            ino,
-            size: 0,
-            kind: Kind::Dir,
-            perm: DIR_PERM,
-            mtime,
-            times: None,
-            nlink: None,
-            cache_for: CacheFor::Long,
-        }
+        Attr { ino, size: 0, kind: Kind::Dir, perm: DIR_PERM, mtime, staged: None, cache_for: CacheFor::Long }
     }
 }
 
@@ -178,8 +193,7 @@ fn made_file_attr(ino: u64, size: u64) -> Attr {
         kind: Kind::File,
         perm: FILE_PERM,
         mtime: SystemTime::now(),
-        times: None,
-        nlink: None,
+        staged: None,
         cache_for: CacheFor::Never,
     }
 }
@@ -308,6 +322,13 @@ impl Fs {
             Ok(Owner::Ns(ns)) => ns.try_getattr(ino),
             Err(e) => Some(Err(e)),
         }
+    }
+
+    /// Attributes of `ino` asked through open handle `fh` (`fstat`): a staged file still open
+    /// after its last name went has them only there (`None`: ask by inode).
+    pub fn try_getattr_open(&self, ino: u64, fh: u64) -> Option<FsResult<Attr>> {
+        let file = self.file(fh).ok()?;
+        self.ns(ino).ok()?.getattr_open(ino, file.as_ref())
     }
 
     /// Attributes of `ino` for a directory listing with attributes (readdirplus), at once: a
@@ -466,9 +487,9 @@ impl Fs {
         self.file(fh)?.read(offset, size).await
     }
 
-    /// Writes to an open file; returns the bytes written.
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
-        self.file(fh)?.write(offset, data)
+    /// Writes to an open file for `caller`; returns the bytes written.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], caller: Caller) -> FsResult<u32> {
+        self.file(fh)?.write(offset, data, caller)
     }
 
     /// Flushes an open file to stable storage.
@@ -479,9 +500,9 @@ impl Fs {
         }
     }
 
-    /// Creates and opens a file.
-    pub fn create(&self, parent: u64, name: &str, mode: u32, flags: i32) -> FsResult<(Attr, Opened)> {
-        let (attr, o) = self.ns(parent)?.create(parent, name, mode, flags)?;
+    /// Creates and opens a file, `caller`'s.
+    pub fn create(&self, parent: u64, name: &str, mode: u32, flags: i32, caller: Caller) -> FsResult<(Attr, Opened)> {
+        let (attr, o) = self.ns(parent)?.create(parent, name, mode, flags, caller)?;
         Ok((attr, self.opened(o)))
     }
 
@@ -491,9 +512,9 @@ impl Fs {
         self.ns(ino)?.setattr(ino, change, file.as_deref())
     }
 
-    /// Creates a directory.
-    pub fn mkdir(&self, parent: u64, name: &str, mode: u32) -> FsResult<Attr> {
-        self.ns(parent)?.mkdir(parent, name, mode)
+    /// Creates a directory, `caller`'s.
+    pub fn mkdir(&self, parent: u64, name: &str, mode: u32, caller: Caller) -> FsResult<Attr> {
+        self.ns(parent)?.mkdir(parent, name, mode, caller)
     }
 
     /// Removes a file.
@@ -516,25 +537,33 @@ impl Fs {
         from.rename(parent, name, new_parent, new_name, flags)
     }
 
-    /// Creates a symbolic link.
-    pub fn symlink(&self, parent: u64, name: &str, target: &Path) -> FsResult<Attr> {
-        self.ns(parent)?.symlink(parent, name, target)
+    /// Creates a symbolic link, `caller`'s.
+    pub fn symlink(&self, parent: u64, name: &str, target: &Path, caller: Caller) -> FsResult<Attr> {
+        self.ns(parent)?.symlink(parent, name, target, caller)
     }
 
-    /// Device nodes, FIFOs and sockets: regular files come through create, the rest has no
-    /// place where namespaces take changes (EPERM), and none elsewhere (EROFS).
-    pub fn mknod(&self, parent: u64) -> FsError {
-        self.check_writable(parent).err().unwrap_or(FsError::NotPermitted)
+    /// Creates a FIFO, socket or device node, `caller`'s (`mode` carries the type).
+    pub fn mknod(&self, parent: u64, name: &str, mode: u32, rdev: u32, caller: Caller) -> FsResult<Attr> {
+        self.ns(parent)?.mknod(parent, name, mode, rdev, caller)
     }
 
-    /// Hard links would give one staged file two output paths; tools fall back to copies.
-    pub fn link(&self, new_parent: u64) -> FsError {
-        self.check_writable(new_parent).err().unwrap_or(FsError::NotPermitted)
+    /// Gives `ino` another name in the same namespace (a hard link).
+    pub fn link(&self, ino: u64, new_parent: u64, new_name: &str) -> FsResult<Attr> {
+        let (from, to) = (self.ns(ino)?, self.ns(new_parent)?);
+        if !Arc::ptr_eq(from, to) {
+            return Err(if from.writable() && to.writable() { FsError::CrossDevice } else { FsError::ReadOnly });
+        }
+        to.link(ino, new_parent, new_name)
     }
 
-    /// Extended attributes cannot be set: read-only namespaces, and outputs keep none.
-    pub fn setxattr(&self, ino: u64) -> FsError {
-        self.check_writable(ino).err().unwrap_or(FsError::NotSupported)
+    /// Sets an extended attribute (outputs keep theirs; elsewhere EROFS).
+    pub fn setxattr(&self, ino: u64, name: &str, value: &[u8], flags: i32) -> FsResult<()> {
+        self.ns(ino)?.setxattr(ino, name, value, flags)
+    }
+
+    /// Removes an extended attribute.
+    pub fn removexattr(&self, ino: u64, name: &str) -> FsResult<()> {
+        self.ns(ino)?.removexattr(ino, name)
     }
 
     /// The target of a symbolic link.

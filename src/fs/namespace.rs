@@ -8,7 +8,7 @@
 //! implement the reading half: every change answers EROFS by default.
 
 use super::{Attr, DirEntry, FsError, FsResult};
-use crate::outputs::SetTime;
+use crate::outputs::{Caller, SetTime};
 use async_trait::async_trait;
 use std::path::Path;
 use std::sync::Arc;
@@ -22,8 +22,8 @@ pub trait OpenFile: Send + Sync {
     /// Reads, fetching what is missing.
     async fn read(&self, offset: u64, size: u32) -> FsResult<Vec<u8>>;
 
-    /// Writes `data` at `offset`; returns the bytes written.
-    fn write(&self, _offset: u64, _data: &[u8]) -> FsResult<u32> {
+    /// Writes `data` at `offset` for `caller`; returns the bytes written.
+    fn write(&self, _offset: u64, _data: &[u8], _caller: Caller) -> FsResult<u32> {
         Err(FsError::ReadOnly)
     }
 
@@ -60,6 +60,10 @@ pub struct OpenedFile {
 pub struct SetAttr {
     /// New permission bits.
     pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
     /// New size (truncate).
     pub size: Option<u64>,
     /// New access time.
@@ -88,6 +92,12 @@ pub trait Namespace: Send + Sync {
     /// Attributes of `ino`.
     async fn getattr(&self, ino: u64) -> FsResult<Attr> {
         self.try_getattr(ino).unwrap_or(Err(FsError::NotFound))
+    }
+
+    /// Attributes of `ino` from an open handle on it, where the handle knows better than the
+    /// inode's name (`None`: ask by inode).
+    fn getattr_open(&self, _ino: u64, _file: &dyn OpenFile) -> Option<FsResult<Attr>> {
+        None
     }
 
     /// Looks `name` up in `parent` when that needs no I/O (`None`: call [`Namespace::lookup`]).
@@ -128,13 +138,30 @@ pub trait Namespace: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Sets an extended attribute.
+    fn setxattr(&self, _ino: u64, _name: &str, _value: &[u8], _flags: i32) -> FsResult<()> {
+        Err(FsError::ReadOnly)
+    }
+
+    /// Removes an extended attribute.
+    fn removexattr(&self, _ino: u64, _name: &str) -> FsResult<()> {
+        Err(FsError::ReadOnly)
+    }
+
     /// The target of a symbolic link.
     fn readlink(&self, _ino: u64) -> FsResult<Vec<u8>> {
         Err(FsError::Os(libc::EINVAL))
     }
 
-    /// Creates and opens a file.
-    fn create(&self, _parent: u64, _name: &str, _mode: u32, _flags: i32) -> FsResult<(Attr, OpenedFile)> {
+    /// Creates and opens a file, `caller`'s.
+    fn create(
+        &self,
+        _parent: u64,
+        _name: &str,
+        _mode: u32,
+        _flags: i32,
+        _caller: Caller,
+    ) -> FsResult<(Attr, OpenedFile)> {
         Err(FsError::ReadOnly)
     }
 
@@ -143,8 +170,18 @@ pub trait Namespace: Send + Sync {
         Err(FsError::ReadOnly)
     }
 
-    /// Creates a directory.
-    fn mkdir(&self, _parent: u64, _name: &str, _mode: u32) -> FsResult<Attr> {
+    /// Creates a directory, `caller`'s.
+    fn mkdir(&self, _parent: u64, _name: &str, _mode: u32, _caller: Caller) -> FsResult<Attr> {
+        Err(FsError::ReadOnly)
+    }
+
+    /// Creates a FIFO, socket or device node, `caller`'s (`mode` carries the type).
+    fn mknod(&self, _parent: u64, _name: &str, _mode: u32, _rdev: u32, _caller: Caller) -> FsResult<Attr> {
+        Err(FsError::ReadOnly)
+    }
+
+    /// Gives `ino` another name (a hard link).
+    fn link(&self, _ino: u64, _new_parent: u64, _new_name: &str) -> FsResult<Attr> {
         Err(FsError::ReadOnly)
     }
 
@@ -163,8 +200,8 @@ pub trait Namespace: Send + Sync {
         Err(FsError::ReadOnly)
     }
 
-    /// Creates a symbolic link.
-    fn symlink(&self, _parent: u64, _name: &str, _target: &Path) -> FsResult<Attr> {
+    /// Creates a symbolic link, `caller`'s.
+    fn symlink(&self, _parent: u64, _name: &str, _target: &Path, _caller: Caller) -> FsResult<Attr> {
         Err(FsError::ReadOnly)
     }
 }

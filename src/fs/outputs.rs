@@ -4,24 +4,60 @@
 
 use super::namespace::{Namespace, OpenFile, OpenedFile, SetAttr};
 use super::{Attr, DirEntry, FsResult, Kind};
-use crate::outputs::{EntryAttr, EntryKind, Staging};
+use crate::outputs::{Caller, Change, EntryAttr, EntryKind, Staging};
 use async_trait::async_trait;
+use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 /// `outputs/`: the execution's staging area.
 pub struct OutputsNamespace {
     staging: Arc<Staging>,
     top: u64,
     parent: u64,
+    /// Files open on each inode: a file whose last name went while open is reached only
+    /// through them (its attributes, a truncate or chmod of it), as on a local filesystem.
+    open: Mutex<HashMap<u64, Vec<Weak<StagedFile>>>>,
 }
 
 impl OutputsNamespace {
     /// `outputs/` over `staging`, whose root is inode `top`, a child of `parent`.
     pub fn new(staging: Arc<Staging>, top: u64, parent: u64) -> Self {
-        Self { staging, top, parent }
+        Self { staging, top, parent, open: Mutex::default() }
+    }
+
+    fn opened(&self, ino: u64, file: std::fs::File, id: u64) -> OpenedFile {
+        let set_id = file.metadata().is_ok_and(|m| has_set_id(m.mode()));
+        let file = Arc::new(StagedFile { file, id, staging: self.staging.clone(), set_id: AtomicBool::new(set_id) });
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let handles = open.entry(ino).or_default();
+        handles.retain(|h| h.strong_count() > 0);
+        handles.push(Arc::downgrade(&file));
+        // Closed handles of other inodes go too, now and then.
+        if open.len() > 1024 {
+            open.retain(|_, hs| hs.iter().any(|h| h.strong_count() > 0));
+        }
+        OpenedFile { file, direct_io: true, keep_cache: false, backing: None, no_flush: false }
+    }
+
+    /// Every file open on `ino`.
+    fn open_all(&self, ino: u64) -> Vec<Arc<StagedFile>> {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.get(&ino).map(|hs| hs.iter().filter_map(Weak::upgrade).collect()).unwrap_or_default()
+    }
+
+    /// A file still open on `ino`, if any.
+    fn open_on(&self, ino: u64) -> Option<Arc<StagedFile>> {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.get(&ino)?.iter().find_map(Weak::upgrade)
+    }
+
+    /// Whether `e` says the inode has no name: then an open file on it may still answer.
+    fn nameless(e: &std::io::Error) -> bool {
+        e.raw_os_error() == Some(libc::ENOENT)
     }
 }
 
@@ -30,6 +66,10 @@ fn kind(k: EntryKind) -> Kind {
         EntryKind::Dir => Kind::Dir,
         EntryKind::File => Kind::File,
         EntryKind::Symlink => Kind::Symlink,
+        EntryKind::Fifo => Kind::Fifo,
+        EntryKind::Socket => Kind::Socket,
+        EntryKind::CharDevice => Kind::CharDevice,
+        EntryKind::BlockDevice => Kind::BlockDevice,
     }
 }
 
@@ -40,19 +80,15 @@ fn attr(e: EntryAttr) -> Attr {
         kind: kind(e.kind),
         perm: e.perm,
         mtime: e.mtime,
-        times: Some((e.atime, e.ctime)),
-        nlink: Some(e.nlink),
+        staged: Some(super::StagedAttr {
+            atime: e.atime,
+            ctime: e.ctime,
+            nlink: e.nlink,
+            uid: e.uid,
+            gid: e.gid,
+            rdev: e.rdev,
+        }),
         cache_for: super::CacheFor::Short,
-    }
-}
-
-fn opened(file: std::fs::File, id: u64, staging: &Arc<Staging>) -> OpenedFile {
-    OpenedFile {
-        file: Arc::new(StagedFile { file, id, staging: staging.clone() }),
-        direct_io: true,
-        keep_cache: false,
-        backing: None,
-        no_flush: false,
     }
 }
 
@@ -71,7 +107,19 @@ impl Namespace for OutputsNamespace {
     }
 
     fn try_getattr(&self, ino: u64) -> Option<FsResult<Attr>> {
-        Some(self.staging.getattr(ino).map(attr).map_err(Into::into))
+        let res = match self.staging.getattr(ino) {
+            Err(e) if Self::nameless(&e) => match self.open_on(ino) {
+                Some(f) => self.staging.attr_of_open(ino, &f.file),
+                None => Err(e),
+            },
+            other => other,
+        };
+        Some(res.map(attr).map_err(Into::into))
+    }
+
+    fn getattr_open(&self, ino: u64, file: &dyn OpenFile) -> Option<FsResult<Attr>> {
+        let file = file.staged_file()?;
+        Some(self.staging.attr_of_open(ino, file).map(attr).map_err(Into::into))
     }
 
     fn try_lookup(&self, parent: u64, name: &str) -> Option<FsResult<Attr>> {
@@ -93,25 +141,64 @@ impl Namespace for OutputsNamespace {
 
     async fn open(&self, ino: u64, flags: i32, _passthrough: bool) -> FsResult<OpenedFile> {
         let (file, id) = self.staging.open_file(ino, flags)?;
-        Ok(opened(file, id, &self.staging))
+        Ok(self.opened(ino, file, id))
     }
 
     fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         Ok(self.staging.readlink(ino)?)
     }
 
-    fn create(&self, parent: u64, name: &str, mode: u32, flags: i32) -> FsResult<(Attr, OpenedFile)> {
-        let (a, file, id) = self.staging.create(parent, OsStr::new(name), mode, flags)?;
-        Ok((attr(a), opened(file, id, &self.staging)))
+    fn create(&self, parent: u64, name: &str, mode: u32, flags: i32, caller: Caller) -> FsResult<(Attr, OpenedFile)> {
+        let (a, file, id) = self.staging.create(parent, OsStr::new(name), mode, flags, caller)?;
+        let ino = a.ino;
+        Ok((attr(a), self.opened(ino, file, id)))
     }
 
     fn setattr(&self, ino: u64, change: SetAttr, file: Option<&dyn OpenFile>) -> FsResult<Attr> {
-        let file = file.and_then(|f| f.staged_file());
-        Ok(attr(self.staging.setattr(ino, change.mode, change.size, change.atime, change.mtime, file)?))
+        let SetAttr { mode, uid, gid, size, atime, mtime } = change;
+        let change = Change { mode, uid, gid, size, atime, mtime };
+        if change.mode.is_some_and(has_set_id) {
+            // Writes through open handles must look again (and clear the bits for others).
+            for f in self.open_all(ino) {
+                f.set_id.store(true, Ordering::Relaxed);
+            }
+        }
+        let res = match self.staging.setattr(ino, &change, file.and_then(|f| f.staged_file())) {
+            Err(e) if Self::nameless(&e) => match self.open_on(ino) {
+                Some(f) => self.staging.setattr(ino, &change, Some(&f.file)),
+                None => Err(e),
+            },
+            other => other,
+        };
+        Ok(attr(res?))
     }
 
-    fn mkdir(&self, parent: u64, name: &str, mode: u32) -> FsResult<Attr> {
-        Ok(attr(self.staging.mkdir(parent, OsStr::new(name), mode)?))
+    fn mkdir(&self, parent: u64, name: &str, mode: u32, caller: Caller) -> FsResult<Attr> {
+        Ok(attr(self.staging.mkdir(parent, OsStr::new(name), mode, caller)?))
+    }
+
+    fn mknod(&self, parent: u64, name: &str, mode: u32, rdev: u32, caller: Caller) -> FsResult<Attr> {
+        Ok(attr(self.staging.mknod(parent, OsStr::new(name), mode, rdev, caller)?))
+    }
+
+    fn link(&self, ino: u64, new_parent: u64, new_name: &str) -> FsResult<Attr> {
+        Ok(attr(self.staging.link(ino, new_parent, OsStr::new(new_name))?))
+    }
+
+    fn try_getxattr(&self, ino: u64, name: &str) -> Option<FsResult<Vec<u8>>> {
+        Some(self.staging.getxattr(ino, OsStr::new(name)).map_err(Into::into))
+    }
+
+    fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        Ok(self.staging.listxattr(ino)?)
+    }
+
+    fn setxattr(&self, ino: u64, name: &str, value: &[u8], flags: i32) -> FsResult<()> {
+        Ok(self.staging.setxattr(ino, OsStr::new(name), value, flags)?)
+    }
+
+    fn removexattr(&self, ino: u64, name: &str) -> FsResult<()> {
+        Ok(self.staging.removexattr(ino, OsStr::new(name))?)
     }
 
     fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
@@ -126,8 +213,8 @@ impl Namespace for OutputsNamespace {
         Ok(self.staging.rename(parent, OsStr::new(name), new_parent, OsStr::new(new_name), flags)?)
     }
 
-    fn symlink(&self, parent: u64, name: &str, target: &Path) -> FsResult<Attr> {
-        Ok(attr(self.staging.symlink(parent, OsStr::new(name), target)?))
+    fn symlink(&self, parent: u64, name: &str, target: &Path, caller: Caller) -> FsResult<Attr> {
+        Ok(attr(self.staging.symlink(parent, OsStr::new(name), target, caller)?))
     }
 }
 
@@ -137,6 +224,30 @@ struct StagedFile {
     /// The staging file's identity (st_ino).
     id: u64,
     staging: Arc<Staging>,
+    /// Whether the file may have its set-user-id or set-group-id bit, which a write by anyone
+    /// but root clears (the kernel leaves that to us for the direct writes outputs take).
+    set_id: AtomicBool,
+}
+
+/// Whether `mode` has bits a write by an unprivileged user clears: set-user-id, and
+/// set-group-id on a group-executable file.
+fn has_set_id(mode: u32) -> bool {
+    mode & libc::S_ISUID != 0 || mode & (libc::S_ISGID | libc::S_IXGRP) == (libc::S_ISGID | libc::S_IXGRP)
+}
+
+impl StagedFile {
+    /// Clears the set-id bits before a write by `caller`, as a local filesystem does.
+    fn drop_set_id(&self, caller: Caller) -> std::io::Result<()> {
+        if caller.uid == 0 || !self.set_id.swap(false, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mode = self.file.metadata()?.mode();
+        if has_set_id(mode) {
+            let kept = mode & !libc::S_ISUID & if mode & libc::S_IXGRP != 0 { !libc::S_ISGID } else { !0 };
+            self.file.set_permissions(std::fs::Permissions::from_mode(kept & 0o7777))?;
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -149,7 +260,8 @@ impl OpenFile for StagedFile {
         pread(&self.file, offset, size)
     }
 
-    fn write(&self, offset: u64, data: &[u8]) -> FsResult<u32> {
+    fn write(&self, offset: u64, data: &[u8], caller: Caller) -> FsResult<u32> {
+        self.drop_set_id(caller)?;
         self.file.write_all_at(data, offset)?;
         self.staging.hasher.write(self.id, offset, data);
         Ok(data.len() as u32)

@@ -11,6 +11,9 @@ use object_store::memory::InMemory;
 use object_store::{ObjectStoreExt, PutPayload};
 use std::time::Duration;
 
+/// The test process, as the caller of changes.
+const ME: crate::outputs::Caller = crate::outputs::Caller { uid: 0, gid: 0 };
+
 /// Collects every event.
 #[derive(Default)]
 struct Collect(Mutex<Vec<FsEvent>>);
@@ -155,16 +158,16 @@ async fn inputs_and_config_are_read_only_and_nothing_moves_between_namespaces() 
     let file = f.ino("inputs/data/a.bin").await.unwrap();
     let config = f.ino("config").await.unwrap();
     let erofs = |r: FsResult<()>| assert_eq!(r.unwrap_err().errno(), libc::EROFS);
-    erofs(f.fs.create(data, "new", 0o644, libc::O_WRONLY).map(|_| ()));
-    erofs(f.fs.create(config, "new", 0o644, libc::O_WRONLY).map(|_| ()));
-    erofs(f.fs.mkdir(ROOT, "new", 0o755).map(|_| ()));
-    erofs(f.fs.mkdir(INPUTS, "new", 0o755).map(|_| ()));
+    erofs(f.fs.create(data, "new", 0o644, libc::O_WRONLY, ME).map(|_| ()));
+    erofs(f.fs.create(config, "new", 0o644, libc::O_WRONLY, ME).map(|_| ()));
+    erofs(f.fs.mkdir(ROOT, "new", 0o755, ME).map(|_| ()));
+    erofs(f.fs.mkdir(INPUTS, "new", 0o755, ME).map(|_| ()));
     erofs(f.fs.unlink(data, "a.bin"));
     erofs(f.fs.open(file, libc::O_RDWR, false).await.map(|_| ()));
     erofs(f.fs.open(f.ino("config/inputs.json").await.unwrap(), libc::O_WRONLY, false).await.map(|_| ()));
     erofs(f.fs.setattr(file, SetAttr { size: Some(0), ..Default::default() }, None).map(|_| ()));
     erofs(f.fs.rename(data, "a.bin", OUTPUTS, "a.bin", 0));
-    let (_, o) = f.fs.create(OUTPUTS, "x", 0o644, libc::O_WRONLY).unwrap();
+    let (_, o) = f.fs.create(OUTPUTS, "x", 0o644, libc::O_WRONLY, ME).unwrap();
     f.fs.release(o.fh);
     erofs(f.fs.rename(OUTPUTS, "x", data, "x", 0));
     assert!(f.fs.check_writable(OUTPUTS).is_ok());
@@ -174,15 +177,15 @@ async fn inputs_and_config_are_read_only_and_nothing_moves_between_namespaces() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outputs_are_the_staging_tree() {
     let f = fixture().await;
-    let (attr, o) = f.fs.create(OUTPUTS, "model.pt", 0o644, libc::O_RDWR).unwrap();
+    let (attr, o) = f.fs.create(OUTPUTS, "model.pt", 0o644, libc::O_RDWR, ME).unwrap();
     assert_eq!(attr.kind, Kind::File);
     let payload = bytes(9, 300_000);
     for (i, chunk) in payload.chunks(1 << 16).enumerate() {
-        assert_eq!(f.fs.write(o.fh, (i << 16) as u64, chunk).unwrap() as usize, chunk.len());
+        assert_eq!(f.fs.write(o.fh, (i << 16) as u64, chunk, ME).unwrap() as usize, chunk.len());
     }
     f.fs.fsync(o.fh, false).unwrap();
     f.fs.release(o.fh);
-    let dir = f.fs.mkdir(OUTPUTS, "ckpt", 0o755).unwrap();
+    let dir = f.fs.mkdir(OUTPUTS, "ckpt", 0o755, ME).unwrap();
     f.fs.rename(OUTPUTS, "model.pt", dir.ino, "final.pt", 0).unwrap();
     assert_eq!(f.names("outputs").await, [".", "..", "ckpt"]);
     assert_eq!(f.names("outputs/ckpt").await, [".", "..", "final.pt"]);
@@ -190,7 +193,7 @@ async fn outputs_are_the_staging_tree() {
     let ino = f.ino("outputs/ckpt/final.pt").await.unwrap();
     let truncated = f.fs.setattr(ino, SetAttr { size: Some(10), ..Default::default() }, None).unwrap();
     assert_eq!(truncated.size, 10);
-    f.fs.symlink(dir.ino, "latest", std::path::Path::new("final.pt")).unwrap();
+    f.fs.symlink(dir.ino, "latest", std::path::Path::new("final.pt"), ME).unwrap();
     assert_eq!(f.fs.readlink(f.ino("outputs/ckpt/latest").await.unwrap()).unwrap(), b"final.pt");
     assert_eq!(f.fs.rmdir(OUTPUTS, "ckpt").unwrap_err().errno(), libc::ENOTEMPTY);
     f.fs.unlink(dir.ino, "final.pt").unwrap();

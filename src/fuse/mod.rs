@@ -3,7 +3,7 @@
 //! the network), and sends errors as the errno `fs::error` chose.
 
 use crate::fs::{Attr, Fs, FsError, Kind};
-use crate::outputs::SetTime;
+use crate::outputs::{Caller, SetTime};
 use fuser::BackingId;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
@@ -123,20 +123,29 @@ impl FuseAdapter {
 }
 
 fn file_attr(a: &Attr, uid: u32, gid: u32) -> FileAttr {
+    let usual = crate::fs::StagedAttr {
+        atime: a.mtime,
+        ctime: a.mtime,
+        nlink: if a.kind == Kind::Dir { 2 } else { 1 },
+        uid,
+        gid,
+        rdev: 0,
+    };
+    let own = a.staged.unwrap_or(usual);
     FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
         blocks: a.size.div_ceil(512),
-        atime: a.times.map_or(a.mtime, |t| t.0),
+        atime: own.atime,
         mtime: a.mtime,
-        ctime: a.times.map_or(a.mtime, |t| t.1),
+        ctime: own.ctime,
         crtime: a.mtime,
         kind: file_type(a.kind),
         perm: a.perm,
-        nlink: a.nlink.unwrap_or(if a.kind == Kind::Dir { 2 } else { 1 }),
-        uid,
-        gid,
-        rdev: 0,
+        nlink: own.nlink,
+        uid: own.uid,
+        gid: own.gid,
+        rdev: own.rdev,
         flags: 0,
         blksize: 1 << 20,
     }
@@ -147,6 +156,10 @@ fn file_type(kind: Kind) -> FileType {
         Kind::Dir => FileType::Directory,
         Kind::File => FileType::RegularFile,
         Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
     }
 }
 
@@ -190,6 +203,11 @@ fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+/// The user asking, for entries made on their behalf.
+fn caller(req: &Request) -> Caller {
+    Caller { uid: req.uid(), gid: req.gid() }
+}
+
 fn name_str(name: &OsStr) -> Option<String> {
     name.to_str().map(str::to_string)
 }
@@ -225,7 +243,10 @@ impl Filesystem for FuseAdapter {
         self.spawn(move |fs| async move { reply_entry(reply, fs.lookup(parent.0, &name).await, uid, gid) });
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some(res) = fh.and_then(|fh| self.fs.try_getattr_open(ino.0, fh.0)) {
+            return reply_attr(reply, res, self.uid, self.gid);
+        }
         if let Some(res) = self.fs.try_getattr(ino.0) {
             return reply_attr(reply, res, self.uid, self.gid);
         }
@@ -238,8 +259,8 @@ impl Filesystem for FuseAdapter {
         _req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
@@ -257,7 +278,7 @@ impl Filesystem for FuseAdapter {
                 TimeOrNow::SpecificTime(t) => SetTime::At(t),
             })
         };
-        let change = crate::fs::SetAttr { mode, size, atime: conv(atime), mtime: conv(mtime) };
+        let change = crate::fs::SetAttr { mode, uid, gid, size, atime: conv(atime), mtime: conv(mtime) };
         let res = self.fs.setattr(ino.0, change, fh.map(|f| f.0));
         reply_attr(reply, res, self.uid, self.gid);
     }
@@ -269,22 +290,15 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn mknod(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        reply.error(errno(&self.fs.mknod(parent.0)));
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let Some(name) = name_str(name) else { return reply.error(errno(&FsError::BadName)) };
+        let res = self.fs.mknod(parent.0, &name, mode & !(umask & 0o7777), rdev, caller(req));
+        reply_entry(reply, res, self.uid, self.gid);
     }
 
-    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let Some(name) = name_str(name) else { return reply.error(errno(&FsError::BadName)) };
-        reply_entry(reply, self.fs.mkdir(parent.0, &name, mode & !umask), self.uid, self.gid);
+        reply_entry(reply, self.fs.mkdir(parent.0, &name, mode & !umask, caller(req)), self.uid, self.gid);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -297,9 +311,9 @@ impl Filesystem for FuseAdapter {
         reply_empty(reply, self.fs.rmdir(parent.0, &name));
     }
 
-    fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let Some(name) = name_str(link_name) else { return reply.error(errno(&FsError::BadName)) };
-        reply_entry(reply, self.fs.symlink(parent.0, &name, target), self.uid, self.gid);
+        reply_entry(reply, self.fs.symlink(parent.0, &name, target, caller(req)), self.uid, self.gid);
     }
 
     fn rename(
@@ -318,13 +332,14 @@ impl Filesystem for FuseAdapter {
         reply_empty(reply, self.fs.rename(parent.0, &name, newparent.0, &newname, flags.bits()));
     }
 
-    fn link(&self, _req: &Request, _ino: INodeNo, newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
-        reply.error(errno(&self.fs.link(newparent.0)));
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let Some(name) = name_str(newname) else { return reply.error(errno(&FsError::BadName)) };
+        reply_entry(reply, self.fs.link(ino.0, newparent.0, &name), self.uid, self.gid);
     }
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -333,7 +348,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         let Some(name) = name_str(name) else { return reply.error(errno(&FsError::BadName)) };
-        match self.fs.create(parent.0, &name, mode & !umask, flags) {
+        match self.fs.create(parent.0, &name, mode & !umask, flags, caller(req)) {
             Ok((a, o)) => {
                 let attr = file_attr(&a, self.uid, self.gid);
                 let flags = if o.direct_io { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::empty() };
@@ -382,7 +397,7 @@ impl Filesystem for FuseAdapter {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -392,7 +407,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(fh.0, offset, data) {
+        match self.fs.write(fh.0, offset, data, caller(req)) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
         }
@@ -457,8 +472,7 @@ impl Filesystem for FuseAdapter {
                 kind: e.kind,
                 perm: 0o555,
                 mtime: std::time::UNIX_EPOCH,
-                times: None,
-                nlink: None,
+                staged: None,
                 cache_for: crate::fs::CacheFor::Never,
             });
             reply.add(INodeNo(e.ino), next, &e.name, &ttl(&attr), &file_attr(&attr, self.uid, self.gid), Generation(0))
@@ -494,13 +508,14 @@ impl Filesystem for FuseAdapter {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(errno(&self.fs.setxattr(ino.0)));
+        let Some(name) = name_str(name) else { return reply.error(errno(&FsError::NotSupported)) };
+        reply_empty(reply, self.fs.setxattr(ino.0, &name, value, flags));
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -526,8 +541,9 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(&self.fs.setxattr(ino.0)));
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = name_str(name) else { return reply.error(errno(&FsError::NoAttr)) };
+        reply_empty(reply, self.fs.removexattr(ino.0, &name));
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {

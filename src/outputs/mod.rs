@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -30,6 +30,56 @@ pub enum EntryKind {
     File,
     /// A symbolic link.
     Symlink,
+    /// A named pipe.
+    Fifo,
+    /// A unix socket.
+    Socket,
+    /// A character device.
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+}
+
+impl EntryKind {
+    /// The kind of an entry of file type `ft`.
+    pub fn of(ft: std::fs::FileType) -> Self {
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_symlink() {
+            EntryKind::Symlink
+        } else if ft.is_fifo() {
+            EntryKind::Fifo
+        } else if ft.is_socket() {
+            EntryKind::Socket
+        } else if ft.is_char_device() {
+            EntryKind::CharDevice
+        } else if ft.is_block_device() {
+            EntryKind::BlockDevice
+        } else {
+            EntryKind::File
+        }
+    }
+
+    /// What sync says when it skips an entry of this kind.
+    pub fn skipped_because(self) -> &'static str {
+        match self {
+            EntryKind::Symlink => "a symbolic link (not uploaded)",
+            EntryKind::Fifo => "a FIFO (not uploaded)",
+            EntryKind::Socket => "a socket (not uploaded)",
+            EntryKind::CharDevice | EntryKind::BlockDevice => "a device node (not uploaded)",
+            EntryKind::Dir | EntryKind::File => "not a regular file (not uploaded)",
+        }
+    }
+}
+
+/// Who asks for a new entry: it is made theirs (when the daemon may give files away, as root).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// The caller's user id.
+    pub uid: u32,
+    /// The caller's group id.
+    pub gid: u32,
 }
 
 /// Attributes of a staged entry.
@@ -45,6 +95,12 @@ pub struct EntryAttr {
     pub perm: u16,
     /// Link count.
     pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Device number (device nodes).
+    pub rdev: u32,
     /// Access time.
     pub atime: SystemTime,
     /// Modification time.
@@ -61,8 +117,9 @@ struct Link {
 
 #[derive(Default)]
 struct Inodes {
-    /// Inode -> where it is (parent inode and name).
-    links: HashMap<u64, Link>,
+    /// Inode -> its names the kernel knows (parent inode and name; several for a file with
+    /// hard links).
+    links: HashMap<u64, Vec<Link>>,
     /// Staging file identity (st_ino) -> inode.
     by_file: HashMap<u64, u64>,
     next: u64,
@@ -75,6 +132,8 @@ pub struct Staging {
     root_ino: u64,
     root_file: u64,
     inodes: Mutex<Inodes>,
+    /// Whether new entries can be given to their callers (the daemon runs as root).
+    give_away: bool,
     /// Checksums of files followed as they are written.
     pub hasher: hashing::WriteHasher,
 }
@@ -127,7 +186,13 @@ impl Staging {
     pub fn open(dir: &Path, root_ino: u64) -> io::Result<Self> {
         let root = dir.join("files");
         crate::util::create_private_dir(dir)?;
-        crate::util::create_private_dir(&root)?;
+        // `outputs/` itself starts as a fresh directory would (others may enter and read, as
+        // the mode bits say, through the mount; the staging area around it stays private).
+        match std::fs::DirBuilder::new().mode(0o755).create(&root) {
+            Ok(()) => std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
         let root_file = std::fs::metadata(&root)?.ino();
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -135,6 +200,7 @@ impl Staging {
             root_ino,
             root_file,
             inodes: Mutex::new(Inodes { next: INO_BASE, ..Default::default() }),
+            give_away: nix::unistd::geteuid().is_root(),
             hasher: hashing::WriteHasher::new(),
         })
     }
@@ -160,7 +226,7 @@ impl Staging {
 
     /// The inode of the directory holding `ino` (`None` for the root or an unknown inode).
     pub fn parent_of(&self, ino: u64) -> Option<u64> {
-        self.lock().links.get(&ino).map(|l| l.parent)
+        self.lock().links.get(&ino).and_then(|l| l.first()).map(|l| l.parent)
     }
 
     /// The staging path of `ino`.
@@ -169,7 +235,11 @@ impl Staging {
         let mut parts = Vec::new();
         let mut cur = ino;
         while cur != self.root_ino {
-            let link = inodes.links.get(&cur).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+            let link = inodes
+                .links
+                .get(&cur)
+                .and_then(|l| l.first())
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
             parts.push(link.name.clone());
             cur = link.parent;
             if parts.len() > 4096 {
@@ -203,34 +273,54 @@ impl Staging {
                 ino
             }
         };
-        inodes.links.insert(ino, Link { parent, name: name.to_os_string() });
+        let names = inodes.links.entry(ino).or_default();
+        if !names.iter().any(|l| l.parent == parent && l.name == name) {
+            names.push(Link { parent, name: name.to_os_string() });
+        }
         ino
     }
 
-    /// Forgets a staging file that is gone (unlinked, or replaced by a rename), so that its name
-    /// no longer leads to its inode.
-    fn forget(&self, file: u64) {
+    /// Forgets name (`parent`, `name`) of staging file `file` (unlinked, renamed away or
+    /// replaced by a rename); once it has no name left, its inode is forgotten too.
+    fn forget_name(&self, file: u64, parent: u64, name: &OsStr) {
         let mut inodes = self.lock();
-        if let Some(ino) = inodes.by_file.remove(&file) {
+        let Some(&ino) = inodes.by_file.get(&file) else { return };
+        let names = inodes.links.entry(ino).or_default();
+        names.retain(|l| !(l.parent == parent && l.name == name));
+        if names.is_empty() {
             inodes.links.remove(&ino);
+            inodes.by_file.remove(&file);
         }
     }
 
+    /// Makes a new entry at `path` its caller's, as the local filesystem would have: the
+    /// caller's user, and the group of a set-group-id parent directory or else the caller's;
+    /// its permission bits exactly `mode` (the daemon's own umask does not apply).
+    fn settle_new(&self, path: &Path, caller: Caller, mode: Option<u32>) -> io::Result<()> {
+        if self.give_away {
+            let parent = std::fs::metadata(path.parent().unwrap_or(&self.root))?;
+            let gid = if parent.mode() & libc::S_ISGID != 0 { parent.gid() } else { caller.gid };
+            std::os::unix::fs::lchown(path, Some(caller.uid), Some(gid))?;
+        }
+        if let Some(mode) = mode {
+            // (After the chown, which clears set-id bits on files.)
+            if std::fs::symlink_metadata(path)?.mode() & 0o7777 != mode & 0o7777 {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))?;
+            }
+        }
+        Ok(())
+    }
+
     fn attr(&self, ino: u64, meta: &std::fs::Metadata) -> EntryAttr {
-        let ft = meta.file_type();
-        let kind = if ft.is_dir() {
-            EntryKind::Dir
-        } else if ft.is_symlink() {
-            EntryKind::Symlink
-        } else {
-            EntryKind::File
-        };
         EntryAttr {
             ino,
-            kind,
+            kind: EntryKind::of(meta.file_type()),
             size: meta.len(),
             perm: (meta.mode() & 0o7777) as u16,
             nlink: meta.nlink() as u32,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            rdev: meta.rdev() as u32,
             atime: time(meta.atime(), meta.atime_nsec()),
             mtime: time(meta.mtime(), meta.mtime_nsec()),
             ctime: time(meta.ctime(), meta.ctime_nsec()),
@@ -251,38 +341,56 @@ impl Staging {
         Ok(self.attr(ino, &meta))
     }
 
-    /// Changes mode, size and times of `ino` (`file`: an open handle, for truncation).
-    pub fn setattr(
-        &self,
-        ino: u64,
-        mode: Option<u32>,
-        size: Option<u64>,
-        atime: Option<SetTime>,
-        mtime: Option<SetTime>,
-        file: Option<&std::fs::File>,
-    ) -> io::Result<EntryAttr> {
+    /// Attributes of `ino` from a file open on it (which may have no name left).
+    pub fn attr_of_open(&self, ino: u64, file: &std::fs::File) -> io::Result<EntryAttr> {
+        Ok(self.attr(ino, &file.metadata()?))
+    }
+
+    /// Changes owner, mode, size and times of `ino` (`file`: an open handle, for truncation).
+    pub fn setattr(&self, ino: u64, change: &Change, file: Option<&std::fs::File>) -> io::Result<EntryAttr> {
+        match file {
+            Some(f) => self.setattr_open(ino, change, f),
+            None => self.setattr_path(ino, change),
+        }
+    }
+
+    /// A setattr through a file open on the inode (which may have no name left).
+    fn setattr_open(&self, ino: u64, change: &Change, f: &std::fs::File) -> io::Result<EntryAttr> {
+        use std::os::fd::AsRawFd;
+        let Change { mode, uid, gid, size, atime, mtime } = *change;
+        if uid.is_some() || gid.is_some() {
+            std::os::unix::fs::fchown(f, uid, gid)?;
+        }
+        if let Some(mode) = mode {
+            f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
+        }
+        if let Some(size) = size {
+            self.truncate(f, size)?;
+        }
+        if atime.is_some() || mtime.is_some() {
+            let times = [timespec(atime), timespec(mtime)];
+            // SAFETY: an open descriptor and two timespecs, as futimens requires.
+            if unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        self.attr_of_open(ino, f)
+    }
+
+    /// A setattr by the inode's name.
+    fn setattr_path(&self, ino: u64, change: &Change) -> io::Result<EntryAttr> {
+        let Change { mode, uid, gid, size, atime, mtime } = *change;
         let path = self.path(ino)?;
+        if uid.is_some() || gid.is_some() {
+            std::os::unix::fs::lchown(&path, uid, gid)?;
+        }
         if let Some(mode) = mode {
             if !std::fs::symlink_metadata(&path)?.file_type().is_symlink() {
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777))?;
             }
         }
         if let Some(size) = size {
-            let opened;
-            let f = match file {
-                Some(f) => f,
-                None => {
-                    opened = std::fs::OpenOptions::new().write(true).open(&path)?;
-                    &opened
-                }
-            };
-            f.set_len(size)?;
-            let id = f.metadata()?.ino();
-            if size == 0 {
-                self.hasher.reset(id);
-            } else {
-                self.hasher.invalidate(id);
-            }
+            self.truncate(&std::fs::OpenOptions::new().write(true).open(&path)?, size)?;
         }
         if atime.is_some() || mtime.is_some() {
             let times = [timespec(atime), timespec(mtime)];
@@ -296,23 +404,73 @@ impl Staging {
         self.getattr(ino)
     }
 
+    /// Truncates (or extends) a staged file, telling the write hasher.
+    fn truncate(&self, f: &std::fs::File, size: u64) -> io::Result<()> {
+        f.set_len(size)?;
+        let id = f.metadata()?.ino();
+        if size == 0 {
+            self.hasher.reset(id);
+        } else {
+            self.hasher.invalidate(id);
+        }
+        Ok(())
+    }
+
     /// Creates a directory.
-    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32) -> io::Result<EntryAttr> {
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> io::Result<EntryAttr> {
         let path = self.child(parent, name)?;
         std::fs::DirBuilder::new().mode(mode & 0o7777).create(&path)?;
+        // A set-group-id parent passes its bit on to new directories.
+        let inherited = std::fs::metadata(&path)?.mode() & libc::S_ISGID;
+        self.settle_new(&path, caller, Some(mode | inherited))?;
         self.lookup(parent, name)
     }
 
-    /// Creates (or, without `O_EXCL`, opens) a file and opens it with `flags`.
+    /// Creates a FIFO, socket or device node (`mode` carries the type, `rdev` the device).
+    pub fn mknod(&self, parent: u64, name: &OsStr, mode: u32, rdev: u32, caller: Caller) -> io::Result<EntryAttr> {
+        let path = self.child(parent, name)?;
+        let c = cstr(&path)?;
+        // SAFETY: a valid path; mknod with the kernel's own mode and device number.
+        if unsafe { libc::mknod(c.as_ptr(), mode, libc::dev_t::from(rdev)) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.settle_new(&path, caller, Some(mode & 0o7777))?;
+        self.lookup(parent, name)
+    }
+
+    /// Gives file `ino` another name (a hard link: one staged file, one inode).
+    pub fn link(&self, ino: u64, new_parent: u64, new_name: &OsStr) -> io::Result<EntryAttr> {
+        std::fs::hard_link(self.path(ino)?, self.child(new_parent, new_name)?)?;
+        self.lookup(new_parent, new_name)
+    }
+
+    /// Creates (or, without `O_EXCL`, opens) a file and opens it with `flags`, any access mode
+    /// included (`O_RDONLY` makes an empty file, as lock files are made).
     pub fn create(
         &self,
         parent: u64,
         name: &OsStr,
         mode: u32,
         flags: i32,
+        caller: Caller,
     ) -> io::Result<(EntryAttr, std::fs::File, u64)> {
         let path = self.child(parent, name)?;
-        let file = open_with(&path, flags | libc::O_CREAT, mode & 0o7777)?;
+        // Made here, or opened as it was: only a file made here takes the mode and the caller.
+        let file = loop {
+            match open_with(&path, flags | libc::O_CREAT | libc::O_EXCL, mode & 0o7777) {
+                Ok(f) => {
+                    self.settle_new(&path, caller, Some(mode))?;
+                    break f;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
+                    match open_with(&path, flags & !libc::O_CREAT, 0) {
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                        other => break other?,
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let meta = file.metadata()?;
         if meta.len() == 0 {
             self.hasher.reset(meta.ino());
@@ -324,7 +482,7 @@ impl Staging {
     /// Opens `ino` with `flags`; returns the file and its staging identity (for
     /// [`hashing::WriteHasher`]).
     pub fn open_file(&self, ino: u64, flags: i32) -> io::Result<(std::fs::File, u64)> {
-        let file = open_with(&self.path(ino)?, flags & !libc::O_CREAT & !libc::O_EXCL, 0)?;
+        let file = open_with(&self.path(ino)?, flags & !(libc::O_CREAT | libc::O_EXCL), 0)?;
         let meta = file.metadata()?;
         if meta.len() == 0 && (flags & libc::O_ACCMODE) != libc::O_RDONLY {
             self.hasher.reset(meta.ino());
@@ -340,9 +498,7 @@ impl Staging {
             return Err(io::Error::from_raw_os_error(libc::EISDIR));
         }
         std::fs::remove_file(&path)?;
-        if meta.nlink() <= 1 {
-            self.forget(meta.ino());
-        }
+        self.forget_name(meta.ino(), parent, name);
         Ok(())
     }
 
@@ -351,7 +507,7 @@ impl Staging {
         let path = self.child(parent, name)?;
         let meta = std::fs::symlink_metadata(&path)?;
         std::fs::remove_dir(&path)?;
-        self.forget(meta.ino());
+        self.forget_name(meta.ino(), parent, name);
         Ok(())
     }
 
@@ -359,6 +515,7 @@ impl Staging {
     pub fn rename(&self, parent: u64, name: &OsStr, new_parent: u64, new_name: &OsStr, flags: u32) -> io::Result<()> {
         let from = self.child(parent, name)?;
         let to = self.child(new_parent, new_name)?;
+        let source = std::fs::symlink_metadata(&from)?.ino();
         let replaced = std::fs::symlink_metadata(&to).ok().map(|m| m.ino());
         let (a, b) = (cstr(&from)?, cstr(&to)?);
         // SAFETY: two valid paths; renameat2 with the kernel's own flags.
@@ -366,13 +523,13 @@ impl Staging {
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
-        let moved = std::fs::symlink_metadata(&to).ok();
-        if let (Some(old), Some(new)) = (replaced, &moved) {
-            if old != new.ino() && flags & libc::RENAME_EXCHANGE == 0 {
-                self.forget(old);
-            }
+        if replaced == Some(source) {
+            // Two names of one file: POSIX renames nothing.
+            return Ok(());
         }
-        if let Some(meta) = moved {
+        // The new names first, so that an inode moving keeps its number (a directory's
+        // children name it as their parent), then the old names go.
+        if let Ok(meta) = std::fs::symlink_metadata(&to) {
             self.remember(new_parent, new_name, &meta);
         }
         if flags & libc::RENAME_EXCHANGE != 0 {
@@ -380,13 +537,58 @@ impl Staging {
                 self.remember(parent, name, &meta);
             }
         }
+        self.forget_name(source, parent, name);
+        if let Some(old) = replaced {
+            self.forget_name(old, new_parent, new_name);
+        }
         Ok(())
     }
 
     /// Creates a symbolic link.
-    pub fn symlink(&self, parent: u64, name: &OsStr, target: &Path) -> io::Result<EntryAttr> {
-        std::os::unix::fs::symlink(target, self.child(parent, name)?)?;
+    pub fn symlink(&self, parent: u64, name: &OsStr, target: &Path, caller: Caller) -> io::Result<EntryAttr> {
+        let path = self.child(parent, name)?;
+        std::os::unix::fs::symlink(target, &path)?;
+        self.settle_new(&path, caller, None)?;
         self.lookup(parent, name)
+    }
+
+    /// Extended attribute `name` of `ino`.
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> io::Result<Vec<u8>> {
+        let (path, name) = (cstr(&self.path(ino)?)?, xattr_name(name)?);
+        xattr_buffer(|buf, len| {
+            // SAFETY: valid C strings and a buffer of `len` bytes (or none, to ask the size).
+            unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf.cast(), len) }
+        })
+    }
+
+    /// Names of the extended attributes of `ino`, NUL-separated.
+    pub fn listxattr(&self, ino: u64) -> io::Result<Vec<u8>> {
+        let path = cstr(&self.path(ino)?)?;
+        xattr_buffer(|buf, len| {
+            // SAFETY: a valid C string and a buffer of `len` bytes (or none, to ask the size).
+            unsafe { libc::llistxattr(path.as_ptr(), buf.cast(), len) }
+        })
+    }
+
+    /// Sets extended attribute `name` of `ino` (`flags`: `XATTR_CREATE`, `XATTR_REPLACE`).
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+        let (path, name) = (cstr(&self.path(ino)?)?, xattr_name(name)?);
+        // SAFETY: valid C strings and a value of the length given.
+        let rc = unsafe { libc::lsetxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Removes extended attribute `name` of `ino`.
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> io::Result<()> {
+        let (path, name) = (cstr(&self.path(ino)?)?, xattr_name(name)?);
+        // SAFETY: valid C strings.
+        if unsafe { libc::lremovexattr(path.as_ptr(), name.as_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// The target of a symbolic link.
@@ -417,23 +619,66 @@ impl Staging {
 
 use std::os::unix::ffi::OsStringExt;
 
-fn open_with(path: &Path, flags: i32, mode: u32) -> io::Result<std::fs::File> {
-    let acc = flags & libc::O_ACCMODE;
-    let mut o = std::fs::OpenOptions::new();
-    o.read(acc == libc::O_RDONLY || acc == libc::O_RDWR);
-    o.write(acc == libc::O_WRONLY || acc == libc::O_RDWR);
-    if flags & libc::O_CREAT != 0 {
-        if flags & libc::O_EXCL != 0 {
-            o.create_new(true);
-        } else {
-            o.create(true);
+/// What a setattr changes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Change {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size.
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<SetTime>,
+    /// New modification time.
+    pub mtime: Option<SetTime>,
+}
+
+fn xattr_name(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Calls an xattr getter twice: for the size, then into a buffer of that size.
+fn xattr_buffer(call: impl Fn(*mut u8, usize) -> isize) -> io::Result<Vec<u8>> {
+    loop {
+        let len = call(std::ptr::null_mut(), 0);
+        if len < 0 {
+            return Err(io::Error::last_os_error());
         }
-        o.mode(mode);
+        let mut buf = vec![0u8; len as usize];
+        let got = call(buf.as_mut_ptr(), buf.len());
+        if got >= 0 {
+            buf.truncate(got as usize);
+            return Ok(buf);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ERANGE) {
+            return Err(e);
+        }
+        // It grew in between: ask again.
     }
-    if flags & libc::O_TRUNC != 0 {
-        o.truncate(true);
+}
+
+/// Opens `path` with the kernel's `flags` as given (any access mode with `O_CREAT`, `O_TRUNC`
+/// on a read-only open, ...), minus those that only make sense to the kernel's own file:
+/// appends arrive with the kernel's offsets.
+fn open_with(path: &Path, flags: i32, mode: u32) -> io::Result<std::fs::File> {
+    let passed = libc::O_ACCMODE
+        | libc::O_CREAT
+        | libc::O_EXCL
+        | libc::O_TRUNC
+        | libc::O_NOFOLLOW
+        | libc::O_SYNC
+        | libc::O_DSYNC
+        | libc::O_NOATIME;
+    let c = cstr(path)?;
+    // SAFETY: a valid path; the file descriptor returned is owned by the File made from it.
+    let fd = unsafe { libc::open(c.as_ptr(), (flags & passed) | libc::O_CLOEXEC, mode as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
     }
-    // Appends arrive with the kernel's offsets; pass-through flags that matter to the file.
-    o.custom_flags(flags & (libc::O_NOFOLLOW | libc::O_SYNC | libc::O_DSYNC));
-    o.open(path)
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    Ok(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }

@@ -163,11 +163,11 @@ pub struct Pending {
 }
 
 /// What is under a directory: regular files (relative path, metadata) and the paths of other
-/// entries (symlinks, sockets).
-pub type Walked = (Vec<(String, std::fs::Metadata)>, Vec<String>);
+/// entries (symlinks, FIFOs, sockets, device nodes), each with why sync skips it.
+pub type Walked = (Vec<(String, std::fs::Metadata)>, Vec<(String, &'static str)>);
 
 /// Every regular file under `root` (relative paths, `/`-separated), sorted; other entries
-/// (symlinks, sockets) are returned apart.
+/// (symlinks, FIFOs, sockets, device nodes) are returned apart.
 pub fn walk(root: &Path) -> std::io::Result<Walked> {
     let mut files = Vec::new();
     let mut others = Vec::new();
@@ -183,7 +183,7 @@ pub fn walk(root: &Path) -> std::io::Result<Walked> {
             } else if meta.is_file() {
                 files.push((child_rel, meta));
             } else {
-                others.push(child_rel);
+                others.push((child_rel, crate::outputs::EntryKind::of(meta.file_type()).skipped_because()));
             }
         }
     }
@@ -366,10 +366,7 @@ impl Syncer {
                 return (report, Vec::new());
             }
         };
-        report.skipped = others
-            .into_iter()
-            .map(|path| FailedFile { path, error: "not a regular file (symlinks are not uploaded)".into() })
-            .collect();
+        report.skipped = others.into_iter().map(|(path, why)| FailedFile { path, error: why.into() }).collect();
         let jsonl = metadata::read_jsonl(root);
         let mut jobs = Vec::new();
         for (rel, meta) in files {
