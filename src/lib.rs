@@ -12,6 +12,7 @@ pub mod checksum;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod crash;
 pub mod daemon;
 pub mod fs;
 pub mod fuse;

@@ -754,3 +754,113 @@ fn a_packed_dataset_read_in_order_is_fetched_in_few_gets_and_a_damaged_member_fa
         }
     }
 }
+
+/// A sync killed (SIGKILL) at each crash point, then run again after a remount, leaves records
+/// that match the bytes: each file exactly one datum whose stored bytes are the file's, the
+/// execution record, the execution's listing and the store-wide listing naming exactly those
+/// datums, the alias moved once to the right datum, the dataset version holding each file once.
+#[test]
+fn a_sync_killed_at_any_crash_point_finishes_on_rerun_with_records_matching_the_bytes() {
+    if !fuse_available() {
+        return;
+    }
+    let (s3, store) = s3_store();
+    let scratch = tempfile::tempdir().unwrap();
+    let input = input_dir(scratch.path());
+    let mut runs: Vec<(&str, u32)> = datumfs::crash::POINTS.iter().map(|p| (*p, 1)).collect();
+    // Points passed once per file: also a later file.
+    runs.extend([("upload-done", 3), ("datum-recorded", 3)]);
+    for (n, (point, at)) in runs.into_iter().enumerate() {
+        let exec = format!("exec-crash-{n}");
+        let args =
+            ["--input", input.as_str(), "--store", store.as_str(), "--execution", &exec, "--pack-below", "20000"];
+        let mut crashing = s3.env();
+        crashing.push((datumfs::crash::CRASH_AT_ENV.into(), format!("{point}:{at}")));
+        let mut m = TestMount::new(&args, &crashing);
+        // Five files uploaded alone (one with an alias), twelve packed; all in one dataset version.
+        let mut files: Vec<(String, Vec<u8>)> =
+            (0..5).map(|k| (format!("big-{k}.bin"), bytes(900 + k, 30_000))).collect();
+        files.extend((0..12).map(|k| (format!("small/s{k:02}.txt"), bytes(950 + k, 200))));
+        fs::create_dir(m.path("outputs/small")).unwrap();
+        let version = format!("dataset://crash-{n}/v1");
+        let mut jsonl = String::new();
+        for (name, data) in &files {
+            fs::write(m.path(&format!("outputs/{name}")), data).unwrap();
+            let alias = if name == "big-0.bin" { format!(", \"valohai.alias\": \"best-{n}\"") } else { String::new() };
+            jsonl += &format!(
+                "{{\"file\": \"{name}\", \"metadata\": {{\"valohai.dataset-versions\": [\"{version}\"]{alias}}}}}\n"
+            );
+        }
+        fs::write(m.path("outputs/valohai.metadata.jsonl"), jsonl).unwrap();
+        let first = m.run(&["sync", m.mnt.to_str().unwrap(), "--json"]);
+        assert!(!first.status.success(), "the daemon did not die at {point}:{at}");
+        let died = m.child.as_mut().unwrap().wait().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&died), Some(libc::SIGKILL), "{point}:{at}");
+        m.crash();
+        let (dir, cache) = (std::mem::replace(&mut m.dir, tempfile::tempdir().unwrap()), m.cache.clone());
+        drop(m);
+        let m = TestMount::with_cache(dir, cache, &args, &s3.env());
+        let report = json(&m.run(&["sync", m.mnt.to_str().unwrap(), "--json"]));
+        let ctx = format!("killed at {point}:{at}");
+        assert_eq!(report["versions"][0].as_str(), Some(version.as_str()), "{ctx}: {report}");
+
+        // Each file exactly one datum of this execution, its stored bytes the file's.
+        let ls = |extra: &[&str]| {
+            let mut a = vec!["datum", "ls", "--json", "--store", store.as_str()];
+            a.extend(extra);
+            json(&command(&m.home, &s3.env()).args(&a).output().unwrap())
+        };
+        let of_exec: Vec<Value> = ls(&["--execution", &exec]).as_array().unwrap().clone();
+        let mut by_path: BTreeMap<String, Value> = BTreeMap::new();
+        for d in &of_exec {
+            let prev = by_path.insert(d["path"].as_str().unwrap().to_string(), d.clone());
+            assert!(prev.is_none(), "{ctx}: {} is two datums", d["path"]);
+        }
+        assert_eq!(by_path.len(), files.len(), "{ctx}: {:?}", by_path.keys());
+        for (name, data) in &files {
+            let d = &by_path[name];
+            assert_eq!(d["checksums"]["sha256"], sha256(data), "{ctx}: {name}");
+            assert_eq!(&stored_bytes(&s3, d), data, "{ctx}: {name}");
+        }
+        let ids: std::collections::BTreeSet<String> =
+            of_exec.iter().map(|d| d["id"].as_str().unwrap().to_string()).collect();
+        // The execution record and the store-wide listing name exactly those datums.
+        let record: Value =
+            serde_json::from_slice(&s3.object(BUCKET, &format!("team/.datumfs/executions/{exec}.json")).unwrap())
+                .unwrap();
+        let recorded: std::collections::BTreeSet<String> =
+            record["outputs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+        assert_eq!(recorded, ids, "{ctx}: the execution record");
+        let everywhere: std::collections::BTreeSet<String> = ls(&[])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["execution"] == exec.as_str())
+            .map(|d| d["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(everywhere, ids, "{ctx}: datum ls");
+        // The alias moved once, to big-0.bin's datum.
+        let alias: Value =
+            serde_json::from_slice(&s3.object(BUCKET, &format!("team/.datumfs/aliases/best-{n}.json")).unwrap())
+                .unwrap();
+        assert_eq!(alias["datum"], by_path["big-0.bin"]["id"], "{ctx}: {alias}");
+        assert_eq!(alias["history"].as_array().unwrap().len(), 1, "{ctx}: {alias}");
+        // The version holds each file once, as its datum.
+        let shown = json(
+            &command(&m.home, &s3.env())
+                .args(["dataset", "show", &format!("crash-{n}/v1"), "--json", "--store", &store])
+                .output()
+                .unwrap(),
+        );
+        let in_version: BTreeMap<String, String> = shown["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| (f["path"].as_str().unwrap().to_string(), f["datum"].as_str().unwrap().to_string()))
+            .collect();
+        assert_eq!(in_version.len(), files.len(), "{ctx}: {shown}");
+        for (path, datum) in &in_version {
+            assert_eq!(datum.trim_start_matches("datum://"), by_path[path]["id"].as_str().unwrap(), "{ctx}: {path}");
+        }
+    }
+}

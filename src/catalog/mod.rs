@@ -364,8 +364,13 @@ impl Catalog {
                 datum: datum.to_string(),
                 history: Vec::new(),
             });
-            rec.datum = datum.to_string();
-            rec.history.push(mv.clone());
+            // Moving it again where this execution already moved it (a sync run again after a
+            // crash) adds nothing to its history.
+            let again = rec.history.last().is_some_and(|last| last.datum == datum && last.execution == mv.execution);
+            if rec.datum != datum || !again {
+                rec.datum = datum.to_string();
+                rec.history.push(mv.clone());
+            }
             Ok(rec)
         })
         .await

@@ -137,11 +137,13 @@ impl Execution {
         let report = self.syncer.sync(self.staging.files_dir(), &self.state, &counters, &known).await;
         ticker.abort();
         let mut error = None;
-        let new: Vec<String> = report.datums.iter().filter(|d| d.new).map(|d| strip(&d.datum)).collect();
+        // Every datum the outputs are now, not only the ones this sync made: an earlier sync
+        // killed after its datums were made but before this record was written left them out.
+        let made: Vec<String> = report.datums.iter().map(|d| strip(&d.datum)).collect();
         match self.record(true).await {
             Ok(mut rec) => {
                 let mut seen: std::collections::HashSet<String> = rec.outputs.iter().cloned().collect();
-                for id in new {
+                for id in made {
                     if seen.insert(id.clone()) {
                         rec.outputs.push(id);
                     }
@@ -149,6 +151,7 @@ impl Execution {
                 if let Err(e) = self.catalog().put_execution(&rec).await {
                     error = Some(format!("recording execution {}: {e}", self.id));
                 }
+                crate::crash::point("execution-recorded");
             }
             Err(e) => error = Some(format!("recording execution {}: {e}", self.id)),
         }

@@ -110,7 +110,7 @@ impl Namespace for OutputsNamespace {
         let res = match self.staging.getattr(ino) {
             Err(e) if Self::nameless(&e) => match self.open_on(ino) {
                 Some(f) => self.staging.attr_of_open(ino, &f.file),
-                None => Err(e),
+                None => self.staging.orphan_attr(ino).ok_or(e),
             },
             other => other,
         };

@@ -122,8 +122,15 @@ struct Inodes {
     links: HashMap<u64, Vec<Link>>,
     /// Staging file identity (st_ino) -> inode.
     by_file: HashMap<u64, u64>,
+    /// Inodes whose last name went, as they were then (a directory removed while open still
+    /// answers fstat, with no links), the most recent [`ORPHANS_KEPT`].
+    orphans: HashMap<u64, EntryAttr>,
+    orphan_order: std::collections::VecDeque<u64>,
     next: u64,
 }
+
+/// Removed inodes whose last attributes are kept.
+const ORPHANS_KEPT: usize = 4096;
 
 /// One execution's staging area.
 pub struct Staging {
@@ -283,6 +290,18 @@ impl Staging {
     /// Forgets name (`parent`, `name`) of staging file `file` (unlinked, renamed away or
     /// replaced by a rename); once it has no name left, its inode is forgotten too.
     fn forget_name(&self, file: u64, parent: u64, name: &OsStr) {
+        self.forget_name_of(file, parent, name, None);
+    }
+
+    /// [`Staging::forget_name`] for an entry removed (`removed`: its attributes before), which
+    /// are kept for its inode once it has no name left.
+    fn forget_name_of(&self, file: u64, parent: u64, name: &OsStr, removed: Option<&std::fs::Metadata>) {
+        let orphan = removed.and_then(|meta| {
+            let ino = *self.lock().by_file.get(&file)?;
+            let mut attr = self.attr(ino, meta);
+            attr.nlink = if meta.is_dir() { 0 } else { attr.nlink.saturating_sub(1) };
+            Some(attr)
+        });
         let mut inodes = self.lock();
         let Some(&ino) = inodes.by_file.get(&file) else { return };
         let names = inodes.links.entry(ino).or_default();
@@ -290,7 +309,21 @@ impl Staging {
         if names.is_empty() {
             inodes.links.remove(&ino);
             inodes.by_file.remove(&file);
+            if let Some(attr) = orphan {
+                inodes.orphans.insert(ino, attr);
+                inodes.orphan_order.push_back(ino);
+                if inodes.orphan_order.len() > ORPHANS_KEPT {
+                    if let Some(old) = inodes.orphan_order.pop_front() {
+                        inodes.orphans.remove(&old);
+                    }
+                }
+            }
         }
+    }
+
+    /// The attributes an inode had when its last name was removed, if it is one of those kept.
+    pub fn orphan_attr(&self, ino: u64) -> Option<EntryAttr> {
+        self.lock().orphans.get(&ino).cloned()
     }
 
     /// Makes a new entry at `path` its caller's, as the local filesystem would have: the
@@ -498,7 +531,7 @@ impl Staging {
             return Err(io::Error::from_raw_os_error(libc::EISDIR));
         }
         std::fs::remove_file(&path)?;
-        self.forget_name(meta.ino(), parent, name);
+        self.forget_name_of(meta.ino(), parent, name, Some(&meta));
         Ok(())
     }
 
@@ -507,7 +540,7 @@ impl Staging {
         let path = self.child(parent, name)?;
         let meta = std::fs::symlink_metadata(&path)?;
         std::fs::remove_dir(&path)?;
-        self.forget_name(meta.ino(), parent, name);
+        self.forget_name_of(meta.ino(), parent, name, Some(&meta));
         Ok(())
     }
 

@@ -324,6 +324,7 @@ impl Syncer {
         let Outcome::Stored { checksums, size } = outcome else {
             return Err(SyncError::KeyTaken { uri: ds.uri_of(&KeyPath::from(key.as_str())) });
         };
+        crate::crash::point("upload-done");
         // Checksums from the write path hold only if the file did not change while it was read
         // for the upload; otherwise no datum is recorded (the bytes stay, unnamed).
         if let Some(stamp) = stamp {
@@ -348,8 +349,10 @@ impl Syncer {
             packed: None,
         };
         self.catalog.put_datum(&rec).await?;
+        crate::crash::point("datum-recorded");
         if let Some(alias) = &meta.alias {
             self.catalog.set_alias(alias, &id, Some(&self.execution)).await?;
+            crate::crash::point("alias-moved");
         }
         Ok(rec)
     }
@@ -461,6 +464,7 @@ impl Syncer {
             report.failed.push(FailedFile { path: String::new(), error: format!("recording the sync state: {e}") });
             return report;
         }
+        crate::crash::point("sync-planned");
         let all = jobs.iter().chain(&packed_jobs);
         progress.files_total.store(all.clone().count() as u64, Ordering::Relaxed);
         progress.bytes_total.store(all.map(|j| j.stamp.size).sum(), Ordering::Relaxed);
@@ -512,6 +516,7 @@ impl Syncer {
         if let Err(e) = state.blocking(SyncState::flush).await {
             tracing::warn!("flushing the sync state: {e}");
         }
+        crate::crash::point("state-flushed");
         let packs = results.iter().filter_map(|(_, r)| r.as_ref().ok()?.0.packed.as_ref().map(|p| p.pack.clone()));
         let packs = packs.collect::<std::collections::BTreeSet<_>>().into_iter().collect();
         self.index(indexed.into_inner().unwrap_or_else(|e| e.into_inner()), packs).await;
@@ -720,6 +725,7 @@ impl Syncer {
                 return Ok(results);
             }
         }
+        crate::crash::point("pack-uploaded");
         progress.bytes_done.fetch_add(kept.iter().map(|(j, _)| j.stamp.size).sum(), Ordering::Relaxed);
         let object_uri = ds.uri_of(&pack_key);
         let mut record = catalog::packs::record(
@@ -760,6 +766,7 @@ impl Syncer {
             }));
             return Ok(results);
         }
+        crate::crash::point("pack-recorded");
         for ((job, _), rec) in kept.into_iter().zip(record.datums) {
             results.push(self.finish_packed(job, rec, state).await);
         }
@@ -785,6 +792,7 @@ impl Syncer {
             if let Err(e) = self.catalog.set_alias(alias, &rec.id, Some(&self.execution)).await {
                 return (job.rel, Err(e.into()));
             }
+            crate::crash::point("alias-moved");
         }
         record_synced(state, &job.rel, job.stamp, &rec);
         let entry = made(&job.rel, rec);
@@ -797,6 +805,7 @@ impl Syncer {
         if let Err(e) = self.catalog.put_index(&self.execution, datums, packs).await {
             tracing::warn!("writing the datum index of execution {}: {e}", self.execution);
         }
+        crate::crash::point("index-written");
     }
 
     /// Makes (or extends, for this execution) the dataset versions the synced files name.
@@ -834,7 +843,10 @@ impl Syncer {
             }
             .await;
             match res {
-                Ok(rec) => report.versions.push(rec.uri()),
+                Ok(rec) => {
+                    crate::crash::point("version-published");
+                    report.versions.push(rec.uri())
+                }
                 Err(error) => failed.push(FailedFile { path: uri, error: error.to_string() }),
             }
         }
