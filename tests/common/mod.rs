@@ -34,10 +34,91 @@ impl Logged {
 }
 
 /// An in-process s3s-fs server. Buckets are directories under `root`.
+/// What goes wrong with a request, as a store or the network between can make it go wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)]
+pub enum FaultKind {
+    /// An HTTP error status with an S3 error body (500 InternalError, 503 ServiceUnavailable).
+    Status(u16),
+    /// 503 SlowDown: throttling.
+    SlowDown,
+    /// The response starts, then the connection is reset halfway through the body.
+    ResetMidBody,
+    /// The body ends halfway, short of its Content-Length.
+    TruncatedBody,
+    /// No answer at all (until the client gives up).
+    Hang,
+}
+
+/// A fault injected into the next `times` requests with `method` whose path contains `path`.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub kind: FaultKind,
+    pub method: &'static str,
+    pub path: String,
+    pub times: usize,
+}
+
+/// A body given back in pieces (the last may be an error), for faults mid-body.
+struct Pieces(std::vec::IntoIter<Result<bytes::Bytes, s3s::StdError>>);
+
+impl futures::Stream for Pieces {
+    type Item = Result<bytes::Bytes, s3s::StdError>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::task::Poll::Ready(self.0.next())
+    }
+}
+
+impl s3s::stream::ByteStream for Pieces {}
+
+/// Applies `kind` to a response the server made (or makes one of its own).
+async fn faulty(
+    kind: FaultKind,
+    res: Result<hyper::Response<s3s::Body>, s3s::HttpError>,
+) -> Result<hyper::Response<s3s::Body>, s3s::HttpError> {
+    use futures::StreamExt;
+    let error = |status: u16, code: &str| {
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected</Message></Error>"
+        );
+        let mut r = hyper::Response::new(s3s::Body::from(body));
+        *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+        Ok(r)
+    };
+    match kind {
+        FaultKind::Status(500) => error(500, "InternalError"),
+        FaultKind::Status(code) => error(code, "ServiceUnavailable"),
+        FaultKind::SlowDown => error(503, "SlowDown"),
+        FaultKind::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            res
+        }
+        FaultKind::ResetMidBody | FaultKind::TruncatedBody => {
+            let (parts, mut body) = res?.into_parts();
+            let mut all = Vec::new();
+            while let Some(chunk) = body.next().await {
+                all.extend_from_slice(&chunk.map_err(s3s::HttpError::new)?);
+            }
+            let half = bytes::Bytes::from(all[..all.len() / 2].to_vec());
+            let mut pieces = vec![Ok(half)];
+            if kind == FaultKind::ResetMidBody {
+                pieces.push(Err(Box::new(std::io::Error::other("injected reset")) as s3s::StdError));
+            }
+            let stream: s3s::stream::DynByteStream = Box::pin(Pieces(pieces.into_iter()));
+            Ok(hyper::Response::from_parts(parts, s3s::Body::from(stream)))
+        }
+    }
+}
+
 pub struct S3Server {
     pub root: tempfile::TempDir,
     pub addr: SocketAddr,
     pub log: Arc<Mutex<Vec<Logged>>>,
+    /// Faults to inject, first match first.
+    pub faults: Arc<Mutex<Vec<Fault>>>,
     /// Milliseconds every PUT/POST waits before it is served (0: none), to catch work mid-way.
     pub write_delay_ms: Arc<std::sync::atomic::AtomicU64>,
     rt: tokio::runtime::Runtime,
@@ -52,8 +133,15 @@ impl S3Server {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a loopback port for the S3 server");
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let mut s =
-            Self { root, addr, log: Arc::new(Mutex::new(Vec::new())), write_delay_ms: Arc::default(), rt, task: None };
+        let mut s = Self {
+            root,
+            addr,
+            log: Arc::new(Mutex::new(Vec::new())),
+            faults: Arc::default(),
+            write_delay_ms: Arc::default(),
+            rt,
+            task: None,
+        };
         s.resume();
         s
     }
@@ -66,6 +154,7 @@ impl S3Server {
         b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = b.build();
         let log = self.log.clone();
+        let faults = self.faults.clone();
         let delay = self.write_delay_ms.clone();
         // s3s-fs checks If-Match / If-None-Match and then writes, so two racing conditional PUTs
         // can both pass; S3 decides them atomically. One at a time here restores that. A GET
@@ -98,6 +187,7 @@ impl S3Server {
                 let _ = sock.set_nodelay(true);
                 let service = service.clone();
                 let log = log.clone();
+                let faults = faults.clone();
                 let delay = delay.clone();
                 let conditional_puts = conditional_puts.clone();
                 conns.spawn(async move {
@@ -113,6 +203,16 @@ impl S3Server {
                         let conditional = req.method() == "PUT"
                             && (req.headers().contains_key("if-match") || req.headers().contains_key("if-none-match"));
                         let record_read = req.method() == "GET" && req.uri().path().contains("/.datumfs/");
+                        let fault = {
+                            let mut faults = faults.lock().unwrap();
+                            let hit = faults.iter_mut().find(|f| {
+                                f.times > 0 && req.method() == f.method && req.uri().path().contains(&f.path)
+                            });
+                            hit.map(|f| {
+                                f.times -= 1;
+                                f.kind
+                            })
+                        };
                         let service = service.clone();
                         let conditional_puts = conditional_puts.clone();
                         async move {
@@ -121,7 +221,14 @@ impl S3Server {
                             }
                             let _one = if conditional { Some(conditional_puts.write().await) } else { None };
                             let _read = if record_read { Some(conditional_puts.read().await) } else { None };
-                            hyper::service::Service::call(&service, req).await
+                            match fault {
+                                // Errors are answered without the request reaching the store.
+                                Some(k @ (FaultKind::Status(_) | FaultKind::SlowDown | FaultKind::Hang)) => {
+                                    faulty(k, Ok(hyper::Response::new(s3s::Body::empty()))).await
+                                }
+                                Some(k) => faulty(k, hyper::service::Service::call(&service, req).await).await,
+                                None => hyper::service::Service::call(&service, req).await,
+                            }
                         }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
@@ -169,6 +276,24 @@ impl S3Server {
 
     pub fn requests(&self) -> Vec<Logged> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Injects `kind` into the next `times` requests with `method` whose path contains `path`.
+    #[allow(dead_code)]
+    pub fn inject(&self, kind: FaultKind, method: &'static str, path: &str, times: usize) {
+        self.faults.lock().unwrap().push(Fault { kind, method, path: path.to_string(), times });
+    }
+
+    /// Faults injected but not yet used up.
+    #[allow(dead_code)]
+    pub fn faults_left(&self) -> usize {
+        self.faults.lock().unwrap().iter().map(|f| f.times).sum()
+    }
+
+    /// Stops injecting faults.
+    #[allow(dead_code)]
+    pub fn clear_faults(&self) {
+        self.faults.lock().unwrap().clear();
     }
 
     pub fn clear_log(&self) {
