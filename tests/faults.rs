@@ -158,3 +158,35 @@ fn syncs_through_store_faults_make_every_file_exactly_one_whole_datum() {
     let best = json(&command(&m.home, &s3.env()).args(show).output().unwrap());
     assert_eq!(best["path"], "big-0.bin");
 }
+
+#[test]
+fn a_clock_the_store_refuses_is_named_as_the_cause() {
+    if !fuse_available() {
+        return;
+    }
+    let s3 = S3Server::start();
+    s3.bucket(BUCKET);
+    let data = bytes(5, 100_000);
+    s3.put(BUCKET, "c/f.bin", &data);
+    // At mount: the listing is refused, and the error says why.
+    s3.inject(FaultKind::ClockSkew, "GET", "/bkt", 1000);
+    let scratch = tempfile::tempdir().unwrap();
+    let mnt = scratch.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let out = command(scratch.path(), &s3.env())
+        .args(["mount", mnt.to_str().unwrap(), "--input", "data=s3://bkt/c/", "--cache-dir"])
+        .arg(scratch.path().join("cache"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("clock"), "{err}");
+    assert!(!is_mounted(&mnt));
+    // Mounted, then refused on read: EIO at once (no retries), the log saying why.
+    s3.clear_faults();
+    let m = TestMount::new(&["--input", "data=s3://bkt/c/"], &s3.env());
+    s3.inject(FaultKind::ClockSkew, "GET", "/bkt/c/f.bin", 1000);
+    let started = Instant::now();
+    assert_eq!(fs::read(m.path("inputs/data/f.bin")).map_err(errno).err(), Some(libc::EIO));
+    eprintln!("clock refused: EIO after {:?}", started.elapsed());
+    assert!(m.log().contains("clock"), "{}", m.log());
+}

@@ -562,6 +562,7 @@ async fn check_bucket(store: &Arc<StoreHandle>, u: &SourceUri) -> Result<(), Sto
         Err(e) => match StoreError::from_object_store(&u.original, u.bucket.as_deref(), e) {
             err @ (StoreError::NoSuchBucket { .. }
             | StoreError::AccessDenied { .. }
+            | StoreError::ClockSkewed { .. }
             | StoreError::Unreachable { .. }) => Err(err),
             StoreError::NotFound { .. } => {
                 Err(StoreError::NoSuchBucket { uri: u.original.clone(), bucket: u.bucket.clone().unwrap_or_default() })

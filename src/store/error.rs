@@ -43,6 +43,14 @@ pub enum StoreError {
         /// The store's answer.
         cause: String,
     },
+    /// The store refused the request's signature time: this machine's clock is off.
+    #[error("{uri}: the store refused the request's time ({cause}): this machine's clock differs from the store's by more than it allows; set the clock right (NTP) and try again")]
+    ClockSkewed {
+        /// The URI being accessed.
+        uri: String,
+        /// The store's answer.
+        cause: String,
+    },
     /// The endpoint could not be reached (after retries).
     #[error("{uri}: store unreachable: {cause}")]
     Unreachable {
@@ -104,6 +112,7 @@ impl StoreError {
                 StoreError::Changed { uri, pinned: "?".into(), now: "unknown (precondition failed)".into() }
             }
             object_store::Error::InvalidPath { source } => unsafe_key(uri, &source),
+            _ if clock_skew(&chain) => StoreError::ClockSkewed { uri, cause: short_cause(&chain) },
             object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
                 StoreError::AccessDenied { uri, cause: short_cause(&chain) }
             }
@@ -113,6 +122,14 @@ impl StoreError {
             _ => classify_by_text(uri, bucket, &chain),
         }
     }
+}
+
+/// Whether the store refused a request for its time (S3 `RequestTimeTooSkewed`, GCS and others'
+/// expired requests, Azure's date checks).
+fn clock_skew(chain: &str) -> bool {
+    ["RequestTimeTooSkewed", "RequestExpired", "RequestTimeExpired", "Request date header too old"]
+        .iter()
+        .any(|code| chain.contains(code))
 }
 
 /// Whether the request never got an answer (connecting, sending, timing out), by the types in
@@ -159,6 +176,7 @@ impl StoreError {
             StoreError::Changed { pinned, now, .. } => StoreError::Changed { uri, pinned, now },
             StoreError::UnsafeKey { key, reason, .. } => StoreError::UnsafeKey { uri, key, reason },
             StoreError::Other { cause, .. } => StoreError::Other { uri, cause },
+            StoreError::ClockSkewed { cause, .. } => StoreError::ClockSkewed { uri, cause },
         }
     }
 }

@@ -48,6 +48,8 @@ pub enum FaultKind {
     TruncatedBody,
     /// No answer at all (until the client gives up).
     Hang,
+    /// 403 RequestTimeTooSkewed: the client's clock is off.
+    ClockSkew,
 }
 
 /// A fault injected into the next `times` requests with `method` whose path contains `path`.
@@ -92,6 +94,7 @@ async fn faulty(
         FaultKind::Status(500) => error(500, "InternalError"),
         FaultKind::Status(code) => error(code, "ServiceUnavailable"),
         FaultKind::SlowDown => error(503, "SlowDown"),
+        FaultKind::ClockSkew => error(403, "RequestTimeTooSkewed"),
         FaultKind::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             res
@@ -223,9 +226,12 @@ impl S3Server {
                             let _read = if record_read { Some(conditional_puts.read().await) } else { None };
                             match fault {
                                 // Errors are answered without the request reaching the store.
-                                Some(k @ (FaultKind::Status(_) | FaultKind::SlowDown | FaultKind::Hang)) => {
-                                    faulty(k, Ok(hyper::Response::new(s3s::Body::empty()))).await
-                                }
+                                Some(
+                                    k @ (FaultKind::Status(_)
+                                    | FaultKind::SlowDown
+                                    | FaultKind::Hang
+                                    | FaultKind::ClockSkew),
+                                ) => faulty(k, Ok(hyper::Response::new(s3s::Body::empty()))).await,
                                 Some(k) => faulty(k, hyper::service::Service::call(&service, req).await).await,
                                 None => hyper::service::Service::call(&service, req).await,
                             }
