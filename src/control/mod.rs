@@ -219,11 +219,33 @@ impl Drop for Answering {
     }
 }
 
+/// Answers a connection that may not make requests, and closes it.
+async fn refuse(mut stream: tokio::net::UnixStream, why: String) {
+    use tokio::io::AsyncWriteExt;
+    let mut out = serde_json::to_vec(&Response::failed(why, None)).unwrap_or_default();
+    out.push(b'\n');
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+}
+
 /// Serves requests on `listener` until the process ends.
 pub async fn serve(listener: tokio::net::UnixListener, handler: std::sync::Arc<dyn Handler>, in_flight: InFlight) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
+        // Only the user the daemon runs as (and root) may drive it, whatever the socket's mode.
+        let me = nix::unistd::geteuid().as_raw();
+        match stream.peer_cred() {
+            Ok(peer) if peer.uid() == me || peer.uid() == 0 => {}
+            Ok(peer) => {
+                tracing::warn!("refused a control connection from uid {} (the daemon serves uid {me})", peer.uid());
+                refuse(stream, format!("this daemon belongs to uid {me}; uid {} may not control it", peer.uid())).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("refused a control connection whose peer is unknown: {e}");
+                continue;
+            }
+        }
         let handler = handler.clone();
         in_flight.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let answering = Answering(in_flight.clone());

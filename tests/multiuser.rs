@@ -1,0 +1,116 @@
+//! A shared node: one user's mount, staged outputs, cache, control socket and logs, tried by
+//! another real user (uid 65534). Needs root (to be both users).
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+const OTHER: u32 = 65534;
+
+/// `cmd` run as the other user.
+fn as_other(mut cmd: Command) -> std::process::Output {
+    // (std drops the supplementary groups when root sets another uid.)
+    cmd.uid(OTHER).gid(OTHER);
+    cmd.output().unwrap()
+}
+
+fn sh_as_other(script: &str) -> std::process::Output {
+    let mut c = Command::new("sh");
+    c.args(["-c", script]);
+    as_other(c)
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+#[test]
+fn another_user_sees_only_what_mode_bits_allow_and_cannot_drive_the_mount() {
+    if !fuse_available() || !is_root() {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let src = scratch.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("in.txt"), b"input").unwrap();
+    let input = format!("in=file://{}", src.display());
+    let shared = TestMount::new(&["--input", &input, "-o", "allow_other", "--execution", "exec-shared"], &[]);
+    let private = TestMount::new(&["--input", &input, "--execution", "exec-private"], &[]);
+    for d in [scratch.path(), shared.dir.path(), private.dir.path()] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let o = shared.path("outputs");
+    fs::write(o.join("open.txt"), b"for all").unwrap();
+    fs::write(o.join("secret.txt"), b"root only").unwrap();
+    fs::set_permissions(o.join("secret.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::create_dir(o.join("closed")).unwrap();
+    fs::set_permissions(o.join("closed"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(o.join("closed/inner.txt"), b"x").unwrap();
+
+    // Through an allow_other mount: what the mode bits allow, and no more.
+    let q = |p: &Path| p.display().to_string();
+    let out = sh_as_other(&format!("cat {}", q(&o.join("open.txt"))));
+    assert_eq!(out.stdout, b"for all", "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(sh_as_other(&format!("cat {}", q(&shared.path("inputs/in/in.txt")))).stdout, b"input");
+    for denied in [
+        format!("cat {}", q(&o.join("secret.txt"))),
+        format!("ls {}", q(&o.join("closed"))),
+        format!("echo x > {}", q(&o.join("new.txt"))),
+        format!("echo x >> {}", q(&o.join("open.txt"))),
+        format!("rm {}", q(&o.join("open.txt"))),
+    ] {
+        let out = sh_as_other(&denied);
+        assert!(!out.status.success(), "{denied} succeeded for uid {OTHER}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("ermission denied"), "{denied}: {out:?}");
+    }
+    // A mount without allow_other is closed to others entirely.
+    let out = sh_as_other(&format!("ls {}", q(&private.path("outputs"))));
+    assert!(!out.status.success(), "a mount without allow_other let uid {OTHER} in");
+
+    // The cache, the staged files, the logs: private to the mounting user.
+    for p in [&shared.cache, &shared.cache.join("outputs")] {
+        let out = sh_as_other(&format!("ls {}", q(p)));
+        assert!(!out.status.success(), "uid {OTHER} listed {}", p.display());
+    }
+
+    // The control socket: unreachable for another user, and refused even when reachable.
+    let mut sync = command(shared.dir.path(), &[]);
+    sync.args(["sync", shared.mnt.to_str().unwrap()]);
+    let out = as_other(sync);
+    assert!(!out.status.success(), "uid {OTHER} synced another user's mount");
+    let mut unmount = command(shared.dir.path(), &[]);
+    unmount.args(["unmount", shared.mnt.to_str().unwrap()]);
+    assert!(!as_other(unmount).status.success(), "uid {OTHER} unmounted another user's mount");
+    assert!(is_mounted(&shared.mnt));
+    let socket = shared.cache.join("control.sock");
+    fs::set_permissions(&shared.cache, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o666)).unwrap();
+    let script = format!(
+        "python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); s.connect(\"{}\"); \
+         s.sendall(b\"{{\\\"op\\\": \\\"status\\\"}}\\n\"); print(s.recv(4096).decode())'",
+        socket.display()
+    );
+    let out = sh_as_other(&script);
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(answer.contains("may not control"), "{answer} {}", String::from_utf8_lossy(&out.stderr));
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(&shared.cache, fs::Permissions::from_mode(0o700)).unwrap();
+    // The owner still drives it.
+    let out = shared.run(&["status", shared.mnt.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for m in [&shared, &private] {
+        for e in fs::read_dir(m.path("outputs")).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                fs::remove_dir_all(p).unwrap();
+            } else {
+                fs::remove_file(p).unwrap();
+            }
+        }
+    }
+}
