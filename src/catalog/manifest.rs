@@ -33,6 +33,8 @@ const MAIN_MAGIC_V1: &[u8; 5] = b"DFMC1";
 const MAIN_MAGIC: &[u8; 5] = b"DFMC2";
 const SUMS_MAGIC: &[u8; 5] = b"DFMS1";
 const ZSTD_LEVEL: i32 = 3;
+/// The most a chunk may decompress to: [`MAX_ENTRIES`] files with the longest paths and keys.
+const MAX_RAW_CHUNK: u64 = 512 << 20;
 
 /// One chunk of a version, as the version record lists it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -259,8 +261,15 @@ fn open(id: &str, stored: &[u8], magics: &[&[u8; 5]]) -> Result<Vec<u8>, Manifes
     if hex::encode(Sha256::digest(stored)) != id {
         return Err(ManifestError::Damaged { id: id.to_string() });
     }
-    let raw = zstd::stream::decode_all(stored)
-        .map_err(|e| ManifestError::Corrupt { id: id.to_string(), reason: format!("cannot decompress: {e}") })?;
+    // Bounded: a chunk from a store others can write to may be made to decompress without end.
+    let corrupt = |reason: String| ManifestError::Corrupt { id: id.to_string(), reason };
+    let decoder = zstd::stream::Decoder::new(stored).map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(decoder, MAX_RAW_CHUNK + 1), &mut raw)
+        .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
+    if raw.len() as u64 > MAX_RAW_CHUNK {
+        return Err(corrupt(format!("it decompresses to more than {MAX_RAW_CHUNK} bytes")));
+    }
     if !magics.iter().any(|m| raw.get(..m.len()) == Some(&m[..])) {
         return Err(ManifestError::Corrupt { id: id.to_string(), reason: "not a manifest chunk".into() });
     }

@@ -164,7 +164,7 @@ pub fn load_file(path: &Path, step: Option<&str>) -> Result<Vec<InputSpec>, Spec
         }
         serde_yaml_ng::from_value(value).map_err(|e| parse_err(format!("expected a list of inputs: {e}")))?
     };
-    raws.into_iter().map(convert).collect()
+    raws.into_iter().map(convert).collect::<Result<_, _>>().map_err(|e| parse_err(e.to_string()))
 }
 
 /// Combines the file's inputs with `--input` flags: a flag's URIs replace the file's default for
