@@ -141,6 +141,10 @@ pub struct Staging {
     inodes: Mutex<Inodes>,
     /// Whether new entries can be given to their callers (the daemon runs as root).
     give_away: bool,
+    /// The daemon's own user and group.
+    daemon: Caller,
+    /// The daemon's umask, which the local filesystem applies to what it makes.
+    umask: u32,
     /// Checksums of files followed as they are written.
     pub hasher: hashing::WriteHasher,
 }
@@ -208,6 +212,8 @@ impl Staging {
             root_file,
             inodes: Mutex::new(Inodes { next: INO_BASE, ..Default::default() }),
             give_away: nix::unistd::geteuid().is_root(),
+            daemon: Caller { uid: nix::unistd::geteuid().as_raw(), gid: nix::unistd::getegid().as_raw() },
+            umask: process_umask(),
             hasher: hashing::WriteHasher::new(),
         })
     }
@@ -329,16 +335,30 @@ impl Staging {
     /// Makes a new entry at `path` its caller's, as the local filesystem would have: the
     /// caller's user, and the group of a set-group-id parent directory or else the caller's;
     /// its permission bits exactly `mode` (the daemon's own umask does not apply).
+    /// Costs nothing in the usual case (the daemon's own user creating, no umask in the way):
+    /// the local filesystem already did all of it.
     fn settle_new(&self, path: &Path, caller: Caller, mode: Option<u32>) -> io::Result<()> {
-        if self.give_away {
+        let chown = self.give_away && caller != self.daemon;
+        if chown {
             let parent = std::fs::metadata(path.parent().unwrap_or(&self.root))?;
             let gid = if parent.mode() & libc::S_ISGID != 0 { parent.gid() } else { caller.gid };
             std::os::unix::fs::lchown(path, Some(caller.uid), Some(gid))?;
         }
         if let Some(mode) = mode {
-            // (After the chown, which clears set-id bits on files.)
-            if std::fs::symlink_metadata(path)?.mode() & 0o7777 != mode & 0o7777 {
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))?;
+            // The umask took bits, or the chown cleared set-id bits: set them as asked (a
+            // directory's inherited set-group-id bit stays).
+            let cleared = chown && mode & (libc::S_ISUID | libc::S_ISGID) != 0;
+            if mode & self.umask != 0 || cleared {
+                let now = std::fs::symlink_metadata(path)?.mode();
+                let wanted = if now & libc::S_IFMT == libc::S_IFDIR {
+                    // mkdir takes no set-id bits from its mode, but inherits set-group-id.
+                    (mode & 0o1777) | (now & libc::S_ISGID)
+                } else {
+                    mode & 0o7777
+                };
+                if now & 0o7777 != wanted {
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(wanted))?;
+                }
             }
         }
         Ok(())
@@ -453,9 +473,7 @@ impl Staging {
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> io::Result<EntryAttr> {
         let path = self.child(parent, name)?;
         std::fs::DirBuilder::new().mode(mode & 0o7777).create(&path)?;
-        // A set-group-id parent passes its bit on to new directories.
-        let inherited = std::fs::metadata(&path)?.mode() & libc::S_ISGID;
-        self.settle_new(&path, caller, Some(mode | inherited))?;
+        self.settle_new(&path, caller, Some(mode))?;
         self.lookup(parent, name)
     }
 
@@ -651,6 +669,16 @@ impl Staging {
 }
 
 use std::os::unix::ffi::OsStringExt;
+
+/// The process's umask, read without changing it (`/proc/self/status`; 0o022 if unknown).
+fn process_umask() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        .unwrap_or(0o022)
+}
 
 /// What a setattr changes.
 #[derive(Debug, Clone, Copy, Default)]
