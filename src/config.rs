@@ -77,6 +77,9 @@ pub struct MountConfig {
     pub mountpoint: PathBuf,
     /// Declared inputs.
     pub inputs: Vec<InputSpec>,
+    /// Volumes, served under `volumes/`.
+    #[serde(default)]
+    pub volumes: Vec<crate::volumes::VolumeSpec>,
     /// Data store URL.
     pub store_url: String,
     /// Cache directory.

@@ -24,3 +24,4 @@ pub mod store;
 pub mod sync;
 pub mod uri;
 pub mod util;
+pub mod volumes;

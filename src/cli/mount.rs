@@ -17,6 +17,11 @@ pub struct MountArgs {
     /// DATUMFS_INPUT takes several, separated by ';'.
     #[arg(long = "input", value_name = "NAME=URI", env = "DATUMFS_INPUT", value_delimiter = ';')]
     input: Vec<String>,
+    /// A volume: NAME=URI[:ro|rw|rwd], a prefix served at MOUNTPOINT/volumes/NAME/ (read-only
+    /// unless rw: create and change files, or rwd: delete them too). DATUMFS_VOLUME takes
+    /// several, separated by ';'.
+    #[arg(long = "volume", value_name = "NAME=URI[:MODE]", env = "DATUMFS_VOLUME", value_delimiter = ';')]
+    volume: Vec<String>,
     /// A YAML or JSON file listing inputs as a Valohai step does (name, default,
     /// keep-directories, filename, optional), or a valohai.yaml (with --step).
     #[arg(long = "inputs", value_name = "FILE", env = "DATUMFS_INPUTS")]
@@ -83,6 +88,12 @@ impl MountArgs {
             None => vec![],
         };
         let inputs = spec::combine(from_file, &flags)?;
+        let volumes = self.volume.iter().map(|v| crate::volumes::parse_flag(v)).collect::<Result<Vec<_>, _>>()?;
+        for (i, v) in volumes.iter().enumerate() {
+            if volumes[..i].iter().any(|w| w.name == v.name) {
+                bail!("--volume {}: the name is given twice", v.name);
+            }
+        }
         let execution = match self.execution {
             Some(id) => {
                 crate::catalog::check_name(&id, "an execution id")?;
@@ -104,6 +115,7 @@ impl MountArgs {
         Ok(MountConfig {
             mountpoint: super::absolute(&self.mountpoint),
             inputs,
+            volumes,
             store_url,
             cache_dir: super::absolute(&self.cache_dir.unwrap_or_else(|| home.join("cache"))),
             cache_size: self.cache_size,

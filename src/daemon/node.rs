@@ -234,6 +234,15 @@ impl Node {
             .filter(|i| !i.uris.is_empty())
             .map(|spec| resolve::resolve(spec, &self.registry, Some(&catalog), &cfg.cwd, Some(&self.cache_dir)));
         let resolved = futures::future::try_join_all(jobs).await?;
+        if let Some(v) = cfg.volumes.iter().find(|v| v.mode != crate::volumes::VolumeMode::Ro) {
+            bail!("--volume {}: {} volumes are not served yet; mount it :ro", v.name, v.mode.as_str());
+        }
+        let volume_jobs = cfg.volumes.iter().map(|v| async {
+            let input = v.as_input();
+            let r = resolve::resolve(&input, &self.registry, Some(&catalog), &cfg.cwd, Some(&self.cache_dir)).await;
+            r.map(|r| (v.clone(), r)).map_err(|e| anyhow!("--volume {}: {e}", v.name))
+        });
+        let volumes = futures::future::try_join_all(volume_jobs).await?;
         let staging = Arc::new(
             Staging::open(&cfg.staging_dir(), crate::fs::OUTPUTS)
                 .with_context(|| format!("outputs staging {}", cfg.staging_dir().display()))?,
@@ -248,6 +257,7 @@ impl Node {
         let recorder = MountRecorder::new(Some(data_store.clone()));
         let parts = FsParts {
             inputs: resolved,
+            volumes,
             cache: self.cache.clone(),
             reader: self.reader.clone(),
             data_store: Some(data_store.url.clone()),

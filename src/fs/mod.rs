@@ -44,6 +44,8 @@ pub const INPUTS: u64 = 2;
 pub const OUTPUTS: u64 = 3;
 /// Inode of `config/` (its files follow it).
 pub const CONFIG: u64 = 4;
+/// Inode of `volumes/` (there when the mount has volumes).
+pub const VOLUMES: u64 = 5;
 /// The first input's top directory; each input owns `INPUT_SPAN` inodes from its top up.
 const INPUT_BASE: u64 = 1 << 32;
 /// Inodes per input: far more than any listing, and 65,536 inputs fit below the outputs' range.
@@ -206,7 +208,7 @@ const DIR_PERM: u16 = 0o555;
 
 /// What an inode belongs to.
 enum Owner<'a> {
-    /// The root or `inputs/`, fixed directories of the dispatcher.
+    /// The root, `inputs/` or `volumes/`, fixed directories of the dispatcher.
     Fixed,
     /// A namespace.
     Ns(&'a Arc<dyn Namespace>),
@@ -218,8 +220,10 @@ pub struct Fs {
     services: Arc<InputServices>,
     data_store: Option<String>,
     inputs: Vec<Arc<InputNamespace>>,
-    /// Every input's namespace, in input order (inode ranges follow it).
+    /// Every input's namespace, in input order, then every volume's (inode ranges follow it).
     input_ns: Vec<Arc<dyn Namespace>>,
+    /// The volumes' names and top inodes, in order.
+    volumes: Vec<(String, u64)>,
     outputs: Arc<dyn Namespace>,
     config: Arc<dyn Namespace>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
@@ -230,6 +234,8 @@ pub struct Fs {
 pub struct FsParts {
     /// The resolved inputs.
     pub inputs: Vec<ResolvedInput>,
+    /// The volumes, each resolved as an input.
+    pub volumes: Vec<(crate::volumes::VolumeSpec, ResolvedInput)>,
     /// The block cache.
     pub cache: Arc<Cache>,
     /// The read path.
@@ -252,7 +258,13 @@ impl Fs {
             .enumerate()
             .map(|(i, input)| InputNamespace::new(INPUT_BASE + i as u64 * INPUT_SPAN, INPUTS, input, services.clone()))
             .collect();
-        let input_ns = inputs.iter().map(|i| i.clone() as Arc<dyn Namespace>).collect();
+        let mut input_ns: Vec<Arc<dyn Namespace>> = inputs.iter().map(|i| i.clone() as Arc<dyn Namespace>).collect();
+        let mut volumes = Vec::new();
+        for (spec, resolved) in parts.volumes {
+            let top = INPUT_BASE + input_ns.len() as u64 * INPUT_SPAN;
+            volumes.push((spec.name.clone(), top));
+            input_ns.push(InputNamespace::new(top, VOLUMES, resolved, services.clone()));
+        }
         let config = Arc::new(config::ConfigNamespace::new(CONFIG, ROOT, inputs.clone(), services.clone()));
         let outputs = Arc::new(outputs::OutputsNamespace::new(parts.staging, OUTPUTS, ROOT));
         Self {
@@ -261,6 +273,7 @@ impl Fs {
             data_store: parts.data_store,
             inputs,
             input_ns,
+            volumes,
             outputs,
             config,
             handles: Mutex::new(HashMap::new()),
@@ -280,7 +293,7 @@ impl Fs {
 
     fn owner(&self, ino: u64) -> FsResult<Owner<'_>> {
         match ino {
-            ROOT | INPUTS => return Ok(Owner::Fixed),
+            ROOT | INPUTS | VOLUMES => return Ok(Owner::Fixed),
             OUTPUTS => return Ok(Owner::Ns(&self.outputs)),
             _ => {}
         }
@@ -308,10 +321,16 @@ impl Fs {
     /// The children of a fixed directory.
     fn fixed_entries(&self, ino: u64) -> Vec<DirEntry> {
         let dir = |ino, name: &str| DirEntry { ino, name: name.to_string(), kind: Kind::Dir };
-        if ino == ROOT {
-            vec![dir(INPUTS, "inputs"), dir(OUTPUTS, "outputs"), dir(CONFIG, "config")]
-        } else {
-            self.inputs.iter().map(|i| dir(i.top(), &i.summary().name)).collect()
+        match ino {
+            ROOT => {
+                let mut top = vec![dir(INPUTS, "inputs"), dir(OUTPUTS, "outputs"), dir(CONFIG, "config")];
+                if !self.volumes.is_empty() {
+                    top.push(dir(VOLUMES, "volumes"));
+                }
+                top
+            }
+            VOLUMES => self.volumes.iter().map(|(name, top)| dir(*top, name)).collect(),
+            _ => self.inputs.iter().map(|i| dir(i.top(), &i.summary().name)).collect(),
         }
     }
 
