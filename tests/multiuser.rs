@@ -90,9 +90,10 @@ fn another_user_sees_only_what_mode_bits_allow_and_cannot_drive_the_mount() {
     let socket = shared.cache.join("control.sock");
     fs::set_permissions(&shared.cache, fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(&socket, fs::Permissions::from_mode(0o666)).unwrap();
+    // (The refusal comes at once, before any request: read it first, with a time limit.)
     let script = format!(
-        "python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); s.connect(\"{}\"); \
-         s.sendall(b\"{{\\\"op\\\": \\\"status\\\"}}\\n\"); print(s.recv(4096).decode())'",
+        "python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(\"{}\"); \
+         print(s.recv(4096).decode())'",
         socket.display()
     );
     let out = sh_as_other(&script);

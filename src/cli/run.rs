@@ -1,5 +1,11 @@
 //! `datumfs run`: mount, run a command with the Valohai directories set, sync its outputs (even
 //! when it fails, by default), unmount, and exit with the command's status.
+//!
+//! As a container's entrypoint (PID 1) it stands between the scheduler and the job: SIGTERM,
+//! SIGINT, SIGHUP and SIGQUIT are forwarded to the command's process group, which is killed
+//! (SIGKILL) `--stop-timeout` after the first of them, or at once on a second SIGTERM or SIGINT;
+//! then outputs are synced and the mount goes. The command starts with default dispositions and
+//! nothing blocked, whatever `run` inherited; as PID 1, `run` also reaps orphaned processes.
 
 use super::mount::MountArgs;
 use crate::control::UnsyncedOutputs;
@@ -25,6 +31,10 @@ pub struct RunArgs {
     /// When to sync outputs.
     #[arg(long, value_enum, default_value = "always", env = "DATUMFS_SYNC_ON")]
     sync_on: SyncOn,
+    /// After the first stop signal is forwarded, how long the command has before it is killed
+    /// (a little under the 30 s most schedulers give before they kill the container).
+    #[arg(long, value_name = "DURATION", default_value = "25s", env = "DATUMFS_STOP_TIMEOUT", value_parser = crate::config::parse_duration)]
+    stop_timeout: std::time::Duration,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -47,20 +57,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     crate::daemon::mount(cfg)?;
     eprintln!("datumfs: mounted {} (execution {execution})", mp.display());
 
-    // The job gets Ctrl-C; we stay to sync and unmount after it.
-    // SAFETY: setting a signal disposition to "ignore" has no handler to race with.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGTERM, libc::SIG_IGN);
-    }
-    let status = std::process::Command::new(&args.command[0])
-        .args(&args.command[1..])
-        .env("VH_INPUTS_DIR", mp.join("inputs"))
-        .env("VH_OUTPUTS_DIR", mp.join("outputs"))
-        .env("VH_CONFIG_DIR", mp.join("config"))
-        .env("DATUMFS_EXECUTION", &execution)
-        .status()
-        .with_context(|| format!("running {}", args.command[0]));
+    let status = run_command(&args.command, &mp, &execution, args.stop_timeout);
     let code = match &status {
         Ok(s) => exit_code(*s),
         Err(e) => {
@@ -94,5 +91,166 @@ pub fn run(args: RunArgs) -> Result<i32> {
             mp.display()
         );
     }
+    if nix::unistd::getpid().as_raw() == 1 {
+        // Nothing outlives PID 1: wait for every child (the daemon ending its mount included).
+        reap_all(std::time::Duration::from_secs(60));
+    }
     Ok(if code == 0 && !synced_ok { 1 } else { code })
+}
+
+/// The signals `run` passes on to the command.
+const FORWARDED: [Signal; 4] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT];
+
+use nix::sys::signal::{SigSet, Signal};
+use nix::unistd::Pid;
+
+/// Runs the command in a process group of its own (the terminal's foreground group when `run`
+/// has a terminal), forwarding stop signals and killing it after `stop_timeout`; returns how it
+/// ended. Orphans reparented to `run` are reaped meanwhile.
+fn run_command(
+    command: &[String],
+    mp: &std::path::Path,
+    execution: &str,
+    stop_timeout: std::time::Duration,
+) -> Result<std::process::ExitStatus> {
+    use std::os::unix::process::CommandExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // Blocked here (and in the signal thread, which inherits it): they are taken by sigwait.
+    let mut caught = SigSet::empty();
+    for s in FORWARDED {
+        caught.add(s);
+    }
+    caught.add(Signal::SIGTTOU); // handing the terminal over and back
+    caught.thread_block().context("blocking signals")?;
+    let mut cmd = std::process::Command::new(&command[0]);
+    cmd.args(&command[1..])
+        .env("VH_INPUTS_DIR", mp.join("inputs"))
+        .env("VH_OUTPUTS_DIR", mp.join("outputs"))
+        .env("VH_CONFIG_DIR", mp.join("config"))
+        .env("DATUMFS_EXECUTION", execution);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setpgid(0, 0);
+            for sig in 1..libc::SIGRTMIN() {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().with_context(|| format!("running {}", command[0]));
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = caught.thread_unblock();
+            return Err(e);
+        }
+    };
+    let pid = Pid::from_raw(child.id() as i32);
+    // Both sides set the group, as shells do, so neither races the other.
+    let _ = nix::unistd::setpgid(pid, pid);
+    // SAFETY (the terminal calls): plain calls on descriptor 0.
+    let tty = unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() };
+    if tty {
+        // Ctrl-C then reaches the job from the terminal, once (not again through us).
+        unsafe { libc::tcsetpgrp(0, pid.as_raw()) };
+    }
+    let ended = std::sync::Arc::new(AtomicBool::new(false));
+    {
+        let ended = ended.clone();
+        std::thread::spawn(move || forward_signals(caught, pid, stop_timeout, ended));
+    }
+    let status = wait_for(pid);
+    ended.store(true, Ordering::SeqCst);
+    if tty {
+        unsafe { libc::tcsetpgrp(0, libc::getpgrp()) };
+    }
+    drop(child);
+    status
+}
+
+/// Forwards stop signals to process group `group` until the command has ended; kills the group
+/// `stop_timeout` after the first, or at a second SIGTERM or SIGINT.
+fn forward_signals(
+    caught: SigSet,
+    group: Pid,
+    stop_timeout: std::time::Duration,
+    ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    let kill_group = {
+        let ended = ended.clone();
+        move |sig: Signal| {
+            if !ended.load(Ordering::SeqCst) {
+                let _ = nix::sys::signal::killpg(group, sig);
+            }
+        }
+    };
+    let mut stopping = false;
+    loop {
+        let Ok(sig) = caught.wait() else { continue };
+        if sig == Signal::SIGTTOU || ended.load(Ordering::SeqCst) {
+            continue;
+        }
+        let stop = matches!(sig, Signal::SIGTERM | Signal::SIGINT);
+        if stopping && stop {
+            eprintln!("datumfs: {sig} again: killing the command");
+            kill_group(Signal::SIGKILL);
+            continue;
+        }
+        kill_group(sig);
+        if !stopping {
+            stopping = true;
+            eprintln!(
+                "datumfs: {sig} passed on to the command; it is killed in {} if still running",
+                humantime::format_duration(stop_timeout)
+            );
+            let kill_group = kill_group.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(stop_timeout);
+                kill_group(Signal::SIGKILL);
+            });
+        }
+    }
+}
+
+/// Waits for `pid` to end, reaping any other child (orphans reparented to PID 1, the daemon)
+/// that ends meanwhile.
+fn wait_for(pid: Pid) -> Result<std::process::ExitStatus> {
+    use std::os::unix::process::ExitStatusExt;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on any child, into a local.
+        let got = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if got == pid.as_raw() {
+            return Ok(std::process::ExitStatus::from_raw(status));
+        }
+        if got < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e).context("waiting for the command");
+            }
+        }
+    }
+}
+
+/// Waits (at most `limit`) until no child is left.
+fn reap_all(limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        let mut status = 0;
+        // SAFETY: waitpid on any child, into a local.
+        let got = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if got < 0 {
+            return; // ECHILD: none left
+        }
+        if got == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
 }
