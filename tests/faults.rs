@@ -59,7 +59,9 @@ fn a_store_that_keeps_failing_or_stops_answering_gives_eio_in_bounded_time_and_t
     s3.put(BUCKET, "d/silent.bin", &silent);
     let mut env = s3.env();
     // A server that stops answering is given up on after this long per request.
-    env.push(("AWS_TIMEOUT".into(), "1s".into()));
+    if std::env::var("DATUMFS_FAULTS_DEFAULT_TIMEOUTS").is_err() {
+        env.push(("AWS_READ_TIMEOUT".into(), "1s".into()));
+    }
     let m = TestMount::new(&["--input", "data=s3://bkt/d/"], &env);
     // Armed before anything is read (a walk fetches ahead).
     s3.inject(FaultKind::Status(500), "GET", "/d/bad.bin", 100_000);

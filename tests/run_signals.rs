@@ -85,6 +85,8 @@ fn sigterm_reaches_the_command_whose_checkpoint_is_synced_and_whose_status_is_re
     let signals = std::fs::read_to_string(mnt.join("outputs/signals.txt")).unwrap();
     for line in signals.lines() {
         assert_eq!(int_or_term(line), 0, "the command started with SIGINT/SIGTERM ignored or blocked: {line}");
+        let mask = u64::from_str_radix(line.split_whitespace().nth(1).unwrap_or("x"), 16).unwrap();
+        assert_eq!(mask, 0, "the command started with signals ignored or blocked: {line}");
     }
     signal(&run, libc::SIGTERM);
     let status = wait_exit(&mut run, Duration::from_secs(60));

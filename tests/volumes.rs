@@ -37,6 +37,9 @@ fn a_read_only_volume_serves_its_prefix_byte_exact_and_refuses_changes() {
         assert_eq!(&fs::read(m.path(&format!("volumes/work/{rel}"))).unwrap(), data, "{rel}");
     }
     assert!(!m.path("volumes/work/outside.txt").exists());
+    let described: serde_json::Value =
+        serde_json::from_slice(&fs::read(m.path("config/inputs.json")).unwrap()).unwrap();
+    assert!(described.is_object() || described.is_array(), "{described}");
     assert_eq!(fs::read_dir(m.path("volumes/empty")).unwrap().count(), 0, "an empty prefix is an empty volume");
     let errno = |e: std::io::Error| e.raw_os_error();
     assert_eq!(fs::write(m.path("volumes/work/new.txt"), b"x").map_err(errno).err(), Some(Some(libc::EROFS)));

@@ -42,10 +42,11 @@ pub const INPUTS: u64 = 2;
 /// Inode of `outputs/`; its contents are numbered by the staging area (from
 /// [`crate::outputs::INO_BASE`] up).
 pub const OUTPUTS: u64 = 3;
-/// Inode of `config/` (its files follow it).
+/// Inode of `config/` (its files follow it, up to [`VOLUMES`]).
 pub const CONFIG: u64 = 4;
-/// Inode of `volumes/` (there when the mount has volumes).
-pub const VOLUMES: u64 = 5;
+/// Inode of `volumes/` (there when the mount has volumes); the numbers between it and
+/// [`CONFIG`] are kept for `config/`'s files.
+pub const VOLUMES: u64 = 16;
 /// The first input's top directory; each input owns `INPUT_SPAN` inodes from its top up.
 const INPUT_BASE: u64 = 1 << 32;
 /// Inodes per input: far more than any listing, and 65,536 inputs fit below the outputs' range.

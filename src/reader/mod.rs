@@ -62,8 +62,11 @@ impl ReadError {
     }
 
     /// Whether trying again soon may succeed.
+    /// Whether the reader should try the run again: a body cut short or an error answer may
+    /// pass, but a store that did not answer was already retried by the client, until its
+    /// time ran out.
     fn is_transient(&self) -> bool {
-        matches!(self, ReadError::Store(e) if e.is_transient())
+        matches!(self, ReadError::Store(e) if e.is_transient() && !matches!(e, StoreError::Unreachable { .. }))
     }
 
     /// The error a failed fetch left for its waiters (only the reader sets them: always ours).

@@ -76,10 +76,12 @@ fn client_options(env_prefix: &str) -> ClientOptions {
     client_options_from(env_prefix, vars)
 }
 
-/// Timeouts that fail a dead endpoint within seconds, and connections kept for many readers.
+/// Timeouts that fail a dead endpoint within seconds (a connection that yields no byte for 10 s
+/// is given up, whatever the request's size), and connections kept for many readers.
 fn default_client_options() -> ClientOptions {
     ClientOptions::new()
         .with_connect_timeout(Duration::from_secs(5))
+        .with_read_timeout(Duration::from_secs(10))
         .with_timeout(Duration::from_secs(120))
         .with_pool_max_idle_per_host(64)
 }
