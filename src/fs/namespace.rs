@@ -8,7 +8,7 @@
 //! implement the reading half: every change answers EROFS by default.
 
 use super::{Attr, DirEntry, FsError, FsResult};
-use crate::outputs::{Caller, SetTime};
+use crate::outputs::Caller;
 use async_trait::async_trait;
 use std::path::Path;
 use std::sync::Arc;
@@ -55,22 +55,8 @@ pub struct OpenedFile {
     pub no_flush: bool,
 }
 
-/// Changes asked of an inode's attributes.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SetAttr {
-    /// New permission bits.
-    pub mode: Option<u32>,
-    /// New owner.
-    pub uid: Option<u32>,
-    /// New group.
-    pub gid: Option<u32>,
-    /// New size (truncate).
-    pub size: Option<u64>,
-    /// New access time.
-    pub atime: Option<SetTime>,
-    /// New modification time.
-    pub mtime: Option<SetTime>,
-}
+/// Changes asked of an inode's attributes (the staging area takes them as they come).
+pub type SetAttr = crate::outputs::Change;
 
 /// A part of the mount's tree that owns a set of inodes.
 #[async_trait]

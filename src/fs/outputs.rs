@@ -4,7 +4,7 @@
 
 use super::namespace::{Namespace, OpenFile, OpenedFile, SetAttr};
 use super::{Attr, DirEntry, FsResult, Kind};
-use crate::outputs::{Caller, Change, EntryAttr, EntryKind, Staging};
+use crate::outputs::{Caller, EntryAttr, EntryKind, Staging};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -155,8 +155,6 @@ impl Namespace for OutputsNamespace {
     }
 
     fn setattr(&self, ino: u64, change: SetAttr, file: Option<&dyn OpenFile>) -> FsResult<Attr> {
-        let SetAttr { mode, uid, gid, size, atime, mtime } = change;
-        let change = Change { mode, uid, gid, size, atime, mtime };
         if change.mode.is_some_and(has_set_id) {
             // Writes through open handles must look again (and clear the bits for others).
             for f in self.open_all(ino) {
