@@ -52,3 +52,70 @@ fn a_read_only_volume_serves_its_prefix_byte_exact_and_refuses_changes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--volume") && err.contains("rx"), "{err}");
 }
+
+#[test]
+fn push_and_pull_move_a_tree_byte_exact_and_a_rerun_moves_only_what_changed() {
+    if !fuse_available() {
+        return;
+    }
+    let s3 = S3Server::start();
+    s3.bucket("vol");
+    let scratch = tempfile::tempdir().unwrap();
+    let src = scratch.path().join("tree");
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("a.txt", b"alpha\n".to_vec()),
+        ("empty", Vec::new()),
+        ("d/e/f.bin", bytes(7, 300_000)),
+        ("big/model.bin", bytes(8, 20 << 20)), // above the single-PUT size: a multipart upload
+    ];
+    for (rel, data) in &files {
+        fs::create_dir_all(src.join(rel).parent().unwrap()).unwrap();
+        fs::write(src.join(rel), data).unwrap();
+    }
+    std::os::unix::fs::symlink("a.txt", src.join("link")).unwrap();
+    let home = scratch.path().join("home");
+    let volume = |args: &[&str]| {
+        let out = command(&home, &s3.env()).arg("volume").args(args).output().unwrap();
+        assert!(out.status.success(), "volume {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        (
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let src_s = src.to_str().unwrap();
+    let (first, err) = volume(&["push", src_s, "s3://vol/pushed/", "--json"]);
+    assert_eq!(first["moved"].as_array().unwrap().len(), files.len(), "{first}");
+    assert!(err.contains("link") && err.contains("symbolic link"), "{err}");
+    for (rel, data) in &files {
+        assert_eq!(s3.object("vol", &format!("pushed/{rel}")).as_ref(), Some(data), "{rel}");
+    }
+    // Again: nothing to do. One file changed: only it goes.
+    let (again, _) = volume(&["push", src_s, "s3://vol/pushed/", "--json"]);
+    assert_eq!(
+        (again["moved"].as_array().unwrap().len(), again["unchanged"].as_array().unwrap().len()),
+        (0, files.len())
+    );
+    fs::write(src.join("d/e/f.bin"), bytes(9, 300_000)).unwrap();
+    let (changed, _) = volume(&["push", src_s, "s3://vol/pushed/", "--json"]);
+    assert_eq!(changed["moved"], serde_json::json!(["d/e/f.bin"]));
+    assert_eq!(s3.object("vol", "pushed/d/e/f.bin").unwrap(), bytes(9, 300_000));
+
+    // Pull into a fresh directory: the same tree, byte for byte; again: nothing moves.
+    let dst = scratch.path().join("pulled");
+    let (pulled, _) = volume(&["pull", "s3://vol/pushed/", dst.to_str().unwrap(), "--json"]);
+    assert_eq!(pulled["moved"].as_array().unwrap().len(), files.len(), "{pulled}");
+    for (rel, data) in &files {
+        let want = if *rel == "d/e/f.bin" { bytes(9, 300_000) } else { data.clone() };
+        assert_eq!(fs::read(dst.join(rel)).unwrap(), want, "{rel}");
+    }
+    let (repull, _) = volume(&["pull", "s3://vol/pushed/", dst.to_str().unwrap(), "--json"]);
+    assert_eq!(repull["moved"].as_array().unwrap().len(), 0, "{repull}");
+    assert!(
+        fs::read_dir(dst.join("big")).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with('.')),
+        "a temporary file was left"
+    );
+
+    // A mount sees what was pushed.
+    let m = TestMount::new(&["--volume", "w=s3://vol/pushed/"], &s3.env());
+    assert_eq!(fs::read(m.path("volumes/w/big/model.bin")).unwrap(), bytes(8, 20 << 20));
+}

@@ -8,6 +8,7 @@ mod run;
 mod status;
 mod sync;
 mod unmount;
+mod volume;
 mod warm;
 
 use anyhow::Result;
@@ -46,6 +47,8 @@ enum Command {
     Cache(cache::CacheArgs),
     /// Fetch whole inputs (a directory or file under MOUNTPOINT/inputs/) into the cache ahead of a job.
     Warm(warm::WarmArgs),
+    /// Volumes without a job: push a local tree to a prefix, pull a prefix to local disk.
+    Volume(volume::VolumeArgs),
 }
 
 /// Parses the command line and runs it; returns the exit code.
@@ -63,6 +66,7 @@ pub fn run() -> Result<i32> {
         Command::Lineage(a) => datum::run_lineage(a),
         Command::Cache(a) => cache::run(a),
         Command::Warm(a) => warm::run(a),
+        Command::Volume(a) => volume::run(a),
     }
 }
 

@@ -134,6 +134,52 @@ pub async fn upload(
         Err(object_store::Error::NotFound { .. }) => {}
         Err(e) => return Err(err(e).into()),
     }
+    let (checksums, size) = put_multipart_file(ds, file, key, known, sent).await?;
+    Ok(Outcome::Stored { checksums, size })
+}
+
+/// Uploads `file` to `key` as it is now, replacing what is there (`datumfs volume push`): one
+/// PUT, or a multipart upload for a big file. Returns its checksums and size.
+pub async fn put_file(
+    ds: &DataStore,
+    file: &std::path::Path,
+    key: &Path,
+    sent: &Arc<AtomicU64>,
+) -> Result<(Checksums, u64), UploadError> {
+    let path = file.to_path_buf();
+    let size = blocking(file, move || std::fs::metadata(&path).map(|m| m.len())).await?;
+    if size > SINGLE_PUT_MAX {
+        return put_multipart_file(ds, file, key, None, sent).await;
+    }
+    let path = file.to_path_buf();
+    let (bytes, checksums) = blocking(file, move || {
+        let bytes = std::fs::read(&path)?;
+        let mut h = MultiHasher::new();
+        h.update_parallel(&bytes);
+        Ok((bytes, h.finish()))
+    })
+    .await?;
+    let size = bytes.len() as u64;
+    ds.handle
+        .inner
+        .put(key, PutPayload::from(bytes))
+        .await
+        .map_err(|e| StoreError::from_object_store(&ds.uri_of(key), ds.handle.bucket.as_deref(), e))?;
+    sent.fetch_add(size, Ordering::Relaxed);
+    Ok((checksums, size))
+}
+
+/// Uploads `file` to `key` in parts, several in flight, hashing it on the way unless its
+/// checksums are `known`.
+async fn put_multipart_file(
+    ds: &DataStore,
+    file: &std::path::Path,
+    key: &Path,
+    known: Option<&Checksums>,
+    sent: &Arc<AtomicU64>,
+) -> Result<(Checksums, u64), UploadError> {
+    let shown = ds.uri_of(key);
+    let err = |e| StoreError::from_object_store(&shown, ds.handle.bucket.as_deref(), e);
     let upload = ds.handle.inner.put_multipart(key).await.map_err(err)?;
     let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
     let mut reader = {
@@ -177,7 +223,7 @@ pub async fn upload(
         (None, Some(k)) => k.clone(),
         (None, None) => unreachable!("a hasher exists whenever no checksums were given"),
     };
-    Ok(Outcome::Stored { checksums, size: total })
+    Ok((checksums, total))
 }
 
 /// Uploads `bytes` (a small file, a pack) to `key` without ever replacing an existing object:
