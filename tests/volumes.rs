@@ -119,3 +119,22 @@ fn push_and_pull_move_a_tree_byte_exact_and_a_rerun_moves_only_what_changed() {
     let m = TestMount::new(&["--volume", "w=s3://vol/pushed/"], &s3.env());
     assert_eq!(fs::read(m.path("volumes/w/big/model.bin")).unwrap(), bytes(8, 20 << 20));
 }
+
+#[test]
+fn warm_fetches_a_volume_into_the_cache() {
+    if !fuse_available() {
+        return;
+    }
+    let s3 = S3Server::start();
+    s3.bucket("vol");
+    s3.put("vol", "w/a/one.bin", &bytes(11, 500_000));
+    s3.put("vol", "w/two.bin", &bytes(12, 70_000));
+    let m = TestMount::new(&["--volume", "w=s3://vol/w/"], &s3.env());
+    let out = m.run(&["warm", m.path("volumes/w").to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["files"], 2, "{report}");
+    s3.clear_log();
+    assert_eq!(fs::read(m.path("volumes/w/a/one.bin")).unwrap(), bytes(11, 500_000));
+    assert!(s3.requests().iter().all(|r| !r.is_object_get()), "read from the store after warm");
+}

@@ -1,6 +1,7 @@
-//! `datumfs warm MOUNTPOINT/inputs/NAME[/PATH]` or `datumfs warm URI`: fetch whole inputs into
-//! the cache ahead of a job, with a progress bar (or `--json`). A URI is warmed by the daemon of
-//! the cache dir when one runs, or directly (holding the cache's lock) when none does.
+//! `datumfs warm MOUNTPOINT/inputs/NAME[/PATH]` (or `volumes/NAME[/PATH]`) or `datumfs warm
+//! URI`: fetch whole inputs into the cache ahead of a job, with a progress bar (or `--json`). A
+//! URI is warmed by the daemon of the cache dir when one runs, or directly (holding the cache's
+//! lock) when none does.
 
 use crate::control::{self, Request};
 use crate::daemon::mounts;
@@ -12,8 +13,8 @@ use std::path::{Path, PathBuf};
 /// Flags of `datumfs warm`.
 #[derive(Debug, Args)]
 pub struct WarmArgs {
-    /// A directory or file under a mount's inputs/, or a URI as --input takes it (s3://...,
-    /// datum://..., dataset://..., a local path outside any mount).
+    /// A directory or file under a mount's inputs/ or volumes/, or a URI as --input takes it
+    /// (s3://..., datum://..., dataset://..., a local path outside any mount).
     target: String,
     /// Cache directory, for a URI [default: $DATUMFS_HOME/cache].
     #[arg(long, value_name = "DIR", env = "DATUMFS_CACHE_DIR")]

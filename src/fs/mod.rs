@@ -223,8 +223,8 @@ pub struct Fs {
     inputs: Vec<Arc<InputNamespace>>,
     /// Every input's namespace, in input order, then every volume's (inode ranges follow it).
     input_ns: Vec<Arc<dyn Namespace>>,
-    /// The volumes' names and top inodes, in order.
-    volumes: Vec<(String, u64)>,
+    /// The volumes, in order (each an input namespace named after its volume).
+    volumes: Vec<Arc<InputNamespace>>,
     outputs: Arc<dyn Namespace>,
     config: Arc<dyn Namespace>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
@@ -261,10 +261,12 @@ impl Fs {
             .collect();
         let mut input_ns: Vec<Arc<dyn Namespace>> = inputs.iter().map(|i| i.clone() as Arc<dyn Namespace>).collect();
         let mut volumes = Vec::new();
-        for (spec, resolved) in parts.volumes {
+        // (Their modes matter once writable volumes are served; read-only ones are inputs.)
+        for (_mode, resolved) in parts.volumes {
             let top = INPUT_BASE + input_ns.len() as u64 * INPUT_SPAN;
-            volumes.push((spec.name.clone(), top));
-            input_ns.push(InputNamespace::new(top, VOLUMES, resolved, services.clone()));
+            let volume = InputNamespace::new(top, VOLUMES, resolved, services.clone());
+            input_ns.push(volume.clone());
+            volumes.push(volume);
         }
         let config = Arc::new(config::ConfigNamespace::new(CONFIG, ROOT, inputs.clone(), services.clone()));
         let outputs = Arc::new(outputs::OutputsNamespace::new(parts.staging, OUTPUTS, ROOT));
@@ -330,7 +332,7 @@ impl Fs {
                 }
                 top
             }
-            VOLUMES => self.volumes.iter().map(|(name, top)| dir(*top, name)).collect(),
+            VOLUMES => self.volumes.iter().map(|v| dir(v.top(), &v.summary().name)).collect(),
             _ => self.inputs.iter().map(|i| dir(i.top(), &i.summary().name)).collect(),
         }
     }

@@ -62,19 +62,21 @@ async fn warm_input(input: &InputNamespace, ino: u64, progress: &Progress) -> Fs
 }
 
 impl Fs {
-    /// Fetches every file at or below `rel` (a path relative to the mount, under `inputs/`)
-    /// whole into the cache, counting into `progress`.
+    /// Fetches every file at or below `rel` (a path relative to the mount, under `inputs/` or
+    /// `volumes/`) whole into the cache, counting into `progress`.
     pub async fn warm(&self, rel: &str, progress: &Progress) -> FsResult<WarmReport> {
         let mut segs = rel.trim_matches('/').split('/').filter(|s| !s.is_empty());
-        if segs.next() != Some("inputs") {
-            return Err(FsError::Invalid(format!("'{rel}': only inputs/ can be warmed")));
-        }
+        let parts = match segs.next() {
+            Some("inputs") => &self.inputs,
+            Some("volumes") => &self.volumes,
+            _ => return Err(FsError::Invalid(format!("'{rel}': only inputs/ and volumes/ can be warmed"))),
+        };
         let name = segs.next();
-        if name.is_some_and(|n| self.inputs.iter().all(|i| i.summary().name != n)) {
+        if name.is_some_and(|n| parts.iter().all(|i| i.summary().name != n)) {
             return Err(FsError::NotFound);
         }
         let mut report = WarmReport::default();
-        for input in self.inputs.iter().filter(|i| name.is_none_or(|n| n == i.summary().name)) {
+        for input in parts.iter().filter(|i| name.is_none_or(|n| n == i.summary().name)) {
             let rest: Vec<&str> = segs.clone().collect();
             let r = warm_input(input, input.resolve_path(&rest).await?, progress).await?;
             report.files += r.files;
