@@ -62,11 +62,16 @@ impl ReadError {
     }
 
     /// Whether trying again soon may succeed.
-    /// Whether the reader should try the run again: a body cut short or an error answer may
-    /// pass, but a store that did not answer was already retried by the client, until its
-    /// time ran out.
+    /// Whether the reader should try the run again: a body cut short, a reset or an error
+    /// answer may pass, but a store that did not answer in time was already retried by the
+    /// client until its time ran out (trying again would multiply the wait for EIO).
     fn is_transient(&self) -> bool {
-        matches!(self, ReadError::Store(e) if e.is_transient() && !matches!(e, StoreError::Unreachable { .. }))
+        let timed_out = |cause: &str| {
+            let c = cause.to_ascii_lowercase();
+            c.contains("timed out") || c.contains("timeout")
+        };
+        matches!(self, ReadError::Store(e) if e.is_transient()
+            && !matches!(e, StoreError::Unreachable { cause, .. } if timed_out(cause)))
     }
 
     /// The error a failed fetch left for its waiters (only the reader sets them: always ours).
