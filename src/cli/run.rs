@@ -132,9 +132,12 @@ fn run_command(
     unsafe {
         cmd.pre_exec(|| {
             libc::setpgid(0, 0);
-            for sig in 1..libc::SIGRTMIN() {
+            // Every signal to its default, the C library's own (32, 33) included: the kernel's
+            // call, since libc refuses those. All zeros is SIG_DFL, no flags, empty mask.
+            let default = [0u64; 4];
+            for sig in 1..=64 {
                 if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                    libc::signal(sig, libc::SIG_DFL);
+                    libc::syscall(libc::SYS_rt_sigaction, sig, default.as_ptr(), std::ptr::null_mut::<u64>(), 8usize);
                 }
             }
             let mut empty: libc::sigset_t = std::mem::zeroed();
