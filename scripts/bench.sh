@@ -9,9 +9,10 @@
 # flags: --host --port --access-key --secret-key ROOT), or the patched s3s-fs that
 # ../shared/s3-bed/install.sh builds when that folder is present. Sizes: BENCH_BIG_MIB (2048),
 # BENCH_SMALL_COUNT (10000), BENCH_LS_COUNT (100000), BENCH_SYNC_MIB (1024), BENCH_SYNC_COUNT (1000);
-# BENCH_MULTI_MIB (256, per mount), BENCH_DATASET_COUNT (100000), BENCH_PACKED_COUNT (100000);
-# BENCH_PARTS picks workloads (default "read small ls sync packed multi dataset opens"; "huge" adds
-# generated versions of BENCH_HUGE_COUNTS files, default "1000000 10000000").
+# BENCH_MULTI_MIB (256, per mount), BENCH_DATASET_COUNT (100000), BENCH_PACKED_COUNT (100000),
+# BENCH_PUSH_MIB (1024), BENCH_PUSH_COUNT (10000); BENCH_PARTS picks workloads (default "read small
+# ls sync packed multi dataset push opens"; "huge" adds generated versions of BENCH_HUGE_COUNTS
+# files, default "1000000 10000000").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 json=0; [[ ${1:-} == --json ]] && json=1
@@ -25,8 +26,10 @@ SYNC_COUNT=${BENCH_SYNC_COUNT:-1000}
 MULTI_MIB=${BENCH_MULTI_MIB:-256}
 DATASET_COUNT=${BENCH_DATASET_COUNT:-100000}
 PACKED_COUNT=${BENCH_PACKED_COUNT:-100000}
+PUSH_MIB=${BENCH_PUSH_MIB:-1024}
+PUSH_COUNT=${BENCH_PUSH_COUNT:-10000}
 HUGE_COUNTS=${BENCH_HUGE_COUNTS:-1000000 10000000}
-PARTS=" ${BENCH_PARTS:-read small ls sync packed multi dataset opens} "  # which workloads to run
+PARTS=" ${BENCH_PARTS:-read small ls sync packed multi dataset push opens} "  # which workloads to run
 want() { [[ $PARTS == *" $1 "* ]]; }
 
 server=${S3_SERVER_BIN:-}
@@ -357,6 +360,26 @@ PY
     first=0
 done
 rm -rf "$T/hugetree"
+fi
+
+# 6c. Hydrating a volume without a job: `datumfs volume push` of PUSH_MIB + PUSH_COUNT x 10 KiB
+#    vs a plain parallel upload of the same tree; then the same push again (nothing changed).
+if want push; then
+say "making ${PUSH_MIB} MiB + $PUSH_COUNT x 10 KiB files to push"
+mkdir -p "$T/push/small"
+head -c $((PUSH_MIB << 20)) /dev/urandom >"$T/push/big.bin"
+python3 - "$T/push/small" "$PUSH_COUNT" <<'PY'
+import os, sys
+for i in range(int(sys.argv[2])):
+    with open(os.path.join(sys.argv[1], f"s{i:05d}.bin"), "wb") as f: f.write(os.urandom(10240))
+PY
+sync
+direct=$("$s3bench" put-dir "$T/push" s3://bench/push-direct/ | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])')
+t0=$(now); "$bin" volume push "$T/push" s3://bench/pushed/ --json >"$T/push.json"; t1=$(now)
+record "volume push ${PUSH_MIB} MiB + $PUSH_COUNT files" "$(secs "$t0" "$t1")" "$direct"
+t0=$(now); "$bin" volume push "$T/push" s3://bench/pushed/ --json >"$T/push2.json"; t1=$(now)
+say "$(printf '%-34s %8.3f s' "  the same push again (no change)" "$(secs "$t0" "$t1")")"
+rm -rf "$T/push"
 fi
 
 # 7. Opens of new small cache objects (sled index, pack slot) from 8 threads at once vs the same
