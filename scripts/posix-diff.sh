@@ -9,5 +9,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DATUMFS_POSIX_SEQUENCES="${1:-50000}" DATUMFS_POSIX_FIRST="${2:-1000}" DATUMFS_REQUIRE_FUSE=1
-echo "sequences $DATUMFS_POSIX_FIRST..$((DATUMFS_POSIX_FIRST + DATUMFS_POSIX_SEQUENCES)) (about 5 ms each)" >&2
+echo "sequences $DATUMFS_POSIX_FIRST..$((DATUMFS_POSIX_FIRST + DATUMFS_POSIX_SEQUENCES)) (5-15 ms each)" >&2
 exec cargo test --locked --test posix_diff -- --nocapture
