@@ -17,14 +17,38 @@ fn input(dir: &Path) -> String {
     format!("in=file://{}", src.display())
 }
 
+/// A `datumfs run` the test started: stopped when the test ends, even by a failure (two
+/// SIGTERMs: it passes them on and kills its command, then unmounts; SIGKILL if it lingers).
+struct Run(Child);
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        signal(&self.0, libc::SIGTERM);
+        std::thread::sleep(Duration::from_millis(200));
+        signal(&self.0, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.0.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// Starts `datumfs run` (in a process group of its own, as a shell's job is) with `script`.
-fn start(home: &Path, mnt: &Path, execution: &str, extra: &[&str], script: &str) -> Child {
+fn start(home: &Path, mnt: &Path, execution: &str, extra: &[&str], script: &str) -> Run {
     std::fs::create_dir_all(mnt).unwrap();
     let mut c = command(home, &[]);
     c.arg("run").arg(mnt).args(["--input", &input(home), "--cache-dir"]).arg(home.join("cache"));
     c.args(["--execution", execution]).args(extra).args(["--", "sh", "-c", script]);
-    c.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-    c.spawn().unwrap()
+    c.stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
+    Run(c.spawn().unwrap())
 }
 
 fn wait_for_file(p: &Path) {
@@ -79,8 +103,9 @@ fn sigterm_reaches_the_command_whose_checkpoint_is_synced_and_whose_status_is_re
     let script = r#"grep -E 'SigIgn|SigBlk' /proc/self/status > "$VH_OUTPUTS_DIR/signals.txt"
         trap 'echo checkpoint > "$VH_OUTPUTS_DIR/ckpt.txt"; exit 7' TERM
         touch "$VH_OUTPUTS_DIR/ready"; while true; do sleep 0.1; done"#;
-    let mut run = start(dir.path(), &mnt, "exec-term", &[], script);
+    // (Declared first, dropped last: the run stops and unmounts before the guard looks.)
     let _guard = MountGuard(mnt.clone());
+    let mut run = start(dir.path(), &mnt, "exec-term", &[], script);
     wait_for_file(&mnt.join("outputs/ready"));
     let signals = std::fs::read_to_string(mnt.join("outputs/signals.txt")).unwrap();
     for line in signals.lines() {
@@ -88,8 +113,8 @@ fn sigterm_reaches_the_command_whose_checkpoint_is_synced_and_whose_status_is_re
         let mask = u64::from_str_radix(line.split_whitespace().nth(1).unwrap_or("x"), 16).unwrap();
         assert_eq!(mask, 0, "the command started with signals ignored or blocked: {line}");
     }
-    signal(&run, libc::SIGTERM);
-    let status = wait_exit(&mut run, Duration::from_secs(60));
+    signal(&run.0, libc::SIGTERM);
+    let status = wait_exit(&mut run.0, Duration::from_secs(60));
     assert_eq!(status.code(), Some(7), "{status:?}");
     assert_eq!(synced(dir.path(), "exec-term"), ["ckpt.txt", "ready", "signals.txt"]);
     assert!(!is_mounted(&mnt));
@@ -104,12 +129,13 @@ fn a_command_ignoring_sigterm_is_killed_after_the_stop_timeout_and_its_outputs_s
     let mnt = dir.path().join("mnt");
     let script = r#"trap '' TERM; echo partial > "$VH_OUTPUTS_DIR/partial.txt"; touch "$VH_OUTPUTS_DIR/ready"
         while true; do sleep 0.1; done"#;
-    let mut run = start(dir.path(), &mnt, "exec-stubborn", &["--stop-timeout", "1s"], script);
+    // (Declared first, dropped last: the run stops and unmounts before the guard looks.)
     let _guard = MountGuard(mnt.clone());
+    let mut run = start(dir.path(), &mnt, "exec-stubborn", &["--stop-timeout", "1s"], script);
     wait_for_file(&mnt.join("outputs/ready"));
     let sent = Instant::now();
-    signal(&run, libc::SIGTERM);
-    let status = wait_exit(&mut run, Duration::from_secs(60));
+    signal(&run.0, libc::SIGTERM);
+    let status = wait_exit(&mut run.0, Duration::from_secs(60));
     assert_eq!(status.code(), Some(137), "{status:?}");
     assert!(sent.elapsed() >= Duration::from_secs(1), "killed before the stop timeout");
     assert_eq!(synced(dir.path(), "exec-stubborn"), ["partial.txt", "ready"]);
@@ -126,12 +152,13 @@ fn sigint_to_the_job_group_stops_the_command_once_and_a_second_escalates() {
     let script = r#"trap 'echo int >> "$VH_OUTPUTS_DIR/ints.txt"' INT
         trap 'exit 0' TERM
         touch "$VH_OUTPUTS_DIR/ready"; while true; do sleep 0.1; done"#;
-    let mut run = start(dir.path(), &mnt, "exec-int", &["--stop-timeout", "60s"], script);
+    // (Declared first, dropped last: the run stops and unmounts before the guard looks.)
     let _guard = MountGuard(mnt.clone());
+    let mut run = start(dir.path(), &mnt, "exec-int", &["--stop-timeout", "60s"], script);
     wait_for_file(&mnt.join("outputs/ready"));
     // As a terminal's Ctrl-C does: SIGINT to the whole process group of `datumfs run`.
     // SAFETY: a signal to the process group this test started.
-    unsafe { libc::kill(-(run.id() as i32), libc::SIGINT) };
+    unsafe { libc::kill(-(run.0.id() as i32), libc::SIGINT) };
     wait_for_file(&mnt.join("outputs/ints.txt"));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
@@ -141,8 +168,8 @@ fn sigint_to_the_job_group_stops_the_command_once_and_a_second_escalates() {
     );
     // A second stop signal escalates at once, long before the 60 s stop timeout.
     let sent = Instant::now();
-    signal(&run, libc::SIGINT);
-    let status = wait_exit(&mut run, Duration::from_secs(30));
+    signal(&run.0, libc::SIGINT);
+    let status = wait_exit(&mut run.0, Duration::from_secs(30));
     assert_eq!(status.code(), Some(137), "{status:?}");
     assert!(sent.elapsed() < Duration::from_secs(30));
     assert_eq!(synced(dir.path(), "exec-int"), ["ints.txt", "ready"]);
