@@ -38,6 +38,29 @@ pub struct TransferReport {
     pub failed: Vec<Failed>,
 }
 
+/// Each path's outcome: the bytes it moved, `None` when it was already the same, or why it
+/// failed.
+type Outcomes = Vec<(String, Result<Option<u64>, UploadError>)>;
+
+impl TransferReport {
+    /// Adds `outcomes` to the report, each list sorted.
+    fn tally(&mut self, outcomes: Outcomes) {
+        for (rel, res) in outcomes {
+            match res {
+                Ok(Some(size)) => {
+                    self.bytes += size;
+                    self.moved.push(rel);
+                }
+                Ok(None) => self.unchanged.push(rel),
+                Err(e) => self.failed.push(Failed { path: rel, error: e.to_string() }),
+            }
+        }
+        self.moved.sort();
+        self.unchanged.sort();
+        self.failed.sort_by(|a, b| a.path.cmp(&b.path));
+    }
+}
+
 /// One path that was not moved.
 #[derive(Debug, Serialize)]
 pub struct Failed {
@@ -132,7 +155,7 @@ pub async fn push(ds: &DataStore, local: &Path, progress: &Progress) -> Transfer
     };
     progress.files_total.store(files.len() as u64, Ordering::Relaxed);
     progress.bytes_total.store(files.iter().map(|(_, m)| m.len()).sum(), Ordering::Relaxed);
-    let results: Vec<(String, Result<Option<u64>, UploadError>)> = futures::stream::iter(files)
+    let results: Outcomes = futures::stream::iter(files)
         .map(|(rel, _)| {
             let existing = &existing;
             async move {
@@ -155,19 +178,7 @@ pub async fn push(ds: &DataStore, local: &Path, progress: &Progress) -> Transfer
         .buffer_unordered(FILES_IN_FLIGHT)
         .collect()
         .await;
-    for (rel, res) in results {
-        match res {
-            Ok(Some(size)) => {
-                report.bytes += size;
-                report.moved.push(rel);
-            }
-            Ok(None) => report.unchanged.push(rel),
-            Err(e) => report.failed.push(Failed { path: rel, error: e.to_string() }),
-        }
-    }
-    report.moved.sort();
-    report.unchanged.sort();
-    report.failed.sort_by(|a, b| a.path.cmp(&b.path));
+    report.tally(results);
     report
 }
 
@@ -199,7 +210,7 @@ pub async fn pull(ds: &DataStore, local: &Path, progress: &Progress) -> Transfer
     wanted.sort_by(|a, b| a.0.cmp(&b.0));
     progress.files_total.store(wanted.len() as u64, Ordering::Relaxed);
     progress.bytes_total.store(wanted.iter().map(|w| w.2.size).sum(), Ordering::Relaxed);
-    let results: Vec<(String, Result<Option<u64>, UploadError>)> = futures::stream::iter(wanted)
+    let results: Outcomes = futures::stream::iter(wanted)
         .map(|(rel, target, meta)| async move {
             let res = async {
                 if target.is_file() && same_content(ds, &target, &meta).await? {
@@ -215,19 +226,7 @@ pub async fn pull(ds: &DataStore, local: &Path, progress: &Progress) -> Transfer
         .buffer_unordered(FILES_IN_FLIGHT)
         .collect()
         .await;
-    for (rel, res) in results {
-        match res {
-            Ok(Some(size)) => {
-                report.bytes += size;
-                report.moved.push(rel);
-            }
-            Ok(None) => report.unchanged.push(rel),
-            Err(e) => report.failed.push(Failed { path: rel, error: e.to_string() }),
-        }
-    }
-    report.moved.sort();
-    report.unchanged.sort();
-    report.failed.sort_by(|a, b| a.path.cmp(&b.path));
+    report.tally(results);
     report
 }
 
