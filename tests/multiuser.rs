@@ -79,11 +79,26 @@ fn another_user_sees_only_what_mode_bits_allow_and_cannot_drive_the_mount() {
     }
 
     // The control socket: unreachable for another user, and refused even when reachable.
-    let mut sync = command(shared.dir.path(), &[]);
+    // The binary as the other user can run it (the build may sit in a directory closed to them).
+    let theirs = scratch.path().join("datumfs");
+    fs::copy(bin(), &theirs).unwrap();
+    fs::set_permissions(&theirs, fs::Permissions::from_mode(0o755)).unwrap();
+    let their_command = || {
+        let ours = command(shared.dir.path(), &[]);
+        let mut c = Command::new(&theirs);
+        for (k, v) in ours.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        c
+    };
+    let mut sync = their_command();
     sync.args(["sync", shared.mnt.to_str().unwrap()]);
     let out = as_other(sync);
     assert!(!out.status.success(), "uid {OTHER} synced another user's mount");
-    let mut unmount = command(shared.dir.path(), &[]);
+    let mut unmount = their_command();
     unmount.args(["unmount", shared.mnt.to_str().unwrap()]);
     assert!(!as_other(unmount).status.success(), "uid {OTHER} unmounted another user's mount");
     assert!(is_mounted(&shared.mnt));
