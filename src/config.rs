@@ -120,6 +120,12 @@ impl MountConfig {
         self.cache_dir.join("outputs").join(&self.execution)
     }
 
+    /// Where writable volume `name` keeps its staged changes and state (under the execution,
+    /// so a remount with the same execution id finds them).
+    pub fn volume_dir(&self, name: &str) -> PathBuf {
+        self.cache_dir.join("volumes").join(&self.execution).join(name)
+    }
+
     /// The daemon's log file.
     pub fn log_file(&self) -> PathBuf {
         self.cache_dir.join("datumfs.log")

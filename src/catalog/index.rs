@@ -193,6 +193,7 @@ mod tests {
             command: None,
             inputs: Vec::new(),
             outputs: made[..500].iter().map(|d| d.id.clone()).collect(),
+            volume_writes: Vec::new(),
         };
         let gets = store.count(Op::Get);
         assert_eq!(c.execution_datums(&exec).await.unwrap(), made, "the record's outputs and the index's, each once");

@@ -102,6 +102,32 @@ pub struct ExecutionRecord {
     /// Datums it produced, in the order they were created.
     #[serde(default)]
     pub outputs: Vec<String>,
+    /// Keys its volume syncs wrote or deleted, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_writes: Vec<VolumeWrite>,
+}
+
+/// A key a volume sync wrote (or deleted) in a bucket.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VolumeWrite {
+    /// The volume's name in the mount.
+    pub volume: String,
+    /// The key's URI.
+    pub uri: String,
+    /// Its ETag after the write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// The sha256 of the bytes written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Their size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// The sync deleted the key.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    /// When (RFC 3339).
+    pub at: String,
 }
 
 /// One position an alias has had.

@@ -407,6 +407,7 @@ pub(super) fn push_files(
         command: Some(std::env::args().collect()),
         inputs: Vec::new(),
         outputs: results.iter().filter_map(|(_, r)| r.as_ref().ok()).map(|d| d.id.clone()).collect(),
+        volume_writes: Vec::new(),
     };
     rt.block_on(catalog.put_execution(&record))?;
     Ok((execution, results))

@@ -70,6 +70,19 @@ pub enum Request {
         /// The mount.
         mountpoint: PathBuf,
     },
+    /// Put a writable volume's changes back under its prefix.
+    VolumeSync {
+        /// The mount.
+        mountpoint: PathBuf,
+        /// The volume's name.
+        name: String,
+        /// Only say what would be done.
+        #[serde(default)]
+        dry_run: bool,
+        /// Overwrite and delete whatever the bucket has now.
+        #[serde(default)]
+        force: bool,
+    },
     /// A cache operation (`datumfs cache ...` while a daemon owns the cache).
     Cache {
         /// What to do.

@@ -10,6 +10,7 @@ use crate::control::{CacheOp, Response, UnsyncedOutputs};
 use crate::fs::Fs;
 use crate::outputs::state::SyncState;
 use crate::outputs::Staging;
+use crate::store::data::DataStore;
 use crate::sync::{self, Progress, ProgressSnapshot, Syncer};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -59,6 +60,7 @@ impl Execution {
             command: None,
             inputs: Vec::new(),
             outputs: Vec::new(),
+            volume_writes: Vec::new(),
         });
         if self.command.is_some() {
             rec.command = self.command.clone();
@@ -108,6 +110,105 @@ impl Execution {
     /// Unsynced outputs now.
     pub fn pending(&self) -> std::io::Result<sync::Pending> {
         sync::pending(self.staging.files_dir(), &self.state)
+    }
+
+    /// Unsynced changes of each writable volume: (name, changes), those with any.
+    pub fn volumes_pending(&self) -> std::io::Result<Vec<(String, usize)>> {
+        let mut out = Vec::new();
+        for v in self.fs.writable_volumes() {
+            let n = crate::volumes::sync::pending(v)?;
+            if n > 0 {
+                out.push((v.name().to_string(), n));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Puts volume `name`'s changes back under its prefix.
+    pub(super) async fn volume_sync(
+        &self,
+        name: &str,
+        options: crate::volumes::sync::SyncOptions,
+        registry: &crate::store::StoreRegistry,
+        progress: tokio::sync::mpsc::UnboundedSender<ProgressSnapshot>,
+    ) -> Response {
+        let Some(volume) = self.fs.writable_volumes().iter().find(|v| v.name() == name).cloned() else {
+            let names: Vec<&str> = self.fs.writable_volumes().iter().map(|v| v.name()).collect();
+            return Response::failed(
+                format!(
+                    "{} has no writable volume {name} (its writable volumes: {})",
+                    self.mountpoint.display(),
+                    if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                ),
+                None,
+            );
+        };
+        let ds = match DataStore::open(volume.uri().trim_end_matches('/'), registry) {
+            Ok(ds) => ds,
+            Err(e) => return Response::failed(format!("volume {name}: {e}"), None),
+        };
+        let _one = self.sync_lock.lock().await;
+        let counters = Arc::new(Progress::default());
+        let ticker = ticker(counters.clone(), progress);
+        let report = crate::volumes::sync::sync(&volume, &ds, options, &counters).await;
+        ticker.abort();
+        let mut error = None;
+        if !options.dry_run && !report.put.is_empty() || !report.deleted.is_empty() {
+            if let Err(e) = self.record_volume_sync(&ds, &report).await {
+                error = Some(format!("recording execution {}: {e}", self.id));
+            }
+        }
+        if !report.conflicts.is_empty() {
+            let keys: Vec<&str> = report.conflicts.iter().map(|c| c.key.as_str()).collect();
+            error = Some(format!(
+                "{} key(s) changed in the bucket since the mount read them, left alone and kept staged                  (conflict): {}; use --force to overwrite",
+                keys.len(),
+                keys.join(", ")
+            ));
+        }
+        if !report.failed.is_empty() || !report.refused.is_empty() {
+            let keys: Vec<String> =
+                report.failed.iter().chain(&report.refused).map(|f| format!("{}: {}", f.key, f.reason)).collect();
+            error = Some(format!("{} change(s) not synced: {}", keys.len(), keys.join("; ")));
+        }
+        match error {
+            None => Response::ok(None),
+            Some(e) => Response::failed(e, None),
+        }
+        .with_status_of(&report)
+    }
+
+    /// Adds what a volume sync wrote and deleted to the execution's record.
+    async fn record_volume_sync(
+        &self,
+        ds: &DataStore,
+        report: &crate::volumes::sync::VolumeSyncReport,
+    ) -> Result<(), catalog::CatalogError> {
+        let mut rec = self.record(false).await?;
+        let at = catalog::now();
+        for p in &report.put {
+            rec.volume_writes.push(catalog::VolumeWrite {
+                volume: report.volume.clone(),
+                uri: ds.uri_of(&ds.key_below(&p.key)),
+                etag: p.etag.clone(),
+                sha256: p.sha256.clone(),
+                size: Some(p.size),
+                deleted: false,
+                at: at.clone(),
+            });
+        }
+        for key in &report.deleted {
+            rec.volume_writes.push(catalog::VolumeWrite {
+                volume: report.volume.clone(),
+                uri: ds.uri_of(&ds.key_below(key)),
+                etag: None,
+                sha256: None,
+                size: None,
+                deleted: true,
+                at: at.clone(),
+            });
+        }
+        self.catalog().put_execution(&rec).await
     }
 
     pub(super) async fn warm(
@@ -168,6 +269,23 @@ impl Execution {
 
     pub(super) fn unmount(&self, unsynced: UnsyncedOutputs) -> Response {
         if unsynced == UnsyncedOutputs::Refuse {
+            match self.volumes_pending() {
+                Ok(v) if !v.is_empty() => {
+                    let each: Vec<String> = v.iter().map(|(n, c)| format!("{n} ({c} change(s))")).collect();
+                    return Response::failed(
+                        format!(
+                            "volumes hold unsynced changes: {}: run `datumfs volume sync {} NAME` first, or \
+                             unmount with --discard (changes are kept for a later mount with the same \
+                             --execution when the mount is detached with --force)",
+                            each.join(", "),
+                            self.mountpoint.display()
+                        ),
+                        None,
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => return Response::failed(format!("cannot tell whether volumes are synced: {e}"), None),
+            }
             match self.pending() {
                 Ok(p) if p.files > 0 => {
                     return Response::failed(
@@ -208,6 +326,25 @@ impl Execution {
             UnsyncedOutputs::Discard => true,
             _ => matches!(&pending, Ok(p) if p.files == 0),
         };
+        for v in self.fs.writable_volumes() {
+            let changes = crate::volumes::sync::pending(v);
+            let dir = v.state().dir();
+            if mode == UnsyncedOutputs::Discard || matches!(changes, Ok(0)) {
+                // Nothing the bucket lacks (or the changes are thrown away): the bucket is the copy.
+                if let Err(e) = std::fs::remove_dir_all(dir) {
+                    tracing::warn!("removing volume {}'s staged tree {}: {e}", v.name(), dir.display());
+                }
+            } else if let Ok(n) = changes {
+                tracing::warn!(
+                    "execution {}: volume {} keeps {n} unsynced change(s) in {}; mount again with --execution {} \
+                     to sync them",
+                    self.id,
+                    v.name(),
+                    dir.display(),
+                    self.id
+                );
+            }
+        }
         if remove {
             if let Err(e) = self.staging.remove_all() {
                 tracing::warn!("removing staged outputs {}: {e}", self.staging.dir().display());

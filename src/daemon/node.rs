@@ -234,13 +234,18 @@ impl Node {
             .filter(|i| !i.uris.is_empty())
             .map(|spec| resolve::resolve(spec, &self.registry, Some(&catalog), &cfg.cwd, Some(&self.cache_dir)));
         let resolved = futures::future::try_join_all(jobs).await?;
-        if let Some(v) = cfg.volumes.iter().find(|v| v.mode != crate::volumes::VolumeMode::Ro) {
-            bail!("--volume {}: {} volumes are not served yet; mount it :ro", v.name, v.mode.as_str());
-        }
         let volume_jobs = cfg.volumes.iter().map(|v| async {
             let input = v.as_input();
             let r = resolve::resolve(&input, &self.registry, Some(&catalog), &cfg.cwd, Some(&self.cache_dir)).await;
-            r.map(|r| (v.clone(), r)).map_err(|e| anyhow!("--volume {}: {e}", v.name))
+            let resolved = r.map_err(|e| anyhow!("--volume {}: {e}", v.name))?;
+            let state = match v.mode {
+                crate::volumes::VolumeMode::Ro => None,
+                _ => Some(Arc::new(
+                    crate::volumes::state::VolumeState::open(&cfg.volume_dir(&v.name), &v.uri)
+                        .map_err(|e| anyhow!("--volume {}: {e}", v.name))?,
+                )),
+            };
+            Ok::<_, anyhow::Error>(crate::fs::VolumePart { spec: v.clone(), resolved, state })
         });
         let volumes = futures::future::try_join_all(volume_jobs).await?;
         let staging = Arc::new(
@@ -264,7 +269,7 @@ impl Node {
             staging: staging.clone(),
             events: recorder.clone(),
         };
-        let fs = Arc::new(Fs::new(parts, settings));
+        let fs = Arc::new(Fs::new(parts, settings).context("opening the volumes' staged trees")?);
         let (mounted_fs, mountpoint, options) = (fs.clone(), cfg.mountpoint.clone(), cfg.options.clone());
         let (uid, gid, max_readahead) = (cfg.uid, cfg.gid, self.settings.read_ahead.min(u32::MAX as u64) as u32);
         let session = tokio::task::spawn_blocking(move || {
@@ -438,6 +443,13 @@ impl Handler for Node {
             },
             Request::Sync { mountpoint } => match self.served(&mountpoint) {
                 Ok(s) => s.execution.sync(progress).await,
+                Err(resp) => resp,
+            },
+            Request::VolumeSync { mountpoint, name, dry_run, force } => match self.served(&mountpoint) {
+                Ok(s) => {
+                    let options = crate::volumes::sync::SyncOptions { dry_run, force };
+                    s.execution.volume_sync(&name, options, &self.registry, progress).await
+                }
                 Err(resp) => resp,
             },
             Request::Warm { mountpoint, path } => match self.served(&mountpoint) {

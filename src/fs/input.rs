@@ -229,6 +229,22 @@ impl InputNamespace {
         Ok(ino)
     }
 
+    /// The entries of the directory at `path` (segments below the input's top), listing it if
+    /// needed: each name with its file entry, or `None` for a subdirectory.
+    pub(super) async fn listing_at(&self, path: &[&str]) -> FsResult<Vec<(String, Option<resolve::FileEntry>)>> {
+        let ino = self.resolve_path(path).await?;
+        let dir = self.listed_dir(ino).await?;
+        Ok(self
+            .tree
+            .entries(listed(&dir))
+            .into_iter()
+            .filter_map(|(child, name, is_dir)| match is_dir {
+                true => Some((name, None)),
+                false => self.tree.file_entry(child).map(|(_, e)| (name, Some(e))),
+            })
+            .collect())
+    }
+
     /// Every file of the input as `inputs.json` lists it, listing every directory once
     /// (several at once) so that the list is complete.
     pub(super) async fn files_json(&self) -> Vec<serde_json::Value> {

@@ -14,6 +14,7 @@ pub mod input;
 pub mod namespace;
 pub mod outputs;
 pub mod tree;
+pub mod volume;
 mod warm;
 
 pub use error::FsError;
@@ -223,8 +224,12 @@ pub struct Fs {
     inputs: Vec<Arc<InputNamespace>>,
     /// Every input's namespace, in input order, then every volume's (inode ranges follow it).
     input_ns: Vec<Arc<dyn Namespace>>,
-    /// The volumes, in order (each an input namespace named after its volume).
-    volumes: Vec<Arc<InputNamespace>>,
+    /// The volumes, in order, by name (read-only ones are input namespaces).
+    volumes: Vec<(String, Arc<dyn Namespace>)>,
+    /// The writable volumes.
+    writable: Vec<Arc<volume::VolumeNamespace>>,
+    /// Each volume's bucket side, in order (what `warm` fills the cache from).
+    volume_bases: Vec<Arc<InputNamespace>>,
     outputs: Arc<dyn Namespace>,
     config: Arc<dyn Namespace>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
@@ -235,8 +240,8 @@ pub struct Fs {
 pub struct FsParts {
     /// The resolved inputs.
     pub inputs: Vec<ResolvedInput>,
-    /// The volumes, each resolved as an input.
-    pub volumes: Vec<(crate::volumes::VolumeSpec, ResolvedInput)>,
+    /// The volumes, each resolved as an input, with its state on the node when writable.
+    pub volumes: Vec<VolumePart>,
     /// The block cache.
     pub cache: Arc<Cache>,
     /// The read path.
@@ -249,9 +254,20 @@ pub struct FsParts {
     pub events: Arc<dyn EventSink>,
 }
 
+/// One volume of the mount.
+pub struct VolumePart {
+    /// What was asked.
+    pub spec: crate::volumes::VolumeSpec,
+    /// Its bucket side.
+    pub resolved: ResolvedInput,
+    /// What a writable one keeps on the node (`None` for `ro`).
+    pub state: Option<Arc<crate::volumes::state::VolumeState>>,
+}
+
 impl Fs {
-    /// A filesystem over resolved inputs. Must be called inside a tokio runtime.
-    pub fn new(parts: FsParts, settings: FsSettings) -> Self {
+    /// A filesystem over resolved inputs. Must be called inside a tokio runtime. Fails when a
+    /// writable volume's staged tree cannot be opened.
+    pub fn new(parts: FsParts, settings: FsSettings) -> std::io::Result<Self> {
         let services = InputServices::new(parts.cache, parts.reader, parts.events, settings.mountpoint.clone());
         let inputs: Vec<Arc<InputNamespace>> = parts
             .inputs
@@ -260,28 +276,55 @@ impl Fs {
             .map(|(i, input)| InputNamespace::new(INPUT_BASE + i as u64 * INPUT_SPAN, INPUTS, input, services.clone()))
             .collect();
         let mut input_ns: Vec<Arc<dyn Namespace>> = inputs.iter().map(|i| i.clone() as Arc<dyn Namespace>).collect();
-        let mut volumes = Vec::new();
-        // (Their modes matter once writable volumes are served; read-only ones are inputs.)
-        for (_mode, resolved) in parts.volumes {
+        let (mut volumes, mut writable, mut volume_bases) = (Vec::new(), Vec::new(), Vec::new());
+        for part in parts.volumes {
             let top = INPUT_BASE + input_ns.len() as u64 * INPUT_SPAN;
-            let volume = InputNamespace::new(top, VOLUMES, resolved, services.clone());
-            input_ns.push(volume.clone());
-            volumes.push(volume);
+            let name = part.spec.name.clone();
+            let ns: Arc<dyn Namespace> = match part.state {
+                None => {
+                    let ns = InputNamespace::new(top, VOLUMES, part.resolved, services.clone());
+                    volume_bases.push(ns.clone());
+                    ns
+                }
+                Some(state) => {
+                    // The staged tree numbers its entries in the lower half of the volume's
+                    // range; its bucket side, never served by itself, the upper half.
+                    let half = INPUT_SPAN / 2;
+                    let base = InputNamespace::new(top + half, VOLUMES, part.resolved, services.clone());
+                    volume_bases.push(base.clone());
+                    let staging = Arc::new(Staging::open_numbered(state.dir(), top, top + 1..top + half)?);
+                    let spec = part.spec;
+                    let volume = Arc::new(volume::VolumeNamespace::new(
+                        spec.name, spec.uri, spec.mode, base, staging, state, top, VOLUMES,
+                    ));
+                    writable.push(volume.clone());
+                    volume
+                }
+            };
+            input_ns.push(ns.clone());
+            volumes.push((name, ns));
         }
         let config = Arc::new(config::ConfigNamespace::new(CONFIG, ROOT, inputs.clone(), services.clone()));
         let outputs = Arc::new(outputs::OutputsNamespace::new(parts.staging, OUTPUTS, ROOT));
-        Self {
+        Ok(Self {
             settings,
             services,
             data_store: parts.data_store,
             inputs,
             input_ns,
             volumes,
+            writable,
+            volume_bases,
             outputs,
             config,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-        }
+        })
+    }
+
+    /// The writable volumes.
+    pub fn writable_volumes(&self) -> &[Arc<volume::VolumeNamespace>] {
+        &self.writable
     }
 
     /// The inputs' names, URIs, datums and dataset versions.
@@ -332,7 +375,7 @@ impl Fs {
                 }
                 top
             }
-            VOLUMES => self.volumes.iter().map(|v| dir(v.top(), &v.summary().name)).collect(),
+            VOLUMES => self.volumes.iter().map(|(name, v)| dir(v.top(), name)).collect(),
             _ => self.inputs.iter().map(|i| dir(i.top(), &i.summary().name)).collect(),
         }
     }

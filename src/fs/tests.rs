@@ -91,7 +91,7 @@ async fn fixture() -> Fixture {
     let parts =
         FsParts { inputs, volumes: Vec::new(), cache, reader, data_store: None, staging, events: events.clone() };
     let settings = FsSettings { mountpoint: "/mnt".into(), uid: 0, gid: 0, control_socket: "/run/x.sock".into() };
-    Fixture { fs: Arc::new(Fs::new(parts, settings)), store, events, files, _dir: dir }
+    Fixture { fs: Arc::new(Fs::new(parts, settings).expect("fs")), store, events, files, _dir: dir }
 }
 
 impl Fixture {

@@ -68,7 +68,7 @@ impl Fs {
         let mut segs = rel.trim_matches('/').split('/').filter(|s| !s.is_empty());
         let parts = match segs.next() {
             Some("inputs") => &self.inputs,
-            Some("volumes") => &self.volumes,
+            Some("volumes") => &self.volume_bases,
             _ => return Err(FsError::Invalid(format!("'{rel}': only inputs/ and volumes/ can be warmed"))),
         };
         let name = segs.next();

@@ -137,6 +137,8 @@ pub struct Staging {
     dir: PathBuf,
     root: PathBuf,
     root_ino: u64,
+    /// The inode numbers its entries take (the root's aside).
+    inos: std::ops::Range<u64>,
     root_file: u64,
     inodes: Mutex<Inodes>,
     /// Whether new entries can be given to their callers (the daemon runs as root).
@@ -195,6 +197,12 @@ fn timespec(t: Option<SetTime>) -> libc::timespec {
 impl Staging {
     /// Opens (or creates) the staging area in `dir`; `root_ino` is the inode of `outputs/`.
     pub fn open(dir: &Path, root_ino: u64) -> io::Result<Self> {
+        Self::open_numbered(dir, root_ino, INO_BASE..u64::MAX)
+    }
+
+    /// [`Staging::open`] for a tree whose root is `root_ino` and whose entries take inode
+    /// numbers from `inos` (a writable volume's, beside outputs').
+    pub fn open_numbered(dir: &Path, root_ino: u64, inos: std::ops::Range<u64>) -> io::Result<Self> {
         let root = dir.join("files");
         crate::util::create_private_dir(dir)?;
         // `outputs/` itself starts as a fresh directory would (others may enter and read, as
@@ -210,7 +218,8 @@ impl Staging {
             root,
             root_ino,
             root_file,
-            inodes: Mutex::new(Inodes { next: INO_BASE, ..Default::default() }),
+            inodes: Mutex::new(Inodes { next: inos.start, ..Default::default() }),
+            inos,
             give_away: nix::unistd::geteuid().is_root(),
             daemon: Caller { uid: nix::unistd::geteuid().as_raw(), gid: nix::unistd::getegid().as_raw() },
             umask: process_umask(),
@@ -228,9 +237,9 @@ impl Staging {
         &self.dir
     }
 
-    /// Whether `ino` belongs to the outputs tree.
+    /// Whether `ino` belongs to the tree.
     pub fn owns(&self, ino: u64) -> bool {
-        ino == self.root_ino || ino >= INO_BASE
+        ino == self.root_ino || self.inos.contains(&ino)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inodes> {

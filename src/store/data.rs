@@ -58,6 +58,15 @@ impl DataStore {
         }
     }
 
+    /// The key of `rel` right below the store's prefix (a volume's files, a pushed tree).
+    pub fn key_below(&self, rel: &str) -> Path {
+        if self.prefix.is_empty() {
+            Path::from(rel)
+        } else {
+            Path::from(format!("{}/{rel}", self.prefix))
+        }
+    }
+
     /// The URI of `key` in this store, for records and messages.
     pub fn uri_of(&self, key: &Path) -> String {
         self.handle.uri_of(key.as_ref())

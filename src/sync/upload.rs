@@ -171,7 +171,7 @@ pub async fn put_file(
 
 /// Uploads `file` to `key` in parts, several in flight, hashing it on the way unless its
 /// checksums are `known`.
-async fn put_multipart_file(
+pub(crate) async fn put_multipart_file(
     ds: &DataStore,
     file: &std::path::Path,
     key: &Path,

@@ -3,6 +3,8 @@
 //! are the writable kinds, whose changes are staged on the node and put back under the prefix
 //! only when asked.
 
+pub mod state;
+pub mod sync;
 pub mod transfer;
 
 use crate::inputs::spec::{check_name, InputSpec, KeepDirectories, SpecError};

@@ -70,14 +70,6 @@ pub struct Failed {
     pub error: String,
 }
 
-fn key_of(ds: &DataStore, rel: &str) -> KeyPath {
-    if ds.prefix.is_empty() {
-        KeyPath::from(rel)
-    } else {
-        KeyPath::from(format!("{}/{rel}", ds.prefix))
-    }
-}
-
 /// Every object under the prefix, by its path below it.
 async fn listing(ds: &DataStore) -> Result<HashMap<String, ObjectMeta>, StoreError> {
     let prefix = (!ds.prefix.is_empty()).then(|| KeyPath::from(ds.prefix.as_str()));
@@ -167,7 +159,7 @@ pub async fn push(ds: &DataStore, local: &Path, progress: &Progress) -> Transfer
                             return Ok(None);
                         }
                     }
-                    let (_, size) = put_file(ds, &file, &key_of(ds, &rel), &progress.bytes_done).await?;
+                    let (_, size) = put_file(ds, &file, &ds.key_below(&rel), &progress.bytes_done).await?;
                     Ok(Some(size))
                 }
                 .await;
