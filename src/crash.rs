@@ -25,6 +25,9 @@ pub const POINTS: &[&str] = &[
     "execution-recorded",
 ];
 
+/// The crash points of a volume sync, in the order it passes them.
+pub const VOLUME_POINTS: &[&str] = &["volume-put", "volume-marked", "volume-deleted"];
+
 struct Armed {
     name: String,
     at: u32,

@@ -19,8 +19,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 pub use records::{
-    AliasMove, AliasRecord, DatumRecord, ExecutionInput, ExecutionRecord, FileRead, PackedIn, ReaderRecord,
-    VolumeWrite,
+    AliasMove, AliasRecord, DatumRecord, ExecutionInput, ExecutionRecord, FileRead, PackedIn, ReaderRecord, VolumeWrite,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;

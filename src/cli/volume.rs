@@ -137,7 +137,12 @@ fn sync(mountpoint: &std::path::Path, name: String, dry_run: bool, force: bool, 
     } else {
         let would = if dry_run { "would put" } else { "put" };
         for p in report["put"].as_array().into_iter().flatten() {
-            println!("{would} {} ({}, {} bytes)", p["key"].as_str().unwrap_or(""), p["why"].as_str().unwrap_or(""), p["size"]);
+            println!(
+                "{would} {} ({}, {} bytes)",
+                p["key"].as_str().unwrap_or(""),
+                p["why"].as_str().unwrap_or(""),
+                p["size"]
+            );
         }
         let would = if dry_run { "would delete" } else { "deleted" };
         for k in report["deleted"].as_array().into_iter().flatten() {

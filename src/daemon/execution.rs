@@ -153,7 +153,7 @@ impl Execution {
         let report = crate::volumes::sync::sync(&volume, &ds, options, &counters).await;
         ticker.abort();
         let mut error = None;
-        if !options.dry_run && !report.put.is_empty() || !report.deleted.is_empty() {
+        if !options.dry_run && (!report.put.is_empty() || !report.deleted.is_empty()) {
             if let Err(e) = self.record_volume_sync(&ds, &report).await {
                 error = Some(format!("recording execution {}: {e}", self.id));
             }
@@ -281,7 +281,7 @@ impl Execution {
                             self.mountpoint.display()
                         ),
                         None,
-                    )
+                    );
                 }
                 Ok(_) => {}
                 Err(e) => return Response::failed(format!("cannot tell whether volumes are synced: {e}"), None),

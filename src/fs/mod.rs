@@ -293,10 +293,7 @@ impl Fs {
                     let base = InputNamespace::new(top + half, VOLUMES, part.resolved, services.clone());
                     volume_bases.push(base.clone());
                     let staging = Arc::new(Staging::open_numbered(state.dir(), top, top + 1..top + half)?);
-                    let spec = part.spec;
-                    let volume = Arc::new(volume::VolumeNamespace::new(
-                        spec.name, spec.uri, spec.mode, base, staging, state, top, VOLUMES,
-                    ));
+                    let volume = Arc::new(volume::VolumeNamespace::new(part.spec, base, staging, state, top, VOLUMES));
                     writable.push(volume.clone());
                     volume
                 }

@@ -9,10 +9,13 @@ use super::input::InputNamespace;
 use super::namespace::{Namespace, OpenFile, OpenedFile, SetAttr};
 use super::outputs::OutputsNamespace;
 use super::{Attr, DirEntry, FsError, FsResult};
+use crate::inputs::resolve::FileEntry;
 use crate::outputs::{Caller, Staging};
 use crate::volumes::state::{self, Origin, VolumeState};
-use crate::volumes::VolumeMode;
+use crate::volumes::{VolumeMode, VolumeSpec};
 use async_trait::async_trait;
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
@@ -47,9 +50,7 @@ impl VolumeNamespace {
     /// The volume `name` of `uri`: `base` is its bucket side (an input namespace never served
     /// by itself), `staging` its staged tree, `state` the rest of what it keeps on the node.
     pub fn new(
-        name: String,
-        uri: String,
-        mode: VolumeMode,
+        spec: VolumeSpec,
         base: Arc<InputNamespace>,
         staging: Arc<Staging>,
         state: Arc<VolumeState>,
@@ -57,9 +58,9 @@ impl VolumeNamespace {
         parent: u64,
     ) -> Self {
         Self {
-            name,
-            uri,
-            mode,
+            name: spec.name,
+            uri: spec.uri,
+            mode: spec.mode,
             base,
             staged: OutputsNamespace::new(staging.clone(), top, parent),
             staging,
@@ -158,11 +159,12 @@ impl VolumeNamespace {
     async fn fill_in(&self, path: &Path) -> FsResult<()> {
         let rel = self.rel(path);
         let parts: Vec<&str> = rel.split('/').filter(|s| !s.is_empty()).collect();
-        let entries = match self.base.listing_at(&parts).await {
+        let mut entries = match self.base.listing_at(&parts).await {
             Ok(e) => e,
             Err(FsError::NotFound | FsError::NotDir) => Vec::new(),
             Err(e) => return Err(e),
         };
+        etags_of_unlisted(&mut entries).await;
         let (path, state, at_rel) = (path.to_path_buf(), self.state.clone(), rel.clone());
         let made = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let rel = at_rel;
@@ -293,6 +295,27 @@ impl VolumeNamespace {
     fn private_name(name: &str) -> bool {
         name.starts_with(state::PRIVATE_XATTR_PREFIX)
     }
+}
+
+/// Files asked for their ETag at once, when a listing gives none.
+const HEADS_AT_ONCE: usize = 16;
+
+/// Asks the store for the ETag of each listed file whose listing gave none (some S3-compatible
+/// servers list without them): the version a sync's puts and deletes are conditional on must
+/// tell apart two writes of the same size within a second. A file the HEAD fails for keeps its
+/// time and size as its version.
+async fn etags_of_unlisted(entries: &mut [(String, Option<FileEntry>)]) {
+    let missing =
+        entries.iter_mut().filter_map(|(_, e)| e.as_mut()).filter(|e| e.pin.as_ref().is_none_or(|p| p.etag.is_none()));
+    futures::stream::iter(missing)
+        .for_each_concurrent(HEADS_AT_ONCE, |e| async move {
+            if let Ok(meta) = e.store.inner.head(&e.key).await {
+                if meta.size == e.size {
+                    e.pin = Some(crate::reader::Pin::from_meta(&meta));
+                }
+            }
+        })
+        .await;
 }
 
 fn origin_at(path: &Path) -> FsResult<Option<Origin>> {

@@ -172,7 +172,8 @@ impl Version {
         match (&self.etag, self.mtime) {
             (Some(e), _) => format!("ETag {e}"),
             (None, Some(m)) => {
-                let at = chrono::DateTime::from_timestamp(m, 0).map(|t| t.to_rfc3339()).unwrap_or_else(|| m.to_string());
+                let at =
+                    chrono::DateTime::from_timestamp(m, 0).map(|t| t.to_rfc3339()).unwrap_or_else(|| m.to_string());
                 format!("modified {at} ({} bytes)", self.size.unwrap_or(0))
             }
             (None, None) => "an unknown version".into(),

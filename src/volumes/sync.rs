@@ -256,7 +256,7 @@ pub async fn sync(
                 report.put.push(Put { key: p.key, why: p.why, size: p.size, sha256, etag });
             }
             Ok(PutOutcome::Conflict(c)) => report.conflicts.push(c),
-            Ok(PutOutcome::Gone) => {}
+            Ok(PutOutcome::Nothing) => {}
             Err(reason) => report.failed.push(Skipped { key: p.key, reason }),
         }
     }
@@ -269,7 +269,9 @@ pub async fn sync(
         progress.files_done.fetch_add(1, Ordering::Relaxed);
     }
     if let Err(e) = volume.state().seen.flush() {
-        report.failed.push(Skipped { key: String::new(), reason: format!("{}: {e}", volume.state().seen.path().display()) });
+        report
+            .failed
+            .push(Skipped { key: String::new(), reason: format!("{}: {e}", volume.state().seen.path().display()) });
     }
     report.put.sort_by(|a, b| a.key.cmp(&b.key));
     report.conflicts.sort_by(|a, b| a.key.cmp(&b.key));
@@ -279,10 +281,15 @@ pub async fn sync(
 }
 
 enum PutOutcome {
-    Done { sha256: Option<String>, etag: Option<String>, marked: bool },
+    Done {
+        sha256: Option<String>,
+        etag: Option<String>,
+        marked: bool,
+    },
     Conflict(Conflict),
-    /// The file went before its turn (the next sync sees what took its place).
-    Gone,
+    /// Nothing to put after all: the file went before its turn (the next sync sees what took
+    /// its place), or was synced meanwhile.
+    Nothing,
 }
 
 fn unquote(etag: &str) -> &str {
@@ -351,7 +358,7 @@ async fn put_one(
     // Bucket bytes moved to another path come in first: what goes up is the staged file.
     match volume.bring_in(&p.path).await {
         Ok(()) => {}
-        Err(crate::fs::FsError::NotFound) => return Ok(PutOutcome::Gone),
+        Err(crate::fs::FsError::NotFound) => return Ok(PutOutcome::Nothing),
         Err(e) => return Err(format!("{shown}: reading its bytes from the bucket: {e}")),
     }
     let path = p.path.clone();
@@ -362,12 +369,12 @@ async fn put_one(
     .map_err(|e| e.to_string())?;
     let file = match opened {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PutOutcome::Gone),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PutOutcome::Nothing),
         Err(e) => return Err(format!("{shown}: {e}")),
     };
     let before = fingerprint(&file).map_err(|e| format!("{shown}: {e}"))?;
     if state::origin_of(&file).map_err(|e| format!("{shown}: {e}"))?.is_some_and(|o| o.key == p.key) {
-        return Ok(PutOutcome::Done { sha256: None, etag: None, marked: true }); // synced meanwhile
+        return Ok(PutOutcome::Nothing); // synced meanwhile
     }
     let key = ds.key_below(&p.key);
     let store_err = |e| StoreError::from_object_store(&ds.uri_of(&key), ds.handle.bucket.as_deref(), e).to_string();
@@ -404,7 +411,11 @@ async fn put_one(
         };
         let size = bytes.len() as u64;
         let payload = PutPayload::from(bytes);
-        let res = ds.handle.inner.put_opts(&key, payload.clone(), PutOptions { mode: mode.clone(), ..Default::default() }).await;
+        let res = ds
+            .handle
+            .inner
+            .put_opts(&key, payload.clone(), PutOptions { mode: mode.clone(), ..Default::default() })
+            .await;
         let etag = match res {
             Ok(r) => r.e_tag,
             Err(object_store::Error::NotImplemented { .. }) if matches!(mode, PutMode::Update(_)) => {
@@ -441,6 +452,7 @@ async fn put_one(
         let etag = head_version(ds, &p.key).await.map_err(|e| e.to_string())?.and_then(|v| v.etag);
         (sums.sha256, etag)
     };
+    crate::crash::point("volume-put");
     let version = match &etag {
         Some(_) => Version { etag: etag.clone(), mtime: None, size: Some(before.0) },
         // A store that answers puts without an ETag: the version is what a HEAD shows now.
@@ -456,6 +468,7 @@ async fn put_one(
         Ok(true)
     });
     let marked = marked.map_err(|e| format!("{shown}: {e}"))?;
+    crate::crash::point("volume-marked");
     Ok(PutOutcome::Done { sha256: Some(sha256), etag, marked })
 }
 
@@ -478,9 +491,12 @@ async fn delete_one(
         let path = ds.key_below(key);
         match ds.handle.inner.delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(StoreError::from_object_store(&ds.uri_of(&path), ds.handle.bucket.as_deref(), e).to_string()),
+            Err(e) => {
+                return Err(StoreError::from_object_store(&ds.uri_of(&path), ds.handle.bucket.as_deref(), e).to_string())
+            }
         }
     }
+    crate::crash::point("volume-deleted");
     volume.state().seen.forget(key).map_err(|e| e.to_string())?;
     Ok(None)
 }
