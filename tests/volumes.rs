@@ -247,6 +247,10 @@ fn an_rwd_volume_is_edited_in_place_and_synced_back_without_overwriting_others()
         assert_eq!(p["sha256"].as_str().unwrap(), sha256(&data), "{key}: the report's sha256 is of the bytes put");
     }
     assert_eq!(fs::read(v("contended.txt")).unwrap(), b"mine\n", "the conflicting change is kept staged");
+    let status = json(&m.run(&["status", m.mnt.to_str().unwrap(), "--json"]));
+    let vol = &status["volumes"][0];
+    assert_eq!(vol["conflicts"][0]["key"], "contended.txt", "status shows the conflict: {status}");
+    assert_eq!(vol["to_put"], serde_json::json!(["contended.txt"]), "{status}");
 
     // What is synced is not put again; only the conflict is left.
     let (code, again) = volume_sync(&m, "work", &[]);
@@ -315,8 +319,16 @@ fn an_rw_volume_changes_and_adds_files_but_never_deletes_a_bucket_key() {
     fs::remove_file(v("tmp.txt")).unwrap();
     fs::write(v("new.txt"), b"n").unwrap();
     fs::rename(v("new.txt"), v("d/b.txt")).unwrap(); // over a bucket key: a change, allowed
-    let (code, report) = volume_sync(&m, "w", &[]);
-    assert_eq!(code, 0, "{report}");
+    let status = json(&m.run(&["status", m.mnt.to_str().unwrap(), "--json"]));
+    let vol = &status["volumes"][0];
+    assert_eq!((vol["name"].as_str(), vol["mode"].as_str()), (Some("w"), Some("rw")), "{status}");
+    let mut to_put: Vec<&str> = vol["to_put"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
+    to_put.sort();
+    assert_eq!(to_put, ["a.txt", "d/b.txt", "kept.txt"], "{status}");
+    // `sync --volumes` syncs outputs and every writable volume.
+    let all = json(&m.run(&["sync", m.mnt.to_str().unwrap(), "--volumes", "--json"]));
+    assert!(all["outputs"].is_object(), "{all}");
+    let report = all["volumes"][0].clone();
     assert_eq!(keys(&report, "put"), ["a.txt", "d/b.txt", "kept.txt"]);
     assert_eq!(s3.object("vol", "p/a.txt").unwrap(), b"A\n");
     assert_eq!(s3.object("vol", "p/d/b.txt").unwrap(), b"n");

@@ -50,6 +50,27 @@ fn print_human(v: &Value) {
         let uris: Vec<&str> = input["uris"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
         println!("  input {:<16} {}", input["name"].as_str().unwrap_or("?"), uris.join(" "));
     }
+    for vol in v["volumes"].as_array().into_iter().flatten() {
+        let name = vol["name"].as_str().unwrap_or("?");
+        let mode = vol["mode"].as_str().unwrap_or("?");
+        let count = |k: &str| vol[k].as_array().map(Vec::len).unwrap_or(0);
+        if mode == "ro" {
+            println!("  volume {name:<15} ro");
+        } else if let Some(e) = vol["error"].as_str() {
+            println!("  volume {name:<15} {mode}: cannot read its staged tree: {e}");
+        } else {
+            println!(
+                "  volume {name:<15} {mode} {}: {} to put ({}), {} to delete, {} refused, {} in conflict (staged in {})",
+                vol["uri"].as_str().unwrap_or("?"),
+                count("to_put"),
+                super::human_bytes(vol["bytes_to_put"].as_u64().unwrap_or(0)),
+                count("to_delete"),
+                count("refused"),
+                count("conflicts"),
+                vol["staged"].as_str().unwrap_or("?")
+            );
+        }
+    }
     let c = &v["cache"];
     println!(
         "  cache {}: {} on disk in {} objects; fetched {}, served from cache {}",

@@ -16,6 +16,10 @@ pub struct SyncArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Also put every writable volume's changes back under its prefix (as `datumfs volume
+    /// sync` does for one).
+    #[arg(long)]
+    volumes: bool,
 }
 
 /// A progress bar on stderr when it is a terminal.
@@ -103,6 +107,31 @@ pub(super) fn sync_mount(mp: &Path, json: bool) -> Result<(SyncReport, bool)> {
 /// Runs `datumfs sync`.
 pub fn run(args: SyncArgs) -> Result<i32> {
     let mp = super::absolute(&args.mountpoint);
-    let (_, ok) = sync_mount(&mp, args.json)?;
-    Ok(if ok { 0 } else { 1 })
+    let (outputs, ok) = sync_mount(&mp, args.json && !args.volumes)?;
+    if !args.volumes {
+        return Ok(if ok { 0 } else { 1 });
+    }
+    // Outputs first, then each writable volume; the worst outcome is the exit code.
+    let socket = super::control_socket_of(&mp)?;
+    let status = control::call(&socket, &Request::Status { mountpoint: mp.clone() })?;
+    let names: Vec<String> = status
+        .status
+        .as_ref()
+        .and_then(|s| s["volumes"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter(|v| v["mode"] != "ro")
+        .filter_map(|v| v["name"].as_str().map(str::to_string))
+        .collect();
+    let mut code = if ok { 0 } else { 1 };
+    let mut reports = Vec::new();
+    for name in names {
+        let (c, report) = super::volume::sync_volume(&mp, name, false, false, !args.json)?;
+        code = code.max(c);
+        reports.push(report);
+    }
+    if args.json {
+        super::print_json(&serde_json::json!({ "outputs": outputs, "volumes": reports }))?;
+    }
+    Ok(code)
 }

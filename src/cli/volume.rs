@@ -68,7 +68,11 @@ pub fn run(args: VolumeArgs) -> Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (uri, local, json, pushing) = match args.command {
         VolumeCommand::Sync { mountpoint, name, dry_run, force, json } => {
-            return sync(&mountpoint, name, dry_run, force, json);
+            let (code, report) = sync_volume(&mountpoint, name, dry_run, force, !json)?;
+            if json {
+                super::print_json(&report)?;
+            }
+            return Ok(code);
         }
         VolumeCommand::Push { local, uri, json } => (uri, local, json, true),
         VolumeCommand::Pull { uri, local, json } => (uri, local, json, false),
@@ -114,8 +118,16 @@ pub fn run(args: VolumeArgs) -> Result<i32> {
     Ok(if report.failed.is_empty() { 0 } else { 1 })
 }
 
-/// Runs `datumfs volume sync`.
-fn sync(mountpoint: &std::path::Path, name: String, dry_run: bool, force: bool, json: bool) -> Result<i32> {
+/// Runs `datumfs volume sync` (and `datumfs sync --volumes`, once per volume); returns the
+/// exit code (0 all synced, 3 conflicts, 1 other failures) and the report, whose lines are
+/// printed when `print` (problems always go to stderr).
+pub(super) fn sync_volume(
+    mountpoint: &std::path::Path,
+    name: String,
+    dry_run: bool,
+    force: bool,
+    print: bool,
+) -> Result<(i32, serde_json::Value)> {
     let mp = super::absolute(mountpoint);
     let socket = super::control_socket_of(&mp)
         .map_err(|e| anyhow!("{} is not a datumfs mount (or its daemon is gone): {e}", mp.display()))?;
@@ -132,9 +144,7 @@ fn sync(mountpoint: &std::path::Path, name: String, dry_run: bool, force: bool, 
             resp.error.unwrap_or_else(|| "the daemon gave no report".into())
         ));
     };
-    if json {
-        super::print_json(&report)?;
-    } else {
+    if print {
         let would = if dry_run { "would put" } else { "put" };
         for p in report["put"].as_array().into_iter().flatten() {
             println!(
@@ -169,9 +179,10 @@ fn sync(mountpoint: &std::path::Path, name: String, dry_run: bool, force: bool, 
         eprintln!("datumfs: {} changed while it was put; it stays a change to sync again", k.as_str().unwrap_or(""));
     }
     let conflicts = report["conflicts"].as_array().is_some_and(|c| !c.is_empty());
-    Ok(match (resp.ok, conflicts) {
+    let code = match (resp.ok, conflicts) {
         (true, _) => 0,
         (false, true) => 3,
         (false, false) => 1,
-    })
+    };
+    Ok((code, report))
 }

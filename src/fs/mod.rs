@@ -680,6 +680,7 @@ impl Fs {
             "started_at": chrono::DateTime::<chrono::Utc>::from(self.services.started).to_rfc3339(),
             "data_store": self.data_store,
             "inputs": self.input_summaries(),
+            "volumes": self.volume_statuses(),
             "inodes": 4 + self.inputs.iter().map(|i| i.inodes()).sum::<usize>(),
             "cache": {
                 "dir": cache.dir(),
@@ -690,6 +691,20 @@ impl Fs {
                 "corrupt_blocks": stats.corrupt_blocks.load(Ordering::Relaxed),
             },
         })
+    }
+
+    /// Every volume: name and mode, and for a writable one what a sync would do.
+    fn volume_statuses(&self) -> Vec<serde_json::Value> {
+        self.volumes
+            .iter()
+            .map(|(name, ns)| match self.writable.iter().find(|w| w.top() == ns.top()) {
+                Some(w) => match crate::volumes::sync::status(w) {
+                    Ok(s) => serde_json::to_value(s).unwrap_or_default(),
+                    Err(e) => serde_json::json!({ "name": name, "mode": w.mode().as_str(), "error": e.to_string() }),
+                },
+                None => serde_json::json!({ "name": name, "mode": "ro" }),
+            })
+            .collect()
     }
 
     /// Space figures for `statfs`: those of the filesystem holding the cache.

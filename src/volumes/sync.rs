@@ -91,12 +91,12 @@ pub struct Put {
 }
 
 /// A key changed in the bucket since the mount saw it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Conflict {
     /// The key below the prefix.
     pub key: String,
     /// What the sync meant to do: `put` or `delete`.
-    pub action: &'static str,
+    pub action: String,
     /// The version the mount saw (its ETag; `null`: the key was not there).
     pub mount_saw: Option<String>,
     /// The version the bucket has now (`null`: the key is gone).
@@ -205,11 +205,61 @@ pub struct SyncOptions {
     pub force: bool,
 }
 
-/// Whether the staged tree of `volume` holds changes not in the bucket (for unmount and
-/// status): puts, deletes, or refused deletes.
+/// Whether the staged tree of `volume` holds changes not in the bucket (for unmount): puts,
+/// deletes, or refused deletes.
 pub fn pending(volume: &VolumeNamespace) -> std::io::Result<usize> {
     let p = plan(volume)?;
     Ok(p.puts.len() + p.deletes.len() + p.refused.len())
+}
+
+/// What `datumfs status` shows of a writable volume.
+#[derive(Debug, Serialize)]
+pub struct VolumeStatus {
+    /// Its name.
+    pub name: String,
+    /// Its prefix.
+    pub uri: String,
+    /// Its mode.
+    pub mode: &'static str,
+    /// Where its staged tree is.
+    pub staged: PathBuf,
+    /// Keys a sync would put: new files, changed files, bucket files moved or linked.
+    pub to_put: Vec<String>,
+    /// Bytes a sync would put.
+    pub bytes_to_put: u64,
+    /// Keys a sync would delete.
+    pub to_delete: Vec<String>,
+    /// Deletions the mode refuses.
+    pub refused: Vec<String>,
+    /// Keys the last sync found changed in the bucket, still staged.
+    pub conflicts: Vec<Conflict>,
+}
+
+/// The status of `volume` (walks its staged tree: call from a blocking thread).
+pub fn status(volume: &VolumeNamespace) -> std::io::Result<VolumeStatus> {
+    let p = plan(volume)?;
+    let staged_keys: HashSet<&str> = p.puts.iter().map(|p| p.key.as_str()).collect();
+    let conflicts = last_conflicts(volume).into_iter().filter(|c| staged_keys.contains(c.key.as_str())).collect();
+    Ok(VolumeStatus {
+        name: volume.name().to_string(),
+        uri: volume.uri().to_string(),
+        mode: volume.mode().as_str(),
+        staged: volume.staging().files_dir().to_path_buf(),
+        bytes_to_put: p.puts.iter().map(|p| p.size).sum(),
+        to_put: p.puts.into_iter().map(|p| p.key).collect(),
+        to_delete: p.deletes,
+        refused: p.refused.into_iter().map(|r| r.key).collect(),
+        conflicts,
+    })
+}
+
+fn conflicts_file(volume: &VolumeNamespace) -> PathBuf {
+    volume.state().dir().join("conflicts.json")
+}
+
+/// The conflicts the last sync of `volume` reported.
+fn last_conflicts(volume: &VolumeNamespace) -> Vec<Conflict> {
+    std::fs::read(conflicts_file(volume)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
 }
 
 /// Syncs `volume` to its prefix in `ds`.
@@ -275,6 +325,12 @@ pub async fn sync(
     }
     report.put.sort_by(|a, b| a.key.cmp(&b.key));
     report.conflicts.sort_by(|a, b| a.key.cmp(&b.key));
+    if !options.dry_run {
+        let kept = serde_json::to_vec(&report.conflicts).unwrap_or_default();
+        if let Err(e) = std::fs::write(conflicts_file(volume), kept) {
+            tracing::warn!("volume {}: keeping its conflicts for status: {e}", volume.name());
+        }
+    }
     report.failed.sort_by(|a, b| a.key.cmp(&b.key));
     report.changed_while_put.sort();
     report
@@ -325,7 +381,7 @@ fn as_seen(now: &Option<Version>, expected: &Option<Version>) -> bool {
 fn conflict(key: &str, action: &'static str, saw: &Option<Version>, has: Option<Version>) -> Conflict {
     Conflict {
         key: key.to_string(),
-        action,
+        action: action.to_string(),
         mount_saw: saw.as_ref().map(Version::shown),
         bucket_has: has.as_ref().map(Version::shown),
     }
