@@ -210,7 +210,7 @@ fn an_rwd_volume_is_edited_in_place_and_synced_back_without_overwriting_others()
     assert_eq!(fs::read(v("big.bin")).unwrap(), patched);
     assert_eq!(fs::read(v("moved/a.txt")).unwrap(), b"a\n", "a moved bucket file keeps its bytes");
     assert_eq!(fs::read_dir(v("dir")).unwrap().count(), 0);
-    assert!(xattr(&v("moved/a.txt"), "user.datumfs.origin").is_none(), "bookkeeping is not shown");
+    assert!(xattr(&v("moved/a.txt"), "user.datumfs.volume.origin").is_none(), "bookkeeping is not shown");
     // Someone else changes a key after the mount read it.
     s3.put("vol", "proj/contended.txt", b"theirs-1\n");
 

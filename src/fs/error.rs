@@ -79,6 +79,11 @@ impl From<std::io::Error> for FsError {
 }
 
 impl FsError {
+    /// Whether it says the entry does not exist (ours, or the local filesystem's ENOENT).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, FsError::NotFound | FsError::Os(libc::ENOENT))
+    }
+
     /// The errno for this error.
     pub fn errno(&self) -> i32 {
         match self {

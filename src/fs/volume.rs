@@ -161,13 +161,16 @@ impl VolumeNamespace {
         let parts: Vec<&str> = rel.split('/').filter(|s| !s.is_empty()).collect();
         let mut entries = match self.base.listing_at(&parts).await {
             Ok(e) => e,
-            Err(FsError::NotFound | FsError::NotDir) => Vec::new(),
+            Err(e) if e.is_not_found() || matches!(e, FsError::NotDir) => Vec::new(),
             Err(e) => return Err(e),
         };
         etags_of_unlisted(&mut entries).await;
         let (path, state, at_rel) = (path.to_path_buf(), self.state.clone(), rel.clone());
         let made = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let rel = at_rel;
+            // The entries were there all along, as far as the job can tell: the directory keeps
+            // its times (only its ctime shows it was filled in).
+            let times = std::fs::metadata(&path).map(|m| (m.accessed(), m.modified()))?;
             for (name, entry) in entries {
                 let at = path.join(&name);
                 match std::fs::symlink_metadata(&at) {
@@ -190,7 +193,12 @@ impl VolumeNamespace {
                 state.seen.record(&key, state::Version::of(etag, entry.mtime, entry.size))?;
             }
             state.seen.flush()?;
-            state::mark_listed(&path)
+            state::mark_listed(&path)?;
+            if let (Ok(atime), Ok(mtime)) = times {
+                let times = std::fs::FileTimes::new().set_accessed(atime).set_modified(mtime);
+                std::fs::File::open(&path)?.set_times(times)?;
+            }
+            Ok(())
         })
         .await
         .map_err(|_| FsError::Os(libc::EIO))?;
@@ -225,6 +233,7 @@ impl VolumeNamespace {
         let ino = self.base.resolve_path(&parts).await?;
         let opened = self.base.open(ino, libc::O_RDONLY, false).await?;
         let file = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+        let before = file.metadata()?;
         let mut offset = 0u64;
         loop {
             let buf = opened.file.read(offset, HYDRATE_CHUNK).await?;
@@ -235,6 +244,8 @@ impl VolumeNamespace {
             offset += buf.len() as u64;
         }
         opened.file.release();
+        // The bytes were the file's all along, as far as the job can tell.
+        file.set_times(std::fs::FileTimes::new().set_accessed(before.accessed()?).set_modified(before.modified()?))?;
         file.sync_data()?;
         let mut o = origin.clone();
         o.hydrated = true;
@@ -293,7 +304,7 @@ impl VolumeNamespace {
     }
 
     fn private_name(name: &str) -> bool {
-        name.starts_with(state::PRIVATE_XATTR_PREFIX)
+        state::is_private_xattr(name.as_bytes())
     }
 }
 
@@ -408,7 +419,7 @@ impl Namespace for VolumeNamespace {
         let all = self.staged.listxattr(ino)?;
         let mut out = Vec::with_capacity(all.len());
         for name in all.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-            if !name.starts_with(state::PRIVATE_XATTR_PREFIX.as_bytes()) {
+            if !state::is_private_xattr(name) {
                 out.extend_from_slice(name);
                 out.push(0);
             }
@@ -453,8 +464,13 @@ impl Namespace for VolumeNamespace {
     }
 
     fn setattr(&self, ino: u64, change: SetAttr, file: Option<&dyn OpenFile>) -> FsResult<Attr> {
-        if let Some(size) = change.size {
-            self.block_on(self.make_own(ino, size == 0))?;
+        // Through a handle, the file is the job's already (it was opened to write); by path,
+        // its bucket bytes come in first. A file without a name left is the job's too.
+        if let (Some(size), None) = (change.size, file) {
+            match self.block_on(self.make_own(ino, size == 0)) {
+                Err(e) if e.is_not_found() => {}
+                other => other?,
+            }
         }
         self.staged.setattr(ino, change, file)
     }

@@ -20,11 +20,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// Marks a file whose content is a bucket object's (see [`Origin`]).
-const ORIGIN_XATTR: &str = "user.datumfs.origin";
+const ORIGIN_XATTR: &str = "user.datumfs.volume.origin";
 /// Marks a directory already filled in from the bucket's listing.
-const LISTED_XATTR: &str = "user.datumfs.listed";
-/// Attribute names of ours, hidden from the job.
-pub const PRIVATE_XATTR_PREFIX: &str = "user.datumfs.";
+const LISTED_XATTR: &str = "user.datumfs.volume.listed";
+
+/// Whether `name` is one of the attributes the volume keeps for itself (hidden from the job,
+/// which may set any other).
+pub fn is_private_xattr(name: &[u8]) -> bool {
+    name == ORIGIN_XATTR.as_bytes() || name == LISTED_XATTR.as_bytes()
+}
 
 /// Where a file's bytes are, while they are still a bucket object's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -414,7 +414,7 @@ async fn put_one(
     // Bucket bytes moved to another path come in first: what goes up is the staged file.
     match volume.bring_in(&p.path).await {
         Ok(()) => {}
-        Err(crate::fs::FsError::NotFound) => return Ok(PutOutcome::Nothing),
+        Err(e) if e.is_not_found() => return Ok(PutOutcome::Nothing),
         Err(e) => return Err(format!("{shown}: reading its bytes from the bucket: {e}")),
     }
     let path = p.path.clone();
