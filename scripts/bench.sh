@@ -10,8 +10,8 @@
 # ../shared/s3-bed/install.sh builds when that folder is present. Sizes: BENCH_BIG_MIB (2048),
 # BENCH_SMALL_COUNT (10000), BENCH_LS_COUNT (100000), BENCH_SYNC_MIB (1024), BENCH_SYNC_COUNT (1000);
 # BENCH_MULTI_MIB (256, per mount), BENCH_DATASET_COUNT (100000), BENCH_PACKED_COUNT (100000),
-# BENCH_PUSH_MIB (1024), BENCH_PUSH_COUNT (10000); BENCH_PARTS picks workloads (default "read small
-# ls sync packed multi dataset push opens"; "huge" adds generated versions of BENCH_HUGE_COUNTS
+# BENCH_PUSH_MIB (1024), BENCH_PUSH_COUNT (10000), BENCH_PATCH_MIB (2048); BENCH_PARTS picks
+# workloads (default "read small ls sync packed multi dataset push patch opens"; "huge" adds generated versions of BENCH_HUGE_COUNTS
 # files, default "1000000 10000000").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,8 +28,9 @@ DATASET_COUNT=${BENCH_DATASET_COUNT:-100000}
 PACKED_COUNT=${BENCH_PACKED_COUNT:-100000}
 PUSH_MIB=${BENCH_PUSH_MIB:-1024}
 PUSH_COUNT=${BENCH_PUSH_COUNT:-10000}
+PATCH_MIB=${BENCH_PATCH_MIB:-2048}
 HUGE_COUNTS=${BENCH_HUGE_COUNTS:-1000000 10000000}
-PARTS=" ${BENCH_PARTS:-read small ls sync packed multi dataset push opens} "  # which workloads to run
+PARTS=" ${BENCH_PARTS:-read small ls sync packed multi dataset push patch opens} "  # which workloads to run
 want() { [[ $PARTS == *" $1 "* ]]; }
 
 server=${S3_SERVER_BIN:-}
@@ -380,6 +381,36 @@ record "volume push ${PUSH_MIB} MiB + $PUSH_COUNT files" "$(secs "$t0" "$t1")" "
 t0=$(now); "$bin" volume push "$T/push" s3://bench/pushed/ --json >"$T/push2.json"; t1=$(now)
 say "$(printf '%-34s %8.3f s' "  the same push again (no change)" "$(secs "$t0" "$t1")")"
 rm -rf "$T/push"
+fi
+
+# 6d. Patching a big file in place in a writable volume: 1% of a PATCH_MIB file rewritten at 100
+#     places, then `datumfs volume sync`, vs a direct re-upload of the whole file.
+if want patch; then
+say "making a ${PATCH_MIB} MiB file in a volume"
+head -c $((PATCH_MIB << 20)) /dev/urandom >"$T/patch.bin"
+"$s3bench" put-file "$T/patch.bin" s3://bench/vol/model.bin >/dev/null
+direct=$("$s3bench" put-file "$T/patch.bin" s3://bench/vol-direct/model.bin | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])')
+mount_at patch "$T/cache-patch" --volume "v=s3://bench/vol/:rw" --execution bench-patch
+patch_py='
+import os, random, sys
+random.seed(7)
+f = open(sys.argv[1], "r+b"); size = os.path.getsize(sys.argv[1]); piece = size // 10000
+for i in range(100):
+    f.seek(i * (size // 100)); f.write(random.randbytes(piece))
+f.close()'
+t0=$(now)
+python3 -c "$patch_py" "$MNT/volumes/v/model.bin"
+tp=$(now)
+"$bin" volume sync "$MNT" v --json >"$T/patch.json"
+t1=$(now)
+say "$(printf '%-34s %8.3f s, sync %.3f s' "  patch (copies the file in)" "$(secs "$t0" "$tp")" "$(secs "$tp" "$t1")")"
+record "patch 1% of ${PATCH_MIB} MiB in a volume + sync" "$(secs "$t0" "$t1")" "$direct"
+python3 -c "$patch_py" "$T/patch.bin"
+want_sha=$(sha256sum "$T/patch.bin" | cut -d" " -f1)
+got_sha=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["put"][0]["sha256"])' "$T/patch.json")
+[[ $want_sha == "$got_sha" ]] || { echo "bench: the synced volume file is not the patched file" >&2; exit 1; }
+unmount_it
+rm -f "$T/patch.bin"
 fi
 
 # 7. Opens of new small cache objects (sled index, pack slot) from 8 threads at once vs the same

@@ -229,6 +229,13 @@ impl InputNamespace {
         Ok(ino)
     }
 
+    /// The object behind file `ino`, pinned and open.
+    pub(super) async fn object_of(&self, ino: u64) -> FsResult<Arc<OpenObject>> {
+        let node = self.node(ino)?;
+        let NodeKind::File(f) = &node.kind else { return Err(FsError::IsDir) };
+        self.open_object(&node, f).await
+    }
+
     /// The entries of the directory at `path` (segments below the input's top), listing it if
     /// needed: each name with its file entry, or `None` for a subdirectory.
     pub(super) async fn listing_at(&self, path: &[&str]) -> FsResult<Vec<(String, Option<resolve::FileEntry>)>> {

@@ -21,8 +21,11 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-/// Bytes copied per read when a file's bytes are brought in from the bucket.
+/// Bytes copied per read when a file's bytes are copied in from the cache.
 const HYDRATE_CHUNK: u32 = 4 << 20;
+/// Ranged GETs at once, and their size, when a file's bytes are downloaded to be changed.
+const HYDRATE_PARALLEL: usize = 8;
+const HYDRATE_PART: u64 = 8 << 20;
 
 /// One writable volume.
 pub struct VolumeNamespace {
@@ -231,21 +234,32 @@ impl VolumeNamespace {
         }
         let parts: Vec<&str> = origin.key.split('/').collect();
         let ino = self.base.resolve_path(&parts).await?;
-        let opened = self.base.open(ino, libc::O_RDONLY, false).await?;
+        let obj = self.base.object_of(ino).await?;
         let file = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
         let before = file.metadata()?;
-        let mut offset = 0u64;
-        loop {
-            let buf = opened.file.read(offset, HYDRATE_CHUNK).await?;
-            if buf.is_empty() {
-                break;
+        if obj.cached.is_complete() {
+            // Read before: a copy from the cache.
+            let opened = self.base.open(ino, libc::O_RDONLY, false).await?;
+            let mut offset = 0u64;
+            loop {
+                let buf = opened.file.read(offset, HYDRATE_CHUNK).await?;
+                if buf.is_empty() {
+                    break;
+                }
+                file.write_all_at(&buf, offset)?;
+                offset += buf.len() as u64;
             }
-            file.write_all_at(&buf, offset)?;
-            offset += buf.len() as u64;
+            opened.file.release();
+        } else {
+            // A plain download, many ranges at once: these bytes leave the cache's care.
+            crate::reader::download_into(&obj.remote, &file, HYDRATE_PARALLEL, HYDRATE_PART).await.map_err(|e| {
+                tracing::error!("volume {}: copying {} in: {e}", self.name, self.rel_display(&origin.key));
+                FsError::from(e)
+            })?;
         }
-        opened.file.release();
         // The bytes were the file's all along, as far as the job can tell.
         file.set_times(std::fs::FileTimes::new().set_accessed(before.accessed()?).set_modified(before.modified()?))?;
+        // On disk before the mark says so: a power cut must not leave a marked file of zeros.
         file.sync_data()?;
         let mut o = origin.clone();
         o.hydrated = true;

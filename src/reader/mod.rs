@@ -731,6 +731,30 @@ async fn read_direct(remote: &Remote, range: Range<u64>) -> Result<Vec<u8>, Stor
     Ok(bytes.to_vec())
 }
 
+/// Downloads the pinned version of `remote` into `file` (from offset 0), `parallel` ranged
+/// GETs of `part` bytes at once, past the block cache: a plain download, for bytes that are
+/// about to become a local file of their own (a volume file about to be changed).
+pub async fn download_into(
+    remote: &Remote,
+    file: &std::fs::File,
+    parallel: usize,
+    part: u64,
+) -> Result<(), StoreError> {
+    use futures::StreamExt;
+    use std::os::unix::fs::FileExt;
+    let part = part.max(1);
+    let ranges = (0..remote.size.div_ceil(part)).map(|i| i * part..((i + 1) * part).min(remote.size));
+    let mut parts = futures::stream::iter(ranges)
+        .map(|r| async move { (r.start, read_direct(remote, r).await) })
+        .buffer_unordered(parallel.max(1));
+    while let Some((offset, bytes)) = parts.next().await {
+        let bytes = bytes?;
+        file.write_all_at(&bytes, offset)
+            .map_err(|e| StoreError::Other { uri: remote.uri.clone(), cause: format!("writing the download: {e}") })?;
+    }
+    Ok(())
+}
+
 async fn fetch_blocks(
     remote: &Remote,
     cached: &Arc<CachedObject>,
