@@ -212,7 +212,7 @@ fn an_rwd_volume_is_edited_in_place_and_synced_back_without_overwriting_others()
     assert_eq!(fs::read_dir(v("dir")).unwrap().count(), 0);
     assert!(xattr(&v("moved/a.txt"), "user.datumfs.volume.origin").is_none(), "bookkeeping is not shown");
     // Someone else changes a key after the mount read it.
-    s3.put("vol", "proj/contended.txt", b"theirs-1\n");
+    s3.put_as_client("vol", "proj/contended.txt", b"theirs-1\n");
 
     let (code, dry) = volume_sync(&m, "work", &["--dry-run"]);
     assert_eq!(code, 3, "a dry run foresees the conflict: {dry}");
@@ -273,6 +273,20 @@ fn an_rwd_volume_is_edited_in_place_and_synced_back_without_overwriting_others()
     let notes =
         rec["volume_writes"].as_array().unwrap().iter().find(|w| w["uri"] == "s3://vol/proj/notes.txt").unwrap();
     assert_eq!(notes["sha256"].as_str().unwrap(), sha256(b"v1\nv2\n"));
+
+    // `lineage` of a key names the execution that last wrote it, and whether the bucket still
+    // holds that version.
+    let lin = json(&m.run(&["lineage", "s3://vol/proj/notes.txt", "--json"]));
+    assert_eq!((lin["execution"].as_str(), lin["current"].as_bool()), (Some("vol-e1"), Some(true)), "{lin}");
+    assert_eq!(lin["last_write"]["sha256"].as_str().unwrap(), sha256(b"v1\nv2\n"));
+    let lin = json(&m.run(&["lineage", "s3://vol/proj/old.txt", "--json"]));
+    assert_eq!((lin["last_write"]["deleted"].as_bool(), lin["current"].as_bool()), (Some(true), Some(true)), "{lin}");
+    s3.put_as_client("vol", "proj/notes.txt", b"changed by someone else");
+    let lin = json(&m.run(&["lineage", "s3://vol/proj/notes.txt", "--json"]));
+    assert_eq!(lin["current"].as_bool(), Some(false), "a later change outside datumfs shows: {lin}");
+    let out = m.run(&["lineage", "s3://vol/proj/untouched/deep/x.txt"]);
+    assert_eq!(out.status.code(), Some(1), "no sync wrote it");
+    s3.put_as_client("vol", "proj/notes.txt", b"v1\nv2\n");
 
     let staged = m.cache.join("volumes").join("vol-e1").join("work");
     assert!(staged.exists());

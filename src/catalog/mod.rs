@@ -12,6 +12,7 @@ pub mod manifest;
 pub mod packs;
 pub mod records;
 mod version_store;
+pub mod volume_writes;
 
 use crate::store::data::DataStore;
 use crate::store::StoreError;

@@ -96,7 +96,8 @@ enum DatumCommand {
 /// `datumfs lineage`.
 #[derive(Debug, Args)]
 pub struct LineageArgs {
-    /// datum://ID, datum://ALIAS, ID or ALIAS.
+    /// datum://ID, datum://ALIAS, ID or ALIAS; or the URI of a bucket key a volume sync wrote
+    /// (s3://bucket/key: which execution last wrote it, and whether the bucket still holds it).
     name: String,
     /// Print JSON.
     #[arg(long)]
@@ -312,6 +313,9 @@ async fn download(catalog: &Catalog, d: &DatumRecord, target: &std::path::Path) 
 pub fn run_lineage(args: LineageArgs) -> Result<i32> {
     let catalog = args.store.catalog()?;
     let rt = runtime()?;
+    if args.name.contains("://") && !args.name.starts_with("datum://") {
+        return rt.block_on(key_lineage(&catalog, &args.name, args.json));
+    }
     let d = rt.block_on(catalog.resolve(&args.name))?;
     let producer = match &d.execution {
         Some(e) => rt.block_on(catalog.find_execution(e))?,
@@ -454,4 +458,75 @@ pub fn run_push(args: PushArgs) -> Result<i32> {
         }
     }
     Ok(if ok.len() == results.len() { 0 } else { 1 })
+}
+
+/// `datumfs lineage URI` of a bucket key: the volume sync that last wrote (or deleted) it, its
+/// execution, and whether the bucket still holds what it wrote.
+async fn key_lineage(catalog: &catalog::Catalog, uri: &str, json_out: bool) -> Result<i32> {
+    let Some((execution, write)) = catalog.last_volume_write(uri).await? else {
+        eprintln!("datumfs: no volume sync recorded in {} wrote {uri}", catalog.store().url);
+        return Ok(1);
+    };
+    let producer = catalog.find_execution(&execution).await?;
+    // What the bucket holds now.
+    let now = match crate::uri::parse(uri, std::path::Path::new("/")) {
+        Ok(parsed) => match crate::store::StoreRegistry::new().open(&parsed) {
+            Ok(store) => {
+                let key = object_store::path::Path::from(parsed.key.as_str());
+                match object_store::ObjectStoreExt::head(&*store.inner, &key).await {
+                    Ok(meta) => Some(Some(meta.e_tag)),
+                    Err(object_store::Error::NotFound { .. }) => Some(None),
+                    Err(_) => None,
+                }
+            }
+            Err(_) => None,
+        },
+        Err(_) => None,
+    };
+    let same = |etag: &Option<String>| match (etag, &write.etag) {
+        (Some(a), Some(b)) => a.trim_matches('"') == b.trim_matches('"'),
+        _ => false,
+    };
+    let current = match &now {
+        Some(Some(etag)) => Some(!write.deleted && same(etag)),
+        Some(None) => Some(write.deleted),
+        None => None,
+    };
+    if json_out {
+        let bucket_now = now.map(|n| json!({ "exists": n.is_some(), "etag": n.flatten() }));
+        let v = json!({ "uri": uri, "last_write": write, "execution": execution, "execution_record": producer, "bucket_now": bucket_now, "current": current });
+        super::print_json(&v)?;
+        return Ok(0);
+    }
+    let what = if write.deleted {
+        "deleted".to_string()
+    } else {
+        format!(
+            "written ({} bytes, sha256 {}, ETag {})",
+            write.size.unwrap_or(0),
+            write.sha256.as_deref().unwrap_or("?"),
+            write.etag.as_deref().unwrap_or("?")
+        )
+    };
+    println!("{uri}: {what} by execution {execution} at {} (volume {})", write.at, write.volume);
+    if let Some(p) = producer {
+        println!(
+            "  execution {} on {} ({} - {})",
+            p.id,
+            p.host,
+            p.started_at,
+            p.ended_at.as_deref().unwrap_or("running")
+        );
+        if let Some(cmd) = &p.command {
+            println!("  command: {}", cmd.join(" "));
+        }
+    }
+    match current {
+        Some(true) => println!("  the bucket still holds it"),
+        Some(false) => {
+            println!("  the bucket has changed it since (written outside datumfs, or by an unrecorded sync)")
+        }
+        None => println!("  (the bucket could not be asked whether it still holds it)"),
+    }
+    Ok(0)
 }

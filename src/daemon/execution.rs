@@ -184,31 +184,27 @@ impl Execution {
         ds: &DataStore,
         report: &crate::volumes::sync::VolumeSyncReport,
     ) -> Result<(), catalog::CatalogError> {
-        let mut rec = self.record(false).await?;
         let at = catalog::now();
-        for p in &report.put {
-            rec.volume_writes.push(catalog::VolumeWrite {
-                volume: report.volume.clone(),
-                uri: ds.uri_of(&ds.key_below(&p.key)),
-                etag: p.etag.clone(),
-                sha256: p.sha256.clone(),
-                size: Some(p.size),
-                deleted: false,
-                at: at.clone(),
-            });
-        }
-        for key in &report.deleted {
-            rec.volume_writes.push(catalog::VolumeWrite {
-                volume: report.volume.clone(),
-                uri: ds.uri_of(&ds.key_below(key)),
-                etag: None,
-                sha256: None,
-                size: None,
-                deleted: true,
-                at: at.clone(),
-            });
-        }
-        self.catalog().put_execution(&rec).await
+        let write = |key: &str, put: Option<&crate::volumes::sync::Put>| catalog::VolumeWrite {
+            volume: report.volume.clone(),
+            uri: ds.uri_of(&ds.key_below(key)),
+            etag: put.and_then(|p| p.etag.clone()),
+            sha256: put.and_then(|p| p.sha256.clone()),
+            size: put.map(|p| p.size),
+            deleted: put.is_none(),
+            at: at.clone(),
+        };
+        let writes: Vec<catalog::VolumeWrite> = report
+            .put
+            .iter()
+            .map(|p| write(&p.key, Some(p)))
+            .chain(report.deleted.iter().map(|k| write(k, None)))
+            .collect();
+        let mut rec = self.record(false).await?;
+        rec.volume_writes.extend(writes.iter().cloned());
+        self.catalog().put_execution(&rec).await?;
+        // Then the bucket's index, which `lineage` of a key reads.
+        self.catalog().put_volume_sync(&self.id, writes).await
     }
 
     pub(super) async fn warm(

@@ -271,6 +271,23 @@ impl S3Server {
         std::fs::write(p, data).unwrap();
     }
 
+    /// Writes an object through the S3 API, as another writer would (the server keeps its
+    /// ETag; [`S3Server::put`] writes behind its back).
+    pub fn put_as_client(&self, bucket: &str, key: &str, data: &[u8]) {
+        use object_store::ObjectStoreExt;
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(self.endpoint())
+            .with_bucket_name(bucket)
+            .with_access_key_id(ACCESS_KEY)
+            .with_secret_access_key(SECRET_KEY)
+            .with_region("us-east-1")
+            .with_allow_http(true)
+            .build()
+            .expect("S3 client");
+        let payload = object_store::PutPayload::from(data.to_vec());
+        self.rt.block_on(store.put(&object_store::path::Path::from(key), payload)).expect("PUT as a client");
+    }
+
     /// The bytes of an object, read from the server's directory.
     pub fn object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
         std::fs::read(self.root.path().join(bucket).join(key)).ok()
