@@ -88,12 +88,23 @@ impl MountArgs {
             None => vec![],
         };
         let inputs = spec::combine(from_file, &flags)?;
-        let volumes = self.volume.iter().map(|v| crate::volumes::parse_flag(v)).collect::<Result<Vec<_>, _>>()?;
-        for (i, v) in volumes.iter().enumerate() {
-            if volumes[..i].iter().any(|w| w.name == v.name) {
-                bail!("--volume {}: the name is given twice", v.name);
-            }
+        let twice = |list: &[crate::volumes::VolumeSpec]| {
+            list.iter()
+                .enumerate()
+                .find(|(i, v)| list[..*i].iter().any(|w| w.name == v.name))
+                .map(|(_, v)| v.name.clone())
+        };
+        let flagged = self.volume.iter().map(|v| crate::volumes::parse_flag(v)).collect::<Result<Vec<_>, _>>()?;
+        let mut volumes = match &self.inputs_file {
+            Some(path) => crate::volumes::load_file(path)?,
+            None => Vec::new(),
+        };
+        if let Some(name) = twice(&flagged).or_else(|| twice(&volumes)) {
+            bail!("--volume {name}: the name is given twice");
         }
+        // A flag replaces the file's volume of the same name.
+        volumes.retain(|w| flagged.iter().all(|v| v.name != w.name));
+        volumes.extend(flagged);
         let execution = match self.execution {
             Some(id) => {
                 crate::catalog::check_name(&id, "an execution id")?;

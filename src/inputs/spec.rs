@@ -133,8 +133,8 @@ fn convert(raw: RawInput) -> Result<InputSpec, SpecError> {
     })
 }
 
-/// Reads an inputs file: a list of inputs, or a `valohai.yaml` (then `step` picks the step; it
-/// may be omitted when the file has only one).
+/// Reads an inputs file: a list of inputs, a mapping with `inputs:` (and `volumes:`), or a
+/// `valohai.yaml` (then `step` picks the step; it may be omitted when the file has only one).
 pub fn load_file(path: &Path, step: Option<&str>) -> Result<Vec<InputSpec>, SpecError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|error| SpecError::Read { path: shown.clone(), error })?;
@@ -162,7 +162,18 @@ pub fn load_file(path: &Path, step: Option<&str>) -> Result<Vec<InputSpec>, Spec
         if step.is_some() {
             return Err(parse_err("--step needs a valohai.yaml (a list of steps)".into()));
         }
-        serde_yaml_ng::from_value(value).map_err(|e| parse_err(format!("expected a list of inputs: {e}")))?
+        // A list of inputs, or a mapping of `inputs:` and `volumes:` (read by
+        // `volumes::load_file`).
+        let list = match value {
+            serde_yaml_ng::Value::Mapping(m) => {
+                if let Some(k) = m.keys().find(|k| !matches!(k.as_str(), Some("inputs" | "volumes"))) {
+                    return Err(parse_err(format!("unknown key {k:?}: expected inputs: and volumes:")));
+                }
+                m.get("inputs").cloned().unwrap_or(serde_yaml_ng::Value::Sequence(Vec::new()))
+            }
+            other => other,
+        };
+        serde_yaml_ng::from_value(list).map_err(|e| parse_err(format!("expected a list of inputs: {e}")))?
     };
     raws.into_iter().map(convert).collect::<Result<_, _>>().map_err(|e| parse_err(e.to_string()))
 }

@@ -90,6 +90,37 @@ pub fn parse_flag(flag: &str) -> Result<VolumeSpec, SpecError> {
     Ok(VolumeSpec { name: name.to_string(), uri: uri.to_string(), mode })
 }
 
+/// A volume as an inputs file declares it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVolume {
+    name: String,
+    uri: String,
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+/// The volumes an inputs file declares (`volumes:` in its mapping form: a list of `name`, `uri`
+/// and `mode`); none for the other forms.
+pub fn load_file(path: &std::path::Path) -> Result<Vec<VolumeSpec>, SpecError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|error| SpecError::Read { path: shown.clone(), error })?;
+    let parse_err = |reason: String| SpecError::Parse { path: shown.clone(), reason };
+    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).map_err(|e| parse_err(e.to_string()))?;
+    let Some(list) = value.get("volumes").cloned() else { return Ok(Vec::new()) };
+    let raws: Vec<RawVolume> = serde_yaml_ng::from_value(list)
+        .map_err(|e| parse_err(format!("volumes: expected a list of name, uri, mode: {e}")))?;
+    raws.into_iter()
+        .map(|r| {
+            let flag = match r.mode {
+                Some(m) => format!("{}={}:{m}", r.name, r.uri),
+                None => format!("{}={}", r.name, r.uri),
+            };
+            parse_flag(&flag).map_err(|e| parse_err(e.to_string()))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +137,28 @@ mod tests {
             let e = parse_flag(bad).unwrap_err().to_string();
             assert!(e.contains("--volume"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn an_inputs_file_declares_volumes_beside_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("inputs.yaml");
+        std::fs::write(
+            &f,
+            "inputs:\n  - name: data\n    default: s3://b/d/\nvolumes:\n  - name: work\n    uri: s3://b/w/\n    mode: rwd\n  - name: ref\n    uri: s3://b/r/\n",
+        )
+        .unwrap();
+        let v = load_file(&f).unwrap();
+        assert_eq!((v[0].name.as_str(), v[0].mode, v[1].mode), ("work", VolumeMode::Rwd, VolumeMode::Ro));
+        let inputs = crate::inputs::spec::load_file(&f, None).unwrap();
+        assert_eq!((inputs.len(), inputs[0].uris[0].as_str()), (1, "s3://b/d/"));
+        std::fs::write(&f, "volumes:\n  - name: w\n    uri: s3://b/w/\n    mode: rx\n").unwrap();
+        let e = load_file(&f).unwrap_err().to_string();
+        assert!(e.contains("inputs.yaml") && e.contains("rx"), "{e}");
+        std::fs::write(&f, "inputz: []\n").unwrap();
+        let e = crate::inputs::spec::load_file(&f, None).unwrap_err().to_string();
+        assert!(e.contains("inputz"), "{e}");
+        std::fs::write(&f, "- name: data\n  default: s3://b/d/\n").unwrap();
+        assert!(load_file(&f).unwrap().is_empty(), "a plain list declares no volumes");
     }
 }
