@@ -152,16 +152,18 @@ pub fn split_ref(text: &str) -> Result<(String, String), CatalogError> {
     }
 }
 
-fn dataset_rel(name: &str) -> String {
-    format!("datasets/{name}/dataset.json")
-}
+impl Catalog {
+    fn dataset_rel(&self, name: &str) -> String {
+        format!("{}/{name}/dataset.json", self.collection.dir())
+    }
 
-pub(super) fn version_rel(name: &str, version: &str) -> String {
-    format!("datasets/{name}/versions/{version}.json")
-}
+    pub(super) fn version_rel(&self, name: &str, version: &str) -> String {
+        format!("{}/{name}/versions/{version}.json", self.collection.dir())
+    }
 
-fn alias_rel(name: &str, alias: &str) -> String {
-    format!("datasets/{name}/aliases/{alias}.json")
+    fn version_alias_rel(&self, name: &str, alias: &str) -> String {
+        format!("{}/{name}/aliases/{alias}.json", self.collection.dir())
+    }
 }
 
 fn tombstone_rel(id: &str) -> String {
@@ -169,7 +171,7 @@ fn tombstone_rel(id: &str) -> String {
 }
 
 /// The user running this process, for tombstones.
-fn user_name() -> String {
+pub(super) fn user_name() -> String {
     std::env::var("USER")
         .ok()
         .filter(|u| !u.is_empty())
@@ -192,7 +194,7 @@ impl Catalog {
             host: hostname(),
             execution: execution.map(str::to_string),
         };
-        let key = self.ds.record_key(&dataset_rel(name));
+        let key = self.ds.record_key(&self.dataset_rel(name));
         match self.put(&key, &rec, PutMode::Create).await {
             Ok(()) => Ok(rec),
             Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
@@ -209,7 +211,7 @@ impl Catalog {
     /// Dataset `name`, if it exists.
     pub async fn dataset(&self, name: &str) -> Result<Option<DatasetRecord>, CatalogError> {
         check_name(name, "a dataset name")?;
-        Ok(self.read(&self.ds.record_key(&dataset_rel(name))).await?.map(|(d, _)| d))
+        Ok(self.read(&self.ds.record_key(&self.dataset_rel(name))).await?.map(|(d, _)| d))
     }
 
     async fn require_dataset(&self, name: &str) -> Result<DatasetRecord, CatalogError> {
@@ -220,7 +222,7 @@ impl Catalog {
 
     /// Every dataset's name, sorted.
     pub async fn datasets(&self) -> Result<Vec<String>, CatalogError> {
-        let prefix = self.ds.record_key("datasets");
+        let prefix = self.ds.record_key(self.collection.dir());
         let listing =
             self.ds.handle.inner.list_with_delimiter(Some(&prefix)).await.map_err(|e| self.store_err(&prefix, e))?;
         let mut names: Vec<String> =
@@ -233,7 +235,7 @@ impl Catalog {
     /// no manifest is read), oldest first.
     pub async fn versions(&self, name: &str) -> Result<Vec<(String, String)>, CatalogError> {
         self.require_dataset(name).await?;
-        let prefix = self.ds.record_key(&format!("datasets/{name}/versions"));
+        let prefix = self.ds.record_key(&format!("{}/{name}/versions", self.collection.dir()));
         let metas: Vec<_> =
             self.ds.handle.inner.list(Some(&prefix)).try_collect().await.map_err(|e| self.store_err(&prefix, e))?;
         let mut out: Vec<(String, String)> = metas
@@ -249,7 +251,7 @@ impl Catalog {
 
     /// A dataset's aliases.
     pub async fn version_aliases(&self, name: &str) -> Result<Vec<VersionAliasRecord>, CatalogError> {
-        let mut out: Vec<VersionAliasRecord> = self.read_all(&format!("datasets/{name}/aliases")).await?;
+        let mut out: Vec<VersionAliasRecord> = self.read_all(&format!("{}/{name}/aliases", self.collection.dir())).await?;
         out.sort_by(|a, b| a.alias.cmp(&b.alias));
         Ok(out)
     }
@@ -264,7 +266,7 @@ impl Catalog {
 
     /// The alias `alias` of dataset `name`, if it exists.
     pub async fn version_alias(&self, name: &str, alias: &str) -> Result<Option<VersionAliasRecord>, CatalogError> {
-        Ok(self.read(&self.ds.record_key(&alias_rel(name, alias))).await?.map(|(a, _)| a))
+        Ok(self.read(&self.ds.record_key(&self.version_alias_rel(name, alias))).await?.map(|(a, _)| a))
     }
 
     /// `NAME/VERSION` or `NAME/ALIAS` → the version record, and the alias when one was followed.
@@ -286,11 +288,14 @@ impl Catalog {
             Some(a) => match self.stored_version(&name, &a.version).await? {
                 Some(v) => Ok((v, Some(which))),
                 None => Err(CatalogError::NoSuchVersion {
-                    name: format!("{name}/{} (alias {which})", a.version),
+                    name: format!("{} version {name}/{} (alias {which})", self.collection.scheme(), a.version),
                     store: self.ds.url.clone(),
                 }),
             },
-            None => Err(CatalogError::NoSuchVersion { name: format!("{name}/{which}"), store: self.ds.url.clone() }),
+            None => Err(CatalogError::NoSuchVersion {
+                name: format!("{} version {name}/{which}", self.collection.scheme()),
+                store: self.ds.url.clone(),
+            }),
         }
     }
 
@@ -312,7 +317,7 @@ impl Catalog {
             None => Default::default(),
         };
         let stored = self.write_manifest(rec, &known).await?;
-        let key = self.ds.record_key(&version_rel(&rec.dataset, &rec.version));
+        let key = self.ds.record_key(&self.version_rel(&rec.dataset, &rec.version));
         match self.put(&key, &stored, PutMode::Create).await {
             Ok(()) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
@@ -347,7 +352,7 @@ impl Catalog {
     ) -> Result<VersionRecord, CatalogError> {
         check_name(version, "a version")?;
         self.create_dataset(name, Some(execution), true).await?;
-        let rel = version_rel(name, version);
+        let rel = self.version_rel(name, version);
         let mut refused = None;
         let mut rec = Err(CatalogError::Contended { uri: self.ds.uri_of(&self.ds.record_key(&rel)), tries: 0 });
         // The chunks are written before the record that names them: the record is swapped in
@@ -440,10 +445,13 @@ impl Catalog {
             });
         }
         if self.version(name, version).await?.is_none() {
-            return Err(CatalogError::NoSuchVersion { name: format!("{name}/{version}"), store: self.ds.url.clone() });
+            return Err(CatalogError::NoSuchVersion {
+                name: format!("{} version {name}/{version}", self.collection.scheme()),
+                store: self.ds.url.clone(),
+            });
         }
         let mv = VersionAliasMove { version: version.to_string(), set_at: now(), host: hostname() };
-        self.update(&alias_rel(name, alias), |old: Option<VersionAliasRecord>| {
+        self.update(&self.version_alias_rel(name, alias), |old: Option<VersionAliasRecord>| {
             let mut rec = old.unwrap_or_else(|| VersionAliasRecord {
                 dataset: name.to_string(),
                 alias: alias.to_string(),
@@ -575,7 +583,7 @@ mod tests {
             "files": [{"path": "a.bin", "datum": "D1", "size": 3,
                        "checksums": {"md5": "m", "sha1": "s", "sha256": "h"}, "object_uri": "s3://b/a.bin"}]
         });
-        let key = c.ds.record_key(&version_rel("d", "v0"));
+        let key = c.ds.record_key(&c.version_rel("d", "v0"));
         c.ds.handle.inner.put(&key, serde_json::to_vec(&old).unwrap().into()).await.unwrap();
         let v = c.version("d", "v0").await.unwrap().unwrap();
         assert_eq!((v.files.len(), v.files[0].path.as_str(), v.files[0].checksums.sha256.as_str()), (1, "a.bin", "h"));

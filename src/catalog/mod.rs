@@ -9,6 +9,7 @@
 pub mod datasets;
 pub mod index;
 pub mod manifest;
+pub mod models;
 pub mod packs;
 pub mod records;
 mod version_store;
@@ -72,6 +73,14 @@ pub enum CatalogError {
         /// The data store.
         store: String,
     },
+    /// No model of that name.
+    #[error("model {name}: no such model in the data store {store} (a job makes one with valohai.model-versions)")]
+    NoSuchModel {
+        /// The name asked for.
+        name: String,
+        /// The data store searched.
+        store: String,
+    },
     /// No dataset of that name.
     #[error(
         "dataset {name}: no such dataset in the data store {store} (create it with `datumfs dataset create {name}`)"
@@ -83,7 +92,7 @@ pub enum CatalogError {
         store: String,
     },
     /// No version (or alias) of that name.
-    #[error("dataset version {name}: no such version or alias in the data store {store}")]
+    #[error("{name}: no such version or alias in the data store {store}")]
     NoSuchVersion {
         /// `NAME/VERSION` as asked for.
         name: String,
@@ -151,6 +160,36 @@ pub fn now() -> String {
 pub struct Catalog {
     ds: DataStore,
     packs: packs::PackCache,
+    /// Which named, versioned collections its version functions work on.
+    collection: Collection,
+}
+
+/// The two kinds of named series of immutable versions: datasets, and models (whose versions
+/// also carry an approval state). Both are stored alike, each under a directory of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collection {
+    /// `datasets/`.
+    Datasets,
+    /// `models/`.
+    Models,
+}
+
+impl Collection {
+    /// The directory of its records.
+    pub fn dir(self) -> &'static str {
+        match self {
+            Collection::Datasets => "datasets",
+            Collection::Models => "models",
+        }
+    }
+
+    /// Its URI scheme.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Collection::Datasets => "dataset",
+            Collection::Models => "model",
+        }
+    }
 }
 
 const CAS_TRIES: u32 = 50;
@@ -158,7 +197,17 @@ const CAS_TRIES: u32 = 50;
 impl Catalog {
     /// The catalog kept in `ds`.
     pub fn new(ds: DataStore) -> Self {
-        Self { ds, packs: packs::new_cache() }
+        Self { ds, packs: packs::new_cache(), collection: Collection::Datasets }
+    }
+
+    /// The same catalog, its version functions working on models instead of datasets.
+    pub fn models(&self) -> Self {
+        Self { collection: Collection::Models, ..self.clone() }
+    }
+
+    /// The collection its version functions work on.
+    pub fn collection(&self) -> Collection {
+        self.collection
     }
 
     /// A catalog in memory, for unit tests.

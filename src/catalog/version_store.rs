@@ -48,8 +48,10 @@ impl StoredVersion {
     }
 }
 
-fn chunk_rel(dataset: &str, id: &str) -> String {
-    format!("datasets/{dataset}/chunks/{id}")
+impl Catalog {
+    fn chunk_rel(&self, dataset: &str, id: &str) -> String {
+        format!("{}/{dataset}/chunks/{id}", self.collection.dir())
+    }
 }
 
 impl Catalog {
@@ -59,13 +61,13 @@ impl Catalog {
         name: &str,
         version: &str,
     ) -> Result<Option<StoredVersion>, CatalogError> {
-        let key = self.ds.record_key(&super::datasets::version_rel(name, version));
+        let key = self.ds.record_key(&self.version_rel(name, version));
         Ok(self.read(&key).await?.map(|(v, _)| v))
     }
 
     /// A chunk's bytes.
     async fn chunk(&self, dataset: &str, id: &str) -> Result<Vec<u8>, CatalogError> {
-        let key = self.ds.record_key(&chunk_rel(dataset, id));
+        let key = self.ds.record_key(&self.chunk_rel(dataset, id));
         let res = self.ds.handle.inner.get(&key).await.map_err(|e| self.store_err(&key, e))?;
         Ok(res.bytes().await.map_err(|e| self.store_err(&key, e))?.to_vec())
     }
@@ -86,7 +88,7 @@ impl Catalog {
             }
         };
         let (main, sums) = futures::try_join!(self.chunk(dataset, &c.id), sums)?;
-        let uri = self.ds.uri_of(&self.ds.record_key(&chunk_rel(dataset, &c.id)));
+        let uri = self.ds.uri_of(&self.ds.record_key(&self.chunk_rel(dataset, &c.id)));
         // Decoding thousands of files is CPU work: the runtime is told, so that it moves other
         // tasks off this worker. Not on a blocking-pool thread: its allocations would land in
         // another malloc arena than the inode table built from them (+20 MiB peak RSS for a
@@ -100,7 +102,7 @@ impl Catalog {
 
     /// Stores a chunk, create-only: one already there holds the same bytes (its id is their hash).
     async fn put_chunk(&self, dataset: &str, id: &str, bytes: Vec<u8>) -> Result<(), CatalogError> {
-        let key = self.ds.record_key(&chunk_rel(dataset, id));
+        let key = self.ds.record_key(&self.chunk_rel(dataset, id));
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
         match self.ds.handle.inner.put_opts(&key, PutPayload::from(bytes), opts).await {
             Ok(_) | Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(()),
@@ -139,7 +141,7 @@ impl Catalog {
         let loads = stored.chunks.clone().into_iter().map(move |c| {
             let (this, dataset, stores) = (this.clone(), dataset.clone(), stores.clone());
             async move {
-                let uri = this.ds.uri_of(&this.ds.record_key(&chunk_rel(&dataset, &c.id)));
+                let uri = this.ds.uri_of(&this.ds.record_key(&this.chunk_rel(&dataset, &c.id)));
                 let task = tokio::spawn(async move { this.load_chunk(&dataset, &c, &stores, false).await });
                 task.await.map_err(|e| CatalogError::Malformed { uri, reason: format!("decoding stopped: {e}") })?
             }
