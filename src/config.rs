@@ -110,6 +110,12 @@ pub struct MountConfig {
     pub execution: String,
     /// The command run in the mount (`datumfs run`), for the execution record.
     pub command: Option<Vec<String>>,
+    /// The job's parameters (`datumfs run`): `config/parameters.json` and the execution record.
+    #[serde(default)]
+    pub parameters: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The code the job runs (`datumfs run` in a git checkout), for the execution record.
+    #[serde(default)]
+    pub code: Option<crate::catalog::CodeInfo>,
     /// The directory relative local paths in inputs are taken from.
     pub cwd: PathBuf,
 }

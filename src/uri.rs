@@ -45,6 +45,9 @@ pub enum Scheme {
     /// A dataset version of the catalog (`dataset://NAME/VERSION|ALIAS`); `key` holds
     /// `NAME/VERSION`.
     Dataset,
+    /// A model version of the catalog (`model://NAME/VERSION|latest|approved`); `key` holds
+    /// `NAME/WHICH`.
+    Model,
 }
 
 /// What part of the store a URI selects.
@@ -193,6 +196,24 @@ pub fn parse(uri: &str, cwd: &Path) -> Result<SourceUri, UriError> {
                 selection: Selection::Object,
             })
         }
+        "model" => {
+            let name = rest.trim_end_matches('/');
+            let valid =
+                name.split_once('/').is_some_and(|(n, v)| name_problem(n).is_none() && name_problem(v).is_none());
+            if !valid {
+                return Err(malformed(
+                    "a model URI is model://NAME/VERSION (v1, v2, ...), model://NAME/latest or model://NAME/approved",
+                ));
+            }
+            Ok(SourceUri {
+                original: uri.to_string(),
+                scheme: Scheme::Model,
+                store_url: "model://".into(),
+                bucket: None,
+                key: name.to_string(),
+                selection: Selection::Object,
+            })
+        }
         other => Err(UriError::UnknownScheme { uri: uri.to_string(), scheme: other.to_string() }),
     }
 }
@@ -316,6 +337,8 @@ mod tests {
         assert_eq!(parse("dataset://abc/v1", Path::new("/")).unwrap().scheme, Scheme::Dataset);
         assert!(parse("dataset://abc", Path::new("/")).is_err());
         assert!(parse("dataset://abc/v1/x", Path::new("/")).is_err());
+        assert_eq!(parse("model://churn/approved", Path::new("/")).unwrap().key, "churn/approved");
+        assert!(parse("model://churn/", Path::new("/")).is_err());
         assert!(matches!(parse("mailto:x@y", Path::new("/")), Err(UriError::UnknownScheme { .. })));
         assert!(matches!(parse("", Path::new("/")), Err(UriError::Malformed { .. })));
     }

@@ -194,6 +194,10 @@ mod tests {
             inputs: Vec::new(),
             outputs: made[..500].iter().map(|d| d.id.clone()).collect(),
             volume_writes: Vec::new(),
+            parameters: None,
+            code: None,
+            exit_status: None,
+            duration_secs: None,
         };
         let gets = store.count(Op::Get);
         assert_eq!(c.execution_datums(&exec).await.unwrap(), made, "the record's outputs and the index's, each once");

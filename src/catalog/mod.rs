@@ -23,6 +23,7 @@ use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersio
 pub use records::{
     AliasMove, AliasRecord, DatumRecord, ExecutionInput, ExecutionRecord, FileRead, PackedIn, ReaderRecord, VolumeWrite,
 };
+pub use records::CodeInfo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use thiserror::Error;
@@ -362,6 +363,13 @@ impl Catalog {
 
     fn execution_rel(id: &str) -> String {
         format!("executions/{id}.json")
+    }
+
+    /// Every execution's record, newest first.
+    pub async fn executions(&self) -> Result<Vec<ExecutionRecord>, CatalogError> {
+        let mut all: Vec<ExecutionRecord> = self.read_all("executions").await?;
+        all.sort_by(|a, b| b.started_at.cmp(&a.started_at).then_with(|| a.id.cmp(&b.id)));
+        Ok(all)
     }
 
     /// Writes an execution's record (its mount owns it, so the last write wins).

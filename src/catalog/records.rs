@@ -105,6 +105,51 @@ pub struct ExecutionRecord {
     /// Keys its volume syncs wrote or deleted, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volume_writes: Vec<VolumeWrite>,
+    /// Its parameters (`datumfs run --param`, `--parameters`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The code it ran: the git checkout `datumfs run` was started in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<CodeInfo>,
+    /// The command's exit status (`datumfs run`; 128+N for a signal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<i32>,
+    /// How long the command ran, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_secs: Option<f64>,
+}
+
+/// The git checkout a job ran from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CodeInfo {
+    /// The commit checked out.
+    pub commit: String,
+    /// The branch (none when detached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// The `origin` remote's URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    /// Whether the working tree had uncommitted changes.
+    pub dirty: bool,
+    /// The checkout's top directory.
+    pub path: String,
+}
+
+impl CodeInfo {
+    /// The git checkout `dir` is in, if it is in one (and git is installed).
+    pub fn of_dir(dir: &std::path::Path) -> Option<Self> {
+        let git = |args: &[&str]| -> Option<String> {
+            let out = std::process::Command::new("git").arg("-C").arg(dir).args(args).output().ok()?;
+            out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        };
+        let commit = git(&["rev-parse", "HEAD"])?;
+        let branch = git(&["rev-parse", "--abbrev-ref", "HEAD"]).filter(|b| b != "HEAD");
+        let remote = git(&["remote", "get-url", "origin"]).filter(|r| !r.is_empty());
+        let dirty = git(&["status", "--porcelain"]).is_some_and(|s| !s.is_empty());
+        let path = git(&["rev-parse", "--show-toplevel"]).unwrap_or_default();
+        Some(Self { commit, branch, remote, dirty, path })
+    }
 }
 
 /// A key a volume sync wrote (or deleted) in a bucket.

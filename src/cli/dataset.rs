@@ -271,6 +271,35 @@ fn create_version(
             bail!("--remove {path}: no such file in {}", from_uri.as_deref().unwrap_or("an empty version"));
         }
     }
+    add_files(rt, catalog, &mut files, add)?;
+    // A path cannot be both a file and a directory of other files once mounted.
+    for p in files.keys() {
+        let dir = format!("{p}/");
+        if let Some((inner, _)) = files.range(dir.clone()..).next().filter(|(k, _)| k.starts_with(&dir)) {
+            bail!("'{p}' would be both a file and the directory of '{inner}' in {name}/{version}");
+        }
+    }
+    let rec = VersionRecord {
+        dataset: name,
+        version,
+        created_at: catalog::now(),
+        host: catalog::hostname(),
+        execution: None,
+        from: from_uri,
+        files: files.into_values().collect(),
+    };
+    rt.block_on(catalog.put_version(&rec))?;
+    Ok(rec)
+}
+
+/// Adds the files `add` names (datums, or local files pushed as new datums) to `files`, by
+/// path; two of them at one path is an error.
+fn add_files(
+    rt: &tokio::runtime::Runtime,
+    catalog: &Catalog,
+    files: &mut BTreeMap<String, VersionFile>,
+    add: &[String],
+) -> Result<()> {
     let purged = rt.block_on(catalog.tombstones())?;
     let mut added: BTreeMap<String, String> = BTreeMap::new();
     let mut take = |d: &DatumRecord, given: &str| -> Result<()> {
@@ -298,22 +327,12 @@ fn create_version(
             take(&d, item)?;
         }
     }
-    // A path cannot be both a file and a directory of other files once mounted.
-    for p in files.keys() {
-        let dir = format!("{p}/");
-        if let Some((inner, _)) = files.range(dir.clone()..).next().filter(|(k, _)| k.starts_with(&dir)) {
-            bail!("'{p}' would be both a file and the directory of '{inner}' in {name}/{version}");
-        }
-    }
-    let rec = VersionRecord {
-        dataset: name,
-        version,
-        created_at: catalog::now(),
-        host: catalog::hostname(),
-        execution: None,
-        from: from_uri,
-        files: files.into_values().collect(),
-    };
-    rt.block_on(catalog.put_version(&rec))?;
-    Ok(rec)
+    Ok(())
+}
+
+/// The version entries of the files `add` names (for a model version).
+pub(super) fn files_to_add(rt: &tokio::runtime::Runtime, catalog: &Catalog, add: &[String]) -> Result<Vec<VersionFile>> {
+    let mut files = BTreeMap::new();
+    add_files(rt, catalog, &mut files, add)?;
+    Ok(files.into_values().collect())
 }

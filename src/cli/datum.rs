@@ -412,6 +412,10 @@ pub(super) fn push_files(
         inputs: Vec::new(),
         outputs: results.iter().filter_map(|(_, r)| r.as_ref().ok()).map(|d| d.id.clone()).collect(),
         volume_writes: Vec::new(),
+        parameters: None,
+        code: None,
+        exit_status: None,
+        duration_secs: None,
     };
     rt.block_on(catalog.put_execution(&record))?;
     Ok((execution, results))

@@ -3,6 +3,8 @@
 mod cache;
 mod dataset;
 mod datum;
+mod execution;
+mod model;
 mod mount;
 mod run;
 mod status;
@@ -41,6 +43,10 @@ enum Command {
     Datum(datum::DatumArgs),
     /// Datasets: versioned collections of datums, and their aliases.
     Dataset(dataset::DatasetArgs),
+    /// Models: versions made by jobs or from datums, approved or rejected.
+    Model(model::ModelArgs),
+    /// Executions: what each mount or job read, ran and wrote.
+    Execution(execution::ExecutionArgs),
     /// What made a datum, and what read it.
     Lineage(datum::LineageArgs),
     /// The node's cache: stats, evict, verify (with or without a running daemon).
@@ -63,6 +69,8 @@ pub fn run() -> Result<i32> {
         Command::Push(a) => datum::run_push(a),
         Command::Datum(a) => datum::run_datum(a),
         Command::Dataset(a) => dataset::run(a),
+        Command::Model(a) => model::run(a),
+        Command::Execution(a) => execution::run(a),
         Command::Lineage(a) => datum::run_lineage(a),
         Command::Cache(a) => cache::run(a),
         Command::Warm(a) => warm::run(a),

@@ -142,6 +142,8 @@ impl MountArgs {
             log_level: self.log_level,
             execution,
             command: None,
+            parameters: None,
+            code: None,
             cwd,
         })
     }

@@ -35,6 +35,14 @@ pub struct RunArgs {
     /// (a little under the 30 s most schedulers give before they kill the container).
     #[arg(long, value_name = "DURATION", default_value = "25s", env = "DATUMFS_STOP_TIMEOUT", value_parser = crate::config::parse_duration)]
     stop_timeout: std::time::Duration,
+    /// A parameter NAME=VALUE for the job (repeatable): in MOUNTPOINT/config/parameters.json and
+    /// the execution record. A VALUE that reads as JSON (a number, true, false, a list) is kept
+    /// as that; anything else is a string.
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    param: Vec<String>,
+    /// A JSON or YAML file of parameters (a mapping); --param overrides its values.
+    #[arg(long, value_name = "FILE")]
+    parameters: Option<std::path::PathBuf>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -52,12 +60,28 @@ pub fn run(args: RunArgs) -> Result<i32> {
         bail!("--foreground does not apply to `datumfs run` (the mount lives as long as the command)");
     }
     cfg.command = Some(args.command.clone());
+    cfg.parameters = parameters(args.parameters.as_deref(), &args.param)?;
+    cfg.code = crate::catalog::CodeInfo::of_dir(&cfg.cwd);
+    let store_url = cfg.store_url.clone();
+    // A job's mountpoint is its own: made if missing (and removed again after).
+    let made_mountpoint = !cfg.mountpoint.exists();
+    if made_mountpoint {
+        std::fs::create_dir_all(&cfg.mountpoint)
+            .with_context(|| format!("creating the mountpoint {}", cfg.mountpoint.display()))?;
+    }
     let mp = cfg.mountpoint.clone();
     let execution = cfg.execution.clone();
-    crate::daemon::mount(cfg)?;
+    if let Err(e) = crate::daemon::mount(cfg) {
+        if made_mountpoint {
+            let _ = std::fs::remove_dir(&mp);
+        }
+        return Err(e);
+    }
     eprintln!("datumfs: mounted {} (execution {execution})", mp.display());
 
+    let started = std::time::Instant::now();
     let status = run_command(&args.command, &mp, &execution, args.stop_timeout);
+    let duration = started.elapsed().as_secs_f64();
     let code = match &status {
         Ok(s) => exit_code(*s),
         Err(e) => {
@@ -90,6 +114,13 @@ pub fn run(args: RunArgs) -> Result<i32> {
              then `datumfs sync` uploads them",
             mp.display()
         );
+    }
+    if made_mountpoint {
+        let _ = std::fs::remove_dir(&mp);
+    }
+    // The mount has ended and written its last: the command's outcome joins the record.
+    if let Err(e) = record_outcome(&store_url, &execution, code, duration) {
+        eprintln!("datumfs: recording the exit status of execution {execution}: {e:#}");
     }
     if nix::unistd::getpid().as_raw() == 1 {
         // Nothing outlives PID 1: wait for every child (the daemon ending its mount included).
@@ -256,4 +287,51 @@ fn reap_all(limit: std::time::Duration) {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
+}
+
+/// The job's parameters: `file`'s mapping (JSON or YAML), then each `NAME=VALUE` flag.
+fn parameters(
+    file: Option<&std::path::Path>,
+    flags: &[String],
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
+    if file.is_none() && flags.is_empty() {
+        return Ok(None);
+    }
+    let mut out = serde_json::Map::new();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("--parameters {}", path.display()))?;
+        let value: serde_json::Value = serde_yaml_ng::from_str(&text)
+            .with_context(|| format!("--parameters {}: not JSON or YAML", path.display()))?;
+        match value {
+            serde_json::Value::Object(m) => out.extend(m),
+            _ => bail!("--parameters {}: expected a mapping of names to values", path.display()),
+        }
+    }
+    for flag in flags {
+        let Some((name, value)) = flag.split_once('=') else {
+            bail!("--param '{flag}': expected NAME=VALUE");
+        };
+        if name.is_empty() {
+            bail!("--param '{flag}': the name is empty");
+        }
+        let value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+        out.insert(name.to_string(), value);
+    }
+    Ok(Some(out))
+}
+
+/// Adds the command's exit status and run time to the execution record.
+fn record_outcome(store_url: &str, execution: &str, code: i32, duration: f64) -> Result<()> {
+    let ds = crate::store::data::DataStore::open(store_url, &crate::store::StoreRegistry::new())?;
+    let catalog = crate::catalog::Catalog::new(ds);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        if let Some(mut rec) = catalog.find_execution(execution).await? {
+            rec.exit_status = Some(code);
+            rec.duration_secs = Some((duration * 1000.0).round() / 1000.0);
+            catalog.put_execution(&rec).await?;
+        }
+        Ok::<(), crate::catalog::CatalogError>(())
+    })?;
+    Ok(())
 }

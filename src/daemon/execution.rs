@@ -21,6 +21,10 @@ pub struct Execution {
     pub id: String,
     /// The command (`datumfs run`).
     pub command: Option<Vec<String>>,
+    /// Its parameters, if given.
+    pub parameters: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The code it runs, if known.
+    pub code: Option<catalog::CodeInfo>,
     /// When the mount started (RFC 3339).
     pub started_at: String,
     /// The mountpoint.
@@ -61,9 +65,19 @@ impl Execution {
             inputs: Vec::new(),
             outputs: Vec::new(),
             volume_writes: Vec::new(),
+            parameters: None,
+            code: None,
+            exit_status: None,
+            duration_secs: None,
         });
         if self.command.is_some() {
             rec.command = self.command.clone();
+        }
+        if self.parameters.is_some() {
+            rec.parameters = self.parameters.clone();
+        }
+        if self.code.is_some() {
+            rec.code = self.code.clone();
         }
         for input in self.recorder.lineage_inputs(&self.fs.input_summaries(), &self.mountpoint) {
             match rec.inputs.iter_mut().find(|i| i.name == input.name) {

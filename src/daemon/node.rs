@@ -268,6 +268,7 @@ impl Node {
             data_store: Some(data_store.url.clone()),
             staging: staging.clone(),
             events: recorder.clone(),
+            parameters: cfg.parameters.clone(),
         };
         let fs = Arc::new(Fs::new(parts, settings).context("opening the volumes' staged trees")?);
         let (mounted_fs, mountpoint, options) = (fs.clone(), cfg.mountpoint.clone(), cfg.options.clone());
@@ -281,6 +282,8 @@ impl Node {
         let execution = Arc::new(Execution {
             id: cfg.execution.clone(),
             command: cfg.command.clone(),
+            parameters: cfg.parameters.clone(),
+            code: cfg.code.clone(),
             started_at: crate::catalog::now(),
             mountpoint: cfg.mountpoint.clone(),
             fs,

@@ -1,4 +1,5 @@
-//! `config/` as a namespace: `inputs.json`, every input file in the shape Valohai jobs read,
+//! `config/` as a namespace: `parameters.json` (a job's parameters, fixed at mount) and
+//! `inputs.json`, every input file in the shape Valohai jobs read,
 //! made on demand and kept until something it shows changes (a listing, new checksums), so a
 //! `stat` does not rebuild it.
 
@@ -18,15 +19,41 @@ pub struct ConfigNamespace {
     services: Arc<InputServices>,
     /// The last `inputs.json` made, and the generation of the inputs it was made from.
     made: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+    /// `parameters.json`, when the job has parameters.
+    parameters: Option<Arc<Vec<u8>>>,
 }
 
 /// Inode of `config/inputs.json`, relative to `config/`.
 const INPUTS_JSON_OFFSET: u64 = 1;
+/// Inode of `config/parameters.json`, relative to `config/`.
+const PARAMETERS_JSON_OFFSET: u64 = 2;
 
 impl ConfigNamespace {
-    /// `config/` at inode `top`, a child of `parent`, describing `inputs`.
-    pub fn new(top: u64, parent: u64, inputs: Vec<Arc<InputNamespace>>, services: Arc<InputServices>) -> Self {
-        Self { top, parent, inputs, services, made: Mutex::new(None) }
+    /// `config/` at inode `top`, a child of `parent`, describing `inputs` (and `parameters`,
+    /// when the job has them).
+    pub fn new(
+        top: u64,
+        parent: u64,
+        inputs: Vec<Arc<InputNamespace>>,
+        services: Arc<InputServices>,
+        parameters: Option<Map<String, Value>>,
+    ) -> Self {
+        let parameters = parameters.map(|p| {
+            let mut text = serde_json::to_vec_pretty(&Value::Object(p)).unwrap_or_else(|_| b"{}".to_vec());
+            text.push(b'\n');
+            Arc::new(text)
+        });
+        Self { top, parent, inputs, services, made: Mutex::new(None), parameters }
+    }
+
+    fn parameters_json_ino(&self) -> u64 {
+        self.top + PARAMETERS_JSON_OFFSET
+    }
+
+    /// `parameters.json`'s attributes, if there is one.
+    fn parameters_attr(&self) -> Option<Attr> {
+        let p = self.parameters.as_ref()?;
+        Some(Attr { cache_for: super::CacheFor::Long, ..made_file_attr(self.parameters_json_ino(), p.len() as u64) })
     }
 
     fn inputs_json_ino(&self) -> u64 {
@@ -71,12 +98,15 @@ impl Namespace for ConfigNamespace {
     }
 
     fn owns(&self, ino: u64) -> bool {
-        ino == self.top || ino == self.inputs_json_ino()
+        ino == self.top || ino == self.inputs_json_ino() || ino == self.parameters_json_ino()
     }
 
     fn try_getattr(&self, ino: u64) -> Option<FsResult<Attr>> {
         if ino == self.top {
             return Some(Ok(self.dir_attr()));
+        }
+        if ino == self.parameters_json_ino() {
+            return Some(self.parameters_attr().ok_or(FsError::NotFound));
         }
         if ino != self.inputs_json_ino() {
             return Some(Err(FsError::NotFound));
@@ -97,6 +127,7 @@ impl Namespace for ConfigNamespace {
         }
         match name {
             "inputs.json" => self.try_getattr(self.inputs_json_ino()),
+            "parameters.json" => Some(self.parameters_attr().ok_or(FsError::NotFound)),
             _ => Some(Err(FsError::NotFound)),
         }
     }
@@ -112,8 +143,11 @@ impl Namespace for ConfigNamespace {
         if ino != self.top {
             return Some(Err(FsError::NotDir));
         }
-        let json = DirEntry { ino: self.inputs_json_ino(), name: "inputs.json".into(), kind: Kind::File };
-        Some(Ok((self.parent, vec![json])))
+        let mut entries = vec![DirEntry { ino: self.inputs_json_ino(), name: "inputs.json".into(), kind: Kind::File }];
+        if self.parameters.is_some() {
+            entries.push(DirEntry { ino: self.parameters_json_ino(), name: "parameters.json".into(), kind: Kind::File });
+        }
+        Some(Ok((self.parent, entries)))
     }
 
     async fn open(&self, ino: u64, flags: i32, _passthrough: bool) -> FsResult<OpenedFile> {
@@ -122,6 +156,16 @@ impl Namespace for ConfigNamespace {
         }
         if (flags & libc::O_ACCMODE) != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
             return Err(FsError::ReadOnly);
+        }
+        if ino == self.parameters_json_ino() {
+            let content = self.parameters.clone().ok_or(FsError::NotFound)?;
+            return Ok(OpenedFile {
+                file: Arc::new(MadeFile(content)),
+                direct_io: false,
+                keep_cache: true,
+                backing: None,
+                no_flush: true,
+            });
         }
         let content = self.inputs_json().await;
         // Made at open and fixed for the handle's life: the kernel must not keep old pages.

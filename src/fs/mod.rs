@@ -252,6 +252,8 @@ pub struct FsParts {
     pub staging: Arc<Staging>,
     /// Where events go.
     pub events: Arc<dyn EventSink>,
+    /// The job's parameters, shown as `config/parameters.json` (`None`: no such file).
+    pub parameters: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// One volume of the mount.
@@ -301,7 +303,8 @@ impl Fs {
             input_ns.push(ns.clone());
             volumes.push((name, ns));
         }
-        let config = Arc::new(config::ConfigNamespace::new(CONFIG, ROOT, inputs.clone(), services.clone()));
+        let config =
+            Arc::new(config::ConfigNamespace::new(CONFIG, ROOT, inputs.clone(), services.clone(), parts.parameters));
         let outputs = Arc::new(outputs::OutputsNamespace::new(parts.staging, OUTPUTS, ROOT));
         Ok(Self {
             settings,

@@ -244,11 +244,27 @@ pub async fn resolve(
     let mut files = FileTable::new(&spec.name, spill_dir.clone());
     let mut datasets = Vec::new();
     for u in &parsed {
-        if u.scheme == Scheme::Dataset {
+        if u.scheme == Scheme::Dataset || u.scheme == Scheme::Model {
             let catalog =
                 catalog.ok_or_else(|| layout_err(format!("{}: dataset inputs need a data store", u.original)))?;
             let before = files.file_count();
-            let version = resolve_dataset(u, spec, catalog, registry, cwd, &mut files).await?;
+            let version = if u.scheme == Scheme::Model {
+                // The version `latest` or `approved` names now, pinned for the mount.
+                let (name, which) = u.key.split_once('/').unwrap_or((&u.key, "latest"));
+                let input = spec.name.clone();
+                let version = catalog
+                    .resolve_model(name, which)
+                    .await
+                    .map_err(|error| ResolveError::Catalog { input: input.clone(), error })?;
+                if version != which {
+                    tracing::info!("input {input}: {} is model://{name}/{version} now (pinned for this mount)", u.original);
+                }
+                let pinned = SourceUri { key: format!("{name}/{version}"), ..u.clone() };
+                resolve_dataset(&pinned, spec, &catalog.models(), registry, cwd, &mut files).await?;
+                crate::catalog::models::uri(name, &version)
+            } else {
+                resolve_dataset(u, spec, catalog, registry, cwd, &mut files).await?
+            };
             if files.file_count() == before && !spec.optional {
                 return Err(layout_err(format!("{} ({version}) has no files", u.original)));
             }

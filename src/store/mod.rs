@@ -194,7 +194,7 @@ fn build(uri: &SourceUri) -> Result<StoreHandle, StoreError> {
                 .map_err(bad)?,
         ),
         Scheme::File => Arc::new(object_store::local::LocalFileSystem::new()),
-        Scheme::Datum | Scheme::Dataset => {
+        Scheme::Datum | Scheme::Dataset | Scheme::Model => {
             return Err(StoreError::BadUri {
                 uri: uri.original.clone(),
                 reason: "datum:// and dataset:// name catalog entries, not a store".into(),

@@ -142,6 +142,10 @@ pub fn interpret(rel: &str, raw: Map<String, Value>) -> Result<DatumMeta, Metada
                 meta.dataset_versions = dataset_versions(rel, &v)?;
                 meta.properties.insert(k, v);
             }
+            "valohai.model-versions" => {
+                model_versions(rel, &v)?;
+                meta.properties.insert(k, v);
+            }
             _ => {
                 meta.properties.insert(k, v);
             }
@@ -170,6 +174,72 @@ pub fn dataset_versions(rel: &str, v: &Value) -> Result<Vec<String>, MetadataErr
         let canonical = format!("dataset://{name}/{version}");
         if !out.contains(&canonical) {
             out.push(canonical);
+        }
+    }
+    Ok(out)
+}
+
+/// A model a file goes to, as `valohai.model-versions` says.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+pub struct ModelTarget {
+    /// The model's name.
+    pub model: String,
+    /// Tags for the version.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// The version's release note.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release_note: Option<String>,
+}
+
+/// `valohai.model-versions`: a list of `model://NAME/` strings, or of objects with a
+/// `model_uri` and optional `model_version_tags` and `model_release_note`. The version is
+/// the next one of the model, one per execution.
+pub fn model_versions(rel: &str, v: &Value) -> Result<Vec<ModelTarget>, MetadataError> {
+    let file = format!("outputs/{rel}");
+    let bad = |why: &str| {
+        bad(
+            file.clone(),
+            format!(
+                "valohai.model-versions must be a list of \"model://NAME/\" or of {{\"model_uri\": \"model://NAME/\", \
+                 \"model_version_tags\": [...], \"model_release_note\": \"...\"}}: {why}"
+            ),
+        )
+    };
+    let mut out: Vec<ModelTarget> = Vec::new();
+    for item in v.as_array().ok_or_else(|| bad("not a list"))? {
+        let (uri, tags, note) = match item {
+            Value::String(s) => (s.as_str(), Vec::new(), None),
+            Value::Object(o) => {
+                let uri = o.get("model_uri").and_then(Value::as_str).ok_or_else(|| bad("an object without model_uri"))?;
+                let tags = match o.get("model_version_tags") {
+                    None => Vec::new(),
+                    Some(t) => t
+                        .as_array()
+                        .and_then(|a| a.iter().map(|x| x.as_str().map(str::to_string)).collect::<Option<Vec<_>>>())
+                        .ok_or_else(|| bad("model_version_tags is not a list of strings"))?,
+                };
+                let note = match o.get("model_release_note") {
+                    None => None,
+                    Some(n) => Some(n.as_str().ok_or_else(|| bad("model_release_note is not a string"))?.to_string()),
+                };
+                (uri, tags, note)
+            }
+            _ => return Err(bad("an item is neither a string nor an object")),
+        };
+        if !uri.starts_with("model://") {
+            return Err(bad(&format!("'{uri}' is not a model:// URI")));
+        }
+        let (model, which) = crate::catalog::models::split(uri).map_err(|e| bad(&e.to_string()))?;
+        if let Some(w) = which {
+            return Err(bad(&format!("'{uri}' names version {w}: versions are numbered by datumfs; write model://{model}/")));
+        }
+        match out.iter_mut().find(|t| t.model == model) {
+            Some(t) => {
+                t.tags.extend(tags.into_iter().filter(|x| !t.tags.contains(x)).collect::<Vec<_>>());
+                t.release_note = note.or(t.release_note.take());
+            }
+            None => out.push(ModelTarget { model, tags, release_note: note }),
         }
     }
     Ok(out)

@@ -41,6 +41,11 @@ fn made(rel: &str, rec: DatumRecord) -> Made {
         .get("valohai.dataset-versions")
         .and_then(|v| metadata::dataset_versions(rel, v).ok())
         .unwrap_or_default();
+    let model_versions = rec
+        .properties
+        .get("valohai.model-versions")
+        .and_then(|v| metadata::model_versions(rel, v).ok())
+        .unwrap_or_default();
     let file = SyncedFile {
         path: rel.to_string(),
         datum: rec.uri,
@@ -48,9 +53,10 @@ fn made(rel: &str, rec: DatumRecord) -> Made {
         size: rec.size,
         sha256: rec.checksums.sha256.clone(),
         new: true,
-        // Kept only where a dataset version needs them.
-        checksums: (!dataset_versions.is_empty()).then_some(rec.checksums),
+        // Kept only where a dataset or model version needs them.
+        checksums: (!dataset_versions.is_empty() || !model_versions.is_empty()).then_some(rec.checksums),
         dataset_versions,
+        model_versions,
         packed: rec.packed,
     };
     (file, alias)
@@ -116,6 +122,9 @@ pub struct SyncedFile {
     /// The dataset versions its metadata puts it in.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dataset_versions: Vec<String>,
+    /// The models whose version (this execution's) its metadata puts it in.
+    #[serde(skip)]
+    pub model_versions: Vec<metadata::ModelTarget>,
     /// Its checksums, when this sync made it and a dataset version takes it.
     #[serde(skip)]
     pub checksums: Option<Checksums>,
@@ -380,10 +389,16 @@ impl Syncer {
             let planned = match state.get(&rel) {
                 Some(PathState::Synced { stamp: s, datum, key, sha256 }) if s == stamp => {
                     let versions = match &jsonl {
-                        Ok(j) => metadata::for_file(root, &rel, j).map(|m| m.dataset_versions),
+                        Ok(j) => metadata::for_file(root, &rel, j).and_then(|m| {
+                            let models = match m.properties.get("valohai.model-versions") {
+                                Some(v) => metadata::model_versions(&rel, v)?,
+                                None => Vec::new(),
+                            };
+                            Ok((m.dataset_versions, models))
+                        }),
                         Err(e) => Err(e.clone()),
                     };
-                    let dataset_versions = match versions {
+                    let (dataset_versions, model_versions) = match versions {
                         Ok(v) => v,
                         Err(error) => {
                             report.failed.push(FailedFile { path: rel, error: error.to_string() });
@@ -398,6 +413,7 @@ impl Syncer {
                         sha256,
                         new: false,
                         dataset_versions,
+                        model_versions,
                         checksums: None,
                         packed: None,
                     });
@@ -822,22 +838,7 @@ impl Syncer {
                 let (name, version) = catalog::datasets::split_ref(&uri)?;
                 let mut files = Vec::with_capacity(synced.len());
                 for d in synced {
-                    let id = catalog::strip_scheme(&d.datum);
-                    let (checksums, packed) = match &d.checksums {
-                        Some(c) => (c.clone(), d.packed.clone()),
-                        None => {
-                            let rec = self.catalog.datum(id).await?;
-                            (rec.checksums, rec.packed)
-                        }
-                    };
-                    files.push(catalog::datasets::VersionFile {
-                        path: d.path.clone(),
-                        datum: id.to_string(),
-                        size: d.size,
-                        checksums,
-                        object_uri: d.object_uri.clone(),
-                        packed,
-                    });
+                    files.push(self.version_file(d).await?);
                 }
                 self.catalog.publish_version(&name, &version, &self.execution, files).await
             }
@@ -850,6 +851,60 @@ impl Syncer {
                 Err(error) => failed.push(FailedFile { path: uri, error: error.to_string() }),
             }
         }
+        report.failed.extend(failed);
+        self.publish_model_versions(report).await;
+    }
+
+    /// The version record's entry for a synced file (its checksums read back if not kept).
+    async fn version_file(&self, d: &SyncedFile) -> Result<catalog::datasets::VersionFile, catalog::CatalogError> {
+        let id = catalog::strip_scheme(&d.datum);
+        let (checksums, packed) = match &d.checksums {
+            Some(c) => (c.clone(), d.packed.clone()),
+            None => {
+                let rec = self.catalog.datum(id).await?;
+                (rec.checksums, rec.packed)
+            }
+        };
+        Ok(catalog::datasets::VersionFile {
+            path: d.path.clone(),
+            datum: id.to_string(),
+            size: d.size,
+            checksums,
+            object_uri: d.object_uri.clone(),
+            packed,
+        })
+    }
+
+    /// Makes (or extends) this execution's version of each model the synced files name.
+    async fn publish_model_versions(&self, report: &mut SyncReport) {
+        let mut wanted: BTreeMap<String, (Vec<&SyncedFile>, Vec<String>, Option<String>)> = BTreeMap::new();
+        for d in &report.datums {
+            for t in &d.model_versions {
+                let entry = wanted.entry(t.model.clone()).or_default();
+                entry.0.push(d);
+                entry.1.extend(t.tags.iter().filter(|x| !entry.1.contains(x)).cloned().collect::<Vec<_>>());
+                if t.release_note.is_some() {
+                    entry.2 = t.release_note.clone();
+                }
+            }
+        }
+        let mut failed = Vec::new();
+        let mut made = Vec::new();
+        for (model, (synced, tags, note)) in wanted {
+            let res = async {
+                let mut files = Vec::with_capacity(synced.len());
+                for d in synced {
+                    files.push(self.version_file(d).await?);
+                }
+                self.catalog.publish_model_version(&model, &self.execution, files, &tags, note.as_deref()).await
+            }
+            .await;
+            match res {
+                Ok(version) => made.push(catalog::models::uri(&model, &version)),
+                Err(error) => failed.push(FailedFile { path: format!("model://{model}/"), error: error.to_string() }),
+            }
+        }
+        report.versions.extend(made);
         report.failed.extend(failed);
     }
 
