@@ -251,7 +251,8 @@ impl Catalog {
 
     /// A dataset's aliases.
     pub async fn version_aliases(&self, name: &str) -> Result<Vec<VersionAliasRecord>, CatalogError> {
-        let mut out: Vec<VersionAliasRecord> = self.read_all(&format!("{}/{name}/aliases", self.collection.dir())).await?;
+        let mut out: Vec<VersionAliasRecord> =
+            self.read_all(&format!("{}/{name}/aliases", self.collection.dir())).await?;
         out.sort_by(|a, b| a.alias.cmp(&b.alias));
         Ok(out)
     }

@@ -20,10 +20,10 @@ use crate::store::StoreError;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+pub use records::CodeInfo;
 pub use records::{
     AliasMove, AliasRecord, DatumRecord, ExecutionInput, ExecutionRecord, FileRead, PackedIn, ReaderRecord, VolumeWrite,
 };
-pub use records::CodeInfo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use thiserror::Error;

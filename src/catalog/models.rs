@@ -275,7 +275,8 @@ mod tests {
     #[tokio::test]
     async fn versions_number_in_order_one_per_execution_and_approval_picks_the_newest() {
         let c = Catalog::in_memory();
-        let v1 = c.publish_model_version("churn", "e1", vec![file("a.pt")], &["x".into()], Some("first")).await.unwrap();
+        let v1 =
+            c.publish_model_version("churn", "e1", vec![file("a.pt")], &["x".into()], Some("first")).await.unwrap();
         let again = c.publish_model_version("churn", "e1", vec![file("b.pt")], &[], None).await.unwrap();
         let v2 = c.publish_model_version("churn", "e2", vec![file("a.pt")], &[], None).await.unwrap();
         assert_eq!((v1.as_str(), again.as_str(), v2.as_str()), ("v1", "v1", "v2"));

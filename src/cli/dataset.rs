@@ -331,7 +331,11 @@ fn add_files(
 }
 
 /// The version entries of the files `add` names (for a model version).
-pub(super) fn files_to_add(rt: &tokio::runtime::Runtime, catalog: &Catalog, add: &[String]) -> Result<Vec<VersionFile>> {
+pub(super) fn files_to_add(
+    rt: &tokio::runtime::Runtime,
+    catalog: &Catalog,
+    add: &[String],
+) -> Result<Vec<VersionFile>> {
     let mut files = BTreeMap::new();
     add_files(rt, catalog, &mut files, add)?;
     Ok(files.into_values().collect())

@@ -144,7 +144,13 @@ pub fn run(args: ModelArgs) -> Result<i32> {
                     for (rec, s) in &versions {
                         let by = rec.execution.as_deref().map(|e| format!(" by {e}")).unwrap_or_default();
                         let tags = if s.tags.is_empty() { String::new() } else { format!(" [{}]", s.tags.join(", ")) };
-                        println!("  {:<6} {:<9} {}{by}, {} file(s){tags}", rec.version, s.state.as_str(), rec.created_at, rec.files.len());
+                        println!(
+                            "  {:<6} {:<9} {}{by}, {} file(s){tags}",
+                            rec.version,
+                            s.state.as_str(),
+                            rec.created_at,
+                            rec.files.len()
+                        );
                         if let Some(n) = &s.release_note {
                             println!("         {n}");
                         }

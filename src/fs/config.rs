@@ -145,7 +145,11 @@ impl Namespace for ConfigNamespace {
         }
         let mut entries = vec![DirEntry { ino: self.inputs_json_ino(), name: "inputs.json".into(), kind: Kind::File }];
         if self.parameters.is_some() {
-            entries.push(DirEntry { ino: self.parameters_json_ino(), name: "parameters.json".into(), kind: Kind::File });
+            entries.push(DirEntry {
+                ino: self.parameters_json_ino(),
+                name: "parameters.json".into(),
+                kind: Kind::File,
+            });
         }
         Some(Ok((self.parent, entries)))
     }

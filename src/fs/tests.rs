@@ -88,8 +88,16 @@ async fn fixture() -> Fixture {
     let reader = Arc::new(Reader::new(ReadConfig { attempts: 2, ..ReadConfig::default() }));
     let staging = Arc::new(Staging::open(&dir.path().join("staging"), OUTPUTS).unwrap());
     let events = Arc::new(Collect::default());
-    let parts =
-        FsParts { inputs, volumes: Vec::new(), cache, reader, data_store: None, staging, events: events.clone(), parameters: None };
+    let parts = FsParts {
+        inputs,
+        volumes: Vec::new(),
+        cache,
+        reader,
+        data_store: None,
+        staging,
+        events: events.clone(),
+        parameters: None,
+    };
     let settings = FsSettings { mountpoint: "/mnt".into(), uid: 0, gid: 0, control_socket: "/run/x.sock".into() };
     Fixture { fs: Arc::new(Fs::new(parts, settings).expect("fs")), store, events, files, _dir: dir }
 }

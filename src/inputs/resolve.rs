@@ -257,7 +257,10 @@ pub async fn resolve(
                     .await
                     .map_err(|error| ResolveError::Catalog { input: input.clone(), error })?;
                 if version != which {
-                    tracing::info!("input {input}: {} is model://{name}/{version} now (pinned for this mount)", u.original);
+                    tracing::info!(
+                        "input {input}: {} is model://{name}/{version} now (pinned for this mount)",
+                        u.original
+                    );
                 }
                 let pinned = SourceUri { key: format!("{name}/{version}"), ..u.clone() };
                 resolve_dataset(&pinned, spec, &catalog.models(), registry, cwd, &mut files).await?;

@@ -211,7 +211,8 @@ pub fn model_versions(rel: &str, v: &Value) -> Result<Vec<ModelTarget>, Metadata
         let (uri, tags, note) = match item {
             Value::String(s) => (s.as_str(), Vec::new(), None),
             Value::Object(o) => {
-                let uri = o.get("model_uri").and_then(Value::as_str).ok_or_else(|| bad("an object without model_uri"))?;
+                let uri =
+                    o.get("model_uri").and_then(Value::as_str).ok_or_else(|| bad("an object without model_uri"))?;
                 let tags = match o.get("model_version_tags") {
                     None => Vec::new(),
                     Some(t) => t
@@ -232,7 +233,9 @@ pub fn model_versions(rel: &str, v: &Value) -> Result<Vec<ModelTarget>, Metadata
         }
         let (model, which) = crate::catalog::models::split(uri).map_err(|e| bad(&e.to_string()))?;
         if let Some(w) = which {
-            return Err(bad(&format!("'{uri}' names version {w}: versions are numbered by datumfs; write model://{model}/")));
+            return Err(bad(&format!(
+                "'{uri}' names version {w}: versions are numbered by datumfs; write model://{model}/"
+            )));
         }
         match out.iter_mut().find(|t| t.model == model) {
             Some(t) => {

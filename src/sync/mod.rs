@@ -877,7 +877,9 @@ impl Syncer {
 
     /// Makes (or extends) this execution's version of each model the synced files name.
     async fn publish_model_versions(&self, report: &mut SyncReport) {
-        let mut wanted: BTreeMap<String, (Vec<&SyncedFile>, Vec<String>, Option<String>)> = BTreeMap::new();
+        // Per model: its files, tags and release note.
+        type Wanted<'a> = (Vec<&'a SyncedFile>, Vec<String>, Option<String>);
+        let mut wanted: BTreeMap<String, Wanted> = BTreeMap::new();
         for d in &report.datums {
             for t in &d.model_versions {
                 let entry = wanted.entry(t.model.clone()).or_default();
