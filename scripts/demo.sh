@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded local store, no cloud account needed: builds datumfs, puts sample
 # data into the local store, mounts it as an input, lists and reads it, shows the checksums, writes
-# an output, syncs it as a datum, and reads that datum back in a second job (`datumfs run`).
+# an output, syncs it as a datum, reads that datum back in a second job (`datumfs run`), makes a
+# dataset version, and trains, approves and serves a model version.
 # Everything lives under a temporary DATUMFS_HOME that is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,4 +57,14 @@ lines=$("$bin" datum ls --json | python3 -c 'import json,sys; print([d["uri"] fo
 "$bin" dataset show demo-stats
 echo "== a third job mounts dataset://demo-stats/production"
 "$bin" run "$mnt" --input stats=dataset://demo-stats/production -- sh -c 'ls -l "$VH_INPUTS_DIR/stats"; cat "$VH_INPUTS_DIR/stats/lines.txt"'
+echo "== a training job with parameters writes a model; its version is approved and served"
+"$bin" run "$mnt" --input stats=dataset://demo-stats/production --execution demo-train --param lr=0.01 -- sh -c '
+    cat "$VH_CONFIG_DIR/parameters.json"
+    echo "weights trained on $(cat "$VH_INPUTS_DIR/stats/lines.txt")" >"$VH_OUTPUTS_DIR/model.txt"
+    echo "{\"valohai.model-versions\": [{\"model_uri\": \"model://demo-model/\", \"model_release_note\": \"first\"}]}" \
+        >"$VH_OUTPUTS_DIR/model.txt.metadata.json"'
+"$bin" model show demo-model
+"$bin" model version approve demo-model/v1 --reason "looks right"
+"$bin" run "$mnt" --input model=model://demo-model/approved -- sh -c 'cat "$VH_INPUTS_DIR/model/model.txt"'
+"$bin" execution show demo-train
 echo "demo finished"

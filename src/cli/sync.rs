@@ -84,7 +84,8 @@ pub(super) fn sync_mount(mp: &Path, json: bool) -> Result<(SyncReport, bool)> {
             println!("alias {alias} -> {datum}");
         }
         for v in &report.versions {
-            println!("dataset version {v}");
+            let kind = if v.starts_with("model://") { "model" } else { "dataset" };
+            println!("{kind} version {v}");
         }
     }
     for s in &report.skipped {
