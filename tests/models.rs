@@ -171,6 +171,24 @@ fn jobs_make_model_versions_that_are_approved_and_mounted_pinned() {
     let p: serde_json::Value = serde_json::from_slice(&fs::read(&dest).unwrap()).unwrap();
     assert_eq!(p, serde_json::json!({ "lr": 0.01, "name": "run" }));
 
+    // Two runs over an input that changed in between: the second's record warns, naming both
+    // contents and the execution that last read the old one.
+    let read_x = "cat \"$VH_INPUTS_DIR/in/x\" >/dev/null";
+    ok(job(&home, &code, &mnt, &["--input", &input, "--execution", "reader1"], read_x), "reader1");
+    fs::write(src.join("x"), b"changed data").unwrap();
+    ok(job(&home, &code, &mnt, &["--input", &input, "--execution", "reader2"], read_x), "reader2");
+    let r1 = json(&run(&["execution", "show", "reader1", "--json"]));
+    assert!(r1["warnings"].is_null(), "the first read warns of nothing: {r1}");
+    let r2 = json(&run(&["execution", "show", "reader2", "--json"]));
+    let w = r2["warnings"][0].as_str().unwrap_or_else(|| panic!("no warning in {r2}"));
+    assert!(
+        w.contains(&sha256(b"data")) && w.contains(&sha256(b"changed data")) && w.contains("by execution reader1"),
+        "{w}"
+    );
+    let listed = json(&run(&["execution", "ls", "--json"]));
+    let entry = listed.as_array().unwrap().iter().find(|e| e["id"] == "reader2").unwrap();
+    assert_eq!(entry["warnings"].as_array().map(Vec::len), Some(1), "{entry}");
+
     // A version from the CLI: the next number.
     let weights = t.path().join("w.bin");
     fs::write(&weights, b"hand made").unwrap();

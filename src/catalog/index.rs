@@ -198,6 +198,7 @@ mod tests {
             code: None,
             exit_status: None,
             duration_secs: None,
+            warnings: Vec::new(),
         };
         let gets = store.count(Op::Get);
         assert_eq!(c.execution_datums(&exec).await.unwrap(), made, "the record's outputs and the index's, each once");

@@ -117,6 +117,9 @@ pub struct ExecutionRecord {
     /// How long the command ran, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_secs: Option<f64>,
+    /// What went wrong or looked wrong (an input whose content differs from its last use).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The git checkout a job ran from.

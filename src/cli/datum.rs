@@ -416,6 +416,7 @@ pub(super) fn push_files(
         code: None,
         exit_status: None,
         duration_secs: None,
+        warnings: Vec::new(),
     };
     rt.block_on(catalog.put_execution(&record))?;
     Ok((execution, results))

@@ -17,7 +17,7 @@ pub struct ExecutionArgs {
 
 #[derive(Debug, Subcommand)]
 enum ExecutionCommand {
-    /// List executions, newest first: status, duration, inputs, outputs.
+    /// List executions, newest first: status, duration, inputs, outputs, warnings.
     Ls {
         /// Print JSON.
         #[arg(long)]
@@ -57,6 +57,7 @@ fn summary(rec: &ExecutionRecord) -> serde_json::Value {
         "inputs": rec.inputs.iter().map(|i| &i.name).collect::<Vec<_>>(),
         "outputs": rec.outputs.len(),
         "volume_writes": rec.volume_writes.len(),
+        "warnings": rec.warnings,
     })
 }
 
@@ -130,6 +131,9 @@ pub fn run(args: ExecutionArgs) -> Result<i32> {
             for w in &rec.volume_writes {
                 let what = if w.deleted { "deleted" } else { "wrote" };
                 println!("  volume {} {what} {}", w.volume, w.uri);
+            }
+            for w in &rec.warnings {
+                println!("  WARNING {w}");
             }
         }
     }

@@ -21,6 +21,10 @@ pub const BATCH: usize = 2000;
 /// Records what one mount's filesystem reports.
 pub struct MountRecorder {
     data_store: Option<DataStore>,
+    /// The execution whose reads these are.
+    execution: Option<String>,
+    /// Warnings so far (an input whose content differs from its last use), for the record.
+    warnings: Mutex<Vec<String>>,
     runtime: tokio::runtime::Handle,
     hashed: Mutex<BTreeMap<String, HashedFile>>,
     /// Reads waiting for their integrity records.
@@ -36,9 +40,11 @@ pub struct MountRecorder {
 impl MountRecorder {
     /// A recorder writing integrity records to `data_store` (if any), with its flusher. Must be
     /// called inside a tokio runtime.
-    pub fn new(data_store: Option<DataStore>) -> Arc<Self> {
+    pub fn new(data_store: Option<DataStore>, execution: Option<String>) -> Arc<Self> {
         let recorder = Arc::new(Self {
             data_store,
+            execution,
+            warnings: Mutex::default(),
             runtime: tokio::runtime::Handle::current(),
             hashed: Mutex::default(),
             pending: Mutex::default(),
@@ -70,9 +76,27 @@ impl MountRecorder {
         let catalog = Catalog::new(ds);
         let legacy = *self.legacy.get_or_init(|| integrity::has_legacy_records(&catalog)).await;
         match integrity::record_batch(&catalog, &batch, legacy).await {
-            Ok(warnings) => warnings.iter().for_each(|w| tracing::warn!("{w}")),
+            Ok(warnings) => {
+                warnings.iter().for_each(|w| tracing::warn!("{w}"));
+                let mut kept = self.warnings.lock().unwrap_or_else(|e| e.into_inner());
+                for w in warnings {
+                    if !kept.contains(&w) {
+                        kept.push(w);
+                    }
+                }
+            }
             Err(e) => tracing::warn!("could not record the checksums of {} input file(s): {e}", batch.len()),
         }
+    }
+
+    /// The warnings so far.
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Runs `fut` to its end from a thread outside the runtime.
+    pub fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
+        self.runtime.block_on(fut)
     }
 
     /// [`MountRecorder::flush`] from a thread outside the runtime (the mount's end).
@@ -122,6 +146,7 @@ impl EventSink for MountRecorder {
                     checksums: file.checksums.clone(),
                     recorded_at: chrono::Utc::now().to_rfc3339(),
                     host: integrity::hostname(),
+                    execution: self.execution.clone(),
                 };
                 self.hashed.lock().unwrap_or_else(|e| e.into_inner()).insert(file.path.clone(), file);
                 let full = {

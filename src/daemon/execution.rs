@@ -69,6 +69,7 @@ impl Execution {
             code: None,
             exit_status: None,
             duration_secs: None,
+            warnings: Vec::new(),
         });
         if self.command.is_some() {
             rec.command = self.command.clone();
@@ -78,6 +79,11 @@ impl Execution {
         }
         if self.code.is_some() {
             rec.code = self.code.clone();
+        }
+        for w in self.recorder.warnings() {
+            if !rec.warnings.contains(&w) {
+                rec.warnings.push(w);
+            }
         }
         for input in self.recorder.lineage_inputs(&self.fs.input_summaries(), &self.mountpoint) {
             match rec.inputs.iter_mut().find(|i| i.name == input.name) {
@@ -251,6 +257,8 @@ impl Execution {
         // Every datum the outputs are now, not only the ones this sync made: an earlier sync
         // killed after its datums were made but before this record was written left them out.
         let made: Vec<String> = report.datums.iter().map(|d| strip(&d.datum)).collect();
+        // The reads of the last moments, and their warnings, go into the record too.
+        self.recorder.flush().await;
         match self.record(true).await {
             Ok(mut rec) => {
                 let mut seen: std::collections::HashSet<String> = rec.outputs.iter().cloned().collect();
@@ -328,8 +336,15 @@ impl Execution {
     /// file is synced (its bytes are safe in the store); otherwise keeps it for a later mount
     /// with the same execution id.
     pub fn finish(&self) {
-        // The inputs read last are recorded before the daemon may exit.
+        // The inputs read last are recorded before the daemon may exit, and the execution
+        // record says what the mount read and saw (a mount without a sync writes it only here).
         self.recorder.flush_blocking();
+        if let Err(e) = self.recorder.block_on(async {
+            let rec = self.record(true).await?;
+            self.catalog().put_execution(&rec).await
+        }) {
+            tracing::warn!("execution {}: could not record its end in the data store: {e}", self.id);
+        }
         let mode = *self.on_exit.lock().unwrap_or_else(|e| e.into_inner());
         let pending = self.pending();
         let remove = match mode {

@@ -259,7 +259,7 @@ impl Node {
             gid: cfg.gid,
             control_socket: self.socket.clone(),
         };
-        let recorder = MountRecorder::new(Some(data_store.clone()));
+        let recorder = MountRecorder::new(Some(data_store.clone()), Some(cfg.execution.clone()));
         let parts = FsParts {
             inputs: resolved,
             volumes,

@@ -28,6 +28,9 @@ pub struct IntegrityRecord {
     pub recorded_at: String,
     /// Which host recorded it.
     pub host: String,
+    /// The execution that read it, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<String>,
 }
 
 /// One file's last recorded read, in its directory's record.
@@ -43,6 +46,9 @@ pub struct FileIntegrity {
     pub recorded_at: String,
     /// Which host recorded it.
     pub host: String,
+    /// The execution that read it then, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<String>,
 }
 
 /// The integrity record of one directory of input URIs.
@@ -79,8 +85,9 @@ pub async fn has_legacy_records(catalog: &Catalog) -> bool {
 
 fn warning(uri: &str, old: &FileIntegrity, new: &IntegrityRecord) -> Option<String> {
     (old.checksums.sha256 != new.checksums.sha256).then(|| {
+        let by = old.execution.as_deref().map(|e| format!(" by execution {e}")).unwrap_or_default();
         format!(
-            "input {uri} differs from its last use (that content first recorded {} on {}): sha256 {} -> {}, md5 {} -> {}",
+            "input {uri} differs from its last use (that content first recorded {} on {}{by}): sha256 {} -> {}, md5 {} -> {}",
             old.recorded_at, old.host, old.checksums.sha256, new.checksums.sha256, old.checksums.md5, new.checksums.md5
         )
     })
@@ -93,6 +100,7 @@ fn entry(rec: &IntegrityRecord) -> FileIntegrity {
         checksums: rec.checksums.clone(),
         recorded_at: rec.recorded_at.clone(),
         host: rec.host.clone(),
+        execution: rec.execution.clone(),
     }
 }
 
@@ -165,6 +173,7 @@ mod tests {
             checksums: Checksums { md5: "m".into(), sha1: "s".into(), sha256: sha.into() },
             recorded_at: "t".into(),
             host: "h".into(),
+            execution: None,
         }
     }
 
