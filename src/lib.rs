@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod fs;
 pub mod fuse;
 pub mod inputs;
+pub mod joblog;
 pub mod keys;
 pub mod outputs;
 pub mod reader;

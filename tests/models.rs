@@ -194,8 +194,20 @@ fn jobs_make_model_versions_that_are_approved_and_mounted_pinned() {
     fs::write(&weights, b"hand made").unwrap();
     let v3 = json(&run(&["model", "version", "create", "churn", "--add", weights.to_str().unwrap(), "--json"]));
     assert_eq!(v3["uri"], "model://churn/v3");
-    let failed = job(&home, &code, &mnt, &["--input", &input, "--execution", "train3"], "exit 3");
+    let failed = job(
+        &home,
+        &code,
+        &mnt,
+        &["--input", &input, "--execution", "train3"],
+        "echo to-stdout; echo to-stderr >&2; exit 3",
+    );
     assert_eq!(failed.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&failed.stdout).contains("to-stdout"), "the output still reaches the caller");
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("to-stderr"));
+    let logs = ok(run(&["execution", "logs", "train3"]), "execution logs");
+    let text = String::from_utf8_lossy(&logs.stdout);
+    assert!(text.contains("to-stdout") && text.contains("to-stderr"), "the log keeps both streams: {text}");
+    assert_eq!(run(&["execution", "logs", "serve"]).status.code(), Some(1), "a plain mount has no log");
     let e3 = json(&run(&["execution", "show", "train3", "--json"]));
     assert_eq!((e3["exit_status"].as_i64(), e3["status"].as_str()), (Some(3), Some("failed (3)")));
 }

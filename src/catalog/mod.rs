@@ -365,6 +365,23 @@ impl Catalog {
         format!("executions/{id}.json")
     }
 
+    /// Stores the log of execution `id`'s command (replacing an earlier copy).
+    pub async fn put_log(&self, id: &str, text: Vec<u8>) -> Result<(), CatalogError> {
+        let key = self.ds.record_key(&format!("logs/{id}.log"));
+        self.ds.handle.inner.put(&key, PutPayload::from(text)).await.map_err(|e| self.store_err(&key, e))?;
+        Ok(())
+    }
+
+    /// The log of execution `id`'s command, if one was stored.
+    pub async fn log(&self, id: &str) -> Result<Option<Vec<u8>>, CatalogError> {
+        let key = self.ds.record_key(&format!("logs/{id}.log"));
+        match self.ds.handle.inner.get(&key).await {
+            Ok(r) => Ok(Some(r.bytes().await.map_err(|e| self.store_err(&key, e))?.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.store_err(&key, e).into()),
+        }
+    }
+
     /// Every execution's record, newest first.
     pub async fn executions(&self) -> Result<Vec<ExecutionRecord>, CatalogError> {
         let mut all: Vec<ExecutionRecord> = self.read_all("executions").await?;

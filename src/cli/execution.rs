@@ -23,6 +23,11 @@ enum ExecutionCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print the output (stdout and stderr) of an execution's command (`datumfs run`).
+    Logs {
+        /// The execution id.
+        id: String,
+    },
     /// Show one execution: command, code, parameters, exit status, every input file read with
     /// its checksums, its outputs and the keys its volume syncs wrote.
     Show {
@@ -84,6 +89,16 @@ pub fn run(args: ExecutionArgs) -> Result<i32> {
                         rec.inputs.len(),
                         rec.outputs.len()
                     );
+                }
+            }
+        }
+        ExecutionCommand::Logs { id } => {
+            rt.block_on(catalog.execution(&id))?;
+            match rt.block_on(catalog.log(&id))? {
+                Some(text) => std::io::Write::write_all(&mut std::io::stdout(), &text)?,
+                None => {
+                    eprintln!("datumfs: execution {id} has no log (only `datumfs run` keeps one)");
+                    return Ok(1);
                 }
             }
         }

@@ -80,8 +80,11 @@ pub fn run(args: RunArgs) -> Result<i32> {
     eprintln!("datumfs: mounted {} (execution {execution})", mp.display());
 
     let started = std::time::Instant::now();
-    let status = run_command(&args.command, &mp, &execution, args.stop_timeout);
+    let log = crate::joblog::JobLog::new();
+    let uploader = LogUploader::start(&store_url, &execution, log.clone());
+    let status = run_command(&args.command, &mp, &execution, args.stop_timeout, &log);
     let duration = started.elapsed().as_secs_f64();
+    uploader.finish();
     let code = match &status {
         Ok(s) => exit_code(*s),
         Err(e) => {
@@ -143,6 +146,7 @@ fn run_command(
     mp: &std::path::Path,
     execution: &str,
     stop_timeout: std::time::Duration,
+    log: &std::sync::Arc<crate::joblog::JobLog>,
 ) -> Result<std::process::ExitStatus> {
     use std::os::unix::process::CommandExt;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -158,7 +162,9 @@ fn run_command(
         .env("VH_INPUTS_DIR", mp.join("inputs"))
         .env("VH_OUTPUTS_DIR", mp.join("outputs"))
         .env("VH_CONFIG_DIR", mp.join("config"))
-        .env("DATUMFS_EXECUTION", execution);
+        .env("DATUMFS_EXECUTION", execution)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
@@ -178,13 +184,32 @@ fn run_command(
         });
     }
     let child = cmd.spawn().with_context(|| format!("running {}", command[0]));
-    let child = match child {
+    let mut child = match child {
         Ok(c) => c,
         Err(e) => {
             let _ = caught.thread_unblock();
             return Err(e);
         }
     };
+    // Its output reaches the terminal as it comes, and the log.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let mut copiers = 0;
+    if let Some(out) = child.stdout.take() {
+        let (tee, tx) = (log.tee(out, std::io::stdout()), done_tx.clone());
+        std::thread::spawn(move || {
+            let _ = tee.join();
+            let _ = tx.send(());
+        });
+        copiers += 1;
+    }
+    if let Some(err) = child.stderr.take() {
+        let (tee, tx) = (log.tee(err, std::io::stderr()), done_tx.clone());
+        std::thread::spawn(move || {
+            let _ = tee.join();
+            let _ = tx.send(());
+        });
+        copiers += 1;
+    }
     let pid = Pid::from_raw(child.id() as i32);
     // Both sides set the group, as shells do, so neither races the other.
     let _ = nix::unistd::setpgid(pid, pid);
@@ -201,6 +226,15 @@ fn run_command(
     }
     let status = wait_for(pid);
     ended.store(true, Ordering::SeqCst);
+    // The last output still in the pipes; a background process of the job that keeps them
+    // open does not hold the run up past a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    for _ in 0..copiers {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if done_rx.recv_timeout(left).is_err() {
+            break;
+        }
+    }
     if tty {
         unsafe { libc::tcsetpgrp(0, libc::getpgrp()) };
     }
@@ -334,4 +368,58 @@ fn record_outcome(store_url: &str, execution: &str, code: i32, duration: f64) ->
         Ok::<(), crate::catalog::CatalogError>(())
     })?;
     Ok(())
+}
+
+/// Puts the job's log in the data store every [`LOG_EVERY`] while it changes, and once more at
+/// the end.
+struct LogUploader {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// How often a running job's log is put in the store.
+const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl LogUploader {
+    fn start(store_url: &str, execution: &str, log: std::sync::Arc<crate::joblog::JobLog>) -> Self {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (store_url, execution) = (store_url.to_string(), execution.to_string());
+        let thread = std::thread::spawn(move || {
+            // Stop signals are for the signal thread to take (the kernel gives a process's
+            // signal to any thread not blocking it); threads made here inherit that.
+            let mut caught = SigSet::empty();
+            for s in FORWARDED {
+                caught.add(s);
+            }
+            caught.add(Signal::SIGTTOU);
+            let _ = caught.thread_block();
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let catalog = match crate::store::data::DataStore::open(&store_url, &crate::store::StoreRegistry::new()) {
+                Ok(ds) => crate::catalog::Catalog::new(ds),
+                Err(e) => return eprintln!("datumfs: the job's log will not be kept: {e}"),
+            };
+            let mut sent = 0;
+            loop {
+                let last = !matches!(stopped.recv_timeout(LOG_EVERY), Err(std::sync::mpsc::RecvTimeoutError::Timeout));
+                let (text, version) = log.contents();
+                if version != sent {
+                    match rt.block_on(catalog.put_log(&execution, text)) {
+                        Ok(()) => sent = version,
+                        Err(e) if last => eprintln!("datumfs: keeping the job's log: {e}"),
+                        Err(_) => {} // tried again at the next turn
+                    }
+                }
+                if last {
+                    return;
+                }
+            }
+        });
+        Self { stop, thread }
+    }
+
+    /// Puts the final log and waits for that.
+    fn finish(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
 }
