@@ -110,6 +110,9 @@ pub struct MountConfig {
     pub execution: String,
     /// The command run in the mount (`datumfs run`), for the execution record.
     pub command: Option<Vec<String>>,
+    /// The project of the store whose names the mount uses (`None`: the default project).
+    #[serde(default)]
+    pub project: Option<String>,
     /// The job's parameters (`datumfs run`): `config/parameters.json` and the execution record.
     #[serde(default)]
     pub parameters: Option<serde_json::Map<String, serde_json::Value>>,

@@ -211,3 +211,67 @@ fn jobs_make_model_versions_that_are_approved_and_mounted_pinned() {
     let e3 = json(&run(&["execution", "show", "train3", "--json"]));
     assert_eq!((e3["exit_status"].as_i64(), e3["status"].as_str()), (Some(3), Some("failed (3)")));
 }
+
+#[test]
+fn projects_keep_two_teams_names_apart_in_one_store() {
+    if !fuse_available() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (home, src, mnt) = (t.path().join("home"), t.path().join("src"), t.path().join("m"));
+    fs::create_dir_all(&src).unwrap();
+    fs::create_dir_all(&home).unwrap();
+    fs::write(src.join("x"), b"x").unwrap();
+    let run = |args: &[&str]| command(&home, &[]).args(args).output().unwrap();
+    let out = run(&["datum", "ls", "--project", "team-a"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("project create team-a"), "an unknown project is named: {err}");
+    ok(run(&["project", "create", "team-a"]), "create");
+    ok(run(&["project", "create", "team-b"]), "create");
+    assert!(!run(&["project", "create", "team-b"]).status.success(), "a project is made once");
+    let input = format!("in=file://{}", src.display());
+    // Both teams use the same alias and dataset names, from two separate jobs (processes).
+    for team in ["team-a", "team-b"] {
+        let script = format!(
+            "printf 'weights of {team}' >\"$VH_OUTPUTS_DIR/w.bin\" && echo '{{\"valohai.alias\": \"best\", \
+             \"valohai.dataset-versions\": [\"dataset://shared/v1\"]}}' >\"$VH_OUTPUTS_DIR/w.bin.metadata.json\""
+        );
+        let exec = format!("job-{team}");
+        ok(job(&home, &home, &mnt, &["--input", &input, "--project", team, "--execution", &exec], &script), team);
+    }
+    for team in ["team-a", "team-b"] {
+        let d = json(&run(&["datum", "show", "best", "--project", team, "--json"]));
+        let dest = t.path().join(format!("{team}.bin"));
+        ok(run(&["datum", "get", d["id"].as_str().unwrap(), dest.to_str().unwrap(), "--project", team]), "get");
+        assert_eq!(fs::read(&dest).unwrap(), format!("weights of {team}").as_bytes(), "{team}'s alias is its own");
+        let shown = json(&run(&["project", "show", team, "--json"]));
+        assert_eq!((shown["datums"].as_u64(), shown["datasets"].as_u64()), (Some(1), Some(1)), "{shown}");
+    }
+    // The default project sees neither; the other team's execution is not there either.
+    assert_eq!(json(&run(&["datum", "ls", "--json"])), serde_json::json!([]));
+    assert!(!run(&["execution", "show", "job-team-a", "--project", "team-b"]).status.success());
+    assert_eq!(json(&run(&["project", "ls", "--json"])), serde_json::json!(["team-a", "team-b"]));
+    // A mount in a project resolves that project's names.
+    let m = t.path().join("serve");
+    fs::create_dir_all(&m).unwrap();
+    let _g = MountGuard(m.clone());
+    let cache = home.join("cache2");
+    ok(
+        run(&[
+            "mount",
+            m.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--project",
+            "team-b",
+            "--input",
+            "w=datum://best",
+            "--input",
+            "d=dataset://shared/v1",
+        ]),
+        "mount in a project",
+    );
+    assert_eq!(fs::read(m.join("inputs/w/w.bin")).unwrap(), b"weights of team-b");
+    assert_eq!(fs::read(m.join("inputs/d/w.bin")).unwrap(), b"weights of team-b");
+    ok(run(&["unmount", m.to_str().unwrap()]), "unmount");
+}

@@ -542,7 +542,7 @@ mod tests {
         use crate::store::{data::DataStore, faulty::FaultyStore, StoreHandle};
         let store = std::sync::Arc::new(FaultyStore::new(std::sync::Arc::new(object_store::memory::InMemory::new())));
         let handle = std::sync::Arc::new(StoreHandle::new("mem://c", store.clone()));
-        let ds = DataStore { handle, prefix: String::new(), url: "mem://c".into(), local_dir: None };
+        let ds = DataStore { handle, prefix: String::new(), url: "mem://c".into(), local_dir: None, project: None };
         (Catalog::new(ds), store)
     }
 

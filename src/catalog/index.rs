@@ -145,7 +145,16 @@ mod tests {
         use crate::store::{data::DataStore, StoreHandle};
         let store = std::sync::Arc::new(FaultyStore::new(std::sync::Arc::new(object_store::memory::InMemory::new())));
         let handle = std::sync::Arc::new(StoreHandle::new("mem://d", store.clone()));
-        (Catalog::new(DataStore { handle, prefix: "p".into(), url: "mem://d/p".into(), local_dir: None }), store)
+        (
+            Catalog::new(DataStore {
+                handle,
+                prefix: "p".into(),
+                url: "mem://d/p".into(),
+                local_dir: None,
+                project: None,
+            }),
+            store,
+        )
     }
 
     fn datum(execution: &str, n: usize, tag: &str) -> DatumRecord {

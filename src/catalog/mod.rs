@@ -74,6 +74,16 @@ pub enum CatalogError {
         /// The data store.
         store: String,
     },
+    /// No project of that name.
+    #[error(
+        "project {name}: no such project in the data store {store} (create it with `datumfs project create {name}`)"
+    )]
+    NoSuchProject {
+        /// The name asked for.
+        name: String,
+        /// The data store searched.
+        store: String,
+    },
     /// No model of that name.
     #[error("model {name}: no such model in the data store {store} (a job makes one with valohai.model-versions)")]
     NoSuchModel {
@@ -156,6 +166,17 @@ pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// A project: a namespace of its own for datums, datasets, models, aliases and executions.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct ProjectRecord {
+    /// Its name.
+    pub name: String,
+    /// When it was created (RFC 3339).
+    pub created_at: String,
+    /// The host that created it.
+    pub host: String,
+}
+
 /// The catalog of one data store.
 #[derive(Debug, Clone)]
 pub struct Catalog {
@@ -221,6 +242,7 @@ impl Catalog {
             prefix: String::new(),
             url: "mem://c".into(),
             local_dir: None,
+            project: None,
         })
     }
 
@@ -363,6 +385,50 @@ impl Catalog {
 
     fn execution_rel(id: &str) -> String {
         format!("executions/{id}.json")
+    }
+
+    /// Creates project `name` in this catalog's store (fails if it exists).
+    pub async fn create_project(&self, name: &str) -> Result<ProjectRecord, CatalogError> {
+        check_name(name, "a project name")?;
+        let ds = self.ds.default_project().in_project(Some(name))?;
+        let rec = ProjectRecord { name: name.to_string(), created_at: now(), host: hostname() };
+        let key = ds.record_key("project.json");
+        match self.put(&key, &rec, PutMode::Create).await {
+            Ok(()) => Ok(rec),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                Err(CatalogError::Exists { what: format!("project {name}"), store: self.ds.url.clone() })
+            }
+            Err(e) => Err(self.store_err(&key, e).into()),
+        }
+    }
+
+    /// Project `name`'s record, if it exists.
+    pub async fn project(&self, name: &str) -> Result<Option<ProjectRecord>, CatalogError> {
+        check_name(name, "a project name")?;
+        let key = self.ds.default_project().in_project(Some(name))?.record_key("project.json");
+        Ok(self.read(&key).await?.map(|(p, _)| p))
+    }
+
+    /// Every project's name, sorted.
+    pub async fn projects(&self) -> Result<Vec<String>, CatalogError> {
+        let prefix = self.ds.default_project().record_key("projects");
+        let listing =
+            self.ds.handle.inner.list_with_delimiter(Some(&prefix)).await.map_err(|e| self.store_err(&prefix, e))?;
+        let mut names: Vec<String> =
+            listing.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The catalog of project `project` in the same store (`None`: the default project); the
+    /// project must exist.
+    pub async fn for_project(&self, project: Option<&str>) -> Result<Self, CatalogError> {
+        if let Some(p) = project {
+            if self.project(p).await?.is_none() {
+                return Err(CatalogError::NoSuchProject { name: p.to_string(), store: self.ds.url.clone() });
+            }
+        }
+        Ok(Self { ds: self.ds.default_project().in_project(project)?, packs: packs::new_cache(), ..self.clone() })
     }
 
     /// Stores the log of execution `id`'s command (replacing an earlier copy).

@@ -19,6 +19,10 @@ pub struct StoreArg {
     /// Data store URL [default: $DATUMFS_HOME/store, the embedded local store].
     #[arg(long, value_name = "URL", env = "DATUMFS_STORE", global = true)]
     store: Option<String>,
+    /// The project whose names to use (made with `datumfs project create`) [default: the
+    /// store's default project].
+    #[arg(long, value_name = "NAME", env = "DATUMFS_PROJECT", global = true)]
+    project: Option<String>,
 }
 
 impl StoreArg {
@@ -30,6 +34,12 @@ impl StoreArg {
     }
 
     pub(super) fn catalog(&self) -> Result<Catalog> {
+        let catalog = self.store_catalog()?;
+        Ok(runtime()?.block_on(catalog.for_project(self.project.as_deref()))?)
+    }
+
+    /// The catalog of the store's default project (where projects are listed).
+    pub(super) fn store_catalog(&self) -> Result<Catalog> {
         let ds = DataStore::open(&self.url(), &StoreRegistry::new()).map_err(|e| anyhow!("--store: {e}"))?;
         Ok(Catalog::new(ds))
     }

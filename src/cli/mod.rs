@@ -6,6 +6,7 @@ mod datum;
 mod execution;
 mod model;
 mod mount;
+mod project;
 mod run;
 mod status;
 mod sync;
@@ -47,6 +48,8 @@ enum Command {
     Model(model::ModelArgs),
     /// Executions: what each mount or job read, ran and wrote.
     Execution(execution::ExecutionArgs),
+    /// Projects: namespaces of their own in one data store.
+    Project(project::ProjectArgs),
     /// What made a datum, and what read it.
     Lineage(datum::LineageArgs),
     /// The node's cache: stats, evict, verify (with or without a running daemon).
@@ -71,6 +74,7 @@ pub fn run() -> Result<i32> {
         Command::Dataset(a) => dataset::run(a),
         Command::Model(a) => model::run(a),
         Command::Execution(a) => execution::run(a),
+        Command::Project(a) => project::run(a),
         Command::Lineage(a) => datum::run_lineage(a),
         Command::Cache(a) => cache::run(a),
         Command::Warm(a) => warm::run(a),

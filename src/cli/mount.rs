@@ -24,6 +24,10 @@ pub struct MountArgs {
     volume: Vec<String>,
     /// A YAML or JSON file listing inputs as a Valohai step does (name, default,
     /// keep-directories, filename, optional), or a valohai.yaml (with --step).
+    /// The project whose datums, datasets, models and aliases inputs name, and where the
+    /// execution and its outputs are recorded [default: the store's default project].
+    #[arg(long, value_name = "NAME", env = "DATUMFS_PROJECT")]
+    project: Option<String>,
     #[arg(long = "inputs", value_name = "FILE", env = "DATUMFS_INPUTS")]
     inputs_file: Option<PathBuf>,
     /// The step of a valohai.yaml whose inputs to mount.
@@ -142,6 +146,7 @@ impl MountArgs {
             log_level: self.log_level,
             execution,
             command: None,
+            project: self.project,
             parameters: None,
             code: None,
             cwd,

@@ -63,6 +63,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     cfg.parameters = parameters(args.parameters.as_deref(), &args.param)?;
     cfg.code = crate::catalog::CodeInfo::of_dir(&cfg.cwd);
     let store_url = cfg.store_url.clone();
+    let project = cfg.project.clone();
     // A job's mountpoint is its own: made if missing (and removed again after).
     let made_mountpoint = !cfg.mountpoint.exists();
     if made_mountpoint {
@@ -81,7 +82,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
 
     let started = std::time::Instant::now();
     let log = crate::joblog::JobLog::new();
-    let uploader = LogUploader::start(&store_url, &execution, log.clone());
+    let uploader = LogUploader::start(&store_url, project.as_deref(), &execution, log.clone());
     let status = run_command(&args.command, &mp, &execution, args.stop_timeout, &log);
     let duration = started.elapsed().as_secs_f64();
     uploader.finish();
@@ -122,7 +123,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         let _ = std::fs::remove_dir(&mp);
     }
     // The mount has ended and written its last: the command's outcome joins the record.
-    if let Err(e) = record_outcome(&store_url, &execution, code, duration) {
+    if let Err(e) = record_outcome(&store_url, project.as_deref(), &execution, code, duration) {
         eprintln!("datumfs: recording the exit status of execution {execution}: {e:#}");
     }
     if nix::unistd::getpid().as_raw() == 1 {
@@ -355,8 +356,9 @@ fn parameters(
 }
 
 /// Adds the command's exit status and run time to the execution record.
-fn record_outcome(store_url: &str, execution: &str, code: i32, duration: f64) -> Result<()> {
-    let ds = crate::store::data::DataStore::open(store_url, &crate::store::StoreRegistry::new())?;
+fn record_outcome(store_url: &str, project: Option<&str>, execution: &str, code: i32, duration: f64) -> Result<()> {
+    let ds =
+        crate::store::data::DataStore::open(store_url, &crate::store::StoreRegistry::new())?.in_project(project)?;
     let catalog = crate::catalog::Catalog::new(ds);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
@@ -381,9 +383,15 @@ struct LogUploader {
 const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl LogUploader {
-    fn start(store_url: &str, execution: &str, log: std::sync::Arc<crate::joblog::JobLog>) -> Self {
+    fn start(
+        store_url: &str,
+        project: Option<&str>,
+        execution: &str,
+        log: std::sync::Arc<crate::joblog::JobLog>,
+    ) -> Self {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let (store_url, execution) = (store_url.to_string(), execution.to_string());
+        let (store_url, execution, project) =
+            (store_url.to_string(), execution.to_string(), project.map(str::to_string));
         let thread = std::thread::spawn(move || {
             // Stop signals are for the signal thread to take (the kernel gives a process's
             // signal to any thread not blocking it); threads made here inherit that.
@@ -394,7 +402,10 @@ impl LogUploader {
             caught.add(Signal::SIGTTOU);
             let _ = caught.thread_block();
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-            let catalog = match crate::store::data::DataStore::open(&store_url, &crate::store::StoreRegistry::new()) {
+            let opened = crate::store::data::DataStore::open(&store_url, &crate::store::StoreRegistry::new())
+                .map_err(|e| e.to_string())
+                .and_then(|ds| ds.in_project(project.as_deref()).map_err(|e| e.to_string()));
+            let catalog = match opened {
                 Ok(ds) => crate::catalog::Catalog::new(ds),
                 Err(e) => return eprintln!("datumfs: the job's log will not be kept: {e}"),
             };

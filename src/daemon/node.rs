@@ -227,7 +227,11 @@ impl Node {
         cfg: &MountConfig,
     ) -> Result<(Arc<Served>, crate::fuse::Mounted, tokio::sync::watch::Sender<bool>)> {
         let data_store = DataStore::open(&cfg.store_url, &self.registry).map_err(|e| anyhow!("--store: {e}"))?;
-        let catalog = Catalog::new(data_store.clone());
+        let catalog = Catalog::new(data_store)
+            .for_project(cfg.project.as_deref())
+            .await
+            .map_err(|e| anyhow!("--project: {e}"))?;
+        let data_store = catalog.store().clone();
         let jobs = cfg
             .inputs
             .iter()

@@ -18,6 +18,8 @@ pub struct DataStore {
     /// The directory of a local (`file://`) store, where record updates are serialized with a
     /// lock file (object_store's local backend has no conditional update).
     pub local_dir: Option<std::path::PathBuf>,
+    /// The project whose names it holds (`None`: the default project, the store's root).
+    pub project: Option<String>,
 }
 
 /// The reserved prefix for datumfs's records.
@@ -45,16 +47,41 @@ impl DataStore {
             local_dir = Some(dir);
         }
         let handle = registry.open(&parsed)?;
-        Ok(Self { handle, prefix: parsed.key.trim_matches('/').to_string(), url: url.to_string(), local_dir })
+        Ok(Self {
+            handle,
+            prefix: parsed.key.trim_matches('/').to_string(),
+            url: url.to_string(),
+            local_dir,
+            project: None,
+        })
+    }
+
+    /// The same store, its datums, datasets, models, aliases and executions those of `project`
+    /// (`None`: the default project, where records made before projects existed are): under
+    /// `.datumfs/projects/NAME/` and `data/.projects/NAME/`, so two teams sharing a store never
+    /// see or move each other's names.
+    pub fn in_project(mut self, project: Option<&str>) -> Result<Self, crate::catalog::CatalogError> {
+        if let Some(p) = project {
+            crate::catalog::check_name(p, "a project name")?;
+        }
+        self.project = project.map(str::to_string);
+        Ok(self)
+    }
+
+    /// `projects/NAME/` for a project's records, nothing for the default project.
+    fn project_part(&self) -> String {
+        self.project.as_deref().map(|p| format!("projects/{p}/")).unwrap_or_default()
     }
 
     /// The key of a datum's bytes: `data/<rel>` under the store's prefix, outside the reserved
     /// prefix, so other tools see plain objects.
     pub fn data_key(&self, rel: &str) -> Path {
+        // `.projects/` cannot be an execution id (those start with a letter or a digit).
+        let project = self.project.as_deref().map(|p| format!(".projects/{p}/")).unwrap_or_default();
         if self.prefix.is_empty() {
-            Path::from(format!("data/{rel}"))
+            Path::from(format!("data/{project}{rel}"))
         } else {
-            Path::from(format!("{}/data/{rel}", self.prefix))
+            Path::from(format!("{}/data/{project}{rel}", self.prefix))
         }
     }
 
@@ -74,11 +101,17 @@ impl DataStore {
 
     /// The key of a record `rel` under the reserved prefix.
     pub fn record_key(&self, rel: &str) -> Path {
+        let project = self.project_part();
         let full = if self.prefix.is_empty() {
-            format!("{RESERVED}/{rel}")
+            format!("{RESERVED}/{project}{rel}")
         } else {
-            format!("{}/{RESERVED}/{rel}", self.prefix)
+            format!("{}/{RESERVED}/{project}{rel}", self.prefix)
         };
         Path::from(full)
+    }
+
+    /// The same store in its default project (where the list of projects is kept).
+    pub fn default_project(&self) -> Self {
+        Self { project: None, ..self.clone() }
     }
 }
