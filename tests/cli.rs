@@ -296,3 +296,48 @@ fn unsafe_keys_are_never_served() {
     let m = TestMount::new(&["--input", "odd=s3://oddkeys/good/*"], &s3.env());
     assert_eq!(std::fs::read(m.path("inputs/odd/ok.txt")).unwrap(), b"fine");
 }
+
+#[test]
+fn completions_man_pages_and_doctor_come_from_the_same_definitions() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let run = |args: &[&str], env: &[(String, String)]| command(&home, env).args(args).output().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(&["completions", shell], &[]);
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && script.contains("datumfs"), "{shell}: {script}");
+        for sub in ["volume", "model", "execution", "project"] {
+            assert!(script.contains(sub), "{shell} completion lacks {sub}");
+        }
+    }
+    let pages = t.path().join("man");
+    let out = run(&["man", "--dir", pages.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let page = std::fs::read_to_string(pages.join("datumfs-model-version-approve.1")).unwrap();
+    assert!(page.contains(".TH") && page.contains("reason"), "{page}");
+    assert!(pages.join("datumfs.1").exists() && pages.join("datumfs-volume-sync.1").exists());
+
+    // doctor: a healthy machine passes; a store that does not answer fails, naming it.
+    let cache = t.path().join("cache");
+    let out = run(&["doctor", "--cache-dir", cache.to_str().unwrap(), "--json"], &[]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = report["checks"].as_array().unwrap().iter().map(|c| c["check"].as_str().unwrap()).collect();
+    for name in ["fuse device", "cache space", "cache dir", "data store"] {
+        assert!(names.contains(&name), "{report}");
+    }
+    if std::path::Path::new("/dev/fuse").exists() {
+        assert_eq!((out.status.code(), report["ok"].as_bool()), (Some(0), Some(true)), "{report}");
+    }
+    let dead = [
+        ("AWS_ENDPOINT_URL".to_string(), "http://127.0.0.1:9".to_string()),
+        ("AWS_ALLOW_HTTP".to_string(), "true".to_string()),
+        ("AWS_ACCESS_KEY_ID".to_string(), "k".to_string()),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), "s".to_string()),
+        ("AWS_REGION".to_string(), "us-east-1".to_string()),
+    ];
+    let out = run(&["doctor", "--cache-dir", cache.to_str().unwrap(), "--store", "s3://nobucket/x"], &dead);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("FAIL") && l.contains("s3://nobucket/x")), "{text}");
+    assert!(!text.contains("\"s\"") && text.contains("AWS_SECRET_ACCESS_KEY"), "names, never values: {text}");
+}

@@ -3,6 +3,8 @@
 mod cache;
 mod dataset;
 mod datum;
+mod docs;
+mod doctor;
 mod execution;
 mod model;
 mod mount;
@@ -50,6 +52,12 @@ enum Command {
     Execution(execution::ExecutionArgs),
     /// Projects: namespaces of their own in one data store.
     Project(project::ProjectArgs),
+    /// Shell completions (bash, zsh, fish), printed.
+    Completions(docs::CompletionsArgs),
+    /// Man pages, made from these very definitions.
+    Man(docs::ManArgs),
+    /// Check this machine for what datumfs needs (FUSE, space, permissions, the store).
+    Doctor(doctor::DoctorArgs),
     /// What made a datum, and what read it.
     Lineage(datum::LineageArgs),
     /// The node's cache: stats, evict, verify (with or without a running daemon).
@@ -75,6 +83,9 @@ pub fn run() -> Result<i32> {
         Command::Model(a) => model::run(a),
         Command::Execution(a) => execution::run(a),
         Command::Project(a) => project::run(a),
+        Command::Completions(a) => docs::completions(a),
+        Command::Man(a) => docs::man(a),
+        Command::Doctor(a) => doctor::run(a),
         Command::Lineage(a) => datum::run_lineage(a),
         Command::Cache(a) => cache::run(a),
         Command::Warm(a) => warm::run(a),
