@@ -112,8 +112,8 @@ pub fn run(args: DoctorArgs) -> Result<i32> {
     };
     match nix::sys::statvfs::statvfs(&probe) {
         Ok(v) => {
-            let free = v.blocks_available() as u64 * v.fragment_size() as u64;
-            let inodes = v.files_available() as u64;
+            let free = v.blocks_available() * v.fragment_size();
+            let inodes = v.files_available();
             let low = free < 1 << 30 || (v.files() > 0 && inodes < 10_000);
             checks.push(check(
                 "cache space",
