@@ -341,3 +341,95 @@ fn completions_man_pages_and_doctor_come_from_the_same_definitions() {
     assert!(text.lines().any(|l| l.starts_with("FAIL") && l.contains("s3://nobucket/x")), "{text}");
     assert!(!text.contains("\"s\"") && text.contains("AWS_SECRET_ACCESS_KEY"), "names, never values: {text}");
 }
+
+/// Removes a file on drop (a helper installed for a test).
+struct Installed(PathBuf);
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn mount_t_fuse_datumfs_takes_fstab_options() {
+    if !fuse_available() || !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (src, mnt, cache) = (t.path().join("src"), t.path().join("mnt"), t.path().join("cache"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::write(src.join("x"), b"from fstab").unwrap();
+    let store = format!("file://{}", t.path().join("store").display());
+    let options = format!(
+        "rw,_netdev,nofail,x-systemd.automount,input=in=file://{},cache_dir={},store={store},execution=fstab-e1",
+        src.display(),
+        cache.display()
+    );
+    let bin_dir = Path::new(bin()).parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let unmount = |mnt: &Path| {
+        let out = command(&t.path().join("home"), &[]).args(["unmount", mnt.to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    // What mount(8) runs for fuse.TYPE: mount.fuse3, which runs `datumfs SOURCE MOUNTPOINT -o ...`.
+    if Path::new("/sbin/mount.fuse3").exists() {
+        let _guard = MountGuard(mnt.clone());
+        let out = std::process::Command::new("/sbin/mount.fuse3")
+            .args(["datumfs", mnt.to_str().unwrap(), "-t", "fuse.datumfs", "-o", &options])
+            .env("PATH", &path)
+            .env("DATUMFS_HOME", t.path().join("home"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount.fuse3: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(std::fs::read(mnt.join("inputs/in/x")).unwrap(), b"from fstab");
+        unmount(&mnt);
+    }
+    // mount -t itself, through the helper installed as mount(8) looks for it (only where no
+    // datumfs is installed already).
+    let helper = PathBuf::from("/sbin/mount.fuse.datumfs");
+    if helper.symlink_metadata().is_err() {
+        std::os::unix::fs::symlink(bin(), &helper).unwrap();
+        let _installed = Installed(helper);
+        let _guard = MountGuard(mnt.clone());
+        let out = std::process::Command::new("mount")
+            .args(["-t", "fuse.datumfs", "datumfs", mnt.to_str().unwrap(), "-o", &options])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount -t: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(std::fs::read(mnt.join("inputs/in/x")).unwrap(), b"from fstab");
+        let mounted = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(mounted.lines().any(|l| l.contains(mnt.to_str().unwrap()) && l.contains("fuse")), "{mounted}");
+        unmount(&mnt);
+    }
+    // A bad option is named, and nothing is mounted.
+    let out = std::process::Command::new("/sbin/mount.fuse3")
+        .args(["datumfs", mnt.to_str().unwrap(), "-t", "fuse.datumfs", "-o", "cache_sise=1G"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("cache_sise"));
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let Some(analyze) =
+        ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"].into_iter().find(|p| Path::new(p).exists())
+    else {
+        eprintln!("SKIPPED: systemd-analyze is not installed");
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/systemd/datumfs@.service")).unwrap();
+    // The unit names the installed binary; verified here against this build's.
+    let unit = unit.replace("/usr/local/bin/datumfs", bin());
+    let path = t.path().join("datumfs@mnt-data.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = std::process::Command::new(analyze).args(["verify", "--man=no"]).arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let ours: Vec<&str> = err.lines().filter(|l| l.contains("datumfs@")).collect();
+    assert!(out.status.success() && ours.is_empty(), "systemd-analyze verify: {err}");
+}

@@ -8,6 +8,7 @@ mod doctor;
 mod execution;
 mod model;
 mod mount;
+mod mount_helper;
 mod project;
 mod run;
 mod status;
@@ -70,7 +71,13 @@ enum Command {
 
 /// Parses the command line and runs it; returns the exit code.
 pub fn run() -> Result<i32> {
-    let cli = Cli::parse();
+    let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+    // `mount -t fuse.datumfs` and /etc/fstab: mount(8)'s helper call, as `datumfs mount`.
+    let cli = if mount_helper::is_helper_call(&args) {
+        Cli::try_parse_from(mount_helper::translate(&args)?)?
+    } else {
+        Cli::parse()
+    };
     match cli.command {
         Command::Mount(a) => mount::run(*a),
         Command::Unmount(a) => unmount::run(a),
