@@ -110,6 +110,9 @@ pub struct MountConfig {
     pub execution: String,
     /// The command run in the mount (`datumfs run`), for the execution record.
     pub command: Option<Vec<String>>,
+    /// Where the daemon serves Prometheus metrics (`HOST:PORT`), if anywhere.
+    #[serde(default)]
+    pub metrics_addr: Option<String>,
     /// The project of the store whose names the mount uses (`None`: the default project).
     #[serde(default)]
     pub project: Option<String>,

@@ -19,6 +19,7 @@ pub mod fuse;
 pub mod inputs;
 pub mod joblog;
 pub mod keys;
+pub mod metrics;
 pub mod outputs;
 pub mod reader;
 pub mod store;

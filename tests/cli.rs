@@ -433,3 +433,53 @@ fn the_systemd_unit_verifies() {
     let ours: Vec<&str> = err.lines().filter(|l| l.contains("datumfs@")).collect();
     assert!(out.status.success() && ours.is_empty(), "systemd-analyze verify: {err}");
 }
+
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    text
+}
+
+#[test]
+fn metrics_show_store_requests_and_the_cache() {
+    if !fuse_available() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f.bin"), vec![7u8; 300_000]).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let input = format!("in=file://{}", src.display());
+    let m = TestMount::new(&["--input", &input, "--metrics-addr", &addr], &[]);
+    assert_eq!(std::fs::read(m.path("inputs/in/f.bin")).unwrap().len(), 300_000);
+    let fetched = |text: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("datumfs_cache_fetched_bytes_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no fetched bytes in {text}"))
+    };
+    // The last block may still be on its way into the cache when the read returns.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut text = scrape(&addr);
+    while fetched(&text) < 300_000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        text = scrape(&addr);
+    }
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains(r#"datumfs_store_requests_total{op="get",outcome="ok"}"#), "{text}");
+    assert!(text.contains("datumfs_store_request_seconds_bucket"), "{text}");
+    assert!(fetched(&text) >= 300_000, "{text}");
+    assert!(text.contains("datumfs_cache_used_bytes"), "{text}");
+    // Anything else is not served.
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.write_all(b"GET /other HTTP/1.1\r\n\r\n").unwrap();
+    let mut other = String::new();
+    conn.read_to_string(&mut other).unwrap();
+    assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+}

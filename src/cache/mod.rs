@@ -313,6 +313,16 @@ impl Cache {
         &self.shared.stats
     }
 
+    /// Bytes of the blocks the cache holds.
+    pub fn used_bytes(&self) -> u64 {
+        self.shared.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Its size cap in bytes (0: none).
+    pub fn cap_bytes(&self) -> u64 {
+        self.shared.cap.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The object `key` at `version`, opened once and shared by every reader while in use.
     /// Blocks cached by earlier runs are known from the index (and verified before use).
     pub fn object(

@@ -24,6 +24,11 @@ pub struct MountArgs {
     volume: Vec<String>,
     /// A YAML or JSON file listing inputs as a Valohai step does (name, default,
     /// keep-directories, filename, optional), or a valohai.yaml (with --step).
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (store requests by operation and
+    /// outcome with latencies, cache hits, fetches and size); the daemon of the cache dir serves
+    /// them for all its mounts, from the first mount that asks.
+    #[arg(long, value_name = "HOST:PORT", env = "DATUMFS_METRICS_ADDR")]
+    metrics_addr: Option<String>,
     /// The project whose datums, datasets, models and aliases inputs name, and where the
     /// execution and its outputs are recorded [default: the store's default project].
     #[arg(long, value_name = "NAME", env = "DATUMFS_PROJECT")]
@@ -147,6 +152,7 @@ impl MountArgs {
             execution,
             command: None,
             project: self.project,
+            metrics_addr: self.metrics_addr,
             parameters: None,
             code: None,
             cwd,

@@ -350,6 +350,14 @@ fn serve_inner(cfg: &MountConfig, ready: &mut Option<std::fs::File>) -> Result<(
         store_environment(),
         node::CacheSettings::of(cfg),
     );
+    crate::metrics::watch_cache(cache.clone());
+    if let Some(addr) = &cfg.metrics_addr {
+        let _guard = runtime.enter();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(addr.as_str()))
+            .with_context(|| format!("--metrics-addr {addr}"))?;
+        runtime.spawn(crate::metrics::serve(listener));
+    }
     if let Err(e) = runtime.block_on(node.add_mount(cfg.clone())) {
         let _ = std::fs::remove_file(&socket);
         return Err(e);

@@ -201,6 +201,8 @@ fn build(uri: &SourceUri) -> Result<StoreHandle, StoreError> {
             })
         }
     };
+    // Every request counted and timed, for `--metrics-addr`.
+    let inner: Arc<dyn ObjectStore> = Arc::new(crate::metrics::MeteredStore::new(inner));
     Ok(StoreHandle { url: uri.store_url.clone(), bucket: uri.bucket.clone(), inner })
 }
 
