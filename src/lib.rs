@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod checksum;
 pub mod cli;
 pub mod config;
+pub mod config_file;
 pub mod control;
 pub mod crash;
 pub mod daemon;

@@ -483,3 +483,41 @@ fn metrics_show_store_requests_and_the_cache() {
     conn.read_to_string(&mut other).unwrap();
     assert!(other.starts_with("HTTP/1.1 404"), "{other}");
 }
+
+#[test]
+fn config_files_set_defaults_below_the_environment_and_name_stores() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let store_dir = t.path().join("team-store");
+    std::fs::create_dir_all(home.join(".config/datumfs")).unwrap();
+    std::fs::write(
+        home.join(".config/datumfs/config.toml"),
+        format!(
+            "store = \"team\"\ncache_size = \"20G\"\nlog = \"warn\"\n[stores.team]\nurl = \"file://{}\"\nregion = \"eu-west-1\"\n",
+            store_dir.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str], env: &[(String, String)]| command(&home, env).args(args).output().unwrap();
+    let shown = json(&run(&["config", "show", "--json"], &[("DATUMFS_LOG".into(), "debug".into())]));
+    let setting = |key: &str| shown["settings"].as_array().unwrap().iter().find(|s| s["key"] == key).unwrap().clone();
+    assert_eq!(setting("cache_size")["value"], "20G");
+    assert!(setting("cache_size")["from"].as_str().unwrap().ends_with("config.toml"), "{shown}");
+    assert_eq!(
+        (setting("log")["value"].as_str(), setting("log")["from"].as_str()),
+        (Some("debug"), Some("environment"))
+    );
+    assert_eq!(setting("project")["from"], "default");
+    assert_eq!(shown["stores"]["team"]["store"]["region"], "eu-west-1");
+    // The named store is where catalog commands go.
+    let file = t.path().join("w.bin");
+    std::fs::write(&file, b"weights").unwrap();
+    let out = run(&["push", file.to_str().unwrap(), "--json"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(store_dir.join(".datumfs/datums").is_dir(), "the datum went to the named store");
+    // A setting a file cannot hold is named.
+    std::fs::write(home.join(".config/datumfs/config.toml"), "cache_sise = \"1G\"\n").unwrap();
+    let out = run(&["config", "show"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cache_sise") && err.contains("config.toml"), "{err}");
+}

@@ -28,7 +28,7 @@ pub struct StoreArg {
 impl StoreArg {
     /// The store URL, defaulted.
     pub fn url(&self) -> String {
-        self.store.clone().unwrap_or_else(|| {
+        self.store.as_deref().map(crate::config_file::resolve_store).unwrap_or_else(|| {
             format!("file://{}", super::absolute(&crate::config::datumfs_home().join("store")).display())
         })
     }

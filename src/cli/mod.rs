@@ -1,6 +1,7 @@
 //! The command line: clap types, one file per subcommand, human and `--json` output.
 
 mod cache;
+mod config;
 mod dataset;
 mod datum;
 mod docs;
@@ -53,6 +54,8 @@ enum Command {
     Execution(execution::ExecutionArgs),
     /// Projects: namespaces of their own in one data store.
     Project(project::ProjectArgs),
+    /// The effective settings and where each came from (flag defaults, environment, files).
+    Config(config::ConfigArgs),
     /// Shell completions (bash, zsh, fish), printed.
     Completions(docs::CompletionsArgs),
     /// Man pages, made from these very definitions.
@@ -71,6 +74,8 @@ enum Command {
 
 /// Parses the command line and runs it; returns the exit code.
 pub fn run() -> Result<i32> {
+    // Configuration files become the environment the flags read, before anything else runs.
+    crate::config_file::apply()?;
     let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
     // `mount -t fuse.datumfs` and /etc/fstab: mount(8)'s helper call, as `datumfs mount`.
     let cli = if mount_helper::is_helper_call(&args) {
@@ -90,6 +95,7 @@ pub fn run() -> Result<i32> {
         Command::Model(a) => model::run(a),
         Command::Execution(a) => execution::run(a),
         Command::Project(a) => project::run(a),
+        Command::Config(a) => config::run(a),
         Command::Completions(a) => docs::completions(a),
         Command::Man(a) => docs::man(a),
         Command::Doctor(a) => doctor::run(a),
