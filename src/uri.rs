@@ -178,37 +178,30 @@ pub fn parse(uri: &str, cwd: &Path) -> Result<SourceUri, UriError> {
                 selection: Selection::Object,
             })
         }
-        "dataset" => {
+        "dataset" | "model" => {
             let name = rest.trim_end_matches('/');
             let valid =
                 name.split_once('/').is_some_and(|(n, v)| name_problem(n).is_none() && name_problem(v).is_none());
-            if !valid {
-                return Err(malformed(
+            let (scheme, store_url, form) = if scheme.eq_ignore_ascii_case("dataset") {
+                (
+                    Scheme::Dataset,
+                    "dataset://",
                     "a dataset URI is dataset://NAME/VERSION or dataset://NAME/ALIAS (letters, digits, '.', '_', '-')",
-                ));
-            }
-            Ok(SourceUri {
-                original: uri.to_string(),
-                scheme: Scheme::Dataset,
-                store_url: "dataset://".into(),
-                bucket: None,
-                key: name.to_string(),
-                selection: Selection::Object,
-            })
-        }
-        "model" => {
-            let name = rest.trim_end_matches('/');
-            let valid =
-                name.split_once('/').is_some_and(|(n, v)| name_problem(n).is_none() && name_problem(v).is_none());
-            if !valid {
-                return Err(malformed(
+                )
+            } else {
+                (
+                    Scheme::Model,
+                    "model://",
                     "a model URI is model://NAME/VERSION (v1, v2, ...), model://NAME/latest or model://NAME/approved",
-                ));
+                )
+            };
+            if !valid {
+                return Err(malformed(form));
             }
             Ok(SourceUri {
                 original: uri.to_string(),
-                scheme: Scheme::Model,
-                store_url: "model://".into(),
+                scheme,
+                store_url: store_url.into(),
                 bucket: None,
                 key: name.to_string(),
                 selection: Selection::Object,

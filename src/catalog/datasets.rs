@@ -222,13 +222,7 @@ impl Catalog {
 
     /// Every dataset's name, sorted.
     pub async fn datasets(&self) -> Result<Vec<String>, CatalogError> {
-        let prefix = self.ds.record_key(self.collection.dir());
-        let listing =
-            self.ds.handle.inner.list_with_delimiter(Some(&prefix)).await.map_err(|e| self.store_err(&prefix, e))?;
-        let mut names: Vec<String> =
-            listing.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect();
-        names.sort();
-        Ok(names)
+        self.child_names(&self.ds.record_key(self.collection.dir())).await
     }
 
     /// The names of a dataset's versions with their creation times (from the store's listing:

@@ -195,19 +195,8 @@ mod tests {
 
         // One execution: its record names some, its index holds others.
         let exec = ExecutionRecord {
-            id: "e1".into(),
-            started_at: "t".into(),
-            ended_at: None,
-            host: "h".into(),
-            command: None,
-            inputs: Vec::new(),
             outputs: made[..500].iter().map(|d| d.id.clone()).collect(),
-            volume_writes: Vec::new(),
-            parameters: None,
-            code: None,
-            exit_status: None,
-            duration_secs: None,
-            warnings: Vec::new(),
+            ..ExecutionRecord::new("e1", "t", "h")
         };
         let gets = store.count(Op::Get);
         assert_eq!(c.execution_datums(&exec).await.unwrap(), made, "the record's outputs and the index's, each once");

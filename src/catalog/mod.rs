@@ -411,9 +411,13 @@ impl Catalog {
 
     /// Every project's name, sorted.
     pub async fn projects(&self) -> Result<Vec<String>, CatalogError> {
-        let prefix = self.ds.default_project().record_key("projects");
+        self.child_names(&self.ds.default_project().record_key("projects")).await
+    }
+
+    /// The names of the "directories" right below `prefix`, sorted.
+    pub(crate) async fn child_names(&self, prefix: &Path) -> Result<Vec<String>, CatalogError> {
         let listing =
-            self.ds.handle.inner.list_with_delimiter(Some(&prefix)).await.map_err(|e| self.store_err(&prefix, e))?;
+            self.ds.handle.inner.list_with_delimiter(Some(prefix)).await.map_err(|e| self.store_err(prefix, e))?;
         let mut names: Vec<String> =
             listing.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect();
         names.sort();

@@ -122,6 +122,28 @@ pub struct ExecutionRecord {
     pub warnings: Vec<String>,
 }
 
+impl ExecutionRecord {
+    /// A record of execution `id`, started at `started_at` on `host`, that knows nothing else
+    /// yet.
+    pub fn new(id: &str, started_at: &str, host: &str) -> Self {
+        Self {
+            id: id.to_string(),
+            started_at: started_at.to_string(),
+            ended_at: None,
+            host: host.to_string(),
+            command: None,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            volume_writes: Vec::new(),
+            parameters: None,
+            code: None,
+            exit_status: None,
+            duration_secs: None,
+            warnings: Vec::new(),
+        }
+    }
+}
+
 /// The git checkout a job ran from.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CodeInfo {

@@ -414,19 +414,10 @@ pub(super) fn push_files(
         b.finish_and_clear();
     }
     let record = catalog::ExecutionRecord {
-        id: execution.clone(),
-        started_at: catalog::now(),
         ended_at: Some(catalog::now()),
-        host: catalog::hostname(),
         command: Some(std::env::args().collect()),
-        inputs: Vec::new(),
         outputs: results.iter().filter_map(|(_, r)| r.as_ref().ok()).map(|d| d.id.clone()).collect(),
-        volume_writes: Vec::new(),
-        parameters: None,
-        code: None,
-        exit_status: None,
-        duration_secs: None,
-        warnings: Vec::new(),
+        ..catalog::ExecutionRecord::new(&execution, &catalog::now(), &catalog::hostname())
     };
     rt.block_on(catalog.put_execution(&record))?;
     Ok((execution, results))

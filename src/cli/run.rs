@@ -194,17 +194,16 @@ fn run_command(
     };
     // Its output reaches the terminal as it comes, and the log.
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    type Source = Option<Box<dyn std::io::Read + Send>>;
+    type Sink = Box<dyn std::io::Write + Send>;
+    let streams: [(Source, Sink); 2] = [
+        (child.stdout.take().map(|s| Box::new(s) as _), Box::new(std::io::stdout())),
+        (child.stderr.take().map(|s| Box::new(s) as _), Box::new(std::io::stderr())),
+    ];
     let mut copiers = 0;
-    if let Some(out) = child.stdout.take() {
-        let (tee, tx) = (log.tee(out, std::io::stdout()), done_tx.clone());
-        std::thread::spawn(move || {
-            let _ = tee.join();
-            let _ = tx.send(());
-        });
-        copiers += 1;
-    }
-    if let Some(err) = child.stderr.take() {
-        let (tee, tx) = (log.tee(err, std::io::stderr()), done_tx.clone());
+    for (from, to) in streams {
+        let Some(from) = from else { continue };
+        let (tee, tx) = (log.tee(from, to), done_tx.clone());
         std::thread::spawn(move || {
             let _ = tee.join();
             let _ = tx.send(());

@@ -56,21 +56,7 @@ impl Execution {
     /// (a remount with the same id continues the same execution).
     async fn record(&self, ended: bool) -> Result<ExecutionRecord, catalog::CatalogError> {
         let old = self.catalog().find_execution(&self.id).await?;
-        let mut rec = old.unwrap_or_else(|| ExecutionRecord {
-            id: self.id.clone(),
-            started_at: self.started_at.clone(),
-            ended_at: None,
-            host: catalog::hostname(),
-            command: None,
-            inputs: Vec::new(),
-            outputs: Vec::new(),
-            volume_writes: Vec::new(),
-            parameters: None,
-            code: None,
-            exit_status: None,
-            duration_secs: None,
-            warnings: Vec::new(),
-        });
+        let mut rec = old.unwrap_or_else(|| ExecutionRecord::new(&self.id, &self.started_at, &catalog::hostname()));
         if self.command.is_some() {
             rec.command = self.command.clone();
         }
