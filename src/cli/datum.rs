@@ -344,16 +344,7 @@ pub fn run_lineage(args: LineageArgs) -> Result<i32> {
     }
     match producer {
         Some(p) => {
-            println!(
-                "made by execution {} on {} ({} - {})",
-                p.id,
-                p.host,
-                p.started_at,
-                p.ended_at.as_deref().unwrap_or("running")
-            );
-            if let Some(cmd) = &p.command {
-                println!("  command: {}", cmd.join(" "));
-            }
+            print_execution("made by execution", &p);
             for i in &p.inputs {
                 println!("  input {}: {}", i.name, i.uris.join(" "));
                 for id in &i.datums {
@@ -490,7 +481,7 @@ async fn key_lineage(catalog: &catalog::Catalog, uri: &str, json_out: bool) -> R
         Err(_) => None,
     };
     let same = |etag: &Option<String>| match (etag, &write.etag) {
-        (Some(a), Some(b)) => a.trim_matches('"') == b.trim_matches('"'),
+        (Some(a), Some(b)) => crate::volumes::state::same_etag(a, b),
         _ => false,
     };
     let current = match &now {
@@ -516,16 +507,7 @@ async fn key_lineage(catalog: &catalog::Catalog, uri: &str, json_out: bool) -> R
     };
     println!("{uri}: {what} by execution {execution} at {} (volume {})", write.at, write.volume);
     if let Some(p) = producer {
-        println!(
-            "  execution {} on {} ({} - {})",
-            p.id,
-            p.host,
-            p.started_at,
-            p.ended_at.as_deref().unwrap_or("running")
-        );
-        if let Some(cmd) = &p.command {
-            println!("  command: {}", cmd.join(" "));
-        }
+        print_execution("  execution", &p);
     }
     match current {
         Some(true) => println!("  the bucket still holds it"),
@@ -535,4 +517,12 @@ async fn key_lineage(catalog: &catalog::Catalog, uri: &str, json_out: bool) -> R
         None => println!("  (the bucket could not be asked whether it still holds it)"),
     }
     Ok(0)
+}
+
+/// `{what} ID on HOST (START - END)` and the command, for lineage.
+fn print_execution(what: &str, p: &catalog::ExecutionRecord) {
+    println!("{what} {} on {} ({} - {})", p.id, p.host, p.started_at, p.ended_at.as_deref().unwrap_or("running"));
+    if let Some(cmd) = &p.command {
+        println!("  command: {}", cmd.join(" "));
+    }
 }

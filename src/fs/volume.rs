@@ -101,11 +101,6 @@ impl VolumeNamespace {
         &self.staging
     }
 
-    /// Whether staged file `id` (st_ino) has a handle open that may write.
-    pub fn has_writers(&self, id: u64) -> bool {
-        self.writers.lock().unwrap_or_else(|e| e.into_inner()).get(&id).is_some_and(|&n| n > 0)
-    }
-
     /// Runs `f` while no handle can start writing (a sync marks a file as synced under it).
     pub fn with_writers_held<T>(&self, f: impl FnOnce(&HashMap<u64, usize>) -> T) -> T {
         let w = self.writers.lock().unwrap_or_else(|e| e.into_inner());
@@ -190,7 +185,6 @@ impl VolumeNamespace {
                 let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&at)?;
                 file.set_len(entry.size)?;
                 let origin = Origin { key: key.clone(), etag: etag.clone(), hydrated: entry.size == 0 };
-                // (The version is recorded below from the same listing.)
                 state::set_origin(&file, &origin)?;
                 file.set_modified(entry.mtime)?;
                 state.seen.record(&key, state::Version::of(etag, entry.mtime, entry.size))?;

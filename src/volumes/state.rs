@@ -162,11 +162,16 @@ pub struct Version {
     pub size: Option<u64>,
 }
 
+/// Whether two ETags name the same version (stores quote them, or not).
+pub fn same_etag(a: &str, b: &str) -> bool {
+    a.trim_matches('"') == b.trim_matches('"')
+}
+
 impl Version {
     /// Whether `now` (the bucket's answer) is this version.
     pub fn matches(&self, now: &Version) -> bool {
         match (&self.etag, &now.etag) {
-            (Some(a), Some(b)) => a.trim_matches('"') == b.trim_matches('"'),
+            (Some(a), Some(b)) => same_etag(a, b),
             _ => self.mtime.is_some() && self.mtime == now.mtime && self.size == now.size,
         }
     }
@@ -397,11 +402,6 @@ impl VolumeState {
     /// The state directory (the staged tree is its `files/`).
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    /// The staged tree.
-    pub fn files_dir(&self) -> PathBuf {
-        self.dir.join("files")
     }
 }
 

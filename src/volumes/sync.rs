@@ -348,17 +348,6 @@ enum PutOutcome {
     Nothing,
 }
 
-fn unquote(etag: &str) -> &str {
-    etag.trim_matches('"')
-}
-
-fn same_etag(a: Option<&str>, b: Option<&str>) -> bool {
-    match (a, b) {
-        (Some(a), Some(b)) => unquote(a) == unquote(b),
-        _ => false,
-    }
-}
-
 /// The key's version in the bucket now (`Ok(None)`: no such key).
 async fn head_version(ds: &DataStore, key: &str) -> Result<Option<Version>, StoreError> {
     let path = ds.key_below(key);
@@ -485,7 +474,7 @@ async fn put_one(
             Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => {
                 let now = head_version(ds, &p.key).await.map_err(|e| e.to_string())?;
                 // Our own bytes, put by an attempt that did not get to record it.
-                if now.as_ref().is_some_and(|v| same_etag(v.etag.as_deref(), Some(&md5))) {
+                if now.as_ref().and_then(|v| v.etag.as_deref()).is_some_and(|e| state::same_etag(e, &md5)) {
                     now.and_then(|v| v.etag)
                 } else {
                     return Ok(PutOutcome::Conflict(conflict(&p.key, "put", &expected, now)));
