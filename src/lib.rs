@@ -14,6 +14,7 @@ pub mod config;
 pub mod config_file;
 pub mod control;
 pub mod crash;
+pub mod csi;
 pub mod daemon;
 pub mod fs;
 pub mod fuse;

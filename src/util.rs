@@ -1,5 +1,5 @@
 //! Small helpers several rooms need, with no dependency on any of them: private directories and
-//! byte sizes for people.
+//! byte sizes for people, files replaced whole.
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
@@ -9,6 +9,20 @@ use std::path::Path;
 pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Writes `bytes` to `path` (private to the user) so that a reader, or a crash, finds the old
+/// file or the whole new one, never a part: a temporary file beside it, synced, then renamed.
+pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// `n` bytes for people: `512 B`, `1.5 MiB`.

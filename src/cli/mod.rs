@@ -2,6 +2,7 @@
 
 mod cache;
 mod config;
+mod csi;
 mod dataset;
 mod datum;
 mod docs;
@@ -9,7 +10,7 @@ mod doctor;
 mod execution;
 mod model;
 mod mount;
-mod mount_helper;
+pub mod mount_helper;
 mod project;
 mod run;
 mod status;
@@ -62,6 +63,8 @@ enum Command {
     Man(docs::ManArgs),
     /// Check this machine for what datumfs needs (FUSE, space, permissions, the store).
     Doctor(doctor::DoctorArgs),
+    /// Kubernetes CSI node plugin: serve the Identity and Node services on a unix socket.
+    Csi(csi::CsiArgs),
     /// What made a datum, and what read it.
     Lineage(datum::LineageArgs),
     /// The node's cache: stats, evict, verify (with or without a running daemon).
@@ -99,10 +102,24 @@ pub fn run() -> Result<i32> {
         Command::Completions(a) => docs::completions(a),
         Command::Man(a) => docs::man(a),
         Command::Doctor(a) => doctor::run(a),
+        Command::Csi(a) => csi::run(a),
         Command::Lineage(a) => datum::run_lineage(a),
         Command::Cache(a) => cache::run(a),
         Command::Warm(a) => warm::run(a),
         Command::Volume(a) => volume::run(a),
+    }
+}
+
+/// Checks a `datumfs ...` command line as the command itself would parse it (flags, values,
+/// sizes, durations), without running it; the first line of clap's message when it fails.
+pub fn check_args(argv: &[String]) -> Result<(), String> {
+    use clap::Parser;
+    match Cli::try_parse_from(argv) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let text = e.to_string();
+            Err(text.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string())
+        }
     }
 }
 

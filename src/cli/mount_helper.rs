@@ -70,9 +70,19 @@ pub fn translate(args: &[String]) -> Result<Vec<String>> {
     let [_source, mountpoint] = positional.as_slice() else {
         bail!("mount helper: expected SOURCE MOUNTPOINT [-o OPTIONS], got {positional:?}");
     };
+    let mut out = vec!["datumfs".to_string(), "mount".to_string(), mountpoint.clone()];
+    out.extend(options_to_flags(options)?);
+    Ok(out)
+}
+
+/// Mount options (`key[=value]`, as fstab and a CSI volume's mount flags give them) as the
+/// flags of `datumfs mount`: every long flag by its name, `-` or `_` alike; FUSE options
+/// gathered into one `-o`; what only mount(8) and systemd read left out. An option that is
+/// neither is an error naming it.
+pub fn options_to_flags(options: impl IntoIterator<Item = String>) -> Result<Vec<String>> {
     let mount = super::Cli::command();
     let Some(mount) = mount.find_subcommand("mount") else { bail!("no mount subcommand") };
-    let mut out = vec!["datumfs".to_string(), "mount".to_string(), mountpoint.clone()];
+    let mut out = Vec::new();
     let mut fuse = Vec::new();
     for opt in options {
         let (key, value) = match opt.split_once('=') {
@@ -95,7 +105,12 @@ pub fn translate(args: &[String]) -> Result<Vec<String>> {
             (true, Some(v)) => out.extend([format!("--{flag}"), v]),
             (false, None) => out.push(format!("--{flag}")),
             (true, None) => bail!("mount option '{key}' needs a value ({key}=...)"),
-            (false, Some(_)) => bail!("mount option '{key}' takes no value"),
+            // A switch given a value, as CSI volume attributes (strings only) give it.
+            (false, Some(v)) => match v.as_str() {
+                "true" | "yes" | "1" => out.push(format!("--{flag}")),
+                "false" | "no" | "0" => {}
+                _ => bail!("mount option '{key}' is a switch: give it alone, or as {key}=true or {key}=false"),
+            },
         }
     }
     if !fuse.is_empty() {
@@ -170,6 +185,11 @@ mod tests {
         assert!(e.contains("cache_size") && e.contains("value"), "{e}");
         let e = translate(&strings(&["datumfs", "s", "/m", "-o", "bogus=1"])).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
+        let flags = options_to_flags(strings(&["foreground=true", "allow_other", "cache_size=1G"])).unwrap();
+        assert_eq!(flags, strings(&["--foreground", "--cache-size", "1G", "-o", "allow_other"]));
+        assert!(options_to_flags(strings(&["foreground=false"])).unwrap().is_empty());
+        let e = options_to_flags(strings(&["foreground=maybe"])).unwrap_err().to_string();
+        assert!(e.contains("foreground") && e.contains("switch"), "{e}");
         assert_eq!(split_options(r#"a,input="x=s3://b/k,1",b"#), ["a", "input=x=s3://b/k,1", "b"]);
     }
 }
