@@ -443,38 +443,76 @@ fn scrape(addr: &str) -> String {
     text
 }
 
+/// The value of one series (`name` or `name{labels}`) in a scrape.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 #[test]
-fn metrics_show_store_requests_and_the_cache() {
+fn metrics_show_store_requests_the_read_path_outputs_and_the_cache() {
     if !fuse_available() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("f.bin"), vec![7u8; 300_000]).unwrap();
+    let size = 6_000_000;
+    std::fs::write(src.join("f.bin"), bytes(5, size)).unwrap();
+    std::fs::write(src.join("a-gone.bin"), bytes(6, 3_000_000)).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
     let input = format!("in=file://{}", src.display());
     let m = TestMount::new(&["--input", &input, "--metrics-addr", &addr], &[]);
-    assert_eq!(std::fs::read(m.path("inputs/in/f.bin")).unwrap().len(), 300_000);
-    let fetched = |text: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix("datumfs_cache_fetched_bytes_total "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no fetched bytes in {text}"))
-    };
+    let mount = format!("{{mount=\"{}\"}}", m.mnt.display());
+    let before = scrape(&addr);
+    assert_eq!(metric(&before, &format!("datumfs_served_bytes_total{mount}")).unwrap_or(0.0), 0.0, "{before}");
+    // A read that fails is counted by its cause (read first: a reader walking the input in
+    // order has the next files fetched ahead).
+    std::fs::remove_file(src.join("a-gone.bin")).unwrap();
+    assert!(std::fs::read(m.path("inputs/in/a-gone.bin")).is_err());
+    let text = scrape(&addr);
+    assert!(metric(&text, r#"datumfs_read_errors_total{kind="not_found"}"#).unwrap() >= 1.0, "{text}");
+    // A sequential read: fetched, served and partly read ahead.
+    assert_eq!(std::fs::read(m.path("inputs/in/f.bin")).unwrap().len(), size);
     // The last block may still be on its way into the cache when the read returns.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut text = scrape(&addr);
-    while fetched(&text) < 300_000 && Instant::now() < deadline {
+    while metric(&text, "datumfs_cache_fetched_bytes_total").unwrap_or(0.0) < size as f64 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
         text = scrape(&addr);
     }
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains(r#"datumfs_store_requests_total{op="get",outcome="ok"}"#), "{text}");
     assert!(text.contains("datumfs_store_request_seconds_bucket"), "{text}");
-    assert!(fetched(&text) >= 300_000, "{text}");
-    assert!(text.contains("datumfs_cache_used_bytes"), "{text}");
+    assert!(metric(&text, "datumfs_cache_fetched_bytes_total").unwrap() >= size as f64, "{text}");
+    assert!(metric(&text, "datumfs_cache_used_bytes").unwrap() > 0.0, "{text}");
+    assert_eq!(metric(&text, &format!("datumfs_served_bytes_total{mount}")), Some(size as f64), "{text}");
+    assert!(metric(&text, "datumfs_read_ahead_bytes_total").unwrap() > 0.0, "{text}");
+    assert_eq!(metric(&text, "datumfs_fetches_in_flight"), Some(0.0), "{text}");
+    // Outputs waiting for a sync, then synced.
+    std::fs::write(m.path("outputs/a.txt"), b"12345").unwrap();
+    // A scrape may show the staging area as it was up to a second ago.
+    let pending = format!("datumfs_outputs_pending_files{mount}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut text = scrape(&addr);
+    while metric(&text, &pending) != Some(1.0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        text = scrape(&addr);
+    }
+    assert_eq!(metric(&text, &pending), Some(1.0), "{text}");
+    assert_eq!(metric(&text, &format!("datumfs_outputs_pending_bytes{mount}")), Some(5.0), "{text}");
+    let out = m.run(&["sync", m.mnt.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = scrape(&addr);
+    assert_eq!(metric(&text, &format!("datumfs_outputs_pending_files{mount}")), Some(0.0), "{text}");
+    assert_eq!(metric(&text, &format!("datumfs_synced_files_total{mount}")), Some(1.0), "{text}");
+    assert!(metric(&text, &format!("datumfs_synced_bytes_total{mount}")).unwrap() >= 5.0, "{text}");
+    // Evictions.
+    let out = m.run(&["cache", "evict", "--all", "--cache-dir", m.cache.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = scrape(&addr);
+    assert!(metric(&text, "datumfs_cache_evicted_objects_total").unwrap() >= 1.0, "{text}");
+    assert!(metric(&text, "datumfs_cache_evicted_bytes_total").unwrap() >= size as f64 / 2.0, "{text}");
     // Anything else is not served.
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(&addr).unwrap();

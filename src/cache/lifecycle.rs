@@ -216,6 +216,8 @@ impl CacheShared {
                 }
             });
         }
+        self.stats.evicted_objects.fetch_add(objects, Ordering::Relaxed);
+        self.stats.evicted_bytes.fetch_add(bytes, Ordering::Relaxed);
         if objects > 0 {
             tracing::info!(
                 "cache: evicted {objects} least recently used object(s), {bytes} bytes, to stay under the cap"
@@ -279,6 +281,11 @@ impl Cache {
                     if remove { self.shared.remove_object(&id, &rec)? } else { disk_bytes(&self.shared, &id, &rec) };
                 Ok::<(), CacheError>(())
             })?;
+        }
+        if remove {
+            let stats = &self.shared.stats;
+            stats.evicted_objects.fetch_add(report.objects, Ordering::Relaxed);
+            stats.evicted_bytes.fetch_add(report.bytes, Ordering::Relaxed);
         }
         if remove && report.objects > 0 {
             tracing::info!("cache: evicted {} object(s), {} bytes", report.objects, report.bytes);

@@ -153,6 +153,10 @@ pub struct CacheStats {
     pub fetched_bytes: AtomicU64,
     /// Blocks that failed verification and were dropped.
     pub corrupt_blocks: AtomicU64,
+    /// Objects evicted (idle, over the cap, short of free space, or asked to).
+    pub evicted_objects: AtomicU64,
+    /// Bytes those evictions freed.
+    pub evicted_bytes: AtomicU64,
 }
 
 pub(crate) struct CacheShared {

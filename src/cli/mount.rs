@@ -25,8 +25,9 @@ pub struct MountArgs {
     /// A YAML or JSON file listing inputs as a Valohai step does (name, default,
     /// keep-directories, filename, optional), or a valohai.yaml (with --step).
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (store requests by operation and
-    /// outcome with latencies, cache hits, fetches and size); the daemon of the cache dir serves
-    /// them for all its mounts, from the first mount that asks.
+    /// outcome with latencies, fetches in flight, read-ahead, failed reads, bytes served and
+    /// synced and outputs pending per mount, cache hits, fetches, evictions and size); the
+    /// daemon of the cache dir serves them for all its mounts, from the first mount that asks.
     #[arg(long, value_name = "HOST:PORT", env = "DATUMFS_METRICS_ADDR")]
     metrics_addr: Option<String>,
     /// The project whose datums, datasets, models and aliases inputs name, and where the

@@ -239,6 +239,12 @@ impl Execution {
         };
         let report = self.syncer.sync(self.staging.files_dir(), &self.state, &counters, &known).await;
         ticker.abort();
+        let uploaded = counters.files_done.load(std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::synced(
+            &self.mountpoint,
+            uploaded.saturating_sub(report.failed.len() as u64),
+            counters.bytes_done.load(std::sync::atomic::Ordering::Relaxed),
+        );
         let mut error = None;
         // Every datum the outputs are now, not only the ones this sync made: an earlier sync
         // killed after its datums were made but before this record was written left them out.

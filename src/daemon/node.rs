@@ -190,6 +190,7 @@ impl Node {
                     }
                     tracing::info!("unmounted {}", mp.display());
                     served.execution.finish();
+                    crate::metrics::forget_mount(&mp);
                     node.lock().serving.remove(&mp);
                     drop(served);
                     super::release_free_memory();
@@ -308,6 +309,11 @@ impl Node {
             }),
         });
         execution.record_start().await;
+        let watched = Arc::downgrade(&execution);
+        crate::metrics::watch_outputs(
+            &cfg.mountpoint,
+            Box::new(move || watched.upgrade()?.pending().ok().map(|p| (p.files, p.bytes))),
+        );
         let (done_tx, done_rx) = tokio::sync::watch::channel(false);
         Ok((Arc::new(Served { execution, done: done_rx }), session, done_tx))
     }

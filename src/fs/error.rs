@@ -84,6 +84,25 @@ impl FsError {
         matches!(self, FsError::NotFound | FsError::Os(libc::ENOENT))
     }
 
+    /// What caused a failed read, in a word, for the metrics' count of failed reads.
+    pub fn cause_kind(&self) -> &'static str {
+        let store = |e: &StoreError| match e {
+            StoreError::NotFound { .. } => "not_found",
+            StoreError::Changed { .. } => "changed",
+            StoreError::AccessDenied { .. } | StoreError::MissingCredentials { .. } => "denied",
+            StoreError::ClockSkewed { .. } => "clock_skew",
+            StoreError::Unreachable { .. } => "unreachable",
+            _ => "store",
+        };
+        match self {
+            FsError::Corrupt { .. } => "integrity",
+            FsError::Store(e) | FsError::Read(ReadError::Store(e)) => store(e),
+            FsError::Read(_) | FsError::Cache(_) => "cache",
+            FsError::Os(_) | FsError::Io(_) => "local_io",
+            _ => "other",
+        }
+    }
+
     /// The errno for this error.
     pub fn errno(&self) -> i32 {
         match self {

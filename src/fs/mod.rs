@@ -219,6 +219,8 @@ enum Owner<'a> {
 /// The mounted filesystem: a dispatcher over its namespaces.
 pub struct Fs {
     settings: FsSettings,
+    /// Bytes read through this mount, for the metrics.
+    served: crate::metrics::ServedBytes,
     services: Arc<InputServices>,
     data_store: Option<String>,
     inputs: Vec<Arc<InputNamespace>>,
@@ -307,6 +309,7 @@ impl Fs {
             Arc::new(config::ConfigNamespace::new(CONFIG, ROOT, inputs.clone(), services.clone(), parts.parameters));
         let outputs = Arc::new(outputs::OutputsNamespace::new(parts.staging, OUTPUTS, ROOT));
         Ok(Self {
+            served: crate::metrics::ServedBytes::of(&settings.mountpoint),
             settings,
             services,
             data_store: parts.data_store,
@@ -544,12 +547,22 @@ impl Fs {
     /// Serves a read without leaving the calling thread when that needs no waiting on the
     /// network (`None`: call [`Fs::read`]).
     pub fn read_cached(&self, fh: u64, offset: u64, size: u32) -> Option<FsResult<Vec<u8>>> {
-        self.file(fh).ok()?.try_read(offset, size)
+        let res = self.file(fh).ok()?.try_read(offset, size)?;
+        Some(self.count_read(res))
     }
 
     /// Reads from an open file, fetching what is missing (callers try [`Fs::read_cached`] first).
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        self.file(fh)?.read(offset, size).await
+        let res = self.file(fh)?.read(offset, size).await;
+        self.count_read(res)
+    }
+
+    fn count_read(&self, res: FsResult<Vec<u8>>) -> FsResult<Vec<u8>> {
+        match &res {
+            Ok(buf) => self.served.add(buf.len() as u64),
+            Err(e) => crate::metrics::read_failed(e.cause_kind()),
+        }
+        res
     }
 
     /// Writes to an open file for `caller`; returns the bytes written.

@@ -354,7 +354,7 @@ impl Reader {
             if obj.cached.is_complete() {
                 return Ok(());
             }
-            let claims = self.start_fetches(obj, all.clone());
+            let claims = self.start_fetches(obj, all.clone(), u64::MAX);
             if wait_present(&obj.cached, all.clone(), claims).await? {
                 return Ok(());
             }
@@ -422,7 +422,7 @@ impl Reader {
             } else {
                 needed.end
             };
-            let claims = self.start_fetches(obj, needed.start..upto);
+            let claims = self.start_fetches(obj, needed.start..upto, needed.end);
             match wait_readable(cached, needed.clone(), claims, obj.serve_fresh).await {
                 Ok(Readable::Present) => {}
                 Ok(Readable::Fresh(blocks)) => return Ok(copy_fresh(cached, needed.start, &blocks, offset..end)),
@@ -470,6 +470,7 @@ impl Reader {
         let start = remote.window.map_or(0, |w| w.offset);
         let end = span.last().and_then(|(o, _)| o.remote.window.map(|w| w.offset + o.remote.size)).unwrap_or(start);
         let _permit = self.inflight.clone().acquire_owned().await;
+        let _counted = crate::metrics::fetch_in_flight();
         let mut attempt = 0;
         let body = loop {
             // The first file's window starts the span: its range 0..len is the span's bytes.
@@ -531,10 +532,16 @@ impl Reader {
 
     /// Starts GETs for the missing blocks of `range`; returns the claims it made, whose errors
     /// the caller must see even if a fetch fails before the caller first looks.
-    fn start_fetches(&self, obj: &OpenObject, range: Range<u64>) -> Vec<Arc<InFlight>> {
+    /// Blocks from `ahead_from` on are read-ahead (counted as such in the metrics).
+    fn start_fetches(&self, obj: &OpenObject, range: Range<u64>, ahead_from: u64) -> Vec<Arc<InFlight>> {
         let runs = obj.cached.claim_missing(range, || Arc::new(InFlight::default()), self.cfg.max_run_blocks);
         let claims = runs.iter().map(|(_, f)| f.clone()).collect();
         for (run, flight) in runs {
+            let ahead = run.start.max(ahead_from)..run.end;
+            if !ahead.is_empty() {
+                let bytes = obj.cached.block_range(ahead.end - 1).end - obj.cached.block_range(ahead.start).start;
+                crate::metrics::read_ahead(bytes);
+            }
             let remote = obj.remote.clone();
             let cached = obj.cached.clone();
             let sem = self.inflight.clone();
@@ -543,6 +550,7 @@ impl Reader {
             tokio::spawn(async move {
                 let _in_use = in_use;
                 let _permit = sem.acquire_owned().await;
+                let _counted = crate::metrics::fetch_in_flight();
                 fetch_run(&remote, &cached, run, flight, attempts).await;
             });
         }
