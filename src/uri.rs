@@ -36,6 +36,8 @@ pub enum Scheme {
     Gcs,
     /// Azure Blob Storage / ADLS Gen2.
     Azure,
+    /// OpenStack Swift (`swift://CONTAINER/PATH`).
+    Swift,
     /// A public file over HTTP(S).
     Http,
     /// The local filesystem.
@@ -119,6 +121,7 @@ pub fn parse(uri: &str, cwd: &Path) -> Result<SourceUri, UriError> {
         "s3" | "s3a" => bucket_uri(uri, Scheme::S3, "s3", rest),
         "gs" | "gcs" => bucket_uri(uri, Scheme::Gcs, "gs", rest),
         "az" | "azure" => bucket_uri(uri, Scheme::Azure, "az", rest),
+        "swift" => bucket_uri(uri, Scheme::Swift, "swift", rest),
         "abfs" | "abfss" => {
             let (authority, key) = rest.split_once('/').unwrap_or((rest, ""));
             let Some((container, _account)) = authority.split_once('@') else {

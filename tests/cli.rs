@@ -559,3 +559,44 @@ fn config_files_set_defaults_below_the_environment_and_name_stores() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("cache_sise") && err.contains("config.toml"), "{err}");
 }
+
+#[test]
+fn doctor_check_writes_probes_the_stores_conditional_writes() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let probes = |store: &str, env: &[(String, String)]| {
+        let out = command(&home, env).args(["doctor", "--check-writes", "--json", "--store", store]).output().unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let checks = report["checks"].as_array().unwrap().clone();
+        let find =
+            |name: &str| checks.iter().find(|c| c["check"] == name).unwrap_or_else(|| panic!("{report}")).clone();
+        (find("create-only put"), find("compare-and-swap"))
+    };
+    // The local store: create-only by the filesystem, updates serialized by lock files.
+    let local = format!("file://{}", t.path().join("store").display());
+    let (create, cas) = probes(&local, &[]);
+    assert_eq!((create["outcome"].as_str(), cas["outcome"].as_str()), (Some("ok"), Some("ok")), "{create} {cas}");
+    // The loopback S3 server keeps both, as S3 does; the scratch record is gone after.
+    let s3 = S3Server::start();
+    s3.bucket("probe");
+    let (create, cas) = probes("s3://probe/records", &s3.env());
+    assert_eq!((create["outcome"].as_str(), cas["outcome"].as_str()), (Some("ok"), Some("ok")), "{create} {cas}");
+    let scratch = walk_files(&s3.root.path().join("probe"));
+    assert!(scratch.iter().all(|p| !p.contains("doctor")), "probe records left: {scratch:?}");
+}
+
+/// Every file below `dir`, as paths relative to it.
+fn walk_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}

@@ -222,6 +222,11 @@ impl Catalog {
         Self { ds, packs: packs::new_cache(), collection: Collection::Datasets }
     }
 
+    /// The data store the catalog is kept in.
+    pub fn data_store(&self) -> &DataStore {
+        &self.ds
+    }
+
     /// The same catalog, its version functions working on models instead of datasets.
     pub fn models(&self) -> Self {
         Self { collection: Collection::Models, ..self.clone() }

@@ -16,6 +16,10 @@ pub struct DoctorArgs {
     /// Print the checks as JSON.
     #[arg(long)]
     json: bool,
+    /// Also try the data store's conditional writes (create-only puts, compare-and-swap) with
+    /// a scratch record that is deleted again: the one check that writes.
+    #[arg(long)]
+    check_writes: bool,
     #[command(flatten)]
     store: StoreArg,
 }
@@ -168,13 +172,13 @@ pub fn run(args: DoctorArgs) -> Result<i32> {
     // Credentials: which variables are set (never their values), and one listing of the store.
     let names: Vec<String> = std::env::vars()
         .map(|(k, _)| k)
-        .filter(|k| k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_"))
+        .filter(|k| ["AWS_", "GOOGLE_", "AZURE_", "OS_", "ST_"].iter().any(|p| k.starts_with(p)))
         .collect();
     checks.push(check(
         "credentials",
         Outcome::Ok,
         if names.is_empty() {
-            "no AWS_*, GOOGLE_* or AZURE_* variables (the clouds' usual files and instance roles still apply)"
+            "no AWS_*, GOOGLE_*, AZURE_* or OS_* variables (the clouds' usual files and instance roles still apply)"
                 .to_string()
         } else {
             format!("set: {}", names.join(", "))
@@ -185,10 +189,27 @@ pub fn run(args: DoctorArgs) -> Result<i32> {
         let rt = super::datum::runtime()?;
         rt.block_on(c.projects()).map_err(anyhow::Error::from)
     });
+    let answered = store.is_ok();
     checks.push(match store {
         Ok(p) => check("data store", Outcome::Ok, format!("{url} answers ({} project(s))", p.len())),
         Err(e) => check("data store", Outcome::Fail, format!("{url}: {e:#}")),
     });
+    if args.check_writes && answered {
+        let probes = args.store.store_catalog().and_then(|c| {
+            let rt = super::datum::runtime()?;
+            Ok(rt.block_on(c.data_store().probe_conditional_writes()))
+        });
+        match probes {
+            Ok(probes) => checks.extend(probes.into_iter().map(|p| {
+                let outcome = match p.kept {
+                    Some(true) => Outcome::Ok,
+                    Some(false) | None => Outcome::Fail,
+                };
+                check(p.what, outcome, p.detail)
+            })),
+            Err(e) => checks.push(check("conditional writes", Outcome::Fail, format!("{e:#}"))),
+        }
+    }
 
     let failed = checks.iter().any(|c| c.outcome == Outcome::Fail);
     if args.json {
@@ -200,7 +221,7 @@ pub fn run(args: DoctorArgs) -> Result<i32> {
                 Outcome::Warn => "warn",
                 Outcome::Fail => "FAIL",
             };
-            println!("{mark}  {:<13} {}", c.check, c.detail);
+            println!("{mark}  {:<16} {}", c.check, c.detail);
         }
     }
     Ok(if failed { 1 } else { 0 })

@@ -174,7 +174,7 @@ fn join(cfg: &MountConfig) -> Result<Join> {
 pub fn store_environment() -> String {
     use sha2::Digest;
     let relevant = |k: &str| {
-        ["AWS_", "GOOGLE_", "AZURE_", "GCS_", "OBJECT_STORE_"].iter().any(|p| k.starts_with(p))
+        ["AWS_", "GOOGLE_", "AZURE_", "GCS_", "OBJECT_STORE_", "OS_", "ST_"].iter().any(|p| k.starts_with(p))
             || ["HOME", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"].contains(&k.to_ascii_uppercase().as_str())
     };
     let mut vars: Vec<(String, String)> = std::env::vars_os()

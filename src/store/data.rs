@@ -114,4 +114,89 @@ impl DataStore {
     pub fn default_project(&self) -> Self {
         Self { project: None, ..self.clone() }
     }
+
+    /// Tries the conditional writes datumfs's records rely on, with a scratch record that it
+    /// deletes again: a second create-only put must be refused, and an update must be refused
+    /// for a stale version and taken for the current one. Some S3-compatible stores accept
+    /// the headers and ignore them; this tells.
+    pub async fn probe_conditional_writes(&self) -> Vec<WriteProbe> {
+        use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+        let store = &self.handle.inner;
+        let key = self.default_project().record_key(&format!("doctor/{}", ulid::Ulid::generate()));
+        let put = |body: &'static [u8], mode: PutMode| {
+            store.put_opts(&key, PutPayload::from_static(body), PutOptions { mode, ..Default::default() })
+        };
+        let mut probes = Vec::new();
+        if let Err(e) = put(b"1", PutMode::Create).await {
+            probes.push(WriteProbe::failed("create-only put", format!("{}: {e}", self.uri_of(&key))));
+            return probes;
+        }
+        probes.push(match put(b"2", PutMode::Create).await {
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                WriteProbe::kept("create-only put", "a second create of the same key is refused")
+            }
+            Ok(_) => WriteProbe::ignored(
+                "create-only put",
+                "a second create of the same key was accepted: the store ignores If-None-Match, so \
+                 concurrent writers could replace each other's records",
+            ),
+            Err(e) => WriteProbe::failed("create-only put", e.to_string()),
+        });
+        let current = store.head(&key).await.ok().and_then(|m| m.e_tag);
+        let stale = UpdateVersion { e_tag: Some("\"0000\"".into()), version: None };
+        probes.push(match put(b"3", PutMode::Update(stale)).await {
+            Err(object_store::Error::Precondition { .. }) => match current {
+                Some(e_tag) => match put(b"4", PutMode::Update(UpdateVersion { e_tag: Some(e_tag), version: None }))
+                    .await
+                {
+                    Ok(_) => WriteProbe::kept("compare-and-swap", "a stale update is refused, a current one taken"),
+                    Err(e) => {
+                        WriteProbe::failed("compare-and-swap", format!("an update of the current version failed: {e}"))
+                    }
+                },
+                None => WriteProbe::failed("compare-and-swap", "the store gives no ETag to update against"),
+            },
+            Err(object_store::Error::NotImplemented { .. }) if self.local_dir.is_some() => {
+                WriteProbe::kept("compare-and-swap", "a local store: datumfs serializes record updates with lock files")
+            }
+            Err(object_store::Error::NotImplemented { .. }) => {
+                WriteProbe::ignored("compare-and-swap", "the store offers no conditional update")
+            }
+            Ok(_) => WriteProbe::ignored(
+                "compare-and-swap",
+                "an update against a stale version was accepted: the store ignores If-Match, so \
+                 concurrent alias and dataset changes could be lost",
+            ),
+            Err(e) => WriteProbe::failed("compare-and-swap", e.to_string()),
+        });
+        if let Err(e) = store.delete(&key).await {
+            tracing::warn!("removing the probe record {}: {e}", self.uri_of(&key));
+        }
+        probes
+    }
+}
+
+/// How a store handled one kind of conditional write.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WriteProbe {
+    /// Which kind: `create-only put` or `compare-and-swap`.
+    pub what: &'static str,
+    /// Kept (true), accepted but ignored (false), or the probe failed (None).
+    pub kept: Option<bool>,
+    /// What happened.
+    pub detail: String,
+}
+
+impl WriteProbe {
+    fn kept(what: &'static str, detail: impl Into<String>) -> Self {
+        Self { what, kept: Some(true), detail: detail.into() }
+    }
+
+    fn ignored(what: &'static str, detail: impl Into<String>) -> Self {
+        Self { what, kept: Some(false), detail: detail.into() }
+    }
+
+    fn failed(what: &'static str, detail: impl Into<String>) -> Self {
+        Self { what, kept: None, detail: detail.into() }
+    }
 }

@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod data;
 pub mod error;
 pub mod faulty;
+pub mod swift;
 
 use crate::uri::{Scheme, SourceUri};
 pub use error::StoreError;
@@ -193,6 +194,11 @@ fn build(uri: &SourceUri) -> Result<StoreHandle, StoreError> {
                 .build()
                 .map_err(bad)?,
         ),
+        Scheme::Swift => {
+            let auth = swift::SwiftAuth::from_env()
+                .map_err(|hint| StoreError::MissingCredentials { uri: uri.original.clone(), hint })?;
+            Arc::new(swift::SwiftStore::new(uri.bucket.as_deref().unwrap_or_default(), auth).map_err(bad)?)
+        }
         Scheme::File => Arc::new(object_store::local::LocalFileSystem::new()),
         Scheme::Datum | Scheme::Dataset | Scheme::Model => {
             return Err(StoreError::BadUri {

@@ -361,7 +361,7 @@ pub fn bin() -> &'static str {
 pub fn command(home: &Path, env: &[(String, String)]) -> Command {
     let mut c = Command::new(bin());
     for (k, _) in std::env::vars() {
-        if k.starts_with("AWS_") || k.starts_with("DATUMFS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_") {
+        if ["AWS_", "DATUMFS_", "GOOGLE_", "AZURE_", "OS_", "ST_"].iter().any(|p| k.starts_with(p)) {
             c.env_remove(k);
         }
     }
