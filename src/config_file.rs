@@ -58,12 +58,25 @@ pub struct NamedStore {
     pub profile: Option<String>,
 }
 
+/// A project's own settings (`[projects.NAME]`): its data store, so that access control between
+/// projects rides on the store's permissions (one bucket or prefix, and credentials, per
+/// project).
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectSettings {
+    /// The project's data store: a URL or the name of a `[stores.NAME]`.
+    #[serde(default)]
+    pub store: Option<String>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 struct FileContents {
     #[serde(flatten)]
     settings: BTreeMap<String, toml::Value>,
     #[serde(default)]
     stores: BTreeMap<String, NamedStore>,
+    #[serde(default)]
+    projects: BTreeMap<String, ProjectSettings>,
 }
 
 /// Where each setting came from.
@@ -86,6 +99,8 @@ pub struct Loaded {
     pub sources: Vec<Source>,
     /// Named stores, each with the file it came from.
     pub stores: BTreeMap<String, (NamedStore, PathBuf)>,
+    /// Projects' own settings, each with the file it came from.
+    pub projects: BTreeMap<String, (ProjectSettings, PathBuf)>,
     /// The files read, in order (system, then user).
     pub files: Vec<PathBuf>,
 }
@@ -131,7 +146,10 @@ fn read(path: &Path) -> Result<Option<FileContents>, ConfigFileError> {
     for key in contents.settings.keys() {
         if !KEYS.iter().any(|(k, _)| k == key) {
             let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
-            return Err(bad(format!("unknown setting '{key}' (settings: {}, and [stores.NAME])", known.join(", "))));
+            return Err(bad(format!(
+                "unknown setting '{key}' (settings: {}, and [stores.NAME], [projects.NAME])",
+                known.join(", ")
+            )));
         }
     }
     Ok(Some(contents))
@@ -165,6 +183,9 @@ pub fn apply() -> Result<&'static Loaded, ConfigFileError> {
         for (name, store) in contents.stores {
             loaded.stores.entry(name).or_insert((store, path.clone()));
         }
+        for (name, project) in contents.projects {
+            loaded.projects.entry(name).or_insert((project, path.clone()));
+        }
     }
     for (key, env) in KEYS {
         let source = match (std::env::var(env).ok().filter(|v| !v.is_empty()), per_key.get(env)) {
@@ -184,6 +205,23 @@ pub fn apply() -> Result<&'static Loaded, ConfigFileError> {
 /// The files' settings as applied (empty before [`apply`]).
 pub fn loaded() -> Option<&'static Loaded> {
     LOADED.get()
+}
+
+/// The data store to use, before [`resolve_store`]: `given` (`--store` or DATUMFS_STORE), unless
+/// `project` has a store of its own in a configuration file and `given` is only the files'
+/// default store. Precedence: flag or environment > the project's store > the files' store.
+pub fn store_for(given: Option<&str>, project: Option<&str>) -> Option<String> {
+    let loaded = loaded();
+    let own = project.and_then(|p| loaded?.projects.get(p)?.0.store.clone());
+    let files_default = loaded
+        .and_then(|l| l.sources.iter().find(|s| s.env == "DATUMFS_STORE"))
+        .filter(|s| s.from != "environment" && s.from != "default")
+        .and_then(|s| s.value.clone());
+    match (given, own) {
+        (None, own) => own,
+        (Some(g), Some(own)) if files_default.as_deref() == Some(g) => Some(own),
+        (Some(g), _) => Some(g.to_string()),
+    }
 }
 
 /// `--store` as given: a named store's URL (its endpoint, region and profile set in the

@@ -600,3 +600,43 @@ fn walk_files(dir: &Path) -> Vec<String> {
     }
     out
 }
+
+#[test]
+fn a_project_can_keep_its_records_in_a_store_of_its_own() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let (shared, vision) = (t.path().join("shared-store"), t.path().join("vision-store"));
+    std::fs::create_dir_all(home.join(".config/datumfs")).unwrap();
+    std::fs::write(
+        home.join(".config/datumfs/config.toml"),
+        format!(
+            "store = \"shared\"\n[stores.shared]\nurl = \"file://{}\"\n[projects.vision]\nstore = \"file://{}\"\n",
+            shared.display(),
+            vision.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| command(&home, &[]).args(args).output().unwrap();
+    let ok = |out: std::process::Output| {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out
+    };
+    ok(run(&["project", "create", "vision"]));
+    ok(run(&["project", "create", "audio"]));
+    let file = t.path().join("w.bin");
+    std::fs::write(&file, b"weights").unwrap();
+    ok(run(&["push", file.to_str().unwrap(), "--project", "vision"]));
+    ok(run(&["push", file.to_str().unwrap(), "--project", "audio"]));
+    // vision's records are in its own store, audio's in the shared one; each lists its own.
+    assert!(vision.join(".datumfs").is_dir() && !shared.join(".datumfs/projects/vision").exists());
+    assert!(shared.join(".datumfs/projects/audio").is_dir());
+    for project in ["vision", "audio"] {
+        let listed = json(&run(&["datum", "ls", "--project", project, "--json"]));
+        assert_eq!(listed.as_array().unwrap().len(), 1, "{project}: {listed}");
+    }
+    // An explicit store still wins over the project's own.
+    let out = run(&["datum", "ls", "--project", "vision", "--store", &format!("file://{}", shared.display())]);
+    assert!(!out.status.success(), "vision is not a project of the shared store");
+    let shown = json(&run(&["config", "show", "--json"]));
+    assert_eq!(shown["projects"]["vision"]["project"]["store"], format!("file://{}", vision.display()));
+}

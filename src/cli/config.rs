@@ -30,11 +30,17 @@ pub fn run(args: ConfigArgs) -> Result<i32> {
     if json {
         let stores: serde_json::Map<String, serde_json::Value> =
             loaded.stores.iter().map(|(name, (s, from))| (name.clone(), json!({ "store": s, "from": from }))).collect();
+        let projects: serde_json::Map<String, serde_json::Value> = loaded
+            .projects
+            .iter()
+            .map(|(name, (p, from))| (name.clone(), json!({ "project": p, "from": from })))
+            .collect();
         super::print_json(&json!({
             "files_searched": searched,
             "files_read": loaded.files,
             "settings": loaded.sources,
             "stores": stores,
+            "projects": projects,
         }))?;
         return Ok(0);
     }
@@ -54,6 +60,9 @@ pub fn run(args: ConfigArgs) -> Result<i32> {
             .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k} {v}")))
             .collect();
         println!("[stores.{name}] {} {} # {}", s.url, extra.join(", "), from.display());
+    }
+    for (name, (p, from)) in &loaded.projects {
+        println!("[projects.{name}] store {} # {}", p.store.as_deref().unwrap_or("(the default)"), from.display());
     }
     Ok(0)
 }

@@ -26,9 +26,15 @@ pub struct StoreArg {
 }
 
 impl StoreArg {
-    /// The store URL, defaulted.
+    /// The store URL, defaulted (the project's own store when a configuration file gives it one).
     pub fn url(&self) -> String {
-        self.store.as_deref().map(crate::config_file::resolve_store).unwrap_or_else(|| {
+        self.url_for(self.project.as_deref())
+    }
+
+    /// The store URL for `project`.
+    pub(super) fn url_for(&self, project: Option<&str>) -> String {
+        let store = crate::config_file::store_for(self.store.as_deref(), project);
+        store.as_deref().map(crate::config_file::resolve_store).unwrap_or_else(|| {
             format!("file://{}", super::absolute(&crate::config::datumfs_home().join("store")).display())
         })
     }
@@ -40,7 +46,12 @@ impl StoreArg {
 
     /// The catalog of the store's default project (where projects are listed).
     pub(super) fn store_catalog(&self) -> Result<Catalog> {
-        let ds = DataStore::open(&self.url(), &StoreRegistry::new()).map_err(|e| anyhow!("--store: {e}"))?;
+        self.store_catalog_for(self.project.as_deref())
+    }
+
+    /// The catalog of the default project of `project`'s store (where that project is listed).
+    pub(super) fn store_catalog_for(&self, project: Option<&str>) -> Result<Catalog> {
+        let ds = DataStore::open(&self.url_for(project), &StoreRegistry::new()).map_err(|e| anyhow!("--store: {e}"))?;
         Ok(Catalog::new(ds))
     }
 }

@@ -124,7 +124,8 @@ impl MountArgs {
         };
         let home = config::datumfs_home();
         let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
-        let store_url = match self.store.map(|s| crate::config_file::resolve_store(&s)) {
+        let store = crate::config_file::store_for(self.store.as_deref(), self.project.as_deref());
+        let store_url = match store.map(|s| crate::config_file::resolve_store(&s)) {
             // A local store is named by its absolute path: the daemon serving the mount may
             // run in another directory.
             Some(s) => match crate::uri::parse(&s, &cwd) {

@@ -40,14 +40,17 @@ enum ProjectCommand {
 
 /// Runs `datumfs project ...`.
 pub fn run(args: ProjectArgs) -> Result<i32> {
-    let catalog = args.store.store_catalog()?;
     let rt = runtime()?;
     match args.command {
         ProjectCommand::Create { name } => {
+            // A project with a store of its own (a configuration file's [projects.NAME]) is
+            // made there.
+            let catalog = args.store.store_catalog_for(Some(&name))?;
             rt.block_on(catalog.create_project(&name))?;
             println!("project {name} created (use it with --project {name} or DATUMFS_PROJECT={name})");
         }
         ProjectCommand::Ls { json } => {
+            let catalog = args.store.store_catalog()?;
             let names = rt.block_on(catalog.projects())?;
             if json {
                 super::print_json(&names)?;
@@ -58,6 +61,7 @@ pub fn run(args: ProjectArgs) -> Result<i32> {
             }
         }
         ProjectCommand::Show { name, json } => {
+            let catalog = args.store.store_catalog_for(Some(&name))?;
             let Some(rec) = rt.block_on(catalog.project(&name))? else {
                 bail!(crate::catalog::CatalogError::NoSuchProject { name, store: catalog.store().url.clone() });
             };
