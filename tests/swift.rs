@@ -521,4 +521,31 @@ fn swift_round_trip_through_a_mount() {
         TestMount::new(&["--input", "ds=dataset://sw/v1", "--store", records, "--execution", "sw-2"], &swift.env());
     assert_eq!(std::fs::read(m2.path("inputs/ds/model.bin")).unwrap(), big);
     assert_eq!(std::fs::read(m2.path("inputs/ds/metrics.json")).unwrap(), small);
+    drop(m2);
+    // A writable volume on Swift: an edit and a new file pushed back with volume sync
+    // (conditional on the listed version: compare-and-swap through Swift's lock objects).
+    rt().block_on(async {
+        store.put(&ObjPath::from("vol/notes.txt"), PutPayload::from_static(b"first line\n")).await.unwrap();
+    });
+    let m3 = TestMount::new(
+        &["--volume", "v=swift://data/vol/:rwd", "--store", records, "--execution", "sw-3"],
+        &swift.env(),
+    );
+    let notes = m3.path("volumes/v/notes.txt");
+    assert_eq!(std::fs::read(&notes).unwrap(), b"first line\n");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&notes).unwrap();
+    f.write_all(b"second line\n").unwrap();
+    drop(f);
+    std::fs::write(m3.path("volumes/v/new.txt"), b"new").unwrap();
+    let synced = m3.run(&["volume", "sync", m3.mnt.to_str().unwrap(), "v", "--json"]);
+    assert!(
+        synced.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&synced.stderr),
+        String::from_utf8_lossy(&synced.stdout)
+    );
+    rt().block_on(async {
+        assert_eq!(read_all(&store, "vol/notes.txt").await, b"first line\nsecond line\n");
+        assert_eq!(read_all(&store, "vol/new.txt").await, b"new");
+    });
 }
