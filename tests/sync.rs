@@ -864,3 +864,51 @@ fn a_sync_killed_at_any_crash_point_finishes_on_rerun_with_records_matching_the_
         }
     }
 }
+
+#[test]
+fn every_name_of_a_hard_link_is_a_datum_with_its_bytes_uploaded_once() {
+    if !fuse_available() {
+        return;
+    }
+    let (s3, store) = s3_store();
+    let scratch = tempfile::tempdir().unwrap();
+    let input = input_dir(scratch.path());
+    let m = TestMount::new(&["--input", &input, "--store", &store, "--execution", "exec-links"], &s3.env());
+    let o = m.path("outputs");
+    let (model, other) = (bytes(900, 3_000_000), bytes(901, 2_000_000));
+    fs::write(o.join("model.bin"), &model).unwrap();
+    fs::create_dir_all(o.join("best")).unwrap();
+    fs::hard_link(o.join("model.bin"), o.join("best/model.bin")).unwrap();
+    fs::hard_link(o.join("model.bin"), o.join("latest.bin")).unwrap();
+    fs::write(o.join("other.bin"), &other).unwrap();
+    s3.clear_log();
+    let report = json(&m.run(&["sync", m.mnt.to_str().unwrap(), "--json"]));
+    let ids = datums(&report);
+    assert_eq!(ids.len(), 4, "{report}");
+    // Every name is a datum of its own, at its own key, holding the file's bytes.
+    let (home, env) = (m.home.clone(), s3.env());
+    let cli = |args: &[&str]| command(&home, &env).args(args).arg("--store").arg(&store).output().unwrap();
+    let mut keys = std::collections::BTreeSet::new();
+    for (path, data) in
+        [("model.bin", &model), ("best/model.bin", &model), ("latest.bin", &model), ("other.bin", &other)]
+    {
+        let d = json(&cli(&["datum", "show", &ids[path], "--json"]));
+        assert_eq!(d["checksums"]["sha256"], sha256(data), "{path}");
+        assert_eq!(&stored_bytes(&s3, &d), data, "{path}");
+        keys.insert(d["key"].as_str().unwrap().to_string());
+    }
+    assert_eq!(keys.len(), 4, "one object per datum: purging one name leaves the others");
+    // The linked file's bytes went up once; its other names are copies made by the store.
+    let puts: Vec<Logged> =
+        s3.requests().into_iter().filter(|r| r.method == "PUT" && r.path.contains("/data/")).collect();
+    let uploaded: u64 = puts.iter().filter(|r| r.copy_source.is_none()).map(|r| r.content_length).sum();
+    assert_eq!(uploaded, (model.len() + other.len()) as u64, "{puts:?}");
+    assert_eq!(puts.iter().filter(|r| r.copy_source.is_some()).count(), 2, "{puts:?}");
+    // Purging one name leaves the others readable.
+    let out = cli(&["datum", "purge", &ids["latest.bin"], "--yes", "--reason", "test"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = scratch.path().join("got.bin");
+    let out = cli(&["datum", "get", &ids["best/model.bin"], got.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read(&got).unwrap(), model);
+}

@@ -366,6 +366,119 @@ impl Syncer {
         Ok(rec)
     }
 
+    /// Makes output path `rel` a datum of the same bytes as `first`, another name of the same
+    /// staged inode (a hard link): the store copies `first`'s object to the planned key, so the
+    /// bytes go up once, and the record takes `first`'s checksums. `None` where that is not
+    /// safe (the file changed since `first` was read, or something is at the key already): the
+    /// caller then uploads it as any other file.
+    async fn make_linked_datum(
+        &self,
+        rel: &str,
+        local: &Path,
+        meta: &DatumMeta,
+        (id, key): &(String, String),
+        stamp: FileStamp,
+        (first, first_stamp): (&DatumRecord, FileStamp),
+    ) -> Option<Result<DatumRecord, SyncError>> {
+        use object_store::ObjectStoreExt;
+        if stamp != first_stamp || !unchanged(local, stamp) {
+            return None;
+        }
+        let ds = self.catalog.store();
+        let (from, to) = (KeyPath::from(first.key.as_str()), KeyPath::from(key.as_str()));
+        match ds.handle.inner.head(&to).await {
+            Err(object_store::Error::NotFound { .. }) => {}
+            _ => return None,
+        }
+        if let Err(e) = ds.handle.inner.copy(&from, &to).await {
+            tracing::debug!("outputs/{rel}: copying {} in the store failed ({e}); uploading it", first.object_uri);
+            return None;
+        }
+        crate::crash::point("upload-done");
+        let rec = DatumRecord {
+            uri: format!("datum://{id}"),
+            id: id.clone(),
+            store: ds.url.clone(),
+            object_uri: ds.uri_of(&to),
+            key: key.clone(),
+            size: first.size,
+            checksums: first.checksums.clone(),
+            created_at: catalog::now(),
+            execution: Some(self.execution.clone()),
+            path: rel.to_string(),
+            tags: meta.tags.clone(),
+            alias: meta.alias.clone(),
+            properties: meta.properties.clone(),
+            packed: None,
+        };
+        let recorded = async {
+            self.catalog.put_datum(&rec).await?;
+            crate::crash::point("datum-recorded");
+            if let Some(alias) = &meta.alias {
+                self.catalog.set_alias(alias, id, Some(&self.execution)).await?;
+                crate::crash::point("alias-moved");
+            }
+            Ok(())
+        };
+        Some(recorded.await.map(|()| rec))
+    }
+
+    /// Uploads one file as its datum (or, for another name of an inode uploaded just before,
+    /// copies that datum's object), recording it in the sync state. Returns the record too.
+    async fn sync_single(
+        &self,
+        job: Job,
+        state: &SyncState,
+        progress: &Progress,
+        linked_to: Option<(&DatumRecord, FileStamp)>,
+    ) -> (String, DatumResult, Option<DatumRecord>) {
+        let res = match job.meta {
+            Err(e) => Err(SyncError::from(e)),
+            Ok(meta) => {
+                let linked = match linked_to {
+                    Some(first) => {
+                        self.make_linked_datum(&job.rel, &job.local, &meta, &job.planned, job.stamp, first).await
+                    }
+                    None => None,
+                };
+                let res = match linked {
+                    Some(res) => res,
+                    None => {
+                        let (rel, stamp, pending_state) = (job.rel.clone(), job.stamp, state.clone());
+                        let replanned = move |datum: String, key: String| {
+                            let st = PathState::Pending { stamp, datum, key, packed: None };
+                            // On disk before the upload to the new key starts.
+                            let write = async move {
+                                pending_state.blocking(move |s| s.set(&rel, &st)).await.map_err(SyncError::State)
+                            };
+                            Box::pin(write) as futures::future::BoxFuture<'static, _>
+                        };
+                        self.make_datum(
+                            &job.rel,
+                            &job.local,
+                            meta,
+                            job.planned,
+                            job.resuming,
+                            job.known.as_ref().map(|k| (k, job.stamp)),
+                            &progress.bytes_done,
+                            replanned,
+                        )
+                        .await
+                    }
+                };
+                if let Ok(rec) = &res {
+                    record_synced(state, &job.rel, job.stamp, rec);
+                }
+                res
+            }
+        };
+        progress.files_done.fetch_add(1, Ordering::Relaxed);
+        match res {
+            Ok(rec) => (job.rel.clone(), Ok(made(&job.rel, rec.clone())), Some(rec)),
+            Err(e) => (job.rel, Err(e), None),
+        }
+    }
+
     /// What a sync of the staged outputs under `root` has to do: files already synced go
     /// straight into the report, the others become jobs with their datum id and key planned.
     /// Walks the tree and reads the sync state and metadata files: call on a blocking thread.
@@ -485,48 +598,42 @@ impl Syncer {
         progress.files_total.store(all.clone().count() as u64, Ordering::Relaxed);
         progress.bytes_total.store(all.map(|j| j.stamp.size).sum(), Ordering::Relaxed);
         jobs.sort_by(|a, b| a.rel.cmp(&b.rel));
+        // Names of one staged inode (hard links) go together: the first is uploaded, the others
+        // are copies of its object in the store. Files a killed sync was uploading finish alone.
+        let mut units: Vec<Vec<Job>> = Vec::new();
+        let mut by_inode: std::collections::HashMap<u64, usize> = Default::default();
+        for job in jobs {
+            if job.meta.is_ok() && !job.resuming {
+                if let Some(&unit) = by_inode.get(&job.stamp.ino) {
+                    units[unit].push(job);
+                    continue;
+                }
+                by_inode.insert(job.stamp.ino, units.len());
+            }
+            units.push(vec![job]);
+        }
         // Records of the datums uploaded alone, for the index record.
         let indexed = std::sync::Mutex::new(Vec::new());
         let indexed_ref = &indexed;
-        let singles = futures::stream::iter(jobs)
-            .map(|job| async move {
-                let res = match job.meta {
-                    Err(e) => Err(SyncError::from(e)),
-                    Ok(meta) => {
-                        let (rel, stamp, pending_state) = (job.rel.clone(), job.stamp, state.clone());
-                        let replanned = move |datum: String, key: String| {
-                            let st = PathState::Pending { stamp, datum, key, packed: None };
-                            // On disk before the upload to the new key starts.
-                            let write = async move {
-                                pending_state.blocking(move |s| s.set(&rel, &st)).await.map_err(SyncError::State)
-                            };
-                            Box::pin(write) as futures::future::BoxFuture<'static, _>
-                        };
-                        let res = self
-                            .make_datum(
-                                &job.rel,
-                                &job.local,
-                                meta,
-                                job.planned,
-                                job.resuming,
-                                job.known.as_ref().map(|k| (k, job.stamp)),
-                                &progress.bytes_done,
-                                replanned,
-                            )
-                            .await;
-
-                        if let Ok(rec) = &res {
-                            record_synced(state, &job.rel, job.stamp, rec);
-                            indexed_ref.lock().unwrap_or_else(|e| e.into_inner()).push(rec.clone());
-                        }
-                        res.map(|rec| made(&job.rel, rec))
+        let singles = futures::stream::iter(units)
+            .map(|unit| async move {
+                let mut out = Vec::with_capacity(unit.len());
+                let mut first: Option<(DatumRecord, FileStamp)> = None;
+                for job in unit {
+                    let stamp = job.stamp;
+                    let linked_to = first.as_ref().map(|(rec, st)| (rec, *st));
+                    let (rel, res, rec) = self.sync_single(job, state, progress, linked_to).await;
+                    if let Some(rec) = rec {
+                        indexed_ref.lock().unwrap_or_else(|e| e.into_inner()).push(rec.clone());
+                        first.get_or_insert((rec, stamp));
                     }
-                };
-                progress.files_done.fetch_add(1, Ordering::Relaxed);
-                (job.rel, res)
+                    out.push((rel, res));
+                }
+                out
             })
             .buffer_unordered(FILES_IN_FLIGHT)
             .collect::<Vec<_>>();
+        let singles = async { singles.await.into_iter().flatten().collect::<Vec<_>>() };
         let (mut results, packed) = futures::join!(singles, self.sync_packed(packed_jobs, state, progress));
         results.extend(packed);
         if let Err(e) = state.blocking(SyncState::flush).await {

@@ -21,6 +21,10 @@ pub struct Logged {
     pub path: String,
     pub query: String,
     pub range: Option<String>,
+    /// The source of a server-side copy (x-amz-copy-source).
+    pub copy_source: Option<String>,
+    /// The request's Content-Length.
+    pub content_length: u64,
 }
 
 impl Logged {
@@ -200,6 +204,16 @@ impl S3Server {
                             path: req.uri().path().to_string(),
                             query: req.uri().query().unwrap_or_default().to_string(),
                             range: req.headers().get("range").and_then(|v| v.to_str().ok()).map(str::to_string),
+                            copy_source: req
+                                .headers()
+                                .get("x-amz-copy-source")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_string),
+                            content_length: req
+                                .headers()
+                                .get("content-length")
+                                .and_then(|v| v.to_str().ok()?.parse().ok())
+                                .unwrap_or(0),
                         });
                         let wait = delay.load(std::sync::atomic::Ordering::Relaxed);
                         let slow = wait > 0 && (req.method() == "PUT" || req.method() == "POST");
