@@ -182,9 +182,18 @@ impl Swift {
             .collect()
     }
 
+    /// A tempauth token (asked again while the servers, busy just after they came up, fail).
     fn token(&self) -> String {
-        let (_, headers, _) = http(self.port, "GET", "/auth/v1.0", &[("X-Auth-User", USER), ("X-Auth-Key", KEY)], b"");
-        get_header(&headers, "x-auth-token").unwrap().to_string()
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, headers, _) =
+                http(self.port, "GET", "/auth/v1.0", &[("X-Auth-User", USER), ("X-Auth-Key", KEY)], b"");
+            if let Some(token) = get_header(&headers, "x-auth-token") {
+                return token.to_string();
+            }
+            assert!(Instant::now() < deadline, "no tempauth token within 30 s (last: HTTP {status}): {}", self.logs());
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     fn create_container(&self, name: &str) {
