@@ -390,8 +390,7 @@ impl VolumeState {
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let text = serde_json::to_vec(&asked).map_err(|e| io_err(&id_path)(io::Error::other(e)))?;
-                let tmp = dir.join("volume.json.tmp");
-                std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &id_path)).map_err(io_err(&id_path))?;
+                crate::util::write_file_atomically(&id_path, &text).map_err(io_err(&id_path))?;
             }
             Err(e) => return Err(io_err(&id_path)(e)),
         }
