@@ -912,3 +912,144 @@ fn every_name_of_a_hard_link_is_a_datum_with_its_bytes_uploaded_once() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(fs::read(&got).unwrap(), model);
 }
+
+/// `datumfs push` killed (SIGKILL) at each of its crash points, then run again with the same
+/// `--execution`: each file exactly one datum holding its bytes, the execution record and both
+/// listings naming exactly those, and nothing uploaded again that the killed run had stored.
+#[test]
+fn a_push_killed_at_any_crash_point_finishes_on_rerun_with_each_file_one_datum() {
+    let (s3, store) = s3_store();
+    let scratch = tempfile::tempdir().unwrap();
+    let home = scratch.path().join("home");
+    let src = scratch.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..8)
+        .map(|k| {
+            (
+                if k % 2 == 0 { format!("f{k}.bin") } else { format!("sub/f{k}.bin") },
+                bytes(700 + k, 20_000 + k as usize),
+            )
+        })
+        .collect();
+    for (name, data) in &files {
+        fs::write(src.join(name), data).unwrap();
+    }
+    let runs = [
+        ("upload-done", 1),
+        ("upload-done", 5),
+        ("datum-recorded", 1),
+        ("datum-recorded", 6),
+        ("index-written", 1),
+        ("execution-recorded", 1),
+    ];
+    for (n, (point, at)) in runs.into_iter().enumerate() {
+        let exec = format!("push-crash-{n}");
+        let ctx = format!("killed at {point}:{at}");
+        let push = |env: &[(String, String)]| {
+            command(&home, env)
+                .args(["push", src.to_str().unwrap(), "--json", "--execution", &exec, "--store", &store])
+                .output()
+                .unwrap()
+        };
+        let mut crashing = s3.env();
+        crashing.push((datumfs::crash::CRASH_AT_ENV.into(), format!("{point}:{at}")));
+        let killed = push(&crashing);
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&killed.status), Some(libc::SIGKILL), "{ctx}");
+        let data_dir = s3.root.path().join(BUCKET).join("team/data").join(&exec);
+        let stored_before = objects_under(&data_dir);
+        let rerun = push(&s3.env());
+        assert!(rerun.status.success(), "{ctx}: {}", String::from_utf8_lossy(&rerun.stderr));
+        let report = json(&rerun);
+        assert_eq!(report["datums"].as_array().unwrap().len(), files.len(), "{ctx}: {report}");
+        // One object per file, and what the killed run stored was never replaced.
+        let stored_after = objects_under(&data_dir);
+        let names: Vec<&String> = stored_after.keys().collect();
+        assert_eq!(
+            names,
+            files.iter().map(|f| &f.0).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>(),
+            "{ctx}"
+        );
+        for (name, modified) in &stored_before {
+            assert_eq!(stored_after.get(name), Some(modified), "{ctx}: {name} was stored again");
+        }
+
+        let ls = |extra: &[&str]| {
+            let mut a = vec!["datum", "ls", "--json", "--store", store.as_str()];
+            a.extend(extra);
+            json(&command(&home, &s3.env()).args(&a).output().unwrap())
+        };
+        let of_exec: Vec<Value> = ls(&["--execution", &exec]).as_array().unwrap().clone();
+        let mut by_path: BTreeMap<String, Value> = BTreeMap::new();
+        for d in &of_exec {
+            let prev = by_path.insert(d["path"].as_str().unwrap().to_string(), d.clone());
+            assert!(prev.is_none(), "{ctx}: {} is two datums", d["path"]);
+        }
+        assert_eq!(by_path.len(), files.len(), "{ctx}: {:?}", by_path.keys());
+        for (name, data) in &files {
+            let d = &by_path[name];
+            assert_eq!(d["checksums"]["sha256"], sha256(data), "{ctx}: {name}");
+            assert_eq!(&stored_bytes(&s3, d), data, "{ctx}: {name}");
+        }
+        let ids: std::collections::BTreeSet<String> =
+            of_exec.iter().map(|d| d["id"].as_str().unwrap().to_string()).collect();
+        let record: Value =
+            serde_json::from_slice(&s3.object(BUCKET, &format!("team/.datumfs/executions/{exec}.json")).unwrap())
+                .unwrap();
+        let recorded: std::collections::BTreeSet<String> =
+            record["outputs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+        assert_eq!(recorded, ids, "{ctx}: the execution record");
+        let everywhere: std::collections::BTreeSet<String> = ls(&[])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["execution"] == exec.as_str())
+            .map(|d| d["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(everywhere, ids, "{ctx}: datum ls");
+    }
+    // A push into an execution whose file changed since: the new bytes are a new datum, the
+    // unchanged files keep theirs.
+    let exec = "push-crash-0";
+    let before = json(
+        &command(&home, &s3.env())
+            .args(["datum", "ls", "--json", "--execution", exec, "--store", &store])
+            .output()
+            .unwrap(),
+    );
+    fs::write(src.join("f0.bin"), b"changed").unwrap();
+    let again = json(
+        &command(&home, &s3.env())
+            .args(["push", src.to_str().unwrap(), "--json", "--execution", exec, "--store", &store])
+            .output()
+            .unwrap(),
+    );
+    let after = json(
+        &command(&home, &s3.env())
+            .args(["datum", "ls", "--json", "--execution", exec, "--store", &store])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(after.as_array().unwrap().len(), before.as_array().unwrap().len() + 1, "{again}");
+    let f0: Vec<&Value> = after.as_array().unwrap().iter().filter(|d| d["path"] == "f0.bin").collect();
+    assert_eq!(f0.len(), 2, "{after}");
+    assert!(f0.iter().any(|d| stored_bytes(&s3, d) == b"changed"), "{after}");
+}
+
+/// Relative path -> modification time of every object file below `dir` (the S3 server's).
+fn objects_under(dir: &Path) -> BTreeMap<String, std::time::SystemTime> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else { continue };
+        for e in entries {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                let rel = e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, e.metadata().unwrap().modified().unwrap());
+            }
+        }
+    }
+    out
+}

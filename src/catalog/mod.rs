@@ -324,6 +324,12 @@ impl Catalog {
         format!("datums/{id}.json")
     }
 
+    /// The datum record stored under `id`, if there is one (packed datums, which have none of
+    /// their own, are not looked for).
+    pub async fn stored_datum(&self, id: &str) -> Result<Option<DatumRecord>, CatalogError> {
+        Ok(self.read(&self.ds.record_key(&Self::datum_rel(id))).await?.map(|(d, _)| d))
+    }
+
     /// Stores a new datum record (create-only: an existing record is never replaced; storing the
     /// same record again is a no-op, so a resumed sync can repeat it).
     pub async fn put_datum(&self, rec: &DatumRecord) -> Result<(), CatalogError> {

@@ -315,7 +315,7 @@ fn add_files(
     for item in add {
         let local = std::path::Path::new(item);
         if !item.starts_with("datum://") && local.exists() {
-            let (_, results) = push_files(rt, catalog, files_of(local)?, DatumMeta::default())?;
+            let (_, results) = push_files(rt, catalog, files_of(local)?, DatumMeta::default(), None)?;
             for (rel, r) in results {
                 match r {
                     Ok(d) => take(&d, item)?,

@@ -139,6 +139,10 @@ pub struct PushArgs {
     /// An alias for the datum (one file only).
     #[arg(long, value_name = "ALIAS")]
     alias: Option<String>,
+    /// The execution the datums belong to (default: a new `push-ID`). A push with the id of an
+    /// earlier one that was interrupted finishes it: files it already recorded keep their datums.
+    #[arg(long, value_name = "ID")]
+    execution: Option<String>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -401,28 +405,56 @@ pub(super) fn push_files(
     catalog: &Catalog,
     files: Vec<(String, PathBuf)>,
     meta: DatumMeta,
+    execution: Option<String>,
 ) -> Result<(String, Pushed)> {
-    let execution = format!("push-{}", catalog::new_id().to_ascii_lowercase());
+    let execution = execution.unwrap_or_else(new_push_execution);
+    // An execution that exists already is an earlier push of these files, interrupted (or one
+    // to extend): its datums are found again, never made twice.
+    let (mut record, earlier) = match rt.block_on(catalog.find_execution(&execution))? {
+        Some(rec) => {
+            let earlier = rt.block_on(catalog.execution_datums(&rec))?;
+            (rec, Some(earlier))
+        }
+        None => {
+            let rec = catalog::ExecutionRecord {
+                command: Some(std::env::args().collect()),
+                ..catalog::ExecutionRecord::new(&execution, &catalog::now(), &catalog::hostname())
+            };
+            rt.block_on(catalog.put_execution(&rec))?;
+            (rec, None)
+        }
+    };
+    let started_ms = chrono::DateTime::parse_from_rfc3339(&record.started_at)
+        .map(|t| t.timestamp_millis().max(0) as u64)
+        .with_context(|| {
+            format!("execution {execution}: its record has a malformed start time {:?}", record.started_at)
+        })?;
     let syncer = Syncer { catalog: catalog.clone(), execution: execution.clone(), pack_below: 0 };
     let progress = Arc::new(Progress::default());
     let bar = super::sync::progress_bar("pushing");
     let results = rt.block_on(async {
         let ticker = super::sync::tick(progress.clone(), bar.clone());
-        let r = syncer.push(files, meta, &progress).await;
+        let r = syncer.push(files, meta, started_ms, earlier.as_deref(), &progress).await;
         ticker.abort();
         r
     });
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let record = catalog::ExecutionRecord {
-        ended_at: Some(catalog::now()),
-        command: Some(std::env::args().collect()),
-        outputs: results.iter().filter_map(|(_, r)| r.as_ref().ok()).map(|d| d.id.clone()).collect(),
-        ..catalog::ExecutionRecord::new(&execution, &catalog::now(), &catalog::hostname())
-    };
+    record.ended_at = Some(catalog::now());
+    for d in results.iter().filter_map(|(_, r)| r.as_ref().ok()) {
+        if !record.outputs.contains(&d.id) {
+            record.outputs.push(d.id.clone());
+        }
+    }
     rt.block_on(catalog.put_execution(&record))?;
+    crate::crash::point("execution-recorded");
     Ok((execution, results))
+}
+
+/// A new execution id for a push.
+fn new_push_execution() -> String {
+    format!("push-{}", catalog::new_id().to_ascii_lowercase())
 }
 
 /// Runs `datumfs push`.
@@ -430,6 +462,9 @@ pub fn run_push(args: PushArgs) -> Result<i32> {
     let catalog = args.store.catalog()?;
     if let Some(a) = &args.alias {
         catalog::check_alias(a)?;
+    }
+    if let Some(e) = &args.execution {
+        catalog::check_name(e, "execution")?;
     }
     let mut files = Vec::new();
     for p in &args.paths {
@@ -446,7 +481,12 @@ pub fn run_push(args: PushArgs) -> Result<i32> {
     }
     let meta = DatumMeta { tags: args.tags.clone(), alias: args.alias.clone(), ..Default::default() };
     let rt = runtime()?;
-    let (execution, results) = push_files(&rt, &catalog, files, meta)?;
+    let execution = args.execution.clone().unwrap_or_else(new_push_execution);
+    eprintln!(
+        "datumfs: pushing {} file(s) as execution {execution} (if it is interrupted, the same push with --execution {execution} finishes it)",
+        files.len()
+    );
+    let (execution, results) = push_files(&rt, &catalog, files, meta, Some(execution))?;
     let ok: Vec<&DatumRecord> = results.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
     if args.json {
         let v: Vec<_> = results

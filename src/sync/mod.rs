@@ -1018,11 +1018,15 @@ impl Syncer {
     }
 
     /// Turns local files (not staged outputs) into datums: `datumfs push`. `files` are
-    /// (relative path, local path) pairs.
+    /// (relative path, local path) pairs. `earlier`: the start (ms since the epoch) of this
+    /// execution's earlier, interrupted push, whose datums are found again rather than made twice
+    /// (`None` for a new execution).
     pub async fn push(
         &self,
         files: Vec<(String, PathBuf)>,
         meta: DatumMeta,
+        started_ms: u64,
+        earlier: Option<&[DatumRecord]>,
         progress: &Progress,
     ) -> Vec<(String, Result<DatumRecord, SyncError>)> {
         progress.files_total.store(files.len() as u64, Ordering::Relaxed);
@@ -1031,6 +1035,12 @@ impl Syncer {
             total += std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         }
         progress.bytes_total.store(total, Ordering::Relaxed);
+        let by_path: BTreeMap<&str, Vec<&DatumRecord>> =
+            earlier.unwrap_or_default().iter().fold(BTreeMap::new(), |mut m, d| {
+                m.entry(d.path.as_str()).or_insert_with(Vec::new).push(d);
+                m
+            });
+        let by_path = &by_path;
         // The alias goes to the last file only (an alias names one datum).
         let last = files.len().saturating_sub(1);
         let made = futures::stream::iter(files.into_iter().enumerate())
@@ -1040,12 +1050,41 @@ impl Syncer {
                     m.alias = None;
                 }
                 async move {
-                    let planned = self.plan(&rel);
-                    let res = self
-                        .make_datum(&rel, &local, m, planned, false, None, &progress.bytes_done, |_, _| {
-                            Box::pin(async { Ok(()) })
-                        })
-                        .await;
+                    let res = async {
+                        let mut id = push_datum_id(&self.execution, started_ms, &rel);
+                        if earlier.is_some() {
+                            let sha256 = upload::file_sha256(&local).await?;
+                            let found = self.catalog.stored_datum(&id).await?;
+                            let earlier_same = by_path.get(rel.as_str()).into_iter().flatten().copied();
+                            if let Some(d) =
+                                found.iter().chain(earlier_same).find(|d| d.path == rel && d.checksums.sha256 == sha256)
+                            {
+                                progress.bytes_done.fetch_add(d.size, Ordering::Relaxed);
+                                if let Some(alias) = &m.alias {
+                                    self.catalog.set_alias(alias, &d.id, Some(&self.execution)).await?;
+                                }
+                                return Ok(d.clone());
+                            }
+                            if found.is_some() {
+                                // The path's datum of the interrupted push holds other bytes:
+                                // the file changed since, and its bytes now are a new datum.
+                                id = catalog::new_id();
+                            }
+                        }
+                        let key = self.catalog.store().data_key(&format!("{}/{rel}", self.execution)).to_string();
+                        self.make_datum(
+                            &rel,
+                            &local,
+                            m,
+                            (id, key),
+                            earlier.is_some(),
+                            None,
+                            &progress.bytes_done,
+                            |_, _| Box::pin(async { Ok(()) }),
+                        )
+                        .await
+                    }
+                    .await;
                     progress.files_done.fetch_add(1, Ordering::Relaxed);
                     (rel, res)
                 }
@@ -1058,9 +1097,36 @@ impl Syncer {
     }
 }
 
+/// The datum id `datumfs push` gives output path `rel` of `execution` (started at `started_ms`):
+/// a ULID with the execution's start as its time and a hash of both names as its random part, the
+/// same on every run of that push, so a rerun finds the datums an interrupted run recorded.
+pub fn push_datum_id(execution: &str, started_ms: u64, rel: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"datumfs push\0");
+    h.update(execution.as_bytes());
+    h.update(b"\0");
+    h.update(rel.as_bytes());
+    let digest = h.finalize();
+    let mut random = [0u8; 16];
+    random[6..].copy_from_slice(&digest[..10]);
+    ulid::Ulid::from_parts(started_ms, u128::from_be_bytes(random)).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_push_datum_id_is_the_same_on_every_run_and_differs_per_path_and_execution() {
+        let started = 1_765_000_000_123;
+        let id = push_datum_id("push-a", started, "d/f.bin");
+        assert!(catalog::is_id(&id), "{id}");
+        assert_eq!(id, push_datum_id("push-a", started, "d/f.bin"));
+        assert_eq!(ulid::Ulid::from_string(&id).unwrap().timestamp_ms(), started);
+        assert_ne!(id, push_datum_id("push-a", started, "d/g.bin"));
+        assert_ne!(id, push_datum_id("push-b", started, "d/f.bin"));
+    }
 
     /// Staged outputs under a temporary root, their sync state, and a syncer with a catalog
     /// in memory.

@@ -60,6 +60,17 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(|e| local(path)(std::io::Error::other(e)))?.map_err(local(path))
 }
 
+/// The sha256 of local file `path`, read on a blocking thread.
+pub async fn file_sha256(path: &std::path::Path) -> Result<String, UploadError> {
+    let p = path.to_path_buf();
+    blocking(path, move || {
+        let mut h = Sha256::new();
+        std::io::copy(&mut std::fs::File::open(&p)?, &mut h)?;
+        Ok(hex::encode(h.finalize()))
+    })
+    .await
+}
+
 /// The sha256 of the object at `key`, streamed.
 async fn remote_sha256(ds: &DataStore, key: &Path) -> Result<String, StoreError> {
     let err = |e| StoreError::from_object_store(&ds.uri_of(key), ds.handle.bucket.as_deref(), e);
