@@ -1,7 +1,8 @@
 //! Differential test of `outputs/` (and of a writable volume) against a plain local directory: seeded random sequences of
 //! file-system calls (open with random flags, reads and writes at offsets, truncate, rename
 //! over files and directories, hard links, unlink, mkdir, rmdir, chmod, chown, utimensat,
-//! symlinks, xattrs, FIFOs, fsync), some made as another user, applied to both side by side.
+//! symlinks, xattrs, FIFOs, fsync), some made as another user and some from a second process
+//! with open files of its own, applied to both side by side.
 //! Every call's result (return value or errno) must match, and after every call both trees
 //! must hold the same entries with the same kind, mode, owner, size, link count, hard-link
 //! grouping, contents, link targets and xattrs, and the same times must have moved.
@@ -28,7 +29,7 @@ const SLOTS: usize = 4;
 /// Calls per sequence.
 const STEPS: usize = 30;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 enum Op {
     Open { path: String, flags: i32, mode: u32, slot: usize },
     Close { slot: usize },
@@ -60,10 +61,12 @@ enum Op {
     Access { path: String, mode: i32 },
 }
 
-/// One call, made as `user`.
-#[derive(Debug, Clone)]
+/// One call, made as `user` from process `process` (0: the test's own, 1: its helper, which
+/// has open files of its own).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Step {
     user: u32,
+    process: u8,
     op: Op,
 }
 
@@ -84,6 +87,7 @@ fn mode(rng: &mut StdRng) -> u32 {
 
 fn step(rng: &mut StdRng) -> Step {
     let user = if rng.random_bool(0.2) { OTHER } else { 0 };
+    let process = u8::from(rng.random_bool(0.3));
     let slot = rng.random_range(0..SLOTS);
     let op = match rng.random_range(0..100) {
         0..=14 => {
@@ -154,20 +158,108 @@ fn step(rng: &mut StdRng) -> Step {
             mode: [libc::R_OK, libc::W_OK, libc::X_OK, libc::F_OK][rng.random_range(0..4)],
         },
     };
-    Step { user, op }
+    Step { user, process, op }
 }
 
 fn xattr_name(rng: &mut StdRng) -> String {
     ["user.x", "user.y", "user.datumfs.z"][rng.random_range(0..3)].to_string()
 }
 
-/// One side: a root directory and its open files.
+/// One side: a root directory and its open files, in this process and in a helper process.
 struct Side {
     root: PathBuf,
     fds: [Option<i32>; SLOTS],
     /// Each sequence in its own directory `s<SEED>` under this one, which holds files before
     /// the sequence starts (a volume's bucket files), instead of in `root` cleared.
     per_seed: Option<PathBuf>,
+    /// The second process making this side's calls (none in the helper itself).
+    helper: Option<Helper>,
+}
+
+/// What the test asks its helper process (one JSON line each; one answer line each).
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Request {
+    /// Make this call under this root.
+    Apply { root: PathBuf, step: Step },
+    /// Close every open file.
+    CloseAll,
+}
+
+/// A second process (this test binary, running `helper_process_making_calls_sent_on_stdin`)
+/// that makes the calls a sequence gives it, with file descriptors of its own.
+struct Helper {
+    child: std::process::Child,
+    to: std::process::ChildStdin,
+    from: std::io::BufReader<std::process::ChildStdout>,
+}
+
+/// Marks the helper's answers among whatever else the test harness prints.
+const ANSWER: &str = "@@answer ";
+/// Set in the helper's environment.
+const HELPER_ENV: &str = "DATUMFS_POSIX_HELPER";
+
+impl Helper {
+    fn start() -> Self {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["helper_process_making_calls_sent_on_stdin", "--exact", "--nocapture", "--test-threads=1"])
+            .env(HELPER_ENV, "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting the helper process");
+        let to = child.stdin.take().unwrap();
+        let from = std::io::BufReader::new(child.stdout.take().unwrap());
+        Helper { child, to, from }
+    }
+
+    fn ask(&mut self, req: &Request) -> Outcome {
+        use std::io::{BufRead, Write};
+        let mut line = serde_json::to_string(req).unwrap();
+        line.push('\n');
+        self.to.write_all(line.as_bytes()).expect("writing to the helper process");
+        loop {
+            let mut answer = String::new();
+            assert!(self.from.read_line(&mut answer).unwrap() > 0, "the helper process ended");
+            // (The harness's own "test NAME ... " may start the line.)
+            if let Some(at) = answer.find(ANSWER) {
+                return serde_json::from_str(&answer[at + ANSWER.len()..]).unwrap();
+            }
+        }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Not a test of its own: the helper process of the differential tests, started by them with
+/// DATUMFS_POSIX_HELPER set; it makes the calls it reads on stdin, answering each on stdout.
+#[test]
+fn helper_process_making_calls_sent_on_stdin() {
+    use std::io::{BufRead, Write};
+    if std::env::var_os(HELPER_ENV).is_none() {
+        return;
+    }
+    let mut side = Side { root: PathBuf::new(), fds: [None; SLOTS], per_seed: None, helper: None };
+    let mut out = std::io::stdout().lock();
+    for line in std::io::stdin().lock().lines() {
+        let answer = match serde_json::from_str::<Request>(&line.unwrap()).expect("a request") {
+            Request::Apply { root, step } => {
+                side.root = root;
+                side.apply(&Step { process: 0, ..step })
+            }
+            Request::CloseAll => {
+                side.close_all();
+                Ok("closed".into())
+            }
+        };
+        writeln!(out, "{ANSWER}{}", serde_json::to_string(&answer).unwrap()).unwrap();
+        out.flush().unwrap();
+    }
+    std::process::exit(0);
 }
 
 /// What a call returned: a description of its result, or its errno.
@@ -205,7 +297,17 @@ fn as_user(user: u32) {
 }
 
 impl Side {
+    /// A side rooted at `root`, with a helper process.
+    fn new(root: PathBuf, per_seed: Option<PathBuf>) -> Self {
+        Side { root, fds: [None; SLOTS], per_seed, helper: Some(Helper::start()) }
+    }
+
     fn apply(&mut self, step: &Step) -> Outcome {
+        if step.process == 1 {
+            if let Some(h) = &mut self.helper {
+                return h.ask(&Request::Apply { root: self.root.clone(), step: step.clone() });
+            }
+        }
         as_user(step.user);
         let out = self.call(&step.op);
         as_user(0);
@@ -374,6 +476,9 @@ impl Side {
         for fd in self.fds.iter_mut().filter_map(Option::take) {
             // SAFETY: a descriptor this side opened.
             unsafe { libc::close(fd) };
+        }
+        if let Some(h) = &mut self.helper {
+            h.ask(&Request::CloseAll).unwrap();
         }
     }
 
@@ -631,8 +736,8 @@ fn a_volume_with_bucket_files_behaves_as_a_local_directory_under_random_calls() 
     }
     let volume = format!("w=file://{}/:rwd", bucket.display());
     let m = TestMount::new(&["--volume", &volume, "-o", "allow_other", "--execution", "posix-diff-seeded"], &[]);
-    let mut ours = Side { root: m.path("volumes/w"), fds: [None; SLOTS], per_seed: Some(m.path("volumes/w")) };
-    let mut local = Side { root: local_base.clone(), fds: [None; SLOTS], per_seed: Some(local_base) };
+    let mut ours = Side::new(m.path("volumes/w"), Some(m.path("volumes/w")));
+    let mut local = Side::new(local_base.clone(), Some(local_base));
     let verbose = seeds.len() == 1;
     let mut failed = Vec::new();
     for &seed in &seeds {
@@ -661,8 +766,8 @@ fn differential(m: &TestMount, target: &str, count_var: &str, default_count: u64
     for d in [m.dir.path(), &local_root] {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let mut ours = Side { root: m.path(target), fds: [None; SLOTS], per_seed: None };
-    let mut local = Side { root: local_root, fds: [None; SLOTS], per_seed: None };
+    let mut ours = Side::new(m.path(target), None);
+    let mut local = Side::new(local_root, None);
     assert_eq!(
         std::fs::metadata(&ours.root).unwrap().mode(),
         std::fs::metadata(&local.root).unwrap().mode(),
