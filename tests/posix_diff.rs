@@ -585,7 +585,7 @@ fn tree_difference(
     local: &BTreeMap<String, Entry>,
     ours_before: &BTreeMap<String, Entry>,
     local_before: &BTreeMap<String, Entry>,
-    copied_in: &mut std::collections::HashSet<u64>,
+    copied_in: &mut std::collections::HashMap<u64, std::collections::HashSet<String>>,
 ) -> Option<String> {
     if ours.keys().ne(local.keys()) {
         return Some(format!("entries differ:\n  outputs: {:?}\n  local:   {:?}", ours.keys(), local.keys()));
@@ -598,13 +598,19 @@ fn tree_difference(
         if strip(o) != strip(l) {
             return Some(format!("{rel} differs:\n  outputs: {o:?}\n  local:   {l:?}"));
         }
-        let moved = |now: &Entry, then: &BTreeMap<u64, (i64, i64, i64, i64)>| {
-            then.get(&now.ino)
+        // Against the same name's times before if it named the same file (each name of a
+        // hard link may hold cached attributes of its own), else the file's under any name.
+        let moved = |now: &Entry, before: &BTreeMap<String, Entry>, then: &BTreeMap<u64, (i64, i64, i64, i64)>| {
+            let same_name = before.get(rel).filter(|b| b.ino == now.ino).map(|b| b.times);
+            same_name
+                .or_else(|| then.get(&now.ino).copied())
                 .map(|b| ((now.times.0, now.times.1) != (b.0, b.1), (now.times.2, now.times.3) != (b.2, b.3)))
         };
-        let (mo, ml) = (moved(o, &ours_then), moved(l, &local_then));
+        let (mo, ml) = (moved(o, ours_before, &ours_then), moved(l, local_before, &local_then));
         let ctime_only = |m: Option<(bool, bool)>| m.map(|(mt, _)| (mt, true));
-        if mo != ml && mo == ctime_only(ml) && copied_in.remove(&o.ino) {
+        // Once per name: each name of a hard-linked file has attributes of its own in the
+        // kernel, so each may show the move when its cached attributes expire.
+        if mo != ml && mo == ctime_only(ml) && copied_in.get_mut(&o.ino).is_some_and(|seen| seen.insert(rel.clone())) {
             continue;
         }
         if mo != ml && !o.fifo {
@@ -638,7 +644,7 @@ fn run_sequence(seed: u64, ours: &mut Side, local: &mut Side, verbose: bool) -> 
     // A volume's bucket files: the first open for writing (or truncate) copies a file's bytes
     // in, which moves its ctime there and nowhere else; that one move is allowed (seen then,
     // or once the kernel's cached attributes expire).
-    let mut copied_in = std::collections::HashSet::new();
+    let mut copied_in = std::collections::HashMap::new();
     let mut bucket_files: std::collections::HashSet<u64> = match ours.per_seed {
         Some(_) => ours_before.values().filter(|e| e.stat.starts_with("mode 100")).map(|e| e.ino).collect(),
         None => Default::default(),
@@ -654,7 +660,7 @@ fn run_sequence(seed: u64, ours: &mut Side, local: &mut Side, verbose: bool) -> 
         };
         if let Some(ino) = written.and_then(|p| std::fs::metadata(ours.root.join(p)).ok()).map(|m| m.ino()) {
             if bucket_files.remove(&ino) {
-                copied_in.insert(ino);
+                copied_in.insert(ino, std::collections::HashSet::new());
             }
         }
         let (o, l) = (ours.apply(&s), local.apply(&s));

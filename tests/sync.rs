@@ -1053,3 +1053,38 @@ fn objects_under(dir: &Path) -> BTreeMap<String, std::time::SystemTime> {
     }
     out
 }
+
+/// Many syncs' index records are merged by a listing into one compacted record in the S3
+/// store: the next `datum ls` reads that one record, not one per sync, and lists the same.
+#[test]
+fn datum_ls_compacts_the_index_records_of_many_pushes() {
+    let (s3, store) = s3_store();
+    let scratch = tempfile::tempdir().unwrap();
+    let home = scratch.path().join("home");
+    let n = datumfs::catalog::index::COMPACT_AT + 6;
+    let mut pushed = std::collections::BTreeSet::new();
+    for k in 0..n {
+        let f = scratch.path().join(format!("f{k}.txt"));
+        fs::write(&f, format!("file {k}")).unwrap();
+        let v = json(
+            &command(&home, &s3.env())
+                .args(["push", f.to_str().unwrap(), "--json", "--store", &store])
+                .output()
+                .unwrap(),
+        );
+        pushed.insert(v["datums"][0]["datum"].as_str().unwrap().trim_start_matches("datum://").to_string());
+    }
+    let ls = || {
+        s3.clear_log();
+        let v = json(&command(&home, &s3.env()).args(["datum", "ls", "--json", "--store", &store]).output().unwrap());
+        let ids: std::collections::BTreeSet<String> =
+            v.as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_string()).collect();
+        (ids, s3.requests().iter().filter(|r| r.is_object_get()).count())
+    };
+    let (first, first_gets) = ls();
+    assert_eq!(first, pushed);
+    assert!(first_gets >= n, "{first_gets} GETs: every index record read the first time");
+    let (second, second_gets) = ls();
+    assert_eq!(second, pushed, "the compacted record lists the same datums");
+    assert!(second_gets <= 2, "{second_gets} GETs after compaction");
+}

@@ -7,12 +7,22 @@
 //! create-only and never change, as datum records never do. They only ever speed a listing up:
 //! a datum made by a sync that was killed before its index record was written is still found,
 //! from the datum records themselves.
+//!
+//! A store-wide listing that finds many index and pack records not yet merged (`COMPACT_AT`)
+//! merges them into one compacted record (`index-compacted/<ID>.json.zst`, zstd-compressed
+//! JSON naming the records it holds), so the next listing reads that one record and only the
+//! records written since. A newer compacted record supersedes older ones, which are then deleted;
+//! the index and pack records themselves stay (they are still the truth, and a listing that
+//! finds no compacted record reads them).
 
+use super::packs::PackRecord;
 use super::{new_id, Catalog, CatalogError, DatumRecord, ExecutionRecord};
 use futures::{StreamExt, TryStreamExt};
-use object_store::PutMode;
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
 
 /// Datum records one index record holds at most (a sync making more writes several).
 pub const INDEX_MAX: usize = 10_000;
@@ -39,6 +49,30 @@ pub struct DatumIndex {
 
 fn index_dir(execution: &str) -> String {
     format!("index/executions/{execution}")
+}
+
+/// Index and pack records a store-wide listing reads one by one before it merges them.
+pub const COMPACT_AT: usize = 64;
+
+/// Where compacted records live (beside `index/`, not under it).
+const COMPACTED_DIR: &str = "index-compacted";
+
+/// The largest a compacted record may decompress to (it is read from a store others may write).
+const COMPACTED_MAX: u64 = 4 << 30;
+
+/// Index and pack records merged into one, so that a listing reads one record for all of them.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct CompactedIndex {
+    /// Its id (a ULID: the newest supersedes the others).
+    id: String,
+    /// When it was written (RFC 3339).
+    created_at: String,
+    /// The keys of the index records it holds.
+    indexes: Vec<String>,
+    /// The keys of the pack records it holds.
+    packs: Vec<String>,
+    /// Their datums: those of the index records, then those of the packs.
+    datums: Vec<DatumRecord>,
 }
 
 impl Catalog {
@@ -75,33 +109,144 @@ impl Catalog {
         Ok(())
     }
 
-    /// Every datum, oldest first (ids sort by time): from the index records and pack records,
-    /// with only the datums no index record holds read one by one. A datum is listed only if
-    /// its own record (or its pack's) exists.
+    /// Every datum, oldest first (ids sort by time): from the newest compacted record, the index
+    /// and pack records it does not hold, and only the datums no index record holds read one by
+    /// one. A datum uploaded alone is listed only if its own record exists. Merges the records
+    /// read one by one into a new compacted record once there are `COMPACT_AT` of them.
     pub async fn datums(&self) -> Result<Vec<DatumRecord>, CatalogError> {
-        let prefix = self.ds.record_key("datums");
-        let stored: HashSet<String> = self
-            .ds
-            .handle
-            .inner
-            .list(Some(&prefix))
-            .map_ok(|m| m.location.filename().unwrap_or_default().trim_end_matches(".json").to_string())
-            .try_collect()
-            .await
-            .map_err(|e| self.store_err(&prefix, e))?;
-        let indexes: Vec<DatumIndex> = self.read_all("index").await?;
+        let (stored, index_keys, pack_keys, compacted) = futures::try_join!(
+            self.list_keys("datums"),
+            self.list_keys("index"),
+            self.list_keys("packs"),
+            self.list_keys(COMPACTED_DIR),
+        )?;
+        let stored: HashSet<String> =
+            stored.iter().map(|k| k.filename().unwrap_or_default().trim_end_matches(".json").to_string()).collect();
+        // The newest compacted record that can be read; a broken one is passed over.
+        let mut compacted_keys = compacted;
+        compacted_keys.sort_by(|a, b| b.as_ref().cmp(a.as_ref()));
+        let mut base = CompactedIndex::default();
+        let mut base_key = None;
+        for key in &compacted_keys {
+            match self.read_compacted(key).await {
+                Ok(Some(c)) => {
+                    base = c;
+                    base_key = Some(key.clone());
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("{e}; listing without it"),
+            }
+        }
+        let (held_indexes, held_packs): (HashSet<&str>, HashSet<&str>) =
+            (base.indexes.iter().map(String::as_str).collect(), base.packs.iter().map(String::as_str).collect());
+        let new_indexes: Vec<Path> = index_keys.into_iter().filter(|k| !held_indexes.contains(k.as_ref())).collect();
+        let new_packs: Vec<Path> = pack_keys.into_iter().filter(|k| !held_packs.contains(k.as_ref())).collect();
+        let (read_indexes, read_packs) =
+            futures::try_join!(self.read_keys::<DatumIndex>(&new_indexes), self.read_keys::<PackRecord>(&new_packs),)?;
+        let unmerged = read_indexes.len() + read_packs.len();
+        let mut merged = CompactedIndex { id: new_id(), created_at: super::now(), ..Default::default() };
+        let mut from_packs = Vec::new();
+        for d in base.datums {
+            if d.packed.is_some() {
+                from_packs.push(d);
+            } else {
+                merged.datums.push(d);
+            }
+        }
+        merged.indexes = base.indexes;
+        merged.packs = base.packs;
+        for (key, i) in read_indexes {
+            merged.indexes.push(key.to_string());
+            merged.datums.extend(i.datums);
+        }
+        for (key, p) in read_packs {
+            merged.packs.push(key.to_string());
+            from_packs.extend(p.datums);
+        }
+        merged.datums.extend(from_packs);
+        if unmerged >= COMPACT_AT {
+            if let Err(e) = self.put_compacted(&merged, base_key.as_ref()).await {
+                tracing::warn!("compacting the datum index: {e}");
+            }
+        }
+
         let mut found: BTreeMap<String, DatumRecord> = BTreeMap::new();
-        for d in indexes.into_iter().flat_map(|i| i.datums) {
-            if stored.contains(&d.id) {
+        for d in merged.datums {
+            // Packed datums have no record of their own; their pack's record holds them.
+            if d.packed.is_some() || stored.contains(&d.id) {
                 found.insert(d.id.clone(), d);
             }
         }
         let missing: Vec<String> = stored.iter().filter(|id| !found.contains_key(*id)).cloned().collect();
         found.extend(self.read_datums(missing).await?.into_iter().map(|d| (d.id.clone(), d)));
-        for pack in self.packs().await? {
-            found.extend(pack.datums.into_iter().map(|d| (d.id.clone(), d)));
-        }
         Ok(found.into_values().collect())
+    }
+
+    /// The keys of every record under `rel`.
+    async fn list_keys(&self, rel: &str) -> Result<Vec<Path>, CatalogError> {
+        let prefix = self.ds.record_key(rel);
+        Ok(self
+            .ds
+            .handle
+            .inner
+            .list(Some(&prefix))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(|e| self.store_err(&prefix, e))?)
+    }
+
+    /// The records at `keys` (several at once), each with its key; those gone meanwhile are left
+    /// out.
+    async fn read_keys<T: serde::de::DeserializeOwned + Send>(
+        &self,
+        keys: &[Path],
+    ) -> Result<Vec<(Path, T)>, CatalogError> {
+        futures::stream::iter(
+            keys.iter()
+                .map(|k| async move { Ok::<_, CatalogError>(self.read::<T>(k).await?.map(|(v, _)| (k.clone(), v))) }),
+        )
+        .buffer_unordered(READS_IN_FLIGHT)
+        .try_filter_map(|r| async move { Ok(r) })
+        .try_collect()
+        .await
+    }
+
+    /// The compacted record at `key` (`None` if it was deleted meanwhile).
+    async fn read_compacted(&self, key: &Path) -> Result<Option<CompactedIndex>, CatalogError> {
+        let bytes = match self.ds.handle.inner.get(key).await {
+            Ok(r) => r.bytes().await.map_err(|e| self.store_err(key, e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.store_err(key, e).into()),
+        };
+        let malformed = |reason: String| CatalogError::Malformed { uri: self.ds.uri_of(key), reason };
+        let mut raw = Vec::new();
+        zstd::stream::Decoder::new(&bytes[..])
+            .and_then(|d| d.take(COMPACTED_MAX + 1).read_to_end(&mut raw))
+            .map_err(|e| malformed(format!("cannot decompress the compacted index: {e}")))?;
+        if raw.len() as u64 > COMPACTED_MAX {
+            return Err(malformed(format!("the compacted index decompresses to more than {COMPACTED_MAX} bytes")));
+        }
+        serde_json::from_slice(&raw).map(Some).map_err(|e| malformed(e.to_string()))
+    }
+
+    /// Stores `merged` (create-only, under its own id) and deletes `superseded`, the compacted
+    /// record it was built on.
+    async fn put_compacted(&self, merged: &CompactedIndex, superseded: Option<&Path>) -> Result<(), CatalogError> {
+        let key = self.ds.record_key(&format!("{COMPACTED_DIR}/{}.json.zst", merged.id));
+        let raw = serde_json::to_vec(merged)
+            .map_err(|e| CatalogError::Malformed { uri: self.ds.uri_of(&key), reason: e.to_string() })?;
+        let body = tokio::task::block_in_place(|| zstd::bulk::compress(&raw, 3))
+            .map_err(|e| CatalogError::Malformed { uri: self.ds.uri_of(&key), reason: e.to_string() })?;
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        self.ds.handle.inner.put_opts(&key, PutPayload::from(body), opts).await.map_err(|e| self.store_err(&key, e))?;
+        if let Some(old) = superseded {
+            if let Err(e) = self.ds.handle.inner.delete(old).await {
+                tracing::warn!("deleting the superseded compacted index {}: {e}", self.ds.uri_of(old));
+            }
+        }
+        Ok(())
     }
 
     /// The datums of execution `rec`, oldest first: those its record names and those its
@@ -206,5 +351,76 @@ mod tests {
         let ghost = datum("e1", 9_999, "even");
         c.put_index("e1", vec![ghost.clone()], Vec::new()).await.unwrap();
         assert!(!c.datums().await.unwrap().iter().any(|d| d.id == ghost.id));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_listing_compacts_many_index_records_and_later_listings_read_one() {
+        let (c, store) = counted();
+        let mut made = Vec::new();
+        // 150 syncs of one datum each, and 20 packs of 3.
+        for n in 0..150 {
+            let d = datum(&format!("e{n}"), n, "t");
+            c.put_datum(&d).await.unwrap();
+            c.put_index(&format!("e{n}"), vec![d.clone()], Vec::new()).await.unwrap();
+            made.push(d);
+        }
+        for p in 0..20 {
+            let pack = crate::catalog::packs::pack_of(&crate::catalog::new_id()).unwrap();
+            let datums: Vec<DatumRecord> = (0..3)
+                .map(|m| DatumRecord {
+                    id: crate::catalog::packs::member_id(&pack, m).unwrap(),
+                    packed: Some(crate::catalog::PackedIn {
+                        pack: pack.clone(),
+                        offset: 512 * m as u64,
+                        pack_size: 4096,
+                    }),
+                    ..datum("packer", 1000 + p * 3 + m, "t")
+                })
+                .collect();
+            made.extend(datums.iter().cloned());
+            let rec = PackRecord {
+                id: pack.clone(),
+                key: format!("data/packer/.packs/{pack}.tar"),
+                object_uri: "mem://d/x".into(),
+                size: 4096,
+                created_at: super::super::now(),
+                execution: Some("packer".into()),
+                datums,
+            };
+            c.put_pack(&rec).await.unwrap();
+        }
+        made.sort_by(|a, b| a.id.cmp(&b.id));
+
+        let gets = store.count(Op::Get);
+        assert_eq!(c.datums().await.unwrap(), made, "the first listing reads every record");
+        assert!(store.count(Op::Get) - gets >= 170);
+        let gets = store.count(Op::Get);
+        assert_eq!(c.datums().await.unwrap(), made, "the compacted record holds them all");
+        let reads = store.count(Op::Get) - gets;
+        assert!(reads <= 2, "{reads} reads after compaction");
+
+        // A sync after the compaction: its index record is read on its own.
+        let late = datum("late", 7, "t");
+        c.put_datum(&late).await.unwrap();
+        c.put_index("late", vec![late.clone()], Vec::new()).await.unwrap();
+        made.push(late);
+        let gets = store.count(Op::Get);
+        assert_eq!(c.datums().await.unwrap(), made);
+        assert!(store.count(Op::Get) - gets <= 3);
+
+        // A datum whose record is gone (purged) is not listed, although the compacted record holds it.
+        let gone = made.remove(3);
+        c.store().handle.inner.delete(&c.ds.record_key(&format!("datums/{}.json", gone.id))).await.unwrap();
+        assert_eq!(c.datums().await.unwrap(), made);
+
+        // A damaged compacted record is passed over: the records themselves are read.
+        let compacted = c.list_keys(COMPACTED_DIR).await.unwrap();
+        assert_eq!(compacted.len(), 1, "the superseded compacted record was deleted");
+        c.store().handle.inner.put(&compacted[0], PutPayload::from_static(b"not zstd")).await.unwrap();
+        assert_eq!(c.datums().await.unwrap(), made);
+        // ... and replaced by a new one.
+        let gets = store.count(Op::Get);
+        assert_eq!(c.datums().await.unwrap(), made);
+        assert!(store.count(Op::Get) - gets <= 3);
     }
 }
