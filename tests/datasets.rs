@@ -496,3 +496,63 @@ fn a_hundred_thousand_file_version_mounts_and_lists_without_listing_the_store() 
     assert_eq!(fs::read(m.path("inputs/d/shard-000/item-000002.bin")).unwrap(), payloads[2]);
     eprintln!("100,000-file version: mounted in {mounted:?}, listed with stat in {listed:?}");
 }
+
+/// Files of a dataset version are checked against their datums' sha256 and need no integrity
+/// history; files of a plain store prefix get one (their content may change under the same URI).
+#[test]
+fn reading_a_version_writes_no_integrity_records_but_reading_a_prefix_does() {
+    if !fuse_available() {
+        return;
+    }
+    let c = Catalog::new(&[]);
+    let (a, b) = (bytes(11, 50_000), bytes(12, 20_000));
+    let ids = c.push(&[("a.bin", &a), ("b.bin", &b)]);
+    json(&c.run(&["dataset", "create", "checked", "--json"]));
+    json(&c.run(&["dataset", "version", "create", "checked/v1", "--add", &ids[0], "--add", &ids[1], "--json"]));
+    let integrity = c.home().join("store/.datumfs/integrity");
+    let records = || -> usize {
+        let mut n = 0;
+        let mut stack = vec![integrity.clone()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    n += 1;
+                }
+            }
+        }
+        n
+    };
+    let mut m = c.mount("dataset://checked/v1");
+    assert_eq!(fs::read(m.path("inputs/d/a.bin")).unwrap(), a);
+    assert_eq!(fs::read(m.path("inputs/d/b.bin")).unwrap(), b);
+    wait_for_checksums(&m.path("inputs/d/a.bin"));
+    wait_for_checksums(&m.path("inputs/d/b.bin"));
+    m.unmount();
+    assert_eq!(records(), 0, "no integrity record for datums");
+
+    let mut m = c.mount(&format!("file://{}/", c.dir.path().join("src").display()));
+    assert_eq!(fs::read(m.path("inputs/d/a.bin")).unwrap(), a);
+    wait_for_checksums(&m.path("inputs/d/a.bin"));
+    m.unmount();
+    assert!(records() >= 1, "a plain prefix's reads are recorded");
+}
+
+/// Waits until the mount has computed the md5 of the file at `path` (read whole before).
+fn wait_for_checksums(path: &Path) {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let mut buf = [0u8; 64];
+        // SAFETY: valid C strings and a buffer of the length given.
+        let n = unsafe {
+            libc::getxattr(c_path.as_ptr(), c"user.datumfs.md5".as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        };
+        if n == 32 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no checksums for {} after 20 s", path.display());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -139,7 +139,8 @@ impl EventSink for MountRecorder {
         match event {
             FsEvent::InputChecksummed(file) => {
                 log_event(&FsEvent::InputChecksummed(file.clone()));
-                let rec = IntegrityRecord {
+                // A datum's bytes are checked against its record instead: no history to keep.
+                let rec = (!file.recorded).then(|| IntegrityRecord {
                     uri: file.uri.clone(),
                     size: file.size,
                     version: file.version.clone(),
@@ -147,8 +148,9 @@ impl EventSink for MountRecorder {
                     recorded_at: chrono::Utc::now().to_rfc3339(),
                     host: integrity::hostname(),
                     execution: self.execution.clone(),
-                };
+                });
                 self.hashed.lock().unwrap_or_else(|e| e.into_inner()).insert(file.path.clone(), file);
+                let Some(rec) = rec else { return };
                 let full = {
                     let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
                     pending.push(rec);

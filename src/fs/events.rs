@@ -47,6 +47,10 @@ pub struct HashedFile {
     pub version: String,
     /// Its checksums.
     pub checksums: Checksums,
+    /// Whether a datum record promised its sha256 (and the bytes were checked against it): its
+    /// content cannot change, so it needs no integrity history.
+    #[serde(skip)]
+    pub recorded: bool,
 }
 
 /// Receives the filesystem's events. Awaited where they happen (a failed read's log line is

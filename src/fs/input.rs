@@ -847,7 +847,14 @@ fn hash_when_complete(services: &Arc<InputServices>, node: &Arc<Node>, obj: &Arc
                 }
                 let _ = f.state.checksums.set(sums.clone());
                 services.changed();
-                let file = HashedFile { path, uri: f.entry.uri.clone(), size: f.entry.size, version, checksums: sums };
+                let file = HashedFile {
+                    path,
+                    uri: f.entry.uri.clone(),
+                    size: f.entry.size,
+                    version,
+                    checksums: sums,
+                    recorded: f.entry.expected_sha256.is_some(),
+                };
                 services.events.event(FsEvent::InputChecksummed(file)).await;
             }
             Err(e) => {

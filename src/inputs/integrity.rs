@@ -6,6 +6,9 @@
 //! few directories costs a few requests, not two per file. Records of single URIs written
 //! before (`integrity/<sha256(uri)>.json`) are still consulted, once per URI, when the store holds
 //! any.
+//!
+//! Files of datums (`datum://`, `dataset://`) are not recorded: their bytes are checked against the
+//! sha256 of the datum's record instead, and a datum never changes.
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::checksum::Checksums;
