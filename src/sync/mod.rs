@@ -277,12 +277,22 @@ pub enum SyncError {
     State(#[source] sled::Error),
 }
 
+/// Where the jobs of one sync find their metadata: read again as each job runs, so that a sync
+/// of many files never holds every file's parsed metadata at once.
+struct MetaSource {
+    root: PathBuf,
+    jsonl: metadata::Jsonl,
+}
+
 /// One file to turn into a datum.
 struct Job {
     rel: String,
     local: PathBuf,
     stamp: FileStamp,
-    meta: Result<DatumMeta, metadata::MetadataError>,
+    /// Whether its metadata could be used when the sync was planned.
+    meta: Result<(), metadata::MetadataError>,
+    /// Where its metadata is (none when the jsonl file could not be read).
+    meta_source: Option<Arc<MetaSource>>,
     /// The datum id and key, fixed (and recorded as pending) before any upload starts.
     planned: (String, String),
     /// Whether an earlier, interrupted sync planned them (its upload may be complete).
@@ -291,6 +301,17 @@ struct Job {
     packed: Option<u64>,
     /// Checksums computed while the file was written, if they cover exactly its bytes.
     known: Option<Checksums>,
+}
+
+impl Job {
+    /// Its metadata (sidecar and jsonl), read again.
+    fn meta(&self) -> Result<DatumMeta, metadata::MetadataError> {
+        self.meta.clone()?;
+        match &self.meta_source {
+            Some(src) => metadata::for_file(&src.root, &self.rel, &src.jsonl),
+            None => Ok(DatumMeta::default()),
+        }
+    }
 }
 
 impl Syncer {
@@ -432,7 +453,7 @@ impl Syncer {
         progress: &Progress,
         linked_to: Option<(&DatumRecord, FileStamp)>,
     ) -> (String, DatumResult, Option<DatumRecord>) {
-        let res = match job.meta {
+        let res = match job.meta() {
             Err(e) => Err(SyncError::from(e)),
             Ok(meta) => {
                 let linked = match linked_to {
@@ -492,7 +513,8 @@ impl Syncer {
             }
         };
         report.skipped = others.into_iter().map(|(path, why)| FailedFile { path, error: why.into() }).collect();
-        let jsonl = metadata::read_jsonl(root);
+        let jsonl = metadata::read_jsonl(root).map(|jsonl| Arc::new(MetaSource { root: root.to_path_buf(), jsonl }));
+        let meta_source = jsonl.as_ref().ok().cloned();
         let mut jobs = Vec::new();
         for (rel, meta) in files {
             if metadata::is_metadata_file(&rel) {
@@ -502,7 +524,7 @@ impl Syncer {
             let planned = match state.get(&rel) {
                 Some(PathState::Synced { stamp: s, datum, key, sha256 }) if s == stamp => {
                     let versions = match &jsonl {
-                        Ok(j) => metadata::for_file(root, &rel, j).and_then(|m| {
+                        Ok(j) => metadata::for_file(root, &rel, &j.jsonl).and_then(|m| {
                             let models = match m.properties.get("valohai.model-versions") {
                                 Some(v) => metadata::model_versions(&rel, v)?,
                                 None => Vec::new(),
@@ -541,10 +563,20 @@ impl Syncer {
                 None => (self.plan(&rel), None),
             };
             let meta = match &jsonl {
-                Ok(j) => metadata::for_file(root, &rel, j),
+                Ok(j) => metadata::for_file(root, &rel, &j.jsonl).map(|_| ()),
                 Err(e) => Err(e.clone()),
             };
-            jobs.push(Job { local: root.join(&rel), rel, stamp, meta, planned, resuming, packed, known: None });
+            jobs.push(Job {
+                local: root.join(&rel),
+                rel,
+                stamp,
+                meta,
+                meta_source: meta_source.clone(),
+                planned,
+                resuming,
+                packed,
+                known: None,
+            });
         }
         (report, jobs)
     }
@@ -860,7 +892,7 @@ impl Syncer {
         );
         for (n, (job, placed)) in kept.iter().enumerate() {
             let datum = member_id(&id, n).unwrap_or_default();
-            let meta = job.meta.as_ref().cloned().unwrap_or_default();
+            let meta = job.meta().unwrap_or_default();
             record.datums.push(DatumRecord {
                 uri: format!("datum://{datum}"),
                 id: datum,
