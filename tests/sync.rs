@@ -804,41 +804,7 @@ fn a_sync_killed_at_any_crash_point_finishes_on_rerun_with_records_matching_the_
         let ctx = format!("killed at {point}:{at}");
         assert_eq!(report["versions"][0].as_str(), Some(version.as_str()), "{ctx}: {report}");
 
-        // Each file exactly one datum of this execution, its stored bytes the file's.
-        let ls = |extra: &[&str]| {
-            let mut a = vec!["datum", "ls", "--json", "--store", store.as_str()];
-            a.extend(extra);
-            json(&command(&m.home, &s3.env()).args(&a).output().unwrap())
-        };
-        let of_exec: Vec<Value> = ls(&["--execution", &exec]).as_array().unwrap().clone();
-        let mut by_path: BTreeMap<String, Value> = BTreeMap::new();
-        for d in &of_exec {
-            let prev = by_path.insert(d["path"].as_str().unwrap().to_string(), d.clone());
-            assert!(prev.is_none(), "{ctx}: {} is two datums", d["path"]);
-        }
-        assert_eq!(by_path.len(), files.len(), "{ctx}: {:?}", by_path.keys());
-        for (name, data) in &files {
-            let d = &by_path[name];
-            assert_eq!(d["checksums"]["sha256"], sha256(data), "{ctx}: {name}");
-            assert_eq!(&stored_bytes(&s3, d), data, "{ctx}: {name}");
-        }
-        let ids: std::collections::BTreeSet<String> =
-            of_exec.iter().map(|d| d["id"].as_str().unwrap().to_string()).collect();
-        // The execution record and the store-wide listing name exactly those datums.
-        let record: Value =
-            serde_json::from_slice(&s3.object(BUCKET, &format!("team/.datumfs/executions/{exec}.json")).unwrap())
-                .unwrap();
-        let recorded: std::collections::BTreeSet<String> =
-            record["outputs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
-        assert_eq!(recorded, ids, "{ctx}: the execution record");
-        let everywhere: std::collections::BTreeSet<String> = ls(&[])
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|d| d["execution"] == exec.as_str())
-            .map(|d| d["id"].as_str().unwrap().to_string())
-            .collect();
-        assert_eq!(everywhere, ids, "{ctx}: datum ls");
+        let by_path = assert_records_match_bytes(&s3, &m.home, &store, &exec, &files, &ctx);
         // The alias moved once, to big-0.bin's datum.
         let alias: Value =
             serde_json::from_slice(&s3.object(BUCKET, &format!("team/.datumfs/aliases/best-{n}.json")).unwrap())
@@ -973,39 +939,7 @@ fn a_push_killed_at_any_crash_point_finishes_on_rerun_with_each_file_one_datum()
             assert_eq!(stored_after.get(name), Some(modified), "{ctx}: {name} was stored again");
         }
 
-        let ls = |extra: &[&str]| {
-            let mut a = vec!["datum", "ls", "--json", "--store", store.as_str()];
-            a.extend(extra);
-            json(&command(&home, &s3.env()).args(&a).output().unwrap())
-        };
-        let of_exec: Vec<Value> = ls(&["--execution", &exec]).as_array().unwrap().clone();
-        let mut by_path: BTreeMap<String, Value> = BTreeMap::new();
-        for d in &of_exec {
-            let prev = by_path.insert(d["path"].as_str().unwrap().to_string(), d.clone());
-            assert!(prev.is_none(), "{ctx}: {} is two datums", d["path"]);
-        }
-        assert_eq!(by_path.len(), files.len(), "{ctx}: {:?}", by_path.keys());
-        for (name, data) in &files {
-            let d = &by_path[name];
-            assert_eq!(d["checksums"]["sha256"], sha256(data), "{ctx}: {name}");
-            assert_eq!(&stored_bytes(&s3, d), data, "{ctx}: {name}");
-        }
-        let ids: std::collections::BTreeSet<String> =
-            of_exec.iter().map(|d| d["id"].as_str().unwrap().to_string()).collect();
-        let record: Value =
-            serde_json::from_slice(&s3.object(BUCKET, &format!("team/.datumfs/executions/{exec}.json")).unwrap())
-                .unwrap();
-        let recorded: std::collections::BTreeSet<String> =
-            record["outputs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
-        assert_eq!(recorded, ids, "{ctx}: the execution record");
-        let everywhere: std::collections::BTreeSet<String> = ls(&[])
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|d| d["execution"] == exec.as_str())
-            .map(|d| d["id"].as_str().unwrap().to_string())
-            .collect();
-        assert_eq!(everywhere, ids, "{ctx}: datum ls");
+        assert_records_match_bytes(&s3, &home, &store, &exec, &files, &ctx);
     }
     // A push into an execution whose file changed since: the new bytes are a new datum, the
     // unchanged files keep theirs.
@@ -1087,4 +1021,50 @@ fn datum_ls_compacts_the_index_records_of_many_pushes() {
     let (second, second_gets) = ls();
     assert_eq!(second, pushed, "the compacted record lists the same datums");
     assert!(second_gets <= 2, "{second_gets} GETs after compaction");
+}
+
+/// Checks execution `exec`'s records against `files` (path, bytes): each file exactly one datum
+/// of the execution whose stored bytes are the file's, and the execution record and the
+/// store-wide `datum ls` naming exactly those datums. Returns the datums by path.
+fn assert_records_match_bytes(
+    s3: &S3Server,
+    home: &Path,
+    store: &str,
+    exec: &str,
+    files: &[(String, Vec<u8>)],
+    ctx: &str,
+) -> BTreeMap<String, Value> {
+    let ls = |extra: &[&str]| {
+        let mut a = vec!["datum", "ls", "--json", "--store", store];
+        a.extend(extra);
+        json(&command(home, &s3.env()).args(&a).output().unwrap())
+    };
+    let of_exec: Vec<Value> = ls(&["--execution", exec]).as_array().unwrap().clone();
+    let mut by_path: BTreeMap<String, Value> = BTreeMap::new();
+    for d in &of_exec {
+        let prev = by_path.insert(d["path"].as_str().unwrap().to_string(), d.clone());
+        assert!(prev.is_none(), "{ctx}: {} is two datums", d["path"]);
+    }
+    assert_eq!(by_path.len(), files.len(), "{ctx}: {:?}", by_path.keys());
+    for (name, data) in files {
+        let d = &by_path[name];
+        assert_eq!(d["checksums"]["sha256"], sha256(data), "{ctx}: {name}");
+        assert_eq!(&stored_bytes(s3, d), data, "{ctx}: {name}");
+    }
+    let ids: std::collections::BTreeSet<String> =
+        of_exec.iter().map(|d| d["id"].as_str().unwrap().to_string()).collect();
+    let record: Value =
+        serde_json::from_slice(&s3.object(BUCKET, &format!("team/.datumfs/executions/{exec}.json")).unwrap()).unwrap();
+    let recorded: std::collections::BTreeSet<String> =
+        record["outputs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    assert_eq!(recorded, ids, "{ctx}: the execution record");
+    let everywhere: std::collections::BTreeSet<String> = ls(&[])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["execution"] == exec)
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(everywhere, ids, "{ctx}: datum ls");
+    by_path
 }
