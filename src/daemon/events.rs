@@ -26,6 +26,7 @@ pub struct MountRecorder {
     /// Warnings so far (an input whose content differs from its last use), for the record.
     warnings: Mutex<Vec<String>>,
     runtime: tokio::runtime::Handle,
+    /// The files read whole, by path (each value's own `path` left empty: the key holds it).
     hashed: Mutex<BTreeMap<String, HashedFile>>,
     /// Reads waiting for their integrity records.
     pending: Mutex<Vec<IntegrityRecord>>,
@@ -106,7 +107,8 @@ impl MountRecorder {
 
     /// The files read whole so far, by path.
     pub fn files(&self) -> Vec<HashedFile> {
-        self.hashed.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        let hashed = self.hashed.lock().unwrap_or_else(|e| e.into_inner());
+        hashed.iter().map(|(path, f)| HashedFile { path: path.clone(), ..f.clone() }).collect()
     }
 
     /// Each input as an execution record shows it: URIs, datums, and the files read whole.
@@ -117,9 +119,9 @@ impl MountRecorder {
             .map(|i| {
                 let prefix = mountpoint.join("inputs").join(&i.name);
                 let files_read = hashed
-                    .values()
-                    .filter(|f| Path::new(&f.path).starts_with(&prefix))
-                    .map(|f| FileRead { uri: f.uri.clone(), size: f.size, checksums: f.checksums.clone() })
+                    .iter()
+                    .filter(|(path, _)| Path::new(path).starts_with(&prefix))
+                    .map(|(_, f)| FileRead { uri: f.uri.clone(), size: f.size, checksums: f.checksums.to_checksums() })
                     .collect();
                 ExecutionInput {
                     name: i.name.clone(),
@@ -144,12 +146,14 @@ impl EventSink for MountRecorder {
                     uri: file.uri.clone(),
                     size: file.size,
                     version: file.version.clone(),
-                    checksums: file.checksums.clone(),
+                    checksums: file.checksums.to_checksums(),
                     recorded_at: chrono::Utc::now().to_rfc3339(),
                     host: integrity::hostname(),
                     execution: self.execution.clone(),
                 });
-                self.hashed.lock().unwrap_or_else(|e| e.into_inner()).insert(file.path.clone(), file);
+                let mut file = file;
+                let path = std::mem::take(&mut file.path);
+                self.hashed.lock().unwrap_or_else(|e| e.into_inner()).insert(path, file);
                 let Some(rec) = rec else { return };
                 let full = {
                     let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());

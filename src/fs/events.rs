@@ -2,7 +2,7 @@
 //! history, lineage, status counters and log lines about them is the sink's job (the daemon's),
 //! so that the filesystem logic neither writes records nor knows the catalog.
 
-use crate::checksum::Checksums;
+use crate::checksum::Digests;
 
 /// Something that happened on the mount that others may want to record.
 #[derive(Debug, Clone)]
@@ -46,7 +46,7 @@ pub struct HashedFile {
     #[serde(skip)]
     pub version: String,
     /// Its checksums.
-    pub checksums: Checksums,
+    pub checksums: Digests,
     /// Whether a datum record promised its sha256 (and the bytes were checked against it): its
     /// content cannot change, so it needs no integrity history.
     #[serde(skip)]
@@ -76,9 +76,10 @@ impl EventSink for LogOnly {
 pub fn log_event(event: &FsEvent) {
     match event {
         FsEvent::InputChecksummed(f) => {
-            tracing::info!("{}: md5 sum: {}", f.path, f.checksums.md5);
-            tracing::info!("{}: sha1 sum: {}", f.path, f.checksums.sha1);
-            tracing::info!("{}: sha256 sum: {}", f.path, f.checksums.sha256);
+            let sums = f.checksums.to_checksums();
+            tracing::info!("{}: md5 sum: {}", f.path, sums.md5);
+            tracing::info!("{}: sha1 sum: {}", f.path, sums.sha1);
+            tracing::info!("{}: sha256 sum: {}", f.path, sums.sha256);
         }
         FsEvent::InputMismatch { path, uri, expected, actual } => {
             tracing::error!("{path}: {uri} has sha256 {actual} but its record says {expected}: reads fail with EIO")

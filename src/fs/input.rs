@@ -8,7 +8,7 @@ use super::namespace::{Namespace, OpenFile, OpenedFile};
 use super::tree::{is_dir, listed, FileNode, Node, NodeKind, Shape, Tree};
 use super::{Attr, DirEntry, FsError, FsResult, InputSummary, Kind, FILE_PERM};
 use crate::cache::Cache;
-use crate::checksum::Checksums;
+use crate::checksum::{Checksums, Digests};
 use crate::inputs::resolve::{self, ResolvedInput};
 use crate::inputs::table::DirRec;
 use crate::reader::{self, OpenObject, Pin, Reader, Remote, Sequential};
@@ -303,7 +303,7 @@ impl InputNamespace {
         let pin = state.as_ref().and_then(|s| s.pin.get().cloned()).or(e.pin.clone());
         let sums = state
             .as_ref()
-            .and_then(|s| s.checksums.get().cloned())
+            .and_then(|s| s.checksums.get().map(Digests::to_checksums))
             .or_else(|| self.services.cache.recorded_checksums(&e.store.url, &e.cache_key(), &pin?.version()));
         if let Some(s) = sums {
             v["checksums"] = serde_json::json!({ "md5": s.md5, "sha1": s.sha1, "sha256": s.sha256 });
@@ -621,7 +621,7 @@ impl Namespace for InputNamespace {
             "user.datumfs.uri" => Ok(f.entry.uri.clone().into_bytes()),
             "user.datumfs.version" => f.state.pin.get().map(|p| p.version().into_bytes()).ok_or(FsError::NoAttr),
             "user.datumfs.md5" | "user.datumfs.sha1" | "user.datumfs.sha256" => match f.state.checksums.get() {
-                Some(sums) => Ok(pick_checksum(sums, name)),
+                Some(sums) => Ok(pick_checksum(&sums.to_checksums(), name)),
                 None if f.state.pin.get().is_none() => Err(FsError::NoAttr),
                 None => return None,
             },
@@ -809,7 +809,9 @@ async fn check_expected(services: &InputServices, node: &Node, f: &FileNode, obj
         mismatch(services, node, f, want, &sums.sha256).await;
         return check_content(f);
     }
-    let _ = f.state.checksums.set(sums);
+    if let Some(d) = Digests::of(&sums) {
+        let _ = f.state.checksums.set(d);
+    }
     services.changed();
     Ok(())
 }
@@ -845,15 +847,21 @@ fn hash_when_complete(services: &Arc<InputServices>, node: &Arc<Node>, obj: &Arc
                         mismatch(&services, &node, f, want, &sums.sha256).await;
                     }
                 }
-                let _ = f.state.checksums.set(sums.clone());
+                let Some(digests) = Digests::of(&sums) else {
+                    tracing::warn!("{path}: malformed checksums {sums:?}");
+                    return;
+                };
+                let _ = f.state.checksums.set(digests);
                 services.changed();
+                let recorded = f.entry.expected_sha256.is_some();
                 let file = HashedFile {
                     path,
                     uri: f.entry.uri.clone(),
                     size: f.entry.size,
-                    version,
-                    checksums: sums,
-                    recorded: f.entry.expected_sha256.is_some(),
+                    // (Only an integrity record, which a datum does not get, needs the version.)
+                    version: if recorded { String::new() } else { version },
+                    checksums: digests,
+                    recorded,
                 };
                 services.events.event(FsEvent::InputChecksummed(file)).await;
             }

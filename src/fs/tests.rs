@@ -219,11 +219,11 @@ async fn a_file_read_whole_is_checksummed_once_and_shown() {
     let sums = f
         .events
         .wait_for(|e| match e {
-            FsEvent::InputChecksummed(h) if h.path == "/mnt/inputs/data/a.bin" => Some(h.checksums.clone()),
+            FsEvent::InputChecksummed(h) if h.path == "/mnt/inputs/data/a.bin" => Some(h.checksums),
             _ => None,
         })
         .await;
-    assert_eq!(sums.sha256, want);
+    assert_eq!(sums.sha256_hex(), want);
     let ino = f.ino("inputs/data/a.bin").await.unwrap();
     assert_eq!(f.fs.getxattr(ino, "user.datumfs.sha256").await.unwrap(), want.as_bytes());
     assert_eq!(f.fs.getxattr(ino, "user.datumfs.uri").await.unwrap(), b"s3://b/train/a.bin");

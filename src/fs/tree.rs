@@ -8,7 +8,7 @@
 //! pinned version, the open object, the checksums) stays.
 
 use super::{FsError, FsResult};
-use crate::checksum::Checksums;
+use crate::checksum::Digests;
 use crate::inputs::resolve::{DirListing, FileEntry, InputRoot, ResolvedInput};
 use crate::inputs::table::{Child, DirRec, FileTable, DIR_FLAG};
 use crate::reader::{OpenObject, Pin};
@@ -31,7 +31,7 @@ pub struct FileState {
     /// Set once checksums were computed (or started) for it.
     pub hashing: AtomicBool,
     /// Its checksums, once known.
-    pub checksums: OnceLock<Checksums>,
+    pub checksums: OnceLock<Digests>,
     /// Set when its bytes turned out to differ from the sha256 its record promised.
     pub mismatch: AtomicBool,
     /// Set once it was fetched ahead of a reader walking its directory.
