@@ -274,6 +274,10 @@ impl OpenFile for StagedFile {
         Ok(())
     }
 
+    fn release(&self) {
+        self.staging.hasher.seal(self.id);
+    }
+
     fn staged_file(&self) -> Option<&std::fs::File> {
         Some(&self.file)
     }

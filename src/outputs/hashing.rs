@@ -5,7 +5,7 @@
 //! log appends) are fed, in order, to one hashing thread; any other write, a truncation or an
 //! unknown file makes its checksums unknown, and `sync` then hashes while uploading, as always.
 
-use crate::checksum::{Checksums, MultiHasher};
+use crate::checksum::{Checksums, Digests, MultiHasher};
 use std::collections::HashMap;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Duration;
@@ -17,12 +17,24 @@ enum Msg {
     Reset { file: u64 },
     /// The file changed in a way that cannot be followed.
     Invalidate { file: u64 },
+    /// A handle of the file was closed: its digests so far are kept, not the hashing state.
+    Seal { file: u64 },
     /// What the checksums of each file's first `len` bytes are now, if known.
     Snapshot { files: Vec<u64>, reply: SyncSender<Vec<Option<(u64, Checksums)>>> },
 }
 
 enum FileState {
-    Hashing { next: u64, hasher: Box<MultiHasher> },
+    Hashing {
+        next: u64,
+        hasher: Box<MultiHasher>,
+    },
+    /// The digests of the file's first `len` bytes, once a handle was closed: a fifth of a
+    /// hasher's memory, for the many files written once. A later write past them is not
+    /// followed (sync hashes that file itself).
+    Sealed {
+        len: u64,
+        digests: Digests,
+    },
     Unknown,
 }
 
@@ -59,6 +71,12 @@ impl WriteHasher {
     /// Notes that `file` is empty now.
     pub fn reset(&self, file: u64) {
         let _ = self.tx.send(Msg::Reset { file });
+    }
+
+    /// Notes that a handle of `file` was closed: keeps its digests so far instead of the hashing
+    /// state (a later write continuing it is then not followed).
+    pub fn seal(&self, file: u64) {
+        let _ = self.tx.send(Msg::Seal { file });
     }
 
     /// Notes a change that cannot be followed (truncation to a non-zero size, ...).
@@ -104,11 +122,22 @@ fn run(rx: Receiver<Msg>) {
             Msg::Invalidate { file } => {
                 files.insert(file, FileState::Unknown);
             }
+            Msg::Seal { file } => {
+                let sealed = match files.get(&file) {
+                    Some(FileState::Hashing { next, hasher }) => match Digests::of(&(**hasher).clone().finish()) {
+                        Some(digests) => FileState::Sealed { len: *next, digests },
+                        None => FileState::Unknown,
+                    },
+                    _ => continue,
+                };
+                files.insert(file, sealed);
+            }
             Msg::Snapshot { files: asked, reply } => {
                 let answer = asked
                     .iter()
                     .map(|file| match files.get(file) {
                         Some(FileState::Hashing { next, hasher }) => Some((*next, (**hasher).clone().finish())),
+                        Some(FileState::Sealed { len, digests }) => Some((*len, digests.to_checksums())),
                         _ => None,
                     })
                     .collect();
@@ -141,5 +170,27 @@ mod tests {
         assert!(h.snapshot(2).is_none(), "a file never seen from its start is unknown");
         h.write(3, 0, b"a");
         assert!(h.snapshot(3).is_none(), "writes without a known start are not trusted");
+    }
+
+    #[test]
+    fn a_closed_file_keeps_its_digests_and_a_later_append_is_not_followed() {
+        let h = WriteHasher::new();
+        h.reset(1);
+        h.write(1, 0, b"hello ");
+        h.write(1, 6, b"world");
+        h.seal(1);
+        let (len, sums) = h.snapshot(1).unwrap();
+        assert_eq!(
+            (len, sums.sha256.as_str()),
+            (11, "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9")
+        );
+        h.seal(1);
+        assert_eq!(h.snapshot(1).unwrap().0, 11, "sealing twice changes nothing");
+        h.write(1, 11, b"!");
+        assert!(h.snapshot(1).is_none(), "an append after the close is left to sync");
+        h.reset(1);
+        h.write(1, 0, b"a");
+        h.seal(1);
+        assert_eq!(h.snapshot(1).unwrap().0, 1, "a truncation starts afresh");
     }
 }
