@@ -30,6 +30,10 @@ pub struct MountRecorder {
     hashed: Mutex<BTreeMap<String, HashedFile>>,
     /// Reads waiting for their integrity records.
     pending: Mutex<Vec<IntegrityRecord>>,
+    /// How many of those a flush kept back for later (see `integrity::split_due`).
+    held: std::sync::atomic::AtomicUsize,
+    /// How many files each directory's integrity record held when last written.
+    dir_sizes: Mutex<std::collections::HashMap<String, usize>>,
     /// Wakes the flusher early (a full batch).
     wake: tokio::sync::Notify,
     /// One flush at a time.
@@ -49,6 +53,8 @@ impl MountRecorder {
             runtime: tokio::runtime::Handle::current(),
             hashed: Mutex::default(),
             pending: Mutex::default(),
+            held: Default::default(),
+            dir_sizes: Mutex::default(),
             wake: tokio::sync::Notify::new(),
             flushing: tokio::sync::Mutex::new(()),
             legacy: tokio::sync::OnceCell::new(),
@@ -69,14 +75,36 @@ impl MountRecorder {
         }
     }
 
-    /// Writes the integrity records of every read recorded so far, and logs the warnings.
+    /// Writes the integrity records of the reads recorded so far that are due (all of them at
+    /// the mount's end: [`MountRecorder::flush_all`]), and logs the warnings.
     pub async fn flush(&self) {
+        self.flush_some(false).await
+    }
+
+    /// Writes the integrity records of every read recorded so far.
+    pub async fn flush_all(&self) {
+        self.flush_some(true).await
+    }
+
+    async fn flush_some(&self, all: bool) {
+        use std::sync::atomic::Ordering;
         let _one = self.flushing.lock().await;
-        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let (batch, later) = {
+            let sizes = self.dir_sizes.lock().unwrap_or_else(|e| e.into_inner());
+            integrity::split_due(pending, &sizes, all)
+        };
+        self.held.store(later.len(), Ordering::Relaxed);
+        if !later.is_empty() {
+            self.pending.lock().unwrap_or_else(|e| e.into_inner()).extend(later);
+        }
         let Some(ds) = self.data_store.clone().filter(|_| !batch.is_empty()) else { return };
         let catalog = Catalog::new(ds);
         let legacy = *self.legacy.get_or_init(|| integrity::has_legacy_records(&catalog)).await;
-        match integrity::record_batch(&catalog, &batch, legacy).await {
+        let mut sizes = std::mem::take(&mut *self.dir_sizes.lock().unwrap_or_else(|e| e.into_inner()));
+        let res = integrity::record_batch_sized(&catalog, &batch, legacy, &mut sizes).await;
+        *self.dir_sizes.lock().unwrap_or_else(|e| e.into_inner()) = sizes;
+        match res {
             Ok(warnings) => {
                 warnings.iter().for_each(|w| tracing::warn!("{w}"));
                 let mut kept = self.warnings.lock().unwrap_or_else(|e| e.into_inner());
@@ -100,9 +128,9 @@ impl MountRecorder {
         self.runtime.block_on(fut)
     }
 
-    /// [`MountRecorder::flush`] from a thread outside the runtime (the mount's end).
+    /// [`MountRecorder::flush_all`] from a thread outside the runtime (the mount's end).
     pub fn flush_blocking(&self) {
-        self.runtime.block_on(self.flush());
+        self.runtime.block_on(self.flush_all());
     }
 
     /// The files read whole so far, by path.
@@ -158,7 +186,8 @@ impl EventSink for MountRecorder {
                 let full = {
                     let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
                     pending.push(rec);
-                    pending.len() >= BATCH
+                    // (Reads a flush kept back do not wake it again.)
+                    pending.len().saturating_sub(self.held.load(std::sync::atomic::Ordering::Relaxed)) >= BATCH
                 };
                 if full {
                     self.wake.notify_one();

@@ -250,7 +250,7 @@ impl Execution {
         // killed after its datums were made but before this record was written left them out.
         let made: Vec<String> = report.datums.iter().map(|d| strip(&d.datum)).collect();
         // The reads of the last moments, and their warnings, go into the record too.
-        self.recorder.flush().await;
+        self.recorder.flush_all().await;
         match self.record(true).await {
             Ok(mut rec) => {
                 let mut seen: std::collections::HashSet<String> = rec.outputs.iter().cloned().collect();

@@ -14,7 +14,7 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::checksum::Checksums;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// What was read from one URI, once.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -115,6 +115,45 @@ pub async fn record_batch(
     recs: &[IntegrityRecord],
     legacy: bool,
 ) -> Result<Vec<String>, CatalogError> {
+    record_batch_sized(catalog, recs, legacy, &mut HashMap::new()).await
+}
+
+/// Directory records up to this many files are rewritten at every flush; bigger ones wait for
+/// reads that grow them by half (see [`split_due`]).
+pub const SMALL_DIR: usize = 4_000;
+
+/// Splits `pending` reads into those to record now and those to keep for a later flush: a
+/// directory whose record holds many files (`sizes`, as last written) is rewritten only once the
+/// reads waiting for it would grow it by half, so reading a flat directory of a hundred thousand
+/// files rewrites its record a handful of times, not once per batch. `all` (the mount's end):
+/// everything is due.
+pub fn split_due(
+    pending: Vec<IntegrityRecord>,
+    sizes: &HashMap<String, usize>,
+    all: bool,
+) -> (Vec<IntegrityRecord>, Vec<IntegrityRecord>) {
+    if all {
+        return (pending, Vec::new());
+    }
+    let mut waiting: HashMap<&str, usize> = HashMap::new();
+    for r in &pending {
+        *waiting.entry(split(&r.uri).0).or_default() += 1;
+    }
+    let due: std::collections::HashSet<String> = waiting
+        .into_iter()
+        .filter(|(dir, n)| sizes.get(*dir).is_none_or(|&size| size <= SMALL_DIR || n * 2 >= size))
+        .map(|(dir, _)| dir.to_string())
+        .collect();
+    pending.into_iter().partition(|r| due.contains(split(&r.uri).0))
+}
+
+/// [`record_batch`], noting in `sizes` how many files each directory's record holds now.
+pub async fn record_batch_sized(
+    catalog: &Catalog,
+    recs: &[IntegrityRecord],
+    legacy: bool,
+    sizes: &mut HashMap<String, usize>,
+) -> Result<Vec<String>, CatalogError> {
     let mut by_dir: BTreeMap<&str, Vec<&IntegrityRecord>> = BTreeMap::new();
     for r in recs {
         by_dir.entry(split(&r.uri).0).or_default().push(r);
@@ -142,9 +181,10 @@ pub async fn record_batch(
                 .is_none_or(|old| (old.size, &old.version, &old.checksums) != (r.size, &r.version, &r.checksums))
         };
         if !recs.iter().any(|r| changed(&now.files, r)) {
+            sizes.insert(dir.to_string(), now.files.len());
             continue;
         }
-        catalog
+        let written: DirIntegrity = catalog
             .update(&rel, |current: Option<DirIntegrity>| {
                 let mut current =
                     current.unwrap_or_else(|| DirIntegrity { dir: dir.to_string(), ..Default::default() });
@@ -156,6 +196,7 @@ pub async fn record_batch(
                 Ok(current)
             })
             .await?;
+        sizes.insert(dir.to_string(), written.files.len());
     }
     Ok(warnings)
 }
@@ -227,5 +268,35 @@ mod tests {
         assert!(w.len() == 1 && w[0].contains("aa -> bb"), "{w:?}");
         let (fresh, _) = counted();
         assert!(!has_legacy_records(&fresh).await);
+    }
+
+    #[test]
+    fn reads_of_a_big_directory_wait_until_they_would_grow_its_record_by_half() {
+        let reads = |dir: &str, n: usize| (0..n).map(|i| rec(&format!("{dir}/f{i}"), "aa")).collect::<Vec<_>>();
+        let mut pending = reads("s3://b/big", 3_000);
+        pending.extend(reads("s3://b/small", 10));
+        pending.extend(reads("s3://b/new", 5));
+        let sizes: HashMap<String, usize> =
+            [("s3://b/big".to_string(), 10_000), ("s3://b/small".to_string(), 100)].into_iter().collect();
+        let (now, later) = split_due(pending.clone(), &sizes, false);
+        assert_eq!(now.len(), 15, "the small and the unknown directory are due");
+        assert_eq!(later.len(), 3_000, "3,000 reads would not grow 10,000 by half");
+        let mut more = later;
+        more.extend((3_000..5_000).map(|i| rec(&format!("s3://b/big/f{i}"), "aa")));
+        assert_eq!(split_due(more, &sizes, false).0.len(), 5_000, "5,000 would");
+        let (all, none) = split_due(pending, &sizes, true);
+        assert_eq!((all.len(), none.len()), (3_015, 0), "at the mount's end everything is due");
+    }
+
+    #[tokio::test]
+    async fn a_batch_notes_how_many_files_each_directory_record_holds() {
+        let c = Catalog::in_memory();
+        let mut sizes = HashMap::new();
+        let first: Vec<_> = (0..5).map(|i| rec(&format!("s3://b/d/f{i}"), "aa")).collect();
+        record_batch_sized(&c, &first, false, &mut sizes).await.unwrap();
+        assert_eq!(sizes.get("s3://b/d"), Some(&5));
+        let second: Vec<_> = (3..8).map(|i| rec(&format!("s3://b/d/f{i}"), "aa")).collect();
+        record_batch_sized(&c, &second, false, &mut sizes).await.unwrap();
+        assert_eq!(sizes.get("s3://b/d"), Some(&8));
     }
 }
