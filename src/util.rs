@@ -1,5 +1,5 @@
 //! Small helpers several rooms need, with no dependency on any of them: private directories and
-//! byte sizes for people, files replaced whole.
+//! byte sizes for people, files replaced whole, bounded decompression.
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
@@ -44,6 +44,21 @@ pub fn human_bytes(n: u64) -> String {
 /// The host name, for records.
 pub fn hostname() -> String {
     nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".into())
+}
+
+/// Decompresses zstd `compressed` that must not grow past `max` bytes (what a store others can
+/// write to holds may be made to decompress without end). The error says why, for the caller to
+/// name the object.
+pub fn zstd_decompress_bounded(compressed: &[u8], max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut raw = Vec::new();
+    zstd::stream::Decoder::new(compressed)
+        .and_then(|d| d.take(max + 1).read_to_end(&mut raw))
+        .map_err(|e| format!("cannot decompress: {e}"))?;
+    if raw.len() as u64 > max {
+        return Err(format!("it decompresses to more than {max} bytes"));
+    }
+    Ok(raw)
 }
 
 #[cfg(test)]

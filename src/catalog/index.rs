@@ -22,7 +22,6 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
-use std::io::Read;
 
 /// Datum records one index record holds at most (a sync making more writes several).
 pub const INDEX_MAX: usize = 10_000;
@@ -71,7 +70,7 @@ struct CompactedIndex {
     indexes: Vec<String>,
     /// The keys of the pack records it holds.
     packs: Vec<String>,
-    /// Their datums: those of the index records, then those of the packs.
+    /// Their datums.
     datums: Vec<DatumRecord>,
 }
 
@@ -143,28 +142,17 @@ impl Catalog {
         let new_indexes: Vec<Path> = index_keys.into_iter().filter(|k| !held_indexes.contains(k.as_ref())).collect();
         let new_packs: Vec<Path> = pack_keys.into_iter().filter(|k| !held_packs.contains(k.as_ref())).collect();
         let (read_indexes, read_packs) =
-            futures::try_join!(self.read_keys::<DatumIndex>(&new_indexes), self.read_keys::<PackRecord>(&new_packs),)?;
+            futures::try_join!(self.read_keys::<DatumIndex>(new_indexes), self.read_keys::<PackRecord>(new_packs),)?;
         let unmerged = read_indexes.len() + read_packs.len();
-        let mut merged = CompactedIndex { id: new_id(), created_at: super::now(), ..Default::default() };
-        let mut from_packs = Vec::new();
-        for d in base.datums {
-            if d.packed.is_some() {
-                from_packs.push(d);
-            } else {
-                merged.datums.push(d);
-            }
-        }
-        merged.indexes = base.indexes;
-        merged.packs = base.packs;
+        let mut merged = CompactedIndex { id: new_id(), created_at: super::now(), ..base };
         for (key, i) in read_indexes {
             merged.indexes.push(key.to_string());
             merged.datums.extend(i.datums);
         }
         for (key, p) in read_packs {
             merged.packs.push(key.to_string());
-            from_packs.extend(p.datums);
+            merged.datums.extend(p.datums);
         }
-        merged.datums.extend(from_packs);
         if unmerged >= COMPACT_AT {
             if let Err(e) = self.put_compacted(&merged, base_key.as_ref()).await {
                 tracing::warn!("compacting the datum index: {e}");
@@ -183,36 +171,6 @@ impl Catalog {
         Ok(found.into_values().collect())
     }
 
-    /// The keys of every record under `rel`.
-    async fn list_keys(&self, rel: &str) -> Result<Vec<Path>, CatalogError> {
-        let prefix = self.ds.record_key(rel);
-        Ok(self
-            .ds
-            .handle
-            .inner
-            .list(Some(&prefix))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await
-            .map_err(|e| self.store_err(&prefix, e))?)
-    }
-
-    /// The records at `keys` (several at once), each with its key; those gone meanwhile are left
-    /// out.
-    async fn read_keys<T: serde::de::DeserializeOwned + Send>(
-        &self,
-        keys: &[Path],
-    ) -> Result<Vec<(Path, T)>, CatalogError> {
-        futures::stream::iter(
-            keys.iter()
-                .map(|k| async move { Ok::<_, CatalogError>(self.read::<T>(k).await?.map(|(v, _)| (k.clone(), v))) }),
-        )
-        .buffer_unordered(READS_IN_FLIGHT)
-        .try_filter_map(|r| async move { Ok(r) })
-        .try_collect()
-        .await
-    }
-
     /// The compacted record at `key` (`None` if it was deleted meanwhile).
     async fn read_compacted(&self, key: &Path) -> Result<Option<CompactedIndex>, CatalogError> {
         let bytes = match self.ds.handle.inner.get(key).await {
@@ -221,13 +179,7 @@ impl Catalog {
             Err(e) => return Err(self.store_err(key, e).into()),
         };
         let malformed = |reason: String| CatalogError::Malformed { uri: self.ds.uri_of(key), reason };
-        let mut raw = Vec::new();
-        zstd::stream::Decoder::new(&bytes[..])
-            .and_then(|d| d.take(COMPACTED_MAX + 1).read_to_end(&mut raw))
-            .map_err(|e| malformed(format!("cannot decompress the compacted index: {e}")))?;
-        if raw.len() as u64 > COMPACTED_MAX {
-            return Err(malformed(format!("the compacted index decompresses to more than {COMPACTED_MAX} bytes")));
-        }
+        let raw = crate::util::zstd_decompress_bounded(&bytes, COMPACTED_MAX).map_err(malformed)?;
         serde_json::from_slice(&raw).map(Some).map_err(|e| malformed(e.to_string()))
     }
 

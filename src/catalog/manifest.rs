@@ -261,15 +261,8 @@ fn open(id: &str, stored: &[u8], magics: &[&[u8; 5]]) -> Result<Vec<u8>, Manifes
     if hex::encode(Sha256::digest(stored)) != id {
         return Err(ManifestError::Damaged { id: id.to_string() });
     }
-    // Bounded: a chunk from a store others can write to may be made to decompress without end.
     let corrupt = |reason: String| ManifestError::Corrupt { id: id.to_string(), reason };
-    let decoder = zstd::stream::Decoder::new(stored).map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
-    let mut raw = Vec::new();
-    std::io::Read::read_to_end(&mut std::io::Read::take(decoder, MAX_RAW_CHUNK + 1), &mut raw)
-        .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
-    if raw.len() as u64 > MAX_RAW_CHUNK {
-        return Err(corrupt(format!("it decompresses to more than {MAX_RAW_CHUNK} bytes")));
-    }
+    let raw = crate::util::zstd_decompress_bounded(stored, MAX_RAW_CHUNK).map_err(corrupt)?;
     if !magics.iter().any(|m| raw.get(..m.len()) == Some(&m[..])) {
         return Err(ManifestError::Corrupt { id: id.to_string(), reason: "not a manifest chunk".into() });
     }

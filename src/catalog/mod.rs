@@ -381,17 +381,41 @@ impl Catalog {
         &'a self,
         rel: &str,
     ) -> futures::future::BoxFuture<'a, Result<Vec<T>, CatalogError>> {
-        let prefix = self.ds.record_key(rel);
+        let rel = rel.to_string();
         Box::pin(async move {
-            let metas: Vec<_> =
-                self.ds.handle.inner.list(Some(&prefix)).try_collect().await.map_err(|e| self.store_err(&prefix, e))?;
-            let reads = metas.into_iter().map(|m| async move { self.read::<T>(&m.location).await });
-            futures::stream::iter(reads)
-                .buffer_unordered(32)
-                .try_filter_map(|r| async move { Ok(r.map(|(v, _)| v)) })
-                .try_collect()
-                .await
+            let keys = self.list_keys(&rel).await?;
+            Ok(self.read_keys::<T>(keys).await?.into_iter().map(|(_, v)| v).collect())
         })
+    }
+
+    /// The keys of every record under `rel`.
+    pub(crate) async fn list_keys(&self, rel: &str) -> Result<Vec<Path>, CatalogError> {
+        let prefix = self.ds.record_key(rel);
+        Ok(self
+            .ds
+            .handle
+            .inner
+            .list(Some(&prefix))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(|e| self.store_err(&prefix, e))?)
+    }
+
+    /// The records at `keys` (several at once), each with its key; those gone meanwhile are left
+    /// out.
+    pub(crate) async fn read_keys<T: serde::de::DeserializeOwned + Send>(
+        &self,
+        keys: Vec<Path>,
+    ) -> Result<Vec<(Path, T)>, CatalogError> {
+        futures::stream::iter(keys.into_iter().map(|k| async move {
+            let read = self.read::<T>(&k).await?;
+            Ok::<_, CatalogError>(read.map(|(v, _)| (k, v)))
+        }))
+        .buffer_unordered(32)
+        .try_filter_map(|r| async move { Ok(r) })
+        .try_collect()
+        .await
     }
 
     fn execution_rel(id: &str) -> String {

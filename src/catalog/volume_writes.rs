@@ -7,7 +7,6 @@
 //! newest back until one names the key: one request per sync, none per key written.
 
 use super::{new_id, Catalog, CatalogError, VolumeWrite};
-use futures::TryStreamExt;
 use object_store::PutMode;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -51,16 +50,7 @@ impl Catalog {
 
     /// The last write (or delete) of the key at `uri` by a volume sync, and its execution.
     pub async fn last_volume_write(&self, uri: &str) -> Result<Option<(String, VolumeWrite)>, CatalogError> {
-        let prefix = self.ds.record_key(&dir_of(uri));
-        let mut keys: Vec<object_store::path::Path> = self
-            .ds
-            .handle
-            .inner
-            .list(Some(&prefix))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await
-            .map_err(|e| self.store_err(&prefix, e))?;
+        let mut keys = self.list_keys(&dir_of(uri)).await?;
         keys.sort();
         for key in keys.iter().rev() {
             let Some((rec, _)) = self.read::<VolumeSyncRecord>(key).await? else { continue };

@@ -167,7 +167,7 @@ impl MountRecorder {
 impl EventSink for MountRecorder {
     async fn event(&self, event: FsEvent) {
         match event {
-            FsEvent::InputChecksummed(file) => {
+            FsEvent::InputChecksummed(mut file) => {
                 log_event(&FsEvent::InputChecksummed(file.clone()));
                 // A datum's bytes are checked against its record instead: no history to keep.
                 let rec = (!file.recorded).then(|| IntegrityRecord {
@@ -179,7 +179,6 @@ impl EventSink for MountRecorder {
                     host: integrity::hostname(),
                     execution: self.execution.clone(),
                 });
-                let mut file = file;
                 let path = std::mem::take(&mut file.path);
                 self.hashed.lock().unwrap_or_else(|e| e.into_inner()).insert(path, file);
                 let Some(rec) = rec else { return };
