@@ -11,7 +11,7 @@ use crate::checksum::Checksums;
 use futures::TryStreamExt;
 use object_store::{ObjectStoreExt, PutMode};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// A dataset: a name under which versions are made.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -150,6 +150,15 @@ pub fn split_ref(text: &str) -> Result<(String, String), CatalogError> {
             reason: "expected NAME/VERSION (or dataset://NAME/VERSION)".into(),
         }),
     }
+}
+
+/// `files` sorted by path, the last entry of each path kept.
+fn latest_per_path(mut files: Vec<VersionFile>) -> Vec<VersionFile> {
+    files.reverse();
+    // Stable: of one path's entries, the last given comes first and is the one kept.
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    files.dedup_by(|later, kept| later.path == kept.path);
+    files
 }
 
 impl Catalog {
@@ -348,6 +357,11 @@ impl Catalog {
         check_name(version, "a version")?;
         self.create_dataset(name, Some(execution), true).await?;
         let rel = self.version_rel(name, version);
+        // Later entries for one path win. The files are moved into the record, not copied (a
+        // version of a hundred thousand files holds about 60 MB of them); only their paths are
+        // kept aside, to take them back out if another writer raced this one.
+        let mut ours = latest_per_path(files);
+        let our_paths: std::collections::HashSet<String> = ours.iter().map(|f| f.path.clone()).collect();
         let mut refused = None;
         let mut rec = Err(CatalogError::Contended { uri: self.ds.uri_of(&self.ds.record_key(&rel)), tries: 0 });
         // The chunks are written before the record that names them: the record is swapped in
@@ -380,13 +394,8 @@ impl Catalog {
                 },
             };
             // New files replace old ones at the same path (one pass: versions hold millions).
-            let replaced: std::collections::HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
-            next.files.retain(|x| !replaced.contains(x.path.as_str()));
-            let mut added: BTreeMap<&str, &VersionFile> = BTreeMap::new();
-            for f in &files {
-                added.insert(f.path.as_str(), f);
-            }
-            next.files.extend(added.into_values().cloned());
+            next.files.retain(|x| !our_paths.contains(x.path.as_str()));
+            next.files.append(&mut ours);
             next.files.sort_by(|a, b| a.path.cmp(&b.path));
             let stored = self.write_manifest(&next, &old_chunks).await?;
             let mut raced = false;
@@ -404,7 +413,10 @@ impl Catalog {
                     rec = Ok(next);
                     break;
                 }
-                Err(_) if raced => continue,
+                Err(_) if raced => {
+                    ours = next.files.into_iter().filter(|f| our_paths.contains(f.path.as_str())).collect();
+                    continue;
+                }
                 Err(e) => {
                     rec = Err(e);
                     break;
@@ -567,6 +579,21 @@ mod tests {
         assert_eq!(store.count(Op::ConditionalPut) - before, 3, "one chunk, its companion, and the record");
         assert_eq!(c.version("d", "v2").await.unwrap().unwrap().files, more);
         assert_eq!(c.version("d", "v1").await.unwrap().unwrap().files, files, "v1 unchanged");
+    }
+
+    #[tokio::test]
+    async fn publishing_twice_replaces_files_by_path_and_the_last_given_wins() {
+        let c = catalog();
+        let first = vec![file("b.bin", "B1"), file("a.bin", "A1"), file("c.bin", "C1")];
+        c.publish_version("d", "v1", "exec", first).await.unwrap();
+        // A path given twice in one call: the later entry is the one kept.
+        let second = vec![file("c.bin", "C2"), file("d.bin", "D1"), file("c.bin", "C3")];
+        let rec = c.publish_version("d", "v1", "exec", second).await.unwrap();
+        let got: Vec<(&str, &str)> = rec.files.iter().map(|f| (f.path.as_str(), f.datum.as_str())).collect();
+        assert_eq!(got, [("a.bin", "A1"), ("b.bin", "B1"), ("c.bin", "C3"), ("d.bin", "D1")]);
+        assert_eq!(c.version("d", "v1").await.unwrap().unwrap().files, rec.files);
+        let other = c.publish_version("d", "v1", "exec-2", vec![file("e.bin", "E1")]).await;
+        assert!(matches!(other, Err(CatalogError::Exists { .. })), "{other:?}");
     }
 
     #[tokio::test]

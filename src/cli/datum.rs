@@ -429,7 +429,7 @@ pub(super) fn push_files(
         .with_context(|| {
             format!("execution {execution}: its record has a malformed start time {:?}", record.started_at)
         })?;
-    let syncer = Syncer { catalog: catalog.clone(), execution: execution.clone(), pack_below: 0 };
+    let syncer = Syncer::new(catalog.clone(), execution.clone(), 0);
     let progress = Arc::new(Progress::default());
     let bar = super::sync::progress_bar("pushing");
     let results = rt.block_on(async {

@@ -295,7 +295,7 @@ impl Node {
             recorder,
             staging,
             state,
-            syncer: Syncer { catalog, execution: cfg.execution.clone(), pack_below: cfg.pack_below },
+            syncer: Syncer::new(catalog, cfg.execution.clone(), cfg.pack_below),
             sync_lock: tokio::sync::Mutex::new(()),
             on_exit: std::sync::Mutex::new(UnsyncedOutputs::Keep),
             config_json: serde_json::json!({

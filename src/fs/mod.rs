@@ -129,6 +129,11 @@ impl Attr {
     fn read_only_dir(ino: u64, mtime: SystemTime) -> Self {
         Attr { ino, size: 0, kind: Kind::Dir, perm: DIR_PERM, mtime, staged: None, cache_for: CacheFor::Long }
     }
+
+    /// What a name found absent is answered with (inode 0), kept by the kernel for `cache_for`.
+    pub fn absent(cache_for: CacheFor) -> Self {
+        Attr { cache_for, ..Self::read_only_dir(0, SystemTime::UNIX_EPOCH) }
+    }
 }
 
 /// One directory entry.
@@ -423,6 +428,14 @@ impl Fs {
             }),
             Ok(Owner::Ns(ns)) => ns.try_lookup(parent, name),
             Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// How long the kernel may remember that a name in directory `parent` does not exist.
+    pub fn absent_for(&self, parent: u64) -> CacheFor {
+        match self.owner(parent) {
+            Ok(Owner::Ns(ns)) => ns.absent_for(),
+            _ => CacheFor::Never,
         }
     }
 

@@ -7,7 +7,7 @@
 //! volume or a manifest-backed input is one more implementation. Read-only namespaces only
 //! implement the reading half: every change answers EROFS by default.
 
-use super::{Attr, DirEntry, FsError, FsResult};
+use super::{Attr, CacheFor, DirEntry, FsError, FsResult};
 use crate::outputs::Caller;
 use async_trait::async_trait;
 use std::path::Path;
@@ -84,6 +84,13 @@ pub trait Namespace: Send + Sync {
     /// inode's name (`None`: ask by inode).
     fn getattr_open(&self, _ino: u64, _file: &dyn OpenFile) -> Option<FsResult<Attr>> {
         None
+    }
+
+    /// How long the kernel may remember that a name looked up here does not exist. Only a
+    /// namespace whose names change through the mount alone may say more than never: the kernel
+    /// drops its note itself when it creates the name.
+    fn absent_for(&self) -> CacheFor {
+        CacheFor::Never
     }
 
     /// Looks `name` up in `parent` when that needs no I/O (`None`: call [`Namespace::lookup`]).

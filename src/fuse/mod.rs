@@ -178,6 +178,19 @@ fn reply_entry(reply: ReplyEntry, res: Result<Attr, FsError>, uid: u32, gid: u32
     }
 }
 
+/// Answers a lookup; a name found absent is remembered by the kernel for `absent_for` (an entry
+/// with inode 0 is the protocol's negative entry), so `cp` into outputs does not ask again
+/// whether the name exists before creating it.
+fn reply_lookup(reply: ReplyEntry, res: Result<Attr, FsError>, absent_for: crate::fs::CacheFor, uid: u32, gid: u32) {
+    match res {
+        Err(e) if e.is_not_found() && absent_for != crate::fs::CacheFor::Never => {
+            let absent = Attr::absent(absent_for);
+            reply.entry(&ttl(&absent), &file_attr(&absent, uid, gid), Generation(0))
+        }
+        other => reply_entry(reply, other, uid, gid),
+    }
+}
+
 fn reply_attr(reply: ReplyAttr, res: Result<Attr, FsError>, uid: u32, gid: u32) {
     match res {
         Ok(a) => reply.attr(&ttl(&a), &file_attr(&a, uid, gid)),
@@ -236,11 +249,14 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let Some(name) = name_str(name) else { return reply.error(errno(&FsError::NotFound)) };
+        let absent_for = self.fs.absent_for(parent.0);
         if let Some(res) = self.fs.try_lookup(parent.0, &name) {
-            return reply_entry(reply, res, self.uid, self.gid);
+            return reply_lookup(reply, res, absent_for, self.uid, self.gid);
         }
         let (uid, gid) = (self.uid, self.gid);
-        self.spawn(move |fs| async move { reply_entry(reply, fs.lookup(parent.0, &name).await, uid, gid) });
+        self.spawn(
+            move |fs| async move { reply_lookup(reply, fs.lookup(parent.0, &name).await, absent_for, uid, gid) },
+        );
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -351,7 +367,13 @@ impl Filesystem for FuseAdapter {
         match self.fs.create(parent.0, &name, mode & !umask, flags, caller(req)) {
             Ok((a, o)) => {
                 let attr = file_attr(&a, self.uid, self.gid);
-                let flags = if o.direct_io { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::empty() };
+                let mut flags = FopenFlags::empty();
+                if o.direct_io {
+                    flags |= FopenFlags::FOPEN_DIRECT_IO;
+                }
+                if o.no_flush {
+                    flags |= FopenFlags::FOPEN_NOFLUSH;
+                }
                 reply.created(&ttl(&a), &attr, Generation(0), FileHandle(o.fh), flags)
             }
             Err(e) => reply.error(errno(&e)),

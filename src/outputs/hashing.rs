@@ -5,7 +5,7 @@
 //! log appends) are fed, in order, to one hashing thread; any other write, a truncation or an
 //! unknown file makes its checksums unknown, and `sync` then hashes while uploading, as always.
 
-use crate::checksum::{Checksums, Digests, MultiHasher};
+use crate::checksum::{Digests, MultiHasher};
 use std::collections::HashMap;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Duration;
@@ -20,7 +20,7 @@ enum Msg {
     /// A handle of the file was closed: its digests so far are kept, not the hashing state.
     Seal { file: u64 },
     /// What the checksums of each file's first `len` bytes are now, if known.
-    Snapshot { files: Vec<u64>, reply: SyncSender<Vec<Option<(u64, Checksums)>>> },
+    Snapshot { files: Vec<u64>, reply: SyncSender<Vec<Option<(u64, Digests)>>> },
 }
 
 enum FileState {
@@ -86,13 +86,13 @@ impl WriteHasher {
 
     /// The checksums of `file`'s first bytes and how many bytes they cover, if known. Every
     /// write noted before this call is included.
-    pub fn snapshot(&self, file: u64) -> Option<(u64, Checksums)> {
+    pub fn snapshot(&self, file: u64) -> Option<(u64, Digests)> {
         self.snapshots(vec![file]).pop().flatten()
     }
 
     /// [`WriteHasher::snapshot`] of many files in one exchange with the hashing thread (a sync
     /// of a hundred thousand files would otherwise wait for it as many times).
-    pub fn snapshots(&self, files: Vec<u64>) -> Vec<Option<(u64, Checksums)>> {
+    pub fn snapshots(&self, files: Vec<u64>) -> Vec<Option<(u64, Digests)>> {
         let n = files.len();
         let (reply, answer) = sync_channel(1);
         if self.tx.send(Msg::Snapshot { files, reply }).is_err() {
@@ -136,8 +136,10 @@ fn run(rx: Receiver<Msg>) {
                 let answer = asked
                     .iter()
                     .map(|file| match files.get(file) {
-                        Some(FileState::Hashing { next, hasher }) => Some((*next, (**hasher).clone().finish())),
-                        Some(FileState::Sealed { len, digests }) => Some((*len, digests.to_checksums())),
+                        Some(FileState::Hashing { next, hasher }) => {
+                            Digests::of(&(**hasher).clone().finish()).map(|d| (*next, d))
+                        }
+                        Some(FileState::Sealed { len, digests }) => Some((*len, *digests)),
                         _ => None,
                     })
                     .collect();
@@ -159,7 +161,7 @@ mod tests {
         h.write(1, 6, b"world");
         let (len, sums) = h.snapshot(1).unwrap();
         assert_eq!(len, 11);
-        assert_eq!(sums.sha256, "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
+        assert_eq!(sums.sha256_hex(), "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
         h.write(1, 11, b"!");
         assert_eq!(h.snapshot(1).unwrap().0, 12, "appends continue after a snapshot");
         h.write(1, 3, b"x");
@@ -181,7 +183,7 @@ mod tests {
         h.seal(1);
         let (len, sums) = h.snapshot(1).unwrap();
         assert_eq!(
-            (len, sums.sha256.as_str()),
+            (len, sums.sha256_hex().as_str()),
             (11, "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9")
         );
         h.seal(1);

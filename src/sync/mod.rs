@@ -9,13 +9,13 @@ pub mod upload;
 
 use crate::catalog::packs::{member_id, pack_of};
 use crate::catalog::{self, Catalog, DatumRecord, PackedIn};
-use crate::checksum::Checksums;
+use crate::checksum::{Checksums, Digests};
 use crate::outputs::state::{FileStamp, PathState, SyncState};
 use futures::StreamExt;
 use metadata::DatumMeta;
 use object_store::path::Path as KeyPath;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,9 +32,45 @@ type Made = (SyncedFile, Option<(String, String)>);
 /// What became of one file.
 type DatumResult = Result<Made, SyncError>;
 
+/// Values many report entries share, kept once: a pack's URI (thousands of files each) and
+/// the lists of dataset versions the metadata names (usually one for a whole sync).
+#[derive(Default)]
+struct Shared {
+    uris: std::sync::Mutex<HashSet<Arc<str>>>,
+    versions: std::sync::Mutex<HashSet<Arc<[String]>>>,
+}
+
+impl Shared {
+    fn uri(&self, uri: String) -> Arc<str> {
+        let mut uris = self.uris.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(u) = uris.get(uri.as_str()) {
+            return u.clone();
+        }
+        let u: Arc<str> = uri.into();
+        uris.insert(u.clone());
+        u
+    }
+
+    /// Drops the URIs kept (at each sync's start: entries of earlier reports keep their own).
+    fn forget_uris(&self) {
+        self.uris.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    fn versions(&self, list: Vec<String>) -> Arc<[String]> {
+        let mut versions = self.versions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = versions.get(list.as_slice()) {
+            return v.clone();
+        }
+        let v: Arc<[String]> = list.into();
+        versions.insert(v.clone());
+        v
+    }
+}
+
 /// The report's entry for a new datum, made as soon as its record is stored: a sync of a
-/// hundred thousand files then never holds all their records at once.
-fn made(rel: &str, rec: DatumRecord) -> Made {
+/// hundred thousand files then never holds all their records at once (and each entry keeps
+/// what it shares with others once, see [`Shared`]).
+fn made(rel: &str, rec: DatumRecord, shared: &Shared) -> Made {
     let alias = rec.alias.clone().map(|a| (a, rec.uri.clone()));
     let dataset_versions = rec
         .properties
@@ -46,16 +82,20 @@ fn made(rel: &str, rec: DatumRecord) -> Made {
         .get("valohai.model-versions")
         .and_then(|v| metadata::model_versions(rel, v).ok())
         .unwrap_or_default();
+    // Kept only where a dataset or model version needs them.
+    let wanted = !dataset_versions.is_empty() || !model_versions.is_empty();
     let file = SyncedFile {
         path: rel.to_string(),
         datum: rec.uri,
-        object_uri: rec.object_uri,
+        object_uri: match rec.packed {
+            Some(_) => shared.uri(rec.object_uri),
+            None => rec.object_uri.into(),
+        },
         size: rec.size,
-        sha256: rec.checksums.sha256.clone(),
         new: true,
-        // Kept only where a dataset or model version needs them.
-        checksums: (!dataset_versions.is_empty() || !model_versions.is_empty()).then_some(rec.checksums),
-        dataset_versions,
+        checksums: if wanted { Digests::of(&rec.checksums) } else { None },
+        sha256: rec.checksums.sha256,
+        dataset_versions: shared.versions(dataset_versions),
         model_versions,
         packed: rec.packed,
     };
@@ -64,7 +104,7 @@ fn made(rel: &str, rec: DatumRecord) -> Made {
 
 /// Checksums computed while files were written, asked for by (staging inode, size), for many
 /// files at once; `None` where they are not known for exactly those bytes.
-pub type KnownChecksums = dyn Fn(&[(u64, u64)]) -> Vec<Option<Checksums>> + Sync;
+pub type KnownChecksums = dyn Fn(&[(u64, u64)]) -> Vec<Option<Digests>> + Sync;
 
 /// Live counters of a sync, for progress bars.
 #[derive(Debug, Default)]
@@ -112,7 +152,7 @@ pub struct SyncedFile {
     /// `datum://ID`.
     pub datum: String,
     /// Where its bytes are.
-    pub object_uri: String,
+    pub object_uri: Arc<str>,
     /// Size.
     pub size: u64,
     /// sha256.
@@ -120,14 +160,14 @@ pub struct SyncedFile {
     /// Whether this sync created it (false: it was already synced).
     pub new: bool,
     /// The dataset versions its metadata puts it in.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dataset_versions: Vec<String>,
+    #[serde(default, skip_serializing_if = "<[String]>::is_empty")]
+    pub dataset_versions: Arc<[String]>,
     /// The models whose version (this execution's) its metadata puts it in.
     #[serde(skip)]
     pub model_versions: Vec<metadata::ModelTarget>,
     /// Its checksums, when this sync made it and a dataset version takes it.
     #[serde(skip)]
-    pub checksums: Option<Checksums>,
+    pub checksums: Option<Digests>,
     /// Its place in a pack, when this sync packed it.
     #[serde(skip)]
     pub packed: Option<PackedIn>,
@@ -246,6 +286,7 @@ pub struct Syncer {
     pub execution: String,
     /// Files smaller than this are uploaded inside packs (0: none are).
     pub pack_below: u64,
+    shared: Arc<Shared>,
 }
 
 /// Why one file did not become a datum.
@@ -287,7 +328,8 @@ struct MetaSource {
 /// One file to turn into a datum.
 struct Job {
     rel: String,
-    local: PathBuf,
+    /// The staging root it lies under (one for all jobs: its path is not kept per file).
+    root: Arc<Path>,
     stamp: FileStamp,
     /// Whether its metadata could be used when the sync was planned.
     meta: Result<(), metadata::MetadataError>,
@@ -300,10 +342,15 @@ struct Job {
     /// For a file an interrupted sync was packing: its offset in the planned pack.
     packed: Option<u64>,
     /// Checksums computed while the file was written, if they cover exactly its bytes.
-    known: Option<Checksums>,
+    known: Option<Digests>,
 }
 
 impl Job {
+    /// The staged file.
+    fn local(&self) -> PathBuf {
+        self.root.join(&self.rel)
+    }
+
     /// Its metadata (sidecar and jsonl), read again.
     fn meta(&self) -> Result<DatumMeta, metadata::MetadataError> {
         self.meta.clone()?;
@@ -315,6 +362,12 @@ impl Job {
 }
 
 impl Syncer {
+    /// A syncer recording datums of `execution` in `catalog`, packing files below `pack_below`
+    /// bytes (0: none).
+    pub fn new(catalog: Catalog, execution: String, pack_below: u64) -> Self {
+        Self { catalog, execution, pack_below, shared: Arc::default() }
+    }
+
     /// A new datum id and the natural key (execution and path) for output path `rel`.
     fn plan(&self, rel: &str) -> (String, String) {
         (catalog::new_id(), self.catalog.store().data_key(&format!("{}/{rel}", self.execution)).to_string())
@@ -458,7 +511,7 @@ impl Syncer {
             Ok(meta) => {
                 let linked = match linked_to {
                     Some(first) => {
-                        self.make_linked_datum(&job.rel, &job.local, &meta, &job.planned, job.stamp, first).await
+                        self.make_linked_datum(&job.rel, &job.local(), &meta, &job.planned, job.stamp, first).await
                     }
                     None => None,
                 };
@@ -474,13 +527,14 @@ impl Syncer {
                             };
                             Box::pin(write) as futures::future::BoxFuture<'static, _>
                         };
+                        let known = job.known.as_ref().map(Digests::to_checksums);
                         self.make_datum(
                             &job.rel,
-                            &job.local,
+                            &job.local(),
                             meta,
                             job.planned,
                             job.resuming,
-                            job.known.as_ref().map(|k| (k, job.stamp)),
+                            known.as_ref().map(|k| (k, job.stamp)),
                             &progress.bytes_done,
                             replanned,
                         )
@@ -495,7 +549,7 @@ impl Syncer {
         };
         progress.files_done.fetch_add(1, Ordering::Relaxed);
         match res {
-            Ok(rec) => (job.rel.clone(), Ok(made(&job.rel, rec.clone())), Some(rec)),
+            Ok(rec) => (job.rel.clone(), Ok(made(&job.rel, rec.clone(), &self.shared)), Some(rec)),
             Err(e) => (job.rel, Err(e), None),
         }
     }
@@ -515,6 +569,7 @@ impl Syncer {
         report.skipped = others.into_iter().map(|(path, why)| FailedFile { path, error: why.into() }).collect();
         let jsonl = metadata::read_jsonl(root).map(|jsonl| Arc::new(MetaSource { root: root.to_path_buf(), jsonl }));
         let meta_source = jsonl.as_ref().ok().cloned();
+        let shared_root: Arc<Path> = Arc::from(root);
         let mut jobs = Vec::new();
         for (rel, meta) in files {
             if metadata::is_metadata_file(&rel) {
@@ -543,11 +598,11 @@ impl Syncer {
                     report.datums.push(SyncedFile {
                         path: rel,
                         datum: format!("datum://{datum}"),
-                        object_uri: self.catalog.store().uri_of(&KeyPath::from(key.as_str())),
+                        object_uri: self.catalog.store().uri_of(&KeyPath::from(key.as_str())).into(),
                         size: stamp.size,
                         sha256,
                         new: false,
-                        dataset_versions,
+                        dataset_versions: self.shared.versions(dataset_versions),
                         model_versions,
                         checksums: None,
                         packed: None,
@@ -567,7 +622,7 @@ impl Syncer {
                 Err(e) => Err(e.clone()),
             };
             jobs.push(Job {
-                local: root.join(&rel),
+                root: shared_root.clone(),
                 rel,
                 stamp,
                 meta,
@@ -590,6 +645,7 @@ impl Syncer {
         progress: &Progress,
         known: &KnownChecksums,
     ) -> SyncReport {
+        self.shared.forget_uris();
         let planned = {
             let (this, root, state) = (self.clone(), root.to_path_buf(), state.clone());
             tokio::task::spawn_blocking(move || this.plan_sync(&root, &state)).await
@@ -802,9 +858,9 @@ impl Syncer {
             .iter()
             .map(|j| pack::Member {
                 rel: j.rel.clone(),
-                local: j.local.clone(),
+                local: j.local(),
                 stamp: j.stamp,
-                known: j.known.clone(),
+                known: j.known.as_ref().map(Digests::to_checksums),
             })
             .collect();
         let built = match tokio::task::spawn_blocking(move || pack::build(&spec)).await {
@@ -812,13 +868,8 @@ impl Syncer {
             Err(e) => {
                 let fail = |j: Job| {
                     let error = std::io::Error::other(e.to_string());
-                    (
-                        j.rel,
-                        Err(SyncError::Upload(upload::UploadError::Local {
-                            path: j.local.display().to_string(),
-                            error,
-                        })),
-                    )
+                    let path = j.local().display().to_string();
+                    (j.rel, Err(SyncError::Upload(upload::UploadError::Local { path, error })))
                 };
                 return Ok(members.into_iter().map(fail).collect());
             }
@@ -833,7 +884,7 @@ impl Syncer {
             match placed {
                 Ok(p) => kept.push((job, p)),
                 Err(error) => {
-                    let path = job.local.display().to_string();
+                    let path = job.local().display().to_string();
                     results.push((job.rel, Err(SyncError::Upload(upload::UploadError::Local { path, error }))));
                 }
             }
@@ -950,7 +1001,7 @@ impl Syncer {
             crate::crash::point("alias-moved");
         }
         record_synced(state, &job.rel, job.stamp, &rec);
-        let entry = made(&job.rel, rec);
+        let entry = made(&job.rel, rec, &self.shared);
         (job.rel, Ok(entry))
     }
 
@@ -967,7 +1018,7 @@ impl Syncer {
     async fn publish_versions(&self, report: &mut SyncReport) {
         let mut wanted: BTreeMap<String, Vec<&SyncedFile>> = BTreeMap::new();
         for d in &report.datums {
-            for v in &d.dataset_versions {
+            for v in d.dataset_versions.iter() {
                 wanted.entry(v.clone()).or_default().push(d);
             }
         }
@@ -998,7 +1049,7 @@ impl Syncer {
     async fn version_file(&self, d: &SyncedFile) -> Result<catalog::datasets::VersionFile, catalog::CatalogError> {
         let id = catalog::strip_scheme(&d.datum);
         let (checksums, packed) = match &d.checksums {
-            Some(c) => (c.clone(), d.packed.clone()),
+            Some(c) => (c.to_checksums(), d.packed.clone()),
             None => {
                 let rec = self.catalog.datum(id).await?;
                 (rec.checksums, rec.packed)
@@ -1009,7 +1060,7 @@ impl Syncer {
             datum: id.to_string(),
             size: d.size,
             checksums,
-            object_uri: d.object_uri.clone(),
+            object_uri: d.object_uri.to_string(),
             packed,
         })
     }
@@ -1171,11 +1222,11 @@ mod tests {
         }
         let db = sled::Config::new().path(dir.path().join("index")).open().unwrap();
         let state = SyncState::open(&db, "exec").unwrap();
-        let syncer = Syncer { catalog: Catalog::in_memory(), execution: "exec".into(), pack_below: 1 << 20 };
+        let syncer = Syncer::new(Catalog::in_memory(), "exec".into(), 1 << 20);
         (dir, state, syncer)
     }
 
-    fn none_known(files: &[(u64, u64)]) -> Vec<Option<Checksums>> {
+    fn none_known(files: &[(u64, u64)]) -> Vec<Option<Digests>> {
         vec![None; files.len()]
     }
 

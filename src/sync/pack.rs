@@ -8,8 +8,10 @@ use std::path::PathBuf;
 
 /// Files below this size go into packs by default.
 pub const DEFAULT_PACK_BELOW: u64 = 1 << 20;
-/// A pack takes no more files once it holds this many bytes.
-pub const PACK_TARGET: u64 = 32 << 20;
+/// A pack takes no more files once it holds this many bytes. Two packs are built in memory at
+/// once (one uploading while the next is read): 16 MiB keeps that near 32 MiB, and each pack
+/// still goes up in one conditional PUT.
+pub const PACK_TARGET: u64 = 16 << 20;
 /// Files per pack at most (keeps a pack's record a few MiB at most).
 pub const PACK_MEMBERS: usize = 4096;
 
