@@ -731,6 +731,8 @@ impl Syncer {
         let packs = results.iter().filter_map(|(_, r)| r.as_ref().ok()?.0.packed.as_ref().map(|p| p.pack.clone()));
         let packs = packs.collect::<std::collections::BTreeSet<_>>().into_iter().collect();
         self.index(indexed.into_inner().unwrap_or_else(|e| e.into_inner()), packs).await;
+        // Exactly: grown by doubling, a hundred thousand entries would hold room for 131,072.
+        report.datums.reserve_exact(results.len());
         for (rel, res) in results {
             match res {
                 Ok((file, alias)) => {
