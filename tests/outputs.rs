@@ -110,6 +110,43 @@ fn posix_operations_in_outputs() {
     assert_eq!(fs::metadata(&staging).unwrap().mode() & 0o777, 0o700, "{}", staging.display());
 }
 
+#[test]
+fn a_name_seen_absent_appears_at_once_when_made_through_the_mount() {
+    if !fuse_available() {
+        return;
+    }
+    let m = TestMount::new(&[], &[]);
+    let o = m.path("outputs");
+    fs::create_dir(o.join("d")).unwrap();
+    // Each name is first looked up while absent (the kernel may remember that for a while),
+    // then made in one of the ways a job makes names; it must be there at once, every time.
+    for round in 0..50 {
+        let name = |what: &str| o.join("d").join(format!("{what}-{round}"));
+        for what in ["created", "renamed", "linked", "dir", "symlink", "gone"] {
+            assert_eq!(errno(fs::metadata(name(what)).unwrap_err()), libc::ENOENT, "{what}-{round}");
+        }
+        fs::write(name("created"), b"x").unwrap();
+        fs::write(o.join("d").join("tmp"), b"y").unwrap();
+        fs::rename(o.join("d").join("tmp"), name("renamed")).unwrap();
+        fs::hard_link(name("created"), name("linked")).unwrap();
+        fs::create_dir(name("dir")).unwrap();
+        std::os::unix::fs::symlink(format!("created-{round}"), name("symlink")).unwrap();
+        assert_eq!(fs::read(name("created")).unwrap(), b"x");
+        assert_eq!(fs::read(name("renamed")).unwrap(), b"y");
+        assert_eq!(fs::read(name("linked")).unwrap(), b"x");
+        assert!(fs::metadata(name("dir")).unwrap().is_dir());
+        assert_eq!(fs::read(name("symlink")).unwrap(), b"x");
+        // And the other way: a name removed is absent at once, and can be made again.
+        fs::write(name("gone"), b"z").unwrap();
+        fs::remove_file(name("gone")).unwrap();
+        assert_eq!(errno(fs::metadata(name("gone")).unwrap_err()), libc::ENOENT);
+        fs::write(name("gone"), b"back").unwrap();
+        assert_eq!(fs::read(name("gone")).unwrap(), b"back");
+    }
+    let listed = fs::read_dir(o.join("d")).unwrap().count();
+    assert_eq!(listed, 50 * 6);
+}
+
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
