@@ -295,7 +295,9 @@ impl Staging {
                 ino
             }
         };
-        let names = inodes.links.entry(ino).or_default();
+        // Room for one name: most files never get a second (a pushed-to empty Vec makes room
+        // for four, 96 bytes per file for nothing).
+        let names = inodes.links.entry(ino).or_insert_with(|| Vec::with_capacity(1));
         if !names.iter().any(|l| l.parent == parent && l.name == name) {
             names.push(Link { parent, name: name.to_os_string() });
         }
