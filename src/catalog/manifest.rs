@@ -93,7 +93,7 @@ pub enum ManifestError {
 
 /// The store prefix and key of an object URI: `s3://bucket/` + `a/b.bin`; concatenated they
 /// give the URI back exactly.
-fn split_uri(uri: &str) -> (&str, &str) {
+pub fn split_uri(uri: &str) -> (&str, &str) {
     let after_scheme = uri.find("://").map_or(0, |i| i + 3);
     match uri[after_scheme..].find('/') {
         Some(i) => uri.split_at(after_scheme + i + 1),
@@ -246,13 +246,16 @@ impl<'a> Cursor<'a> {
         std::str::from_utf8(raw).map_err(|_| self.corrupt("a name is not UTF-8"))
     }
 
-    /// `prev`'s first `shared` bytes followed by a stored suffix.
-    fn prefixed(&mut self, prev: &str) -> Result<String, ManifestError> {
+    /// Replaces all but the first `shared` bytes of `name` (the previous name) by a stored
+    /// suffix.
+    fn prefixed_into(&mut self, name: &mut String) -> Result<(), ManifestError> {
         let shared = self.varint()? as usize;
-        let base =
-            prev.get(..shared).ok_or_else(|| self.corrupt("a shared prefix is longer than the previous name"))?;
-        let suffix = self.string()?;
-        Ok(format!("{base}{suffix}"))
+        if shared > name.len() || !name.is_char_boundary(shared) {
+            return Err(self.corrupt("a shared prefix is longer than the previous name"));
+        }
+        name.truncate(shared);
+        name.push_str(self.string()?);
+        Ok(())
     }
 }
 
@@ -269,6 +272,81 @@ fn open(id: &str, stored: &[u8], magics: &[&[u8; 5]]) -> Result<Vec<u8>, Manifes
     Ok(raw)
 }
 
+/// A stored chunk checked against its id and decompressed: its files are read from it with
+/// [`OpenedChunk::for_each`] without allocating anything per file.
+#[derive(Debug)]
+pub struct OpenedChunk {
+    id: String,
+    raw: Vec<u8>,
+    with_packs: bool,
+}
+
+/// One file of a chunk as it is walked, borrowed from the walk: what mounting a version needs
+/// of each file.
+#[derive(Debug, Clone, Copy)]
+pub struct FileView<'a> {
+    /// Its path in the version.
+    pub path: &'a str,
+    /// Its object's store (`s3://bucket/`); store + key is the object URI.
+    pub store: &'a str,
+    /// Its object's key below the store.
+    pub key: &'a str,
+    /// Size in bytes.
+    pub size: u64,
+    /// The datum id.
+    pub datum: &'a str,
+    /// The sha256 of its bytes.
+    pub sha256: &'a [u8; 32],
+    /// For a packed datum: its offset in the pack object, and the pack's size.
+    pub packed: Option<(u64, u64)>,
+}
+
+/// Checks a stored main chunk against its id and its reference, and decompresses it.
+pub fn open_chunk(chunk: &ChunkRef, main: &[u8]) -> Result<OpenedChunk, ManifestError> {
+    let raw = open(&chunk.id, main, &[MAIN_MAGIC, MAIN_MAGIC_V1])?;
+    let with_packs = raw.starts_with(MAIN_MAGIC);
+    let mut c = Cursor { id: &chunk.id, bytes: &raw, at: MAIN_MAGIC.len() };
+    let count = c.varint()?;
+    if count != chunk.count {
+        return Err(c.corrupt(&format!("holds {count} files, its reference says {}", chunk.count)));
+    }
+    Ok(OpenedChunk { id: chunk.id.clone(), raw, with_packs })
+}
+
+impl OpenedChunk {
+    /// Calls `f` with each file in turn (`stores`: the version's store list), stopping at the
+    /// first error, its own or `f`'s.
+    pub fn for_each<E: From<ManifestError>>(
+        &self,
+        stores: &[String],
+        mut f: impl FnMut(FileView<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut c = Cursor { id: &self.id, bytes: &self.raw, at: MAIN_MAGIC.len() };
+        let count = c.varint()?;
+        let (mut path, mut key) = (String::new(), String::new());
+        for _ in 0..count {
+            c.prefixed_into(&mut path)?;
+            let store = stores.get(c.varint()? as usize).ok_or_else(|| c.corrupt("names an unknown store"))?;
+            c.prefixed_into(&mut key)?;
+            let size = c.varint()?;
+            let datum = c.string()?;
+            let sha256: &[u8; 32] = c.take(32)?.try_into().map_err(|_| c.corrupt("ends early"))?;
+            let packed = match if self.with_packs { c.varint()? } else { 0 } {
+                0 => None,
+                at => {
+                    // What `pack_of` needs, without making the pack's id.
+                    if ulid::Ulid::from_string(datum).is_err() {
+                        return Err(c.corrupt("a packed file's datum id is not an id").into());
+                    }
+                    Some((at - 1, c.varint()?))
+                }
+            };
+            f(FileView { path: &path, store, key: &key, size, datum, sha256, packed })?;
+        }
+        Ok(())
+    }
+}
+
 /// The files of a stored chunk (`sums`: its companion chunk, for md5 and sha1; without it they
 /// are left empty).
 pub fn decode(
@@ -277,13 +355,8 @@ pub fn decode(
     sums: Option<&[u8]>,
     stores: &[String],
 ) -> Result<Vec<VersionFile>, ManifestError> {
-    let raw = open(&chunk.id, main, &[MAIN_MAGIC, MAIN_MAGIC_V1])?;
-    let with_packs = raw.starts_with(MAIN_MAGIC);
-    let mut c = Cursor { id: &chunk.id, bytes: &raw, at: MAIN_MAGIC.len() };
-    let count = c.varint()?;
-    if count != chunk.count {
-        return Err(c.corrupt(&format!("holds {count} files, its reference says {}", chunk.count)));
-    }
+    let opened = open_chunk(chunk, main)?;
+    let count = chunk.count;
     let sums_raw = sums.map(|s| open(&chunk.sums, s, &[SUMS_MAGIC])).transpose()?;
     let mut s = sums_raw.as_ref().map(|raw| Cursor { id: &chunk.sums, bytes: raw, at: SUMS_MAGIC.len() });
     if let Some(s) = s.as_mut() {
@@ -292,36 +365,27 @@ pub fn decode(
         }
     }
     let mut files: Vec<VersionFile> = Vec::with_capacity(count.min(MAX_ENTRIES as u64) as usize);
-    let mut prev_key = String::new();
-    for _ in 0..count {
-        let path = c.prefixed(files.last().map_or("", |f| f.path.as_str()))?;
-        let store = stores.get(c.varint()? as usize).ok_or_else(|| c.corrupt("names an unknown store"))?;
-        let key = c.prefixed(&prev_key)?;
-        let size = c.varint()?;
-        let datum = c.string()?.to_string();
-        let sha256 = hex::encode(c.take(32)?);
-        let packed = match if with_packs { c.varint()? } else { 0 } {
-            0 => None,
-            at => {
-                let pack =
-                    super::packs::pack_of(&datum).ok_or_else(|| c.corrupt("a packed file's datum id is not an id"))?;
-                Some(super::PackedIn { pack, offset: at - 1, pack_size: c.varint()? })
-            }
-        };
+    opened.for_each(stores, |f| {
         let (md5, sha1) = match s.as_mut() {
             Some(s) => (hex::encode(s.take(16)?), hex::encode(s.take(20)?)),
             None => (String::new(), String::new()),
         };
+        let packed = f.packed.map(|(offset, pack_size)| super::PackedIn {
+            // Checked by the walk.
+            pack: super::packs::pack_of(f.datum).unwrap_or_default(),
+            offset,
+            pack_size,
+        });
         files.push(VersionFile {
-            object_uri: format!("{store}{key}"),
-            path,
-            datum,
-            size,
-            checksums: Checksums { md5, sha1, sha256 },
+            object_uri: format!("{}{}", f.store, f.key),
+            path: f.path.to_string(),
+            datum: f.datum.to_string(),
+            size: f.size,
+            checksums: Checksums { md5, sha1, sha256: hex::encode(f.sha256) },
             packed,
         });
-        prev_key = key;
-    }
+        Ok::<_, ManifestError>(())
+    })?;
     Ok(files)
 }
 
@@ -382,6 +446,45 @@ mod tests {
         ];
         let chunks = encode(&odd, &mut stores).unwrap();
         assert_eq!(decode_all(&chunks, &stores, true), odd);
+    }
+
+    #[test]
+    fn a_walk_sees_what_decoding_gives_and_stops_at_the_callers_error() {
+        let files: Vec<VersionFile> = (0..3_000).map(file).collect();
+        let mut stores = Vec::new();
+        let chunks = encode(&files, &mut stores).unwrap();
+        let mut seen = 0;
+        for c in &chunks {
+            let opened = open_chunk(&c.reference, &c.main).unwrap();
+            opened
+                .for_each(&stores, |v| {
+                    let f = &files[seen];
+                    assert_eq!((v.path, v.datum, v.size), (f.path.as_str(), f.datum.as_str(), f.size));
+                    assert_eq!(format!("{}{}", v.store, v.key), f.object_uri);
+                    assert_eq!(hex::encode(v.sha256), f.checksums.sha256);
+                    assert_eq!(v.packed, f.packed.as_ref().map(|p| (p.offset, p.pack_size)));
+                    seen += 1;
+                    Ok::<_, ManifestError>(())
+                })
+                .unwrap();
+        }
+        assert_eq!(seen, files.len());
+        let opened = open_chunk(&chunks[0].reference, &chunks[0].main).unwrap();
+        let mut calls = 0;
+        let e = opened
+            .for_each(&stores, |_| {
+                calls += 1;
+                match calls {
+                    3 => Err(ManifestError::Corrupt { id: "caller".into(), reason: "stop".into() }),
+                    _ => Ok(()),
+                }
+            })
+            .unwrap_err();
+        assert_eq!((calls, e.to_string()), (3, "chunk caller: stop".to_string()));
+        // A chunk whose reference counts other files than it holds is refused when opened.
+        let wrong = ChunkRef { count: chunks[0].reference.count + 1, ..chunks[0].reference.clone() };
+        let e = open_chunk(&wrong, &chunks[0].main).unwrap_err();
+        assert!(e.to_string().contains("its reference says"), "{e}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! chunked manifests (the whole file list in the record) are read as they are.
 
 use super::datasets::{VersionFile, VersionRecord};
-use super::manifest::{self, ChunkRef};
+use super::manifest::{self, ChunkRef, FileView};
 use super::{Catalog, CatalogError};
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
@@ -127,22 +127,37 @@ impl Catalog {
         Ok(record)
     }
 
-    /// The files of a stored version a chunk at a time, in path order, md5 and sha1 left empty
-    /// (their companion chunks are not read). Chunks are fetched and decoded a few at once in
-    /// tasks of their own, so decoding runs beside whatever consumes the files; only those few
-    /// chunks' files are in memory at any time, however large the version.
-    pub fn version_files(
+    /// The files of a stored version a part at a time, in path order, for walking with
+    /// [`VersionPart::for_each`] (md5 and sha1 are not read). Chunks are fetched, checked and
+    /// decompressed a few at once in tasks of their own, beside whatever walks the parts; only
+    /// those few chunks are in memory at any time, however large the version.
+    pub fn version_parts(
         &self,
         stored: &StoredVersion,
-    ) -> impl futures::Stream<Item = Result<Vec<VersionFile>, CatalogError>> + Send + 'static {
-        let old_format = (stored.chunks.is_empty()).then(|| Ok(stored.record.files.clone()));
+    ) -> impl futures::Stream<Item = Result<VersionPart, CatalogError>> + Send + 'static {
+        let old_format = (stored.chunks.is_empty()).then(|| {
+            let (name, version) = (&stored.record.dataset, &stored.record.version);
+            let uri = self.ds.uri_of(&self.ds.record_key(&self.version_rel(name, version)));
+            Ok(VersionPart::Listed { files: stored.record.files.clone(), uri })
+        });
         let (this, dataset, stores) =
-            (self.clone(), stored.record.dataset.clone(), std::sync::Arc::new(stored.stores.clone()));
+            (self.clone(), stored.record.dataset.clone(), std::sync::Arc::<[String]>::from(stored.stores.clone()));
         let loads = stored.chunks.clone().into_iter().map(move |c| {
             let (this, dataset, stores) = (this.clone(), dataset.clone(), stores.clone());
             async move {
                 let uri = this.ds.uri_of(&this.ds.record_key(&this.chunk_rel(&dataset, &c.id)));
-                let task = tokio::spawn(async move { this.load_chunk(&dataset, &c, &stores, false).await });
+                let task = tokio::spawn(async move {
+                    let main = this.chunk(&dataset, &c.id).await?;
+                    let open = || manifest::open_chunk(&c, &main);
+                    let multi_thread = tokio::runtime::Handle::try_current()
+                        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+                    // Checking and decompressing is CPU work: the runtime is told.
+                    let opened = if multi_thread { tokio::task::block_in_place(open) } else { open() };
+                    let uri = this.ds.uri_of(&this.ds.record_key(&this.chunk_rel(&dataset, &c.id)));
+                    opened
+                        .map(|chunk| VersionPart::Chunk { chunk, stores, uri: uri.clone() })
+                        .map_err(|e| CatalogError::Malformed { uri, reason: e.to_string() })
+                });
                 task.await.map_err(|e| CatalogError::Malformed { uri, reason: format!("decoding stopped: {e}") })?
             }
         });
@@ -176,5 +191,82 @@ impl Catalog {
             stores,
             chunks: chunks.into_iter().map(|c| c.reference).collect(),
         })
+    }
+}
+
+/// A run of a version's files, in path order, as [`Catalog::version_parts`] gives them.
+#[derive(Debug)]
+pub enum VersionPart {
+    /// One chunk of a chunked manifest, checked and decompressed.
+    Chunk {
+        /// The chunk.
+        chunk: manifest::OpenedChunk,
+        /// The version's store list.
+        stores: std::sync::Arc<[String]>,
+        /// The chunk's URI, for errors.
+        uri: String,
+    },
+    /// The files of a record of the older format, which lists them itself.
+    Listed {
+        /// The files.
+        files: Vec<VersionFile>,
+        /// The record's URI, for errors.
+        uri: String,
+    },
+}
+
+/// Why a walk of a [`VersionPart`] stopped.
+enum Stop<E> {
+    Manifest(manifest::ManifestError),
+    Caller(E),
+}
+
+impl<E> From<manifest::ManifestError> for Stop<E> {
+    fn from(e: manifest::ManifestError) -> Self {
+        Stop::Manifest(e)
+    }
+}
+
+impl VersionPart {
+    /// Calls `f` with each file in turn, stopping at the first error: `f`'s, or the part's own
+    /// (a damaged chunk, a malformed checksum) as `on_error` makes it.
+    pub fn for_each<E>(
+        &self,
+        on_error: impl FnOnce(CatalogError) -> E,
+        mut f: impl FnMut(FileView<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        match self {
+            VersionPart::Chunk { chunk, stores, uri } => {
+                chunk.for_each(stores, |v| f(v).map_err(Stop::Caller)).map_err(|stop| match stop {
+                    Stop::Manifest(e) => on_error(CatalogError::Malformed { uri: uri.clone(), reason: e.to_string() }),
+                    Stop::Caller(e) => e,
+                })
+            }
+            VersionPart::Listed { files, uri } => {
+                for file in files {
+                    let mut sha256 = [0u8; 32];
+                    if hex::decode_to_slice(&file.checksums.sha256, &mut sha256).is_err() {
+                        return Err(on_error(CatalogError::Malformed {
+                            uri: uri.clone(),
+                            reason: format!(
+                                "{}: sha256 '{}' is not a valid checksum",
+                                file.path, file.checksums.sha256
+                            ),
+                        }));
+                    }
+                    let (store, key) = manifest::split_uri(&file.object_uri);
+                    f(FileView {
+                        path: &file.path,
+                        store,
+                        key,
+                        size: file.size,
+                        datum: &file.datum,
+                        sha256: &sha256,
+                        packed: file.packed.as_ref().map(|p| (p.offset, p.pack_size)),
+                    })?;
+                }
+                Ok(())
+            }
+        }
     }
 }

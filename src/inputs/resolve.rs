@@ -3,7 +3,7 @@
 //! listed lazily, one directory at a time, when first needed; everything else is listed at mount.
 
 use super::spec::{InputSpec, KeepDirectories};
-use super::table::FileTable;
+use super::table::{FileTable, NewFile};
 use crate::catalog::Catalog;
 use crate::keys::{self, UnsafeKey};
 use crate::reader::{Pin, Window};
@@ -336,11 +336,7 @@ pub async fn resolve(
                         _ => rel_key,
                     };
                     match keys::relative_segments(rel_src) {
-                        Ok(segs) => push_checked(
-                            &mut files,
-                            segs.into_iter().map(str::to_string).collect(),
-                            entry(&store, &meta),
-                        ),
+                        Ok(segs) => push_checked(&mut files, segs, entry(&store, &meta)),
                         Err(why) => warn_skipped(&store.uri_of(key), &why),
                     }
                 }
@@ -398,42 +394,47 @@ async fn resolve_dataset(
         .map(|t| t.with_timezone(&chrono::Utc).into())
         .unwrap_or(std::time::UNIX_EPOCH);
     let mut stores = ObjectLocator::default();
-    // A chunk at a time: the version's whole file list is never in memory.
+    let mut key = String::new();
+    // A chunk at a time, each file borrowed from its chunk as it is walked: the version's file
+    // list is never in memory, and nothing is allocated per file but its place in the table.
     files.reserve(usize::try_from(stored.count).unwrap_or(0));
-    let mut chunks = std::pin::pin!(catalog.version_files(&stored));
-    while let Some(part) = chunks.try_next().await.map_err(catalog_err)? {
-        for f in part {
-            if let Some(t) = purged.get(&f.datum) {
+    let mut parts = std::pin::pin!(catalog.version_parts(&stored));
+    while let Some(part) = parts.try_next().await.map_err(catalog_err)? {
+        part.for_each(catalog_err, |f| {
+            if let Some(t) = purged.get(f.datum) {
                 tracing::warn!("input {input}: {} left out of {}: {}", f.path, version.uri(), t.describe());
-                continue;
+                return Ok(());
             }
-            let Ok(segs) = keys::relative_segments(&f.path) else {
+            let Ok(segs) = keys::relative_segments(f.path) else {
                 tracing::warn!("input {input}: skipping '{}' of {}: not a usable path", f.path, version.uri());
-                continue;
+                return Ok(());
             };
-            let (store, key) = match stores.locate(&f.object_uri, cwd, registry) {
-                Ok(found) => found,
+            let store = match stores.locate(f.store, f.key, &mut key, cwd, registry) {
+                Ok(store) => store,
                 Err(Located::Uri(e)) => {
                     return Err(layout_err(format!("{}: {} points at an unusable URI: {e}", version.uri(), f.path)))
                 }
                 Err(Located::Store(error)) => return Err(ResolveError::Store { input: input.clone(), error }),
                 Err(Located::NoKey) => return Err(layout_err(format!("{}: {} has no key", version.uri(), f.path))),
             };
-            let entry = FileEntry {
-                store,
-                key,
-                uri: format!("datum://{}", f.datum),
-                size: f.size,
-                // Datum bytes are never overwritten: pinned at first open, checked by sha256.
-                pin: None,
-                mtime: created,
-                datum: Some(f.datum),
-                expected_sha256: Some(f.checksums.sha256),
-                in_dataset: true,
-                window: f.packed.map(|p| Window { offset: p.offset, object_size: p.pack_size }),
-            };
-            push_checked(files, segs.into_iter().map(str::to_string).collect(), entry);
-        }
+            files.push(
+                &segs,
+                NewFile {
+                    store: &store,
+                    key: &key,
+                    uri: None,
+                    size: f.size,
+                    // Datum bytes are never overwritten: pinned at first open, checked by sha256.
+                    pin: None,
+                    mtime: created,
+                    datum: Some(f.datum),
+                    sha256: Some(*f.sha256),
+                    in_dataset: true,
+                    window: f.packed.map(|(offset, object_size)| Window { offset, object_size }),
+                },
+            );
+            Ok(())
+        })?;
     }
     Ok(version.uri())
 }
@@ -457,41 +458,53 @@ struct ObjectLocator {
 }
 
 impl ObjectLocator {
+    /// The store of the object at `base` + `tail` (an object URI split after its store's part,
+    /// `s3://bucket/` + `a/b.bin`), with its key written into `key`.
     fn locate(
         &mut self,
-        object_uri: &str,
+        base: &str,
+        tail: &str,
+        key: &mut String,
         cwd: &std::path::Path,
         registry: &StoreRegistry,
-    ) -> Result<(Arc<StoreHandle>, Path), Located> {
-        let split = object_uri.find("://").and_then(|i| object_uri[i + 3..].find('/').map(|j| i + 3 + j + 1));
-        let (base, tail) = object_uri.split_at(split.unwrap_or(object_uri.len()));
+    ) -> Result<Arc<StoreHandle>, Located> {
         if let Some((store, Some(key_base))) = self.known.get(base) {
-            let key = format!("{key_base}{tail}");
-            if let Ok(Some(path)) = key_path_of(&key) {
-                return Ok((store.clone(), path));
+            key.clear();
+            key.push_str(key_base);
+            key.push_str(tail);
+            if let Some(range) = object_key(key) {
+                key.truncate(range.end);
+                key.drain(..range.start);
+                return Ok(store.clone());
             }
         }
-        let src = uri::parse(object_uri, cwd).map_err(Located::Uri)?;
-        let key = key_path(&src, &src.key).map_err(Located::Uri)?.ok_or(Located::NoKey)?;
-        let store = match self.known.get(base) {
-            Some((store, _)) => store.clone(),
+        let object_uri = format!("{base}{tail}");
+        let src = uri::parse(&object_uri, cwd).map_err(Located::Uri)?;
+        let path = key_path(&src, &src.key).map_err(Located::Uri)?.ok_or(Located::NoKey)?;
+        key.clear();
+        key.push_str(path.as_ref());
+        match self.known.get(base) {
+            Some((store, _)) => Ok(store.clone()),
             None => {
                 let store = registry.open(&src).map_err(Located::Store)?;
                 let key_base = src.key.strip_suffix(tail).filter(|_| !tail.is_empty()).map(str::to_string);
                 self.known.insert(base.to_string(), (store.clone(), key_base));
-                store
+                Ok(store)
             }
-        };
-        Ok((store, key))
+        }
     }
 }
 
-fn key_path_of(key: &str) -> Result<Option<Path>, object_store::path::Error> {
+/// Where in `key` the object key it names is (what `Path::parse` keeps of it, with trailing
+/// `/`s dropped as a key path drops them), if it is one; `None` for an empty key or one that
+/// is not a valid object key.
+fn object_key(key: &str) -> Option<std::ops::Range<usize>> {
     let trimmed = key.trim_end_matches('/');
-    if trimmed.is_empty() {
-        return Ok(None);
-    }
-    Path::parse(trimmed).map(Some)
+    let start = usize::from(trimmed.starts_with('/'));
+    let kept = &trimmed[start..];
+    let valid = !kept.is_empty()
+        && kept.split('/').all(|seg| !seg.is_empty() && object_store::path::PathPart::parse(seg).is_ok());
+    valid.then_some(start..trimmed.len())
 }
 
 /// A `datum://ID|ALIAS` input file: looked up once in the catalog and pinned to the stored
@@ -545,9 +558,9 @@ async fn resolve_datum(
     Ok((rel, e))
 }
 
-fn push_checked(files: &mut FileTable, rel: Vec<String>, e: FileEntry) {
-    if rel.iter().all(|s| keys::check_segment(s).is_ok()) {
-        files.push(&rel, e);
+fn push_checked<S: AsRef<str>>(files: &mut FileTable, rel: Vec<S>, e: FileEntry) {
+    if rel.iter().all(|s| keys::check_segment(s.as_ref()).is_ok()) {
+        files.push(&rel, e.as_new());
     } else {
         tracing::warn!("skipping {}: its path is not usable as a file name", e.uri);
     }
@@ -594,6 +607,21 @@ async fn check_bucket(store: &Arc<StoreHandle>, u: &SourceUri) -> Result<(), Sto
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_keys_are_kept_as_a_key_path_keeps_them() {
+        let kept = |k: &str| object_key(k).map(|r| k[r].to_string());
+        assert_eq!(kept("a/b.bin").as_deref(), Some("a/b.bin"));
+        assert_eq!(kept("/a/b/").as_deref(), Some("a/b"));
+        assert_eq!(kept("dir/ünï côde.txt").as_deref(), Some("dir/ünï côde.txt"));
+        for bad in ["", "/", "//", "a//b", "a/../b", "./a", "a/\u{1}b"] {
+            assert_eq!(kept(bad), None, "{bad:?}");
+        }
+        for k in ["a/b.bin", "/a/b/", "x"] {
+            let path = Path::parse(k.trim_end_matches('/')).unwrap();
+            assert_eq!(kept(k).as_deref(), Some(path.as_ref()));
+        }
+    }
     use object_store::memory::InMemory;
     use object_store::{ObjectStoreExt, PutPayload};
 

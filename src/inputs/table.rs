@@ -96,6 +96,52 @@ impl Pending {
     }
 }
 
+/// A file to add, borrowed from wherever it was found: what a [`FileEntry`] holds.
+#[derive(Debug, Clone, Copy)]
+pub struct NewFile<'a> {
+    /// The store holding it.
+    pub store: &'a Arc<StoreHandle>,
+    /// Its key.
+    pub key: &'a str,
+    /// Its URI; `None` for `datum://` and its datum id.
+    pub uri: Option<&'a str>,
+    /// Size at resolution.
+    pub size: u64,
+    /// Version at resolution, if pinned.
+    pub pin: Option<&'a Pin>,
+    /// Modification time in the store.
+    pub mtime: SystemTime,
+    /// The datum id, for files of datums.
+    pub datum: Option<&'a str>,
+    /// The sha256 its bytes must have, when known up front.
+    pub sha256: Option<[u8; 32]>,
+    /// Whether it is part of a dataset version.
+    pub in_dataset: bool,
+    /// For a packed datum: where its bytes are in its pack.
+    pub window: Option<Window>,
+}
+
+impl FileEntry {
+    /// The entry as a [`NewFile`] to add to a table.
+    pub fn as_new(&self) -> NewFile<'_> {
+        let mut sha256 = [0u8; 32];
+        let sha256 =
+            self.expected_sha256.as_deref().and_then(|h| hex::decode_to_slice(h, &mut sha256).ok()).map(|()| sha256);
+        NewFile {
+            store: &self.store,
+            key: self.key.as_ref(),
+            uri: Some(&self.uri),
+            size: self.size,
+            pin: self.pin.as_ref(),
+            mtime: self.mtime,
+            datum: self.datum.as_deref(),
+            sha256,
+            in_dataset: self.in_dataset,
+            window: self.window,
+        }
+    }
+}
+
 /// Why files cannot be laid out as given.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -206,12 +252,11 @@ impl FileTable {
     }
 
     /// Appends a file named `name` in directory `parent`; returns its index.
-    fn add_file(&mut self, parent: u32, name: &str, e: FileEntry) -> u32 {
-        let store = self.store_id(&e.store);
-        let key = e.key.as_ref();
-        let (key_dir, tail) = match key.rfind('/') {
-            Some(i) => key.split_at(i + 1),
-            None => ("", key),
+    fn add_file(&mut self, parent: u32, name: &str, e: NewFile<'_>) -> u32 {
+        let store = self.store_id(e.store);
+        let (key_dir, tail) = match e.key.rfind('/') {
+            Some(i) => e.key.split_at(i + 1),
+            None => ("", e.key),
         };
         let key_dir = self.key_dir_id(key_dir);
         let mut flags = 0;
@@ -221,30 +266,33 @@ impl FileTable {
             flags |= HAS_TAIL;
             self.strings.push_str(tail);
         }
-        if let Some(pin) = &e.pin {
+        if let Some(pin) = e.pin {
             flags |= HAS_PIN;
             if let Some(etag) = &pin.etag {
                 flags |= HAS_ETAG;
                 self.strings.push_str(etag);
             }
         }
-        if let Some(d) = &e.datum {
+        if let Some(d) = e.datum {
             flags |= HAS_DATUM;
             self.strings.push_str(d);
         }
-        if e.datum.as_ref().is_some_and(|d| e.uri.strip_prefix("datum://") == Some(d.as_str())) {
-            flags |= URI_IS_DATUM;
-        } else if !e.store.is_uri_of(&e.uri, key) {
-            flags |= HAS_URI;
-            self.strings.push_str(&e.uri);
+        match e.uri {
+            None if e.datum.is_some() => flags |= URI_IS_DATUM,
+            None => {}
+            Some(uri) if e.datum.is_some_and(|d| uri.strip_prefix("datum://") == Some(d)) => flags |= URI_IS_DATUM,
+            Some(uri) if !e.store.is_uri_of(uri, e.key) => {
+                flags |= HAS_URI;
+                self.strings.push_str(uri);
+            }
+            Some(_) => {}
         }
         if e.in_dataset {
             flags |= IN_DATASET;
         }
-        let mut sha256 = [0u8; 32];
-        if e.expected_sha256.as_deref().is_some_and(|h| hex::decode_to_slice(h, &mut sha256).is_ok()) {
+        if let Some(sha256) = &e.sha256 {
             flags |= HAS_SHA256;
-            self.strings.push(&sha256);
+            self.strings.push(sha256);
         }
         if let Some(w) = &e.window {
             flags |= HAS_WINDOW;
@@ -252,7 +300,7 @@ impl FileTable {
             self.strings.push(&w.object_size.to_le_bytes());
         }
         // A pinned file's time is its pin's, so that one field keeps both.
-        let mtime = e.pin.as_ref().map_or(e.mtime, |p| p.last_modified.into());
+        let mtime = e.pin.map_or(e.mtime, |p| p.last_modified.into());
         self.files.push(FileRec { strings, size: e.size, mtime_ns: to_ns(mtime), parent, key_dir, store, flags });
         (self.files.len() - 1) as u32
     }
@@ -272,11 +320,12 @@ impl FileTable {
 
     /// Adds a file at `rel` (segments below the top), making its directories; clashes are
     /// found by [`FileTable::finish`].
-    pub fn push(&mut self, rel: &[String], e: FileEntry) {
+    pub fn push<S: AsRef<str>>(&mut self, rel: &[S], e: NewFile<'_>) {
         let Some((name, dirs)) = rel.split_last() else { return };
+        let name = name.as_ref();
         let (last, last_dir) = &self.last_dir;
         let same = dirs.len() == last.split('/').filter(|s| !s.is_empty()).count()
-            && dirs.iter().zip(last.split('/')).all(|(a, b)| a == b);
+            && dirs.iter().zip(last.split('/')).all(|(a, b)| a.as_ref() == b);
         if same {
             let parent = *last_dir;
             let f = self.add_file(parent, name, e);
@@ -286,6 +335,7 @@ impl FileTable {
         let mut parent = 0;
         let mut path = String::new();
         for seg in dirs {
+            let seg = seg.as_ref();
             if !path.is_empty() {
                 path.push('/');
             }
@@ -392,7 +442,7 @@ impl FileTable {
             children.push(self.add_dir(dir, &name, Some(lister)) | DIR_FLAG);
         }
         for (name, entry) in listing.files {
-            children.push(self.add_file(dir, &name, entry));
+            children.push(self.add_file(dir, &name, entry.as_new()));
         }
         self.sorted(children).into_boxed_slice()
     }
@@ -484,7 +534,7 @@ impl FileTable {
             *last = name.to_string();
         }
         let mut t = Self::new(&self.dirs[0].name, None);
-        t.push(&rel, e);
+        t.push(&rel, e.as_new());
         t
     }
 
@@ -547,9 +597,9 @@ mod tests {
         b.uri = "gs://elsewhere/b".into();
         b.pin = Some(Pin { etag: None, last_modified: chrono::Utc::now() });
         let c = entry(&s, "top.bin");
-        t.push(&segs("train/a.jpg"), a.clone());
-        t.push(&segs("train/b.jpg"), b.clone());
-        t.push(&segs("c.bin"), c.clone());
+        t.push(&segs("train/a.jpg"), a.as_new());
+        t.push(&segs("train/b.jpg"), b.as_new());
+        t.push(&segs("c.bin"), c.as_new());
         t.finish("").unwrap();
         let top = t.dir(0).unwrap().children.get().unwrap().clone();
         assert_eq!(top.iter().map(|c| t.name(*c)).collect::<Vec<_>>(), ["c.bin", "train"]);
@@ -582,14 +632,14 @@ mod tests {
     fn clashes_are_named() {
         let s = store();
         let mut t = FileTable::new("x", None);
-        t.push(&segs("a/b"), entry(&s, "k1"));
-        t.push(&segs("a/b"), entry(&s, "k2"));
+        t.push(&segs("a/b"), entry(&s, "k1").as_new());
+        t.push(&segs("a/b"), entry(&s, "k2").as_new());
         let e = t.finish("; hint").unwrap_err().0;
         assert!(e.contains("s3://bucket/k1") && e.contains("s3://bucket/k2") && e.contains("'a/b'; hint"), "{e}");
 
         let mut t = FileTable::new("x", None);
-        t.push(&segs("a"), entry(&s, "k1"));
-        t.push(&segs("a/b"), entry(&s, "k2"));
+        t.push(&segs("a"), entry(&s, "k1").as_new());
+        t.push(&segs("a/b"), entry(&s, "k2").as_new());
         let e = t.finish("").unwrap_err().0;
         assert!(e.contains("s3://bucket/k1 maps to 'a', which is also a directory"), "{e}");
     }
