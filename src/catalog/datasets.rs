@@ -394,9 +394,15 @@ impl Catalog {
                 },
             };
             // New files replace old ones at the same path (one pass: versions hold millions).
-            next.files.retain(|x| !our_paths.contains(x.path.as_str()));
-            next.files.append(&mut ours);
-            next.files.sort_by(|a, b| a.path.cmp(&b.path));
+            if next.files.is_empty() {
+                // A new version (the usual case): ours, already sorted, moved in whole.
+                next.files = std::mem::take(&mut ours);
+            } else {
+                next.files.retain(|x| !our_paths.contains(x.path.as_str()));
+                next.files.append(&mut ours);
+                // Unstable is enough: the paths are unique now (and it needs no buffer).
+                next.files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+            }
             let stored = self.write_manifest(&next, &old_chunks).await?;
             let mut raced = false;
             let swapped = self

@@ -101,8 +101,8 @@ impl Catalog {
     }
 
     /// Stores a chunk, create-only: one already there holds the same bytes (its id is their hash).
-    async fn put_chunk(&self, dataset: &str, id: &str, bytes: Vec<u8>) -> Result<(), CatalogError> {
-        let key = self.ds.record_key(&self.chunk_rel(dataset, id));
+    async fn put_chunk(&self, dataset: &str, id: String, bytes: Vec<u8>) -> Result<(), CatalogError> {
+        let key = self.ds.record_key(&self.chunk_rel(dataset, &id));
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
         match self.ds.handle.inner.put_opts(&key, PutPayload::from(bytes), opts).await {
             Ok(_) | Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(()),
@@ -176,12 +176,17 @@ impl Catalog {
             name: format!("{}/{}", rec.dataset, rec.version),
             reason: e.to_string(),
         })?;
-        let puts: Vec<_> = chunks
-            .iter()
-            .flat_map(|c| [(&c.reference.id, &c.main), (&c.reference.sums, &c.sums)])
-            .filter(|(id, _)| !known.contains(id.as_str()))
-            .map(|(id, bytes)| self.put_chunk(&rec.dataset, id, bytes.clone()))
-            .collect();
+        let mut refs = Vec::with_capacity(chunks.len());
+        let mut puts = Vec::new();
+        for c in chunks {
+            // Each chunk's bytes are moved into its PUT: never held twice.
+            for (id, bytes) in [(&c.reference.id, c.main), (&c.reference.sums, c.sums)] {
+                if !known.contains(id.as_str()) {
+                    puts.push(self.put_chunk(&rec.dataset, id.clone(), bytes));
+                }
+            }
+            refs.push(c.reference);
+        }
         futures::stream::iter(puts).buffer_unordered(CHUNKS_AT_ONCE).try_collect::<Vec<()>>().await?;
         Ok(StoredVersion {
             record: rec.without_files(),
@@ -189,7 +194,7 @@ impl Catalog {
             count: rec.files.len() as u64,
             bytes: rec.files.iter().map(|f| f.size).sum(),
             stores,
-            chunks: chunks.into_iter().map(|c| c.reference).collect(),
+            chunks: refs,
         })
     }
 }

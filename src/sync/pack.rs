@@ -50,12 +50,22 @@ fn padded(size: u64) -> u64 {
     size.div_ceil(512) * 512
 }
 
+/// The bytes a pack of `members` takes, and room to write it without ever growing the buffer:
+/// every header (two for a name too long for one) and padded file, the closing blocks, and the
+/// 8 KiB that copying a file into a `Vec` reserves beyond what it writes (without it the last
+/// file would double the buffer).
+fn capacity_for(members: &[Member]) -> usize {
+    let entry = |m: &Member| {
+        let long_name = if m.rel.len() >= 100 { 512 + padded(m.rel.len() as u64 + 1) } else { 0 };
+        (512 + long_name + padded(m.stamp.size)) as usize
+    };
+    members.iter().map(entry).sum::<usize>() + 1024 + (8 << 10)
+}
+
 /// Reads `members` and lays them out in a tar. A member that cannot be read, or that changed
 /// since it was planned, is left out with its error. Blocking.
 pub fn build(members: &[Member]) -> Built {
-    let mut tar = tar::Builder::new(Vec::with_capacity(
-        members.iter().map(|m| padded(m.stamp.size) as usize + 512).sum::<usize>() + 1024,
-    ));
+    let mut tar = tar::Builder::new(Vec::with_capacity(capacity_for(members)));
     let mut placed = Vec::with_capacity(members.len());
     for m in members {
         let res = (|| {
@@ -132,6 +142,8 @@ mod tests {
             .collect();
         assert_eq!(read, files);
         assert_eq!(build(&members).bytes, built.bytes, "the same files give the same bytes");
+        // The buffer was big enough from the start: it never doubled.
+        assert!(built.bytes.capacity() == capacity_for(&members) && built.bytes.len() <= built.bytes.capacity());
 
         // A file changed since it was planned is left out, and named.
         std::fs::write(&members[0].local, b"changed!").unwrap();
