@@ -8,6 +8,7 @@
 use datumfs::catalog::datasets::VersionFile;
 use datumfs::catalog::manifest;
 use datumfs::catalog::DatumRecord;
+use datumfs::checksum::FileDigests;
 use std::path::Path;
 
 /// Files encoded at once (the generator's memory, not the version's chunking).
@@ -30,6 +31,9 @@ fn main() {
         })
         .collect();
     assert!(!datums.is_empty(), "give at least one datum");
+    let uris: Vec<std::sync::Arc<str>> = datums.iter().map(|d| d.object_uri.as_str().into()).collect();
+    let digests: Vec<FileDigests> =
+        datums.iter().map(|d| FileDigests::of(&d.checksums).expect("datum checksums")).collect();
     let chunk_dir = root.join(format!("datasets/{dataset}/chunks"));
     std::fs::create_dir_all(&chunk_dir).expect("chunk dir");
     let mut stores = Vec::new();
@@ -43,8 +47,8 @@ fn main() {
                     path: format!("shard-{:04}/item-{i:08}.bin", i / 1000),
                     datum: d.id.clone(),
                     size: d.size,
-                    checksums: d.checksums.clone(),
-                    object_uri: d.object_uri.clone(),
+                    checksums: digests[i % datums.len()],
+                    object_uri: uris[i % datums.len()].clone(),
                     packed: d.packed.clone(),
                 }
             })

@@ -5,7 +5,7 @@
 
 use datumfs::catalog::datasets::VersionFile;
 use datumfs::catalog::manifest;
-use datumfs::checksum::Checksums;
+use datumfs::checksum::{Checksums, FileDigests};
 use sha2::{Digest, Sha256};
 use std::time::Instant;
 
@@ -18,8 +18,10 @@ fn main() {
                 path: format!("shard-{:04}/item-{i:07}.bin", i / 1000),
                 datum: format!("01KB{:022}", i),
                 size: 10_000 + (i as u64 % 5000),
-                checksums: Checksums { md5: h[..32].into(), sha1: h[..40].into(), sha256: h.clone() },
-                object_uri: format!("s3://bench/datumfs/data/exec-01kbench/shard-{:04}/item-{i:07}.bin", i / 1000),
+                checksums: FileDigests::of(&Checksums { md5: h[..32].into(), sha1: h[..40].into(), sha256: h.clone() })
+                    .expect("hex digests"),
+                object_uri: format!("s3://bench/datumfs/data/exec-01kbench/shard-{:04}/item-{i:07}.bin", i / 1000)
+                    .into(),
                 packed: None,
             }
         })

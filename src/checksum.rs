@@ -53,6 +53,123 @@ impl Serialize for Digests {
     }
 }
 
+/// A version file's digests in binary: the sha256 always, md5 and sha1 unless the file was
+/// read without them (a manifest keeps those apart, read only when something asks). 72 bytes
+/// with no allocation. Serializes as [`Checksums`] does, an absent digest as an empty string,
+/// and reads back only from hex of the right lengths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileDigests {
+    sha256: [u8; 32],
+    md5: Option<[u8; 16]>,
+    sha1: Option<[u8; 20]>,
+}
+
+/// Why stated checksums are not digests.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{what} '{value}' is not a valid checksum")]
+pub struct BadDigest {
+    /// Which digest.
+    pub what: &'static str,
+    /// What was stated.
+    pub value: String,
+}
+
+fn decode_hex<const N: usize>(what: &'static str, value: &str) -> Result<[u8; N], BadDigest> {
+    let mut out = [0u8; N];
+    hex::decode_to_slice(value, &mut out).map_err(|_| BadDigest { what, value: value.to_string() })?;
+    Ok(out)
+}
+
+impl FileDigests {
+    /// The digests as they were read: a sha256, and md5 and sha1 if known.
+    pub fn new(sha256: [u8; 32], md5: Option<[u8; 16]>, sha1: Option<[u8; 20]>) -> Self {
+        FileDigests { sha256, md5, sha1 }
+    }
+
+    /// The digests `c` states in hex; an empty md5 or sha1 is absent, a sha256 is required.
+    pub fn of(c: &Checksums) -> Result<Self, BadDigest> {
+        fn optional<const N: usize>(what: &'static str, value: &str) -> Result<Option<[u8; N]>, BadDigest> {
+            (!value.is_empty()).then(|| decode_hex(what, value)).transpose()
+        }
+        Ok(FileDigests {
+            sha256: decode_hex("sha256", &c.sha256)?,
+            md5: optional("md5", &c.md5)?,
+            sha1: optional("sha1", &c.sha1)?,
+        })
+    }
+
+    /// The sha256.
+    pub fn sha256(&self) -> &[u8; 32] {
+        &self.sha256
+    }
+
+    /// The md5, if it was read.
+    pub fn md5(&self) -> Option<&[u8; 16]> {
+        self.md5.as_ref()
+    }
+
+    /// The sha1, if it was read.
+    pub fn sha1(&self) -> Option<&[u8; 20]> {
+        self.sha1.as_ref()
+    }
+
+    /// The same digests in hex (empty where absent).
+    pub fn to_checksums(&self) -> Checksums {
+        Checksums {
+            md5: self.md5.map(hex::encode).unwrap_or_default(),
+            sha1: self.sha1.map(hex::encode).unwrap_or_default(),
+            sha256: hex::encode(self.sha256),
+        }
+    }
+}
+
+impl From<&Digests> for FileDigests {
+    fn from(d: &Digests) -> Self {
+        FileDigests { sha256: d.sha256, md5: Some(d.md5), sha1: Some(d.sha1) }
+    }
+}
+
+impl Serialize for FileDigests {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_checksums().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for FileDigests {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        FileDigests::of(&Checksums::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A sha256 in binary, 32 bytes with no allocation, that reads and writes as lowercase hex.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sha256Digest(pub [u8; 32]);
+
+impl Sha256Digest {
+    /// The digest `hex` states; an error unless it is hex of 32 bytes.
+    pub fn from_hex(hex: &str) -> Result<Self, BadDigest> {
+        decode_hex("sha256", hex).map(Sha256Digest)
+    }
+}
+
+impl std::fmt::Display for Sha256Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl Serialize for Sha256Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Sha256Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Sha256Digest::from_hex(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Feeds bytes once into all three digests.
 #[derive(Default, Clone)]
 pub struct MultiHasher {
@@ -129,6 +246,41 @@ impl MultiHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sha256_reads_and_writes_as_hex() {
+        let hex = MultiHasher::of_reader(&b"hello"[..]).unwrap().0.sha256;
+        let d = Sha256Digest::from_hex(&hex).unwrap();
+        assert_eq!((d.to_string(), serde_json::to_value(d).unwrap()), (hex.clone(), serde_json::json!(hex)));
+        assert_eq!(serde_json::from_value::<Sha256Digest>(serde_json::json!(hex)).unwrap(), d);
+        assert!(serde_json::from_value::<Sha256Digest>(serde_json::json!("abc")).is_err());
+    }
+
+    #[test]
+    fn file_digests_read_and_write_the_hex_form_and_refuse_bad_hex() {
+        let full = MultiHasher::of_reader(&b"hello"[..]).unwrap().0;
+        let d = FileDigests::of(&full).unwrap();
+        assert_eq!(d.to_checksums(), full);
+        assert_eq!(serde_json::to_value(d).unwrap(), serde_json::to_value(&full).unwrap());
+        let back: FileDigests = serde_json::from_value(serde_json::to_value(&full).unwrap()).unwrap();
+        assert_eq!(back, d);
+        // Without md5 and sha1 (a manifest read without them): empty strings, both ways.
+        let lean = Checksums { md5: String::new(), sha1: String::new(), ..full.clone() };
+        let l = FileDigests::of(&lean).unwrap();
+        assert_eq!((l.md5(), l.sha1(), l.sha256()), (None, None, d.sha256()));
+        assert_eq!(l.to_checksums(), lean);
+        // A sha256 is required, and every digest given must be hex of its length.
+        for (bad, what) in [
+            (Checksums { sha256: String::new(), ..full.clone() }, "sha256"),
+            (Checksums { sha256: "xyz".into(), ..full.clone() }, "sha256"),
+            (Checksums { md5: "00".into(), ..full.clone() }, "md5"),
+            (Checksums { sha1: "zz".repeat(20), ..full.clone() }, "sha1"),
+        ] {
+            assert_eq!(FileDigests::of(&bad).unwrap_err().what, what);
+            let e = serde_json::from_value::<FileDigests>(serde_json::to_value(&bad).unwrap()).unwrap_err();
+            assert!(e.to_string().contains(what) && e.to_string().contains("not a valid checksum"), "{e}");
+        }
+    }
 
     #[test]
     fn known_digests() {

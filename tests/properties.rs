@@ -6,7 +6,7 @@
 
 use datumfs::catalog::datasets::VersionFile;
 use datumfs::catalog::manifest;
-use datumfs::checksum::Checksums;
+use datumfs::checksum::{Checksums, FileDigests};
 use datumfs::keys::relative_segments;
 use proptest::prelude::*;
 use std::path::Path;
@@ -191,8 +191,13 @@ fn file(path: &str, i: u64) -> VersionFile {
         path: path.to_string(),
         datum: format!("01K{:023}", i),
         size: i * 100,
-        checksums: Checksums { md5: format!("{i:032x}"), sha1: format!("{i:040x}"), sha256: format!("{i:064x}") },
-        object_uri: format!("s3://bucket/data/{path}"),
+        checksums: FileDigests::of(&Checksums {
+            md5: format!("{i:032x}"),
+            sha1: format!("{i:040x}"),
+            sha256: format!("{i:064x}"),
+        })
+        .unwrap(),
+        object_uri: format!("s3://bucket/data/{path}").into(),
         packed: None,
     }
 }

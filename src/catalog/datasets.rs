@@ -7,7 +7,7 @@
 
 use super::version_store::StoredVersion;
 use super::{check_name, hostname, now, Catalog, CatalogError};
-use crate::checksum::Checksums;
+use crate::checksum::FileDigests;
 use futures::TryStreamExt;
 use object_store::{ObjectStoreExt, PutMode};
 use serde::{Deserialize, Serialize};
@@ -36,10 +36,10 @@ pub struct VersionFile {
     pub datum: String,
     /// Size in bytes.
     pub size: u64,
-    /// md5, sha1 and sha256.
-    pub checksums: Checksums,
-    /// Where the bytes are (the pack, for a packed datum).
-    pub object_uri: String,
+    /// sha256, and md5 and sha1 when they were read.
+    pub checksums: FileDigests,
+    /// Where the bytes are (the pack, for a packed datum); shared by the files of one pack.
+    pub object_uri: std::sync::Arc<str>,
     /// Where in its pack, for a packed datum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packed: Option<super::PackedIn>,
@@ -543,8 +543,8 @@ mod tests {
             path: path.into(),
             datum: datum.into(),
             size: path.len() as u64,
-            checksums: sums,
-            object_uri,
+            checksums: FileDigests::of(&sums).unwrap(),
+            object_uri: object_uri.into(),
             packed: None,
         }
     }
@@ -609,12 +609,14 @@ mod tests {
         let old = serde_json::json!({
             "dataset": "d", "version": "v0", "created_at": "2026-11-01T00:00:00Z", "host": "h",
             "files": [{"path": "a.bin", "datum": "D1", "size": 3,
-                       "checksums": {"md5": "m", "sha1": "s", "sha256": "h"}, "object_uri": "s3://b/a.bin"}]
+                       "checksums": {"md5": "0a".repeat(16), "sha1": "1b".repeat(20), "sha256": "2c".repeat(32)},
+                       "object_uri": "s3://b/a.bin"}]
         });
         let key = c.ds.record_key(&c.version_rel("d", "v0"));
         c.ds.handle.inner.put(&key, serde_json::to_vec(&old).unwrap().into()).await.unwrap();
         let v = c.version("d", "v0").await.unwrap().unwrap();
-        assert_eq!((v.files.len(), v.files[0].path.as_str(), v.files[0].checksums.sha256.as_str()), (1, "a.bin", "h"));
+        assert_eq!((v.files.len(), v.files[0].path.as_str(), v.files[0].checksums.sha256()), (1, "a.bin", &[0x2c; 32]));
+        assert_eq!(v.files[0].checksums.to_checksums().md5, "0a".repeat(16));
         // A version made from it is written in today's format.
         let mut v1 = version("d", "v1", v.files.clone());
         v1.from = Some("d/v0".into());

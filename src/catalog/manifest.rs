@@ -15,10 +15,11 @@
 //! chunk of the same files, read only when something asks for them.
 
 use super::datasets::VersionFile;
-use crate::checksum::Checksums;
+use crate::checksum::FileDigests;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::sync::Arc;
 use thiserror::Error;
 
 /// Files per chunk, on average.
@@ -120,16 +121,6 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-fn hex_bytes<const N: usize>(path: &str, what: &'static str, value: &str) -> Result<[u8; N], ManifestError> {
-    let mut out = [0u8; N];
-    hex::decode_to_slice(value, &mut out).map_err(|_| ManifestError::BadChecksum {
-        path: path.to_string(),
-        what,
-        value: value.to_string(),
-    })?;
-    Ok(out)
-}
-
 /// Whether a chunk ends after `path` (content-defined: the same files give the same cuts).
 fn cuts_after(path: &str) -> bool {
     let h = Sha256::digest(path.as_bytes());
@@ -183,7 +174,7 @@ fn encode_chunk(
         put_str(&mut main, &key[shared..]);
         put_varint(&mut main, f.size);
         put_str(&mut main, &f.datum);
-        main.extend_from_slice(&hex_bytes::<32>(&f.path, "sha256", &f.checksums.sha256)?);
+        main.extend_from_slice(f.checksums.sha256());
         match &f.packed {
             Some(p) => {
                 put_varint(&mut main, p.offset + 1);
@@ -191,8 +182,9 @@ fn encode_chunk(
             }
             None => put_varint(&mut main, 0),
         }
-        sums.extend_from_slice(&hex_bytes::<16>(&f.path, "md5", &f.checksums.md5)?);
-        sums.extend_from_slice(&hex_bytes::<20>(&f.path, "sha1", &f.checksums.sha1)?);
+        let absent = |what| ManifestError::BadChecksum { path: f.path.clone(), what, value: String::new() };
+        sums.extend_from_slice(f.checksums.md5().ok_or_else(|| absent("md5"))?);
+        sums.extend_from_slice(f.checksums.sha1().ok_or_else(|| absent("sha1"))?);
         (prev_path, prev_key) = (&f.path, key);
     }
     let compress = |raw: &[u8]| zstd::bulk::compress(raw, ZSTD_LEVEL).unwrap_or_else(|_| raw.to_vec());
@@ -270,6 +262,13 @@ fn open(id: &str, stored: &[u8], magics: &[&[u8; 5]]) -> Result<Vec<u8>, Manifes
         return Err(ManifestError::Corrupt { id: id.to_string(), reason: "not a manifest chunk".into() });
     }
     Ok(raw)
+}
+
+/// `N` bytes as a digest (the caller took exactly `N`).
+fn digest<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(bytes);
+    out
 }
 
 /// A stored chunk checked against its id and decompressed: its files are read from it with
@@ -365,11 +364,17 @@ pub fn decode(
         }
     }
     let mut files: Vec<VersionFile> = Vec::with_capacity(count.min(MAX_ENTRIES as u64) as usize);
+    // Files of one pack name one object: they share its URI.
+    let mut last_uri: Arc<str> = Arc::from("");
     opened.for_each(stores, |f| {
         let (md5, sha1) = match s.as_mut() {
-            Some(s) => (hex::encode(s.take(16)?), hex::encode(s.take(20)?)),
-            None => (String::new(), String::new()),
+            Some(s) => (Some(digest(s.take(16)?)), Some(digest(s.take(20)?))),
+            None => (None, None),
         };
+        let same = last_uri.strip_prefix(f.store).is_some_and(|rest| rest == f.key);
+        if !same {
+            last_uri = Arc::from(format!("{}{}", f.store, f.key));
+        }
         let packed = f.packed.map(|(offset, pack_size)| super::PackedIn {
             // Checked by the walk.
             pack: super::packs::pack_of(f.datum).unwrap_or_default(),
@@ -377,11 +382,11 @@ pub fn decode(
             pack_size,
         });
         files.push(VersionFile {
-            object_uri: format!("{}{}", f.store, f.key),
+            object_uri: last_uri.clone(),
             path: f.path.to_string(),
             datum: f.datum.to_string(),
             size: f.size,
-            checksums: Checksums { md5, sha1, sha256: hex::encode(f.sha256) },
+            checksums: FileDigests::new(*f.sha256, md5, sha1),
             packed,
         });
         Ok::<_, ManifestError>(())
@@ -392,6 +397,7 @@ pub fn decode(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checksum::Checksums;
 
     fn file(i: usize) -> VersionFile {
         let h = |n: usize| hex::encode(Sha256::digest(format!("{i}").as_bytes()))[..n].to_string();
@@ -406,11 +412,11 @@ mod tests {
             path: format!("shard-{:03}/img-{i:07}.jpg", i / 1000),
             datum,
             size: 1000 + i as u64,
-            checksums: Checksums { md5: h(32), sha1: h(40), sha256: h(64) },
+            checksums: FileDigests::of(&Checksums { md5: h(32), sha1: h(40), sha256: h(64) }).unwrap(),
             object_uri: if i % 3 == 0 {
-                format!("s3://bucket/data/exec-1/img-{i}.jpg")
+                format!("s3://bucket/data/exec-1/img-{i}.jpg").into()
             } else {
-                format!("file:///srv/d/{i}.jpg")
+                format!("file:///srv/d/{i}.jpg").into()
             },
         }
     }
@@ -434,7 +440,7 @@ mod tests {
         assert!(lean
             .iter()
             .zip(&files)
-            .all(|(a, b)| a.checksums.sha256 == b.checksums.sha256 && a.checksums.md5.is_empty()));
+            .all(|(a, b)| a.checksums.sha256() == b.checksums.sha256() && a.checksums.md5().is_none()));
         let stored: usize = chunks.iter().map(|c| c.main.len() + c.sums.len()).sum();
         let json = serde_json::to_vec(&files).unwrap().len();
         assert!(stored * 3 < json, "{stored} bytes stored for {json} bytes of JSON");
@@ -460,8 +466,8 @@ mod tests {
                 .for_each(&stores, |v| {
                     let f = &files[seen];
                     assert_eq!((v.path, v.datum, v.size), (f.path.as_str(), f.datum.as_str(), f.size));
-                    assert_eq!(format!("{}{}", v.store, v.key), f.object_uri);
-                    assert_eq!(hex::encode(v.sha256), f.checksums.sha256);
+                    assert_eq!(format!("{}{}", v.store, v.key), &*f.object_uri);
+                    assert_eq!(v.sha256, f.checksums.sha256());
                     assert_eq!(v.packed, f.packed.as_ref().map(|p| (p.offset, p.pack_size)));
                     seen += 1;
                     Ok::<_, ManifestError>(())
@@ -514,7 +520,7 @@ mod tests {
         put_str(&mut raw, key);
         put_varint(&mut raw, f.size);
         put_str(&mut raw, &f.datum);
-        raw.extend_from_slice(&hex::decode(&f.checksums.sha256).unwrap());
+        raw.extend_from_slice(f.checksums.sha256());
         let main = zstd::bulk::compress(&raw, 3).unwrap();
         let reference = ChunkRef {
             id: hex::encode(Sha256::digest(&main)),
@@ -524,10 +530,7 @@ mod tests {
             bytes: f.size,
         };
         let got = decode(&reference, &main, None, &[store.to_string()]).unwrap();
-        let want = VersionFile {
-            checksums: Checksums { md5: String::new(), sha1: String::new(), ..f.checksums.clone() },
-            ..f
-        };
+        let want = VersionFile { checksums: FileDigests::new(*f.checksums.sha256(), None, None), ..f };
         assert_eq!(got, vec![want]);
     }
 
@@ -546,8 +549,9 @@ mod tests {
         let reference = ChunkRef { id: hex::encode(Sha256::digest(&junk)), ..chunk.reference.clone() };
         let e = decode(&reference, &junk, None, &stores).unwrap_err();
         assert!(e.to_string().contains(&reference.id) && e.to_string().contains("not a manifest chunk"), "{e}");
-        let bad = VersionFile { checksums: Checksums { sha256: "xyz".into(), ..file(1).checksums }, ..file(1) };
-        let e = encode(&[bad], &mut stores).unwrap_err();
-        assert!(e.to_string().contains("sha256 'xyz'"), "{e}");
+        // A file read without its md5 and sha1 cannot be written into a manifest: it says so.
+        let lean = VersionFile { checksums: FileDigests::new(*file(1).checksums.sha256(), None, None), ..file(1) };
+        let e = encode(&[lean], &mut stores).unwrap_err();
+        assert!(e.to_string().contains(&file(1).path) && e.to_string().contains("md5 ''"), "{e}");
     }
 }

@@ -259,15 +259,15 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checksum::Checksums;
+    use crate::checksum::FileDigests;
 
     fn file(path: &str) -> VersionFile {
         VersionFile {
             path: path.into(),
             datum: format!("d-{path}"),
             size: 1,
-            checksums: Checksums { md5: "0".repeat(32), sha1: "1".repeat(40), sha256: "2".repeat(64) },
-            object_uri: format!("mem://c/{path}"),
+            checksums: FileDigests::new([2; 32], Some([0; 16]), Some([1; 20])),
+            object_uri: format!("mem://c/{path}").into(),
             packed: None,
         }
     }

@@ -135,11 +135,7 @@ impl Catalog {
         &self,
         stored: &StoredVersion,
     ) -> impl futures::Stream<Item = Result<VersionPart, CatalogError>> + Send + 'static {
-        let old_format = (stored.chunks.is_empty()).then(|| {
-            let (name, version) = (&stored.record.dataset, &stored.record.version);
-            let uri = self.ds.uri_of(&self.ds.record_key(&self.version_rel(name, version)));
-            Ok(VersionPart::Listed { files: stored.record.files.clone(), uri })
-        });
+        let old_format = (stored.chunks.is_empty()).then(|| Ok(VersionPart::Listed(stored.record.files.clone())));
         let (this, dataset, stores) =
             (self.clone(), stored.record.dataset.clone(), std::sync::Arc::<[String]>::from(stored.stores.clone()));
         let loads = stored.chunks.clone().into_iter().map(move |c| {
@@ -212,12 +208,7 @@ pub enum VersionPart {
         uri: String,
     },
     /// The files of a record of the older format, which lists them itself.
-    Listed {
-        /// The files.
-        files: Vec<VersionFile>,
-        /// The record's URI, for errors.
-        uri: String,
-    },
+    Listed(Vec<VersionFile>),
 }
 
 /// Why a walk of a [`VersionPart`] stopped.
@@ -234,7 +225,7 @@ impl<E> From<manifest::ManifestError> for Stop<E> {
 
 impl VersionPart {
     /// Calls `f` with each file in turn, stopping at the first error: `f`'s, or the part's own
-    /// (a damaged chunk, a malformed checksum) as `on_error` makes it.
+    /// (a damaged chunk) as `on_error` makes it.
     pub fn for_each<E>(
         &self,
         on_error: impl FnOnce(CatalogError) -> E,
@@ -247,18 +238,8 @@ impl VersionPart {
                     Stop::Caller(e) => e,
                 })
             }
-            VersionPart::Listed { files, uri } => {
+            VersionPart::Listed(files) => {
                 for file in files {
-                    let mut sha256 = [0u8; 32];
-                    if hex::decode_to_slice(&file.checksums.sha256, &mut sha256).is_err() {
-                        return Err(on_error(CatalogError::Malformed {
-                            uri: uri.clone(),
-                            reason: format!(
-                                "{}: sha256 '{}' is not a valid checksum",
-                                file.path, file.checksums.sha256
-                            ),
-                        }));
-                    }
                     let (store, key) = manifest::split_uri(&file.object_uri);
                     f(FileView {
                         path: &file.path,
@@ -266,7 +247,7 @@ impl VersionPart {
                         key,
                         size: file.size,
                         datum: &file.datum,
-                        sha256: &sha256,
+                        sha256: file.checksums.sha256(),
                         packed: file.packed.as_ref().map(|p| (p.offset, p.pack_size)),
                     })?;
                 }

@@ -4,8 +4,9 @@
 use super::datum::{files_of, push_files, runtime, StoreArg};
 use crate::catalog::datasets::{split_ref, VersionFile, VersionRecord};
 use crate::catalog::{self, Catalog, DatumRecord};
+use crate::checksum::FileDigests;
 use crate::sync::metadata::DatumMeta;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -229,15 +230,15 @@ fn show_version(rt: &tokio::runtime::Runtime, catalog: &Catalog, name: &str, jso
     Ok(())
 }
 
-fn version_file(d: &DatumRecord) -> VersionFile {
-    VersionFile {
+fn version_file(d: &DatumRecord) -> Result<VersionFile> {
+    Ok(VersionFile {
         path: d.path.clone(),
         datum: d.id.clone(),
         size: d.size,
-        checksums: d.checksums.clone(),
-        object_uri: d.object_uri.clone(),
+        checksums: FileDigests::of(&d.checksums).with_context(|| format!("{}: malformed datum record", d.uri))?,
+        object_uri: d.object_uri.as_str().into(),
         packed: d.packed.clone(),
-    }
+    })
 }
 
 /// Builds and stores a new version from `from`, `add` and `remove`.
@@ -309,7 +310,7 @@ fn add_files(
         if let Some(other) = added.insert(d.path.clone(), given.to_string()) {
             bail!("--add {other} and --add {given} both have the path {}", d.path);
         }
-        files.insert(d.path.clone(), version_file(d));
+        files.insert(d.path.clone(), version_file(d)?);
         Ok(())
     };
     for item in add {

@@ -52,7 +52,7 @@ pub enum PathState {
         /// Its key in the store.
         key: String,
         /// Its sha256.
-        sha256: String,
+        sha256: crate::checksum::Sha256Digest,
     },
 }
 
@@ -166,7 +166,12 @@ mod tests {
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let s = SyncState::open(&db, "exec-1").unwrap();
         let stamp = FileStamp { size: 3, mtime_ns: 1_700_000_000_123_456_789, ino: 42 };
-        let synced = PathState::Synced { stamp, datum: "D".into(), key: "k".into(), sha256: "h".into() };
+        let synced = PathState::Synced {
+            stamp,
+            datum: "D".into(),
+            key: "k".into(),
+            sha256: crate::checksum::Sha256Digest([7; 32]),
+        };
         s.set("a/b.bin", &synced).unwrap();
         assert_eq!(s.get("a/b.bin"), Some(synced));
         assert_eq!(s.all().len(), 1);

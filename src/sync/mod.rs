@@ -9,7 +9,7 @@ pub mod upload;
 
 use crate::catalog::packs::{member_id, pack_of};
 use crate::catalog::{self, Catalog, DatumRecord, PackedIn};
-use crate::checksum::{Checksums, Digests};
+use crate::checksum::{Checksums, Digests, FileDigests, Sha256Digest};
 use crate::outputs::state::{FileStamp, PathState, SyncState};
 use futures::StreamExt;
 use metadata::DatumMeta;
@@ -26,8 +26,9 @@ const FILES_IN_FLIGHT: usize = 16;
 /// Packs built and uploaded at once.
 const PACKS_IN_FLIGHT: usize = 2;
 
-/// A new datum as the report keeps it, and the alias it moved (alias, `datum://ID`).
-type Made = (SyncedFile, Option<(String, String)>);
+/// A new datum as the report keeps it, and the alias it moved (alias, `datum://ID`; boxed: few
+/// datums have one, and a report holds an entry per file).
+type Made = (SyncedFile, Option<Box<(String, String)>>);
 
 /// What became of one file.
 type DatumResult = Result<Made, SyncError>;
@@ -70,8 +71,10 @@ impl Shared {
 /// The report's entry for a new datum, made as soon as its record is stored: a sync of a
 /// hundred thousand files then never holds all their records at once (and each entry keeps
 /// what it shares with others once, see [`Shared`]).
-fn made(rel: &str, rec: DatumRecord, shared: &Shared) -> Made {
-    let alias = rec.alias.clone().map(|a| (a, rec.uri.clone()));
+fn made(rel: &str, rec: DatumRecord, shared: &Shared) -> Result<Made, SyncError> {
+    let sha256 = Sha256Digest::from_hex(&rec.checksums.sha256)
+        .map_err(|e| catalog::CatalogError::Malformed { uri: rec.uri.clone(), reason: e.to_string() })?;
+    let alias = rec.alias.clone().map(|a| Box::new((a, rec.uri.clone())));
     let dataset_versions = rec
         .properties
         .get("valohai.dataset-versions")
@@ -94,12 +97,12 @@ fn made(rel: &str, rec: DatumRecord, shared: &Shared) -> Made {
         size: rec.size,
         new: true,
         checksums: if wanted { Digests::of(&rec.checksums) } else { None },
-        sha256: rec.checksums.sha256,
+        sha256,
         dataset_versions: shared.versions(dataset_versions),
         model_versions,
         packed: rec.packed,
     };
-    (file, alias)
+    Ok((file, alias))
 }
 
 /// Checksums computed while files were written, asked for by (staging inode, size), for many
@@ -156,7 +159,7 @@ pub struct SyncedFile {
     /// Size.
     pub size: u64,
     /// sha256.
-    pub sha256: String,
+    pub sha256: Sha256Digest,
     /// Whether this sync created it (false: it was already synced).
     pub new: bool,
     /// The dataset versions its metadata puts it in.
@@ -265,8 +268,11 @@ pub fn pending(root: &Path, state: &SyncState) -> std::io::Result<Pending> {
 /// of the sync: losing it only means a rerun finds the pending record and checks the stored
 /// bytes again.
 fn record_synced(state: &SyncState, rel: &str, stamp: FileStamp, rec: &DatumRecord) {
-    let st =
-        PathState::Synced { stamp, datum: rec.id.clone(), key: rec.key.clone(), sha256: rec.checksums.sha256.clone() };
+    let sha256 = match Sha256Digest::from_hex(&rec.checksums.sha256) {
+        Ok(d) => d,
+        Err(e) => return tracing::warn!("outputs/{rel}: not recording the sync state: {}: {e}", rec.uri),
+    };
+    let st = PathState::Synced { stamp, datum: rec.id.clone(), key: rec.key.clone(), sha256 };
     if let Err(e) = state.set_lazily(rel, &st) {
         tracing::warn!("outputs/{rel}: recording the sync state: {e}");
     }
@@ -549,7 +555,7 @@ impl Syncer {
         };
         progress.files_done.fetch_add(1, Ordering::Relaxed);
         match res {
-            Ok(rec) => (job.rel.clone(), Ok(made(&job.rel, rec.clone(), &self.shared)), Some(rec)),
+            Ok(rec) => (job.rel.clone(), made(&job.rel, rec.clone(), &self.shared), Some(rec)),
             Err(e) => (job.rel, Err(e), None),
         }
     }
@@ -722,8 +728,14 @@ impl Syncer {
             .buffer_unordered(FILES_IN_FLIGHT)
             .collect::<Vec<_>>();
         let singles = async { singles.await.into_iter().flatten().collect::<Vec<_>>() };
-        let (mut results, packed) = futures::join!(singles, self.sync_packed(packed_jobs, state, progress));
-        results.extend(packed);
+        let (mut results, mut packed) = futures::join!(singles, self.sync_packed(packed_jobs, state, progress));
+        // Usually one of the two is empty: the other is kept as it is, not copied.
+        if results.len() < packed.len() {
+            std::mem::swap(&mut results, &mut packed);
+        }
+        results.reserve_exact(packed.len());
+        results.append(&mut packed);
+        drop(packed);
         if let Err(e) = state.blocking(SyncState::flush).await {
             tracing::warn!("flushing the sync state: {e}");
         }
@@ -731,21 +743,30 @@ impl Syncer {
         let packs = results.iter().filter_map(|(_, r)| r.as_ref().ok()?.0.packed.as_ref().map(|p| p.pack.clone()));
         let packs = packs.collect::<std::collections::BTreeSet<_>>().into_iter().collect();
         self.index(indexed.into_inner().unwrap_or_else(|e| e.into_inner()), packs).await;
-        // Exactly: grown by doubling, a hundred thousand entries would hold room for 131,072.
-        report.datums.reserve_exact(results.len());
-        for (rel, res) in results {
-            match res {
+        // Collected in place: the entries take the results' own buffer (they are smaller), so
+        // the two lists are never in memory side by side.
+        let (failed, aliases) = (&mut report.failed, &mut report.aliases);
+        let datums: Vec<SyncedFile> = results
+            .into_iter()
+            .filter_map(|(rel, res)| match res {
                 Ok((file, alias)) => {
-                    report.aliases.extend(alias);
-                    report.datums.push(file);
+                    aliases.extend(alias.map(|a| *a));
+                    Some(file)
                 }
                 Err(error) => {
                     tracing::error!("sync of outputs/{rel} failed: {error}");
-                    report.failed.push(FailedFile { path: rel, error: error.to_string() });
+                    failed.push(FailedFile { path: rel, error: error.to_string() });
+                    None
                 }
-            }
+            })
+            .collect();
+        if report.datums.is_empty() {
+            report.datums = datums;
+        } else {
+            report.datums.extend(datums);
         }
-        report.datums.sort_by(|a, b| a.path.cmp(&b.path));
+        // Unstable is enough (each path once) and needs no buffer.
+        report.datums.sort_unstable_by(|a, b| a.path.cmp(&b.path));
         // Versions are published only by a sync that left nothing behind, so a half-synced job
         // never publishes half a version.
         if report.failed.is_empty() {
@@ -760,7 +781,7 @@ impl Syncer {
     /// so the pack is found stored and only its record is missing); the others fill new packs in
     /// path order, a few packs in flight at once.
     async fn sync_packed(&self, jobs: Vec<Job>, state: &SyncState, progress: &Progress) -> Vec<(String, DatumResult)> {
-        let mut results = Vec::new();
+        let mut results = Vec::with_capacity(jobs.len());
         let mut fresh = Vec::new();
         let mut resumed: BTreeMap<String, Vec<Job>> = BTreeMap::new();
         for job in jobs {
@@ -822,7 +843,7 @@ impl Syncer {
             }
             bytes += packs.last().map_or(0, |p| p.last().map_or(0, |j| j.stamp.size));
         }
-        let made: Vec<Vec<(String, DatumResult)>> = futures::stream::iter(packs)
+        let mut made = futures::stream::iter(packs)
             .map(|members| async move {
                 let id = catalog::packs::new_pack_id();
                 let key = self.catalog.store().data_key(&format!("{}/.packs/{id}.tar", self.execution)).to_string();
@@ -837,10 +858,11 @@ impl Syncer {
                         .collect(),
                 }
             })
-            .buffer_unordered(PACKS_IN_FLIGHT)
-            .collect()
-            .await;
-        results.extend(made.into_iter().flatten());
+            .buffer_unordered(PACKS_IN_FLIGHT);
+        // Each pack's results join the rest as it is done.
+        while let Some(done) = made.next().await {
+            results.extend(done);
+        }
         results
     }
 
@@ -1004,7 +1026,7 @@ impl Syncer {
         }
         record_synced(state, &job.rel, job.stamp, &rec);
         let entry = made(&job.rel, rec, &self.shared);
-        (job.rel, Ok(entry))
+        (job.rel, entry)
     }
 
     /// Writes the index record of the datums this sync made (see `catalog::index`). Without it
@@ -1051,10 +1073,12 @@ impl Syncer {
     async fn version_file(&self, d: &SyncedFile) -> Result<catalog::datasets::VersionFile, catalog::CatalogError> {
         let id = catalog::strip_scheme(&d.datum);
         let (checksums, packed) = match &d.checksums {
-            Some(c) => (c.to_checksums(), d.packed.clone()),
+            Some(c) => (FileDigests::from(c), d.packed.clone()),
             None => {
                 let rec = self.catalog.datum(id).await?;
-                (rec.checksums, rec.packed)
+                let checksums = FileDigests::of(&rec.checksums)
+                    .map_err(|e| catalog::CatalogError::Malformed { uri: rec.uri.clone(), reason: e.to_string() })?;
+                (checksums, rec.packed)
             }
         };
         Ok(catalog::datasets::VersionFile {
@@ -1062,7 +1086,7 @@ impl Syncer {
             datum: id.to_string(),
             size: d.size,
             checksums,
-            object_uri: d.object_uri.to_string(),
+            object_uri: d.object_uri.clone(),
             packed,
         })
     }
