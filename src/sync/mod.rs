@@ -33,6 +33,17 @@ type Made = (SyncedFile, Option<Box<(String, String)>>);
 /// What became of one file.
 type DatumResult = Result<Made, SyncError>;
 
+/// What became of one file, as a sync keeps it until its report: the datum (whose entry names
+/// the file), or the failure, logged and put in words.
+type Kept = Result<Made, FailedFile>;
+
+fn kept((rel, res): (String, DatumResult)) -> Kept {
+    res.map_err(|error| {
+        tracing::error!("sync of outputs/{rel} failed: {error}");
+        FailedFile { path: rel, error: error.to_string() }
+    })
+}
+
 /// Values many report entries share, kept once: a pack's URI (thousands of files each) and
 /// the lists of dataset versions the metadata names (usually one for a whole sync).
 #[derive(Default)]
@@ -721,7 +732,7 @@ impl Syncer {
                         indexed_ref.lock().unwrap_or_else(|e| e.into_inner()).push(rec.clone());
                         first.get_or_insert((rec, stamp));
                     }
-                    out.push((rel, res));
+                    out.push(kept((rel, res)));
                 }
                 out
             })
@@ -740,7 +751,7 @@ impl Syncer {
             tracing::warn!("flushing the sync state: {e}");
         }
         crate::crash::point("state-flushed");
-        let packs = results.iter().filter_map(|(_, r)| r.as_ref().ok()?.0.packed.as_ref().map(|p| p.pack.clone()));
+        let packs = results.iter().filter_map(|r| r.as_ref().ok()?.0.packed.as_ref().map(|p| p.pack.clone()));
         let packs = packs.collect::<std::collections::BTreeSet<_>>().into_iter().collect();
         self.index(indexed.into_inner().unwrap_or_else(|e| e.into_inner()), packs).await;
         // Collected in place: the entries take the results' own buffer (they are smaller), so
@@ -748,14 +759,13 @@ impl Syncer {
         let (failed, aliases) = (&mut report.failed, &mut report.aliases);
         let datums: Vec<SyncedFile> = results
             .into_iter()
-            .filter_map(|(rel, res)| match res {
+            .filter_map(|res| match res {
                 Ok((file, alias)) => {
                     aliases.extend(alias.map(|a| *a));
                     Some(file)
                 }
-                Err(error) => {
-                    tracing::error!("sync of outputs/{rel} failed: {error}");
-                    failed.push(FailedFile { path: rel, error: error.to_string() });
+                Err(f) => {
+                    failed.push(f);
                     None
                 }
             })
@@ -780,7 +790,7 @@ impl Syncer {
     /// sync was packing are first packed again as planned (the same files give the same bytes,
     /// so the pack is found stored and only its record is missing); the others fill new packs in
     /// path order, a few packs in flight at once.
-    async fn sync_packed(&self, jobs: Vec<Job>, state: &SyncState, progress: &Progress) -> Vec<(String, DatumResult)> {
+    async fn sync_packed(&self, jobs: Vec<Job>, state: &SyncState, progress: &Progress) -> Vec<Kept> {
         let mut results = Vec::with_capacity(jobs.len());
         let mut fresh = Vec::new();
         let mut resumed: BTreeMap<String, Vec<Job>> = BTreeMap::new();
@@ -800,7 +810,7 @@ impl Syncer {
                 Ok(Some(record)) => {
                     for job in members {
                         match record.datums.iter().find(|d| d.id == job.planned.0) {
-                            Some(rec) => results.push(self.recorded(job, rec.clone(), state, progress).await),
+                            Some(rec) => results.push(kept(self.recorded(job, rec.clone(), state, progress).await)),
                             None => fresh.push(job),
                         }
                     }
@@ -815,7 +825,7 @@ impl Syncer {
                             uri: self.catalog.store().uri_of(&KeyPath::from(key.as_str())),
                             cause: msg.clone(),
                         });
-                        results.push((job.rel, Err(err.into())));
+                        results.push(kept((job.rel, Err(err.into()))));
                     }
                     continue;
                 }
@@ -826,7 +836,7 @@ impl Syncer {
                 continue;
             }
             match self.make_pack(id, key, true, members, state, progress).await {
-                Ok(done) => results.extend(done),
+                Ok(done) => results.extend(done.into_iter().map(kept)),
                 Err(again) => fresh.extend(again),
             }
         }
@@ -861,7 +871,7 @@ impl Syncer {
             .buffer_unordered(PACKS_IN_FLIGHT);
         // Each pack's results join the rest as it is done.
         while let Some(done) = made.next().await {
-            results.extend(done);
+            results.extend(done.into_iter().map(kept));
         }
         results
     }
