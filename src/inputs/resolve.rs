@@ -385,12 +385,12 @@ async fn resolve_dataset(
     let catalog_err = |error| ResolveError::Catalog { input: input.clone(), error };
     let layout_err = |reason: String| ResolveError::Layout { input: input.clone(), reason };
     let (stored, alias) = catalog.resolve_stored_version(&u.key).await.map_err(catalog_err)?;
-    let version = &stored.record;
+    let version_uri = stored.record.uri();
     let purged = catalog.tombstones().await.map_err(catalog_err)?;
     if alias.is_some() {
-        tracing::info!("input {input}: {} is {} now (pinned for this mount)", u.original, version.uri());
+        tracing::info!("input {input}: {} is {version_uri} now (pinned for this mount)", u.original);
     }
-    let created: std::time::SystemTime = chrono::DateTime::parse_from_rfc3339(&version.created_at)
+    let created: std::time::SystemTime = chrono::DateTime::parse_from_rfc3339(&stored.record.created_at)
         .map(|t| t.with_timezone(&chrono::Utc).into())
         .unwrap_or(std::time::UNIX_EPOCH);
     let mut stores = ObjectLocator::default();
@@ -398,24 +398,24 @@ async fn resolve_dataset(
     // A chunk at a time, each file borrowed from its chunk as it is walked: the version's file
     // list is never in memory, and nothing is allocated per file but its place in the table.
     files.reserve(usize::try_from(stored.count).unwrap_or(0));
-    let mut parts = std::pin::pin!(catalog.version_parts(&stored));
+    let mut parts = std::pin::pin!(catalog.version_parts(stored));
     while let Some(part) = parts.try_next().await.map_err(catalog_err)? {
         part.for_each(catalog_err, |f| {
             if let Some(t) = purged.get(f.datum) {
-                tracing::warn!("input {input}: {} left out of {}: {}", f.path, version.uri(), t.describe());
+                tracing::warn!("input {input}: {} left out of {version_uri}: {}", f.path, t.describe());
                 return Ok(());
             }
             let Ok(segs) = keys::relative_segments(f.path) else {
-                tracing::warn!("input {input}: skipping '{}' of {}: not a usable path", f.path, version.uri());
+                tracing::warn!("input {input}: skipping '{}' of {version_uri}: not a usable path", f.path);
                 return Ok(());
             };
             let store = match stores.locate(f.store, f.key, &mut key, cwd, registry) {
                 Ok(store) => store,
                 Err(Located::Uri(e)) => {
-                    return Err(layout_err(format!("{}: {} points at an unusable URI: {e}", version.uri(), f.path)))
+                    return Err(layout_err(format!("{version_uri}: {} points at an unusable URI: {e}", f.path)))
                 }
                 Err(Located::Store(error)) => return Err(ResolveError::Store { input: input.clone(), error }),
-                Err(Located::NoKey) => return Err(layout_err(format!("{}: {} has no key", version.uri(), f.path))),
+                Err(Located::NoKey) => return Err(layout_err(format!("{version_uri}: {} has no key", f.path))),
             };
             files.push(
                 &segs,
@@ -436,7 +436,7 @@ async fn resolve_dataset(
             Ok(())
         })?;
     }
-    Ok(version.uri())
+    Ok(version_uri)
 }
 
 /// Why an object URI of a manifest cannot be located.
