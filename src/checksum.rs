@@ -41,6 +41,16 @@ impl Digests {
         Checksums { md5: hex::encode(self.md5), sha1: hex::encode(self.sha1), sha256: hex::encode(self.sha256) }
     }
 
+    /// The md5.
+    pub fn md5(&self) -> &[u8; 16] {
+        &self.md5
+    }
+
+    /// The sha1.
+    pub fn sha1(&self) -> &[u8; 20] {
+        &self.sha1
+    }
+
     /// The sha256 in hex.
     pub fn sha256_hex(&self) -> String {
         hex::encode(self.sha256)

@@ -107,11 +107,11 @@ fn made(rel: &str, rec: DatumRecord, shared: &Shared) -> Result<Made, SyncError>
         },
         size: rec.size,
         new: true,
-        checksums: if wanted { Digests::of(&rec.checksums) } else { None },
+        md5_sha1: if wanted { Digests::of(&rec.checksums).map(|d| (*d.md5(), *d.sha1())) } else { None },
         sha256,
         dataset_versions: shared.versions(dataset_versions),
         model_versions,
-        packed: rec.packed,
+        packed: rec.packed.map(|p| (p.offset, p.pack_size)),
     };
     Ok((file, alias))
 }
@@ -179,12 +179,14 @@ pub struct SyncedFile {
     /// The models whose version (this execution's) its metadata puts it in.
     #[serde(skip)]
     pub model_versions: Vec<metadata::ModelTarget>,
-    /// Its checksums, when this sync made it and a dataset version takes it.
+    /// Its md5 and sha1 (with `sha256`, its digests), when this sync made it and a dataset or
+    /// model version takes it.
     #[serde(skip)]
-    pub checksums: Option<Digests>,
-    /// Its place in a pack, when this sync packed it.
+    pub md5_sha1: Option<([u8; 16], [u8; 20])>,
+    /// Its place in a pack (offset, the pack's size), when this sync packed it; the pack is
+    /// the one its datum id names.
     #[serde(skip)]
-    pub packed: Option<PackedIn>,
+    pub packed: Option<(u64, u64)>,
 }
 
 /// A file that could not be synced.
@@ -621,7 +623,7 @@ impl Syncer {
                         new: false,
                         dataset_versions: self.shared.versions(dataset_versions),
                         model_versions,
-                        checksums: None,
+                        md5_sha1: None,
                         packed: None,
                     });
                     continue;
@@ -751,7 +753,8 @@ impl Syncer {
             tracing::warn!("flushing the sync state: {e}");
         }
         crate::crash::point("state-flushed");
-        let packs = results.iter().filter_map(|r| r.as_ref().ok()?.0.packed.as_ref().map(|p| p.pack.clone()));
+        let packed_datums = results.iter().filter_map(|r| r.as_ref().ok().filter(|(f, _)| f.packed.is_some()));
+        let packs = packed_datums.filter_map(|(f, _)| pack_of(catalog::strip_scheme(&f.datum)));
         let packs = packs.collect::<std::collections::BTreeSet<_>>().into_iter().collect();
         self.index(indexed.into_inner().unwrap_or_else(|e| e.into_inner()), packs).await;
         // Collected in place: the entries take the results' own buffer (they are smaller), so
@@ -1082,8 +1085,20 @@ impl Syncer {
     /// The version record's entry for a synced file (its checksums read back if not kept).
     async fn version_file(&self, d: &SyncedFile) -> Result<catalog::datasets::VersionFile, catalog::CatalogError> {
         let id = catalog::strip_scheme(&d.datum);
-        let (checksums, packed) = match &d.checksums {
-            Some(c) => (FileDigests::from(c), d.packed.clone()),
+        let (checksums, packed) = match &d.md5_sha1 {
+            Some((md5, sha1)) => {
+                let packed = match d.packed {
+                    Some((offset, pack_size)) => {
+                        let pack = pack_of(id).ok_or_else(|| catalog::CatalogError::Malformed {
+                            uri: d.datum.clone(),
+                            reason: "a packed datum's id names no pack".into(),
+                        })?;
+                        Some(PackedIn { pack, offset, pack_size })
+                    }
+                    None => None,
+                };
+                (FileDigests::new(d.sha256.0, Some(*md5), Some(*sha1)), packed)
+            }
             None => {
                 let rec = self.catalog.datum(id).await?;
                 let checksums = FileDigests::of(&rec.checksums)
