@@ -757,8 +757,8 @@ impl Syncer {
         let packs = packed_datums.filter_map(|(f, _)| pack_of(catalog::strip_scheme(&f.datum)));
         let packs = packs.collect::<std::collections::BTreeSet<_>>().into_iter().collect();
         self.index(indexed.into_inner().unwrap_or_else(|e| e.into_inner()), packs).await;
-        // Collected in place: the entries take the results' own buffer (they are smaller), so
-        // the two lists are never in memory side by side.
+        // Collected in place (the standard library reuses the results' buffer for the entries,
+        // which are smaller), so the two lists are not in memory side by side.
         let (failed, aliases) = (&mut report.failed, &mut report.aliases);
         let datums: Vec<SyncedFile> = results
             .into_iter()
