@@ -29,11 +29,11 @@ pub struct Digests {
 impl Digests {
     /// The digests `c` states in hex; `None` unless each is hex of its digest's length.
     pub fn of(c: &Checksums) -> Option<Self> {
-        let mut d = Digests { md5: [0; 16], sha1: [0; 20], sha256: [0; 32] };
-        hex::decode_to_slice(&c.md5, &mut d.md5).ok()?;
-        hex::decode_to_slice(&c.sha1, &mut d.sha1).ok()?;
-        hex::decode_to_slice(&c.sha256, &mut d.sha256).ok()?;
-        Some(d)
+        Some(Digests {
+            md5: decode_hex("md5", &c.md5).ok()?,
+            sha1: decode_hex("sha1", &c.sha1).ok()?,
+            sha256: decode_hex("sha256", &c.sha256).ok()?,
+        })
     }
 
     /// The same digests in hex.
@@ -228,12 +228,17 @@ impl MultiHasher {
         self.len == 0
     }
 
-    /// The digests of everything fed.
+    /// The digests of everything fed, in hex.
     pub fn finish(self) -> Checksums {
-        Checksums {
-            md5: hex::encode(self.md5.finalize()),
-            sha1: hex::encode(self.sha1.finalize()),
-            sha256: hex::encode(self.sha256.finalize()),
+        self.digests().to_checksums()
+    }
+
+    /// The digests of everything fed, in binary.
+    pub fn digests(self) -> Digests {
+        Digests {
+            md5: self.md5.finalize().into(),
+            sha1: self.sha1.finalize().into(),
+            sha256: self.sha256.finalize().into(),
         }
     }
 

@@ -124,10 +124,9 @@ fn run(rx: Receiver<Msg>) {
             }
             Msg::Seal { file } => {
                 let sealed = match files.get(&file) {
-                    Some(FileState::Hashing { next, hasher }) => match Digests::of(&(**hasher).clone().finish()) {
-                        Some(digests) => FileState::Sealed { len: *next, digests },
-                        None => FileState::Unknown,
-                    },
+                    Some(FileState::Hashing { next, hasher }) => {
+                        FileState::Sealed { len: *next, digests: (**hasher).clone().digests() }
+                    }
                     _ => continue,
                 };
                 files.insert(file, sealed);
@@ -136,9 +135,7 @@ fn run(rx: Receiver<Msg>) {
                 let answer = asked
                     .iter()
                     .map(|file| match files.get(file) {
-                        Some(FileState::Hashing { next, hasher }) => {
-                            Digests::of(&(**hasher).clone().finish()).map(|d| (*next, d))
-                        }
+                        Some(FileState::Hashing { next, hasher }) => Some((*next, (**hasher).clone().digests())),
                         Some(FileState::Sealed { len, digests }) => Some((*len, *digests)),
                         _ => None,
                     })
