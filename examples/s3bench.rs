@@ -5,7 +5,8 @@
 //!   s3bench put-many COUNT BYTES URI_PREFIX   upload COUNT objects of BYTES random bytes
 //!   s3bench get URI PARALLEL PART_BYTES [DEST] read one object with PARALLEL ranged GETs (into
 //!                                             a new local file DEST: a plain download)
-//!   s3bench get-many URI_PREFIX READERS       read every object below a prefix, READERS at once
+//!   s3bench get-many URI_PREFIX READERS [DIR] read every object below a prefix, READERS at once
+//!                                             (each into a new file below DIR: a plain download)
 //!   s3bench put-dir DIR URI_PREFIX            upload every file below DIR, 8 at once, big ones
 //!                                             as multipart streamed from disk (no hashing)
 //!
@@ -146,11 +147,25 @@ async fn main() -> Res<()> {
             let (store, prefix) = open(&args[1])?;
             let readers: usize = args[2].parse()?;
             let p = Path::from(prefix.trim_end_matches('/'));
+            let dest = args.get(3).map(std::path::PathBuf::from);
             let keys: Vec<Path> = store.inner.list(Some(&p)).map_ok(|m| m.location).try_collect().await?;
             let got: Vec<u64> = futures::stream::iter(keys)
                 .map(|k| {
                     let store = store.clone();
-                    async move { store.inner.get(&k).await?.bytes().await.map(|b| b.len() as u64) }
+                    let dest = dest.as_ref().map(|d| d.join(k.as_ref()));
+                    async move {
+                        let body = store.inner.get(&k).await?.bytes().await?;
+                        let n = body.len() as u64;
+                        if let Some(path) = dest {
+                            tokio::task::spawn_blocking(move || {
+                                std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new(".")))?;
+                                std::fs::write(&path, &body)
+                            })
+                            .await
+                            .map_err(std::io::Error::other)??;
+                        }
+                        Ok::<u64, Box<dyn std::error::Error + Send + Sync>>(n)
+                    }
                 })
                 .buffer_unordered(readers)
                 .try_collect()

@@ -185,10 +185,14 @@ pub(crate) struct CacheShared {
     pub(crate) hashing: low_priority::LowPriorityPool,
 }
 
+/// The shortest time between two flushes the index's [`Durability`] asks for.
+const FLUSH_GAP: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Makes complete objects durable shortly after they complete, whatever sled's own flush timer
 /// says: a `kill -9` right after a file was read whole must not cost a new download of it.
-/// One background thread flushes; completions during a flush are covered by the next one, so
-/// many small files cost a few flushes, not one each, and the fetch path never waits for one.
+/// One background thread flushes, at most once per [`FLUSH_GAP`]: completions in between are
+/// covered by the next flush, so a burst of small files costs a few flushes, not one each (a
+/// flush wakes sled's writer threads and syncs the disk), and the fetch path never waits for one.
 #[derive(Default)]
 pub(crate) struct Durability {
     pending: Mutex<bool>,
@@ -198,8 +202,11 @@ pub(crate) struct Durability {
 impl Durability {
     /// Asks for a flush.
     pub(crate) fn request(&self) {
-        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.wake.notify_one();
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if !*pending {
+            *pending = true;
+            self.wake.notify_one();
+        }
     }
 
     /// Flushes the index of `shared` whenever asked, until the cache is gone.
@@ -218,9 +225,12 @@ impl Durability {
             };
             let Some(shared) = shared.upgrade() else { return };
             if pending {
+                let started = std::time::Instant::now();
                 if let Err(e) = shared.blocks.flush() {
                     tracing::warn!("cache index {}: flush failed: {e}", shared.dir.join("index").display());
                 }
+                drop(shared);
+                std::thread::sleep(FLUSH_GAP.saturating_sub(started.elapsed()));
             }
         }
     }

@@ -77,6 +77,51 @@ pub struct InputNamespace {
     walks: Mutex<std::collections::HashMap<u64, Walk>>,
     /// Files being fetched ahead at once, at most.
     prefetching: Arc<tokio::sync::Semaphore>,
+    /// Objects fetched ahead, kept open for their files' opens.
+    held: Mutex<Held>,
+}
+
+/// Objects fetched ahead, kept open for a while (until [`HELD_FOR`] has passed or newer ones
+/// push them out): opening their files then needs no index lookup, and is answered without
+/// leaving the kernel's request thread.
+#[derive(Default)]
+struct Held {
+    objs: std::collections::VecDeque<(std::time::Instant, Arc<OpenObject>)>,
+    bytes: u64,
+    /// Whether a task lets go of them as they expire.
+    expiring: bool,
+}
+
+/// Objects fetched ahead that are kept open, at most.
+const HELD_MAX: usize = 256;
+/// Bytes of objects fetched ahead that are kept open (and so not evictable), at most.
+const HELD_MAX_BYTES: u64 = 32 << 20;
+/// How long an object fetched ahead is kept open for its file's open.
+const HELD_FOR: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl Held {
+    /// Keeps `obj` open, letting go of the oldest beyond `max_bytes` or [`HELD_MAX`].
+    fn hold(&mut self, obj: Arc<OpenObject>, max_bytes: u64) {
+        self.bytes += obj.cached.size();
+        self.objs.push_back((std::time::Instant::now(), obj));
+        while self.objs.len() > HELD_MAX || self.bytes > max_bytes {
+            self.pop();
+        }
+    }
+
+    /// Lets go of objects held longer than [`HELD_FOR`]; true while some are left.
+    fn expire(&mut self) -> bool {
+        while self.objs.front().is_some_and(|(at, _)| at.elapsed() >= HELD_FOR) {
+            self.pop();
+        }
+        !self.objs.is_empty()
+    }
+
+    fn pop(&mut self) {
+        if let Some((_, old)) = self.objs.pop_front() {
+            self.bytes -= old.cached.size();
+        }
+    }
 }
 
 /// How files of one directory are being opened.
@@ -102,6 +147,49 @@ const SPAN_GAP: u64 = 64 << 10;
 /// One GET for packed neighbours covers at most this many bytes.
 const SPAN_MAX: u64 = 16 << 20;
 
+/// The version a file's object is served at, when it is known without asking the store: from
+/// its listing, or for a packed datum from its content's sha256.
+fn known_pin(f: &FileNode) -> Option<Pin> {
+    if let Some(pin) = f.state.pin.get() {
+        return Some(pin.clone());
+    }
+    let e = &f.entry;
+    let (Some(_), Some(sha256)) = (&e.window, &e.expected_sha256) else { return None };
+    let pin = Pin::of_content(sha256, e.mtime.into());
+    let _ = f.state.pin.set(pin.clone());
+    Some(pin)
+}
+
+/// Where a file's bytes come from, at version `pin`.
+fn remote_of(e: &resolve::FileEntry, pin: Pin) -> Arc<Remote> {
+    Arc::new(Remote {
+        store: e.store.clone(),
+        key: e.key.clone(),
+        uri: e.uri.clone(),
+        size: e.size,
+        pin,
+        window: e.window,
+    })
+}
+
+/// Makes `cached` the file's open object, unless another open got there first (then that one).
+fn install(f: &FileNode, remote: Arc<Remote>, cached: Arc<crate::cache::CachedObject>) -> Arc<OpenObject> {
+    let mut slot = f.state.open.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(obj) = slot.upgrade() {
+        return obj;
+    }
+    let obj = OpenObject::new(remote, cached);
+    // A file with a promised checksum answers its reads from the cache, where the check runs.
+    let obj = Arc::new(if f.entry.expected_sha256.is_some() { obj.checked_before_served() } else { obj });
+    *slot = Arc::downgrade(&obj);
+    obj
+}
+
+/// Whether open flags ask to change the file.
+fn is_write(flags: i32) -> bool {
+    (flags & libc::O_ACCMODE) != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
 /// Fails when a file's bytes were found to differ from the checksum its record promised.
 fn check_content(f: &FileNode) -> FsResult<()> {
     if f.state.mismatch.load(Ordering::Acquire) {
@@ -124,7 +212,34 @@ impl InputNamespace {
             this: this.clone(),
             walks: Mutex::default(),
             prefetching: Arc::new(tokio::sync::Semaphore::new(PREFETCH_AT_ONCE)),
+            held: Mutex::default(),
         })
+    }
+
+    /// Keeps objects just fetched ahead open (within a quarter of the cache's cap, if it has
+    /// one: held objects cannot be evicted).
+    fn hold(&self, objs: Vec<Arc<OpenObject>>) {
+        let cap = self.services.cache.cap_bytes();
+        let max_bytes = if cap > 0 { HELD_MAX_BYTES.min(cap / 4) } else { HELD_MAX_BYTES };
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        for obj in objs {
+            held.hold(obj, max_bytes);
+        }
+        if held.expiring || held.objs.is_empty() {
+            return;
+        }
+        held.expiring = true;
+        let Some(this) = self.this.upgrade() else { return };
+        self.services.runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(HELD_FOR / 4).await;
+                let mut held = this.held.lock().unwrap_or_else(|e| e.into_inner());
+                if !held.expire() {
+                    held.expiring = false;
+                    return;
+                }
+            }
+        });
     }
 
     /// The input's name, URIs, datums and dataset versions.
@@ -323,41 +438,68 @@ impl InputNamespace {
         }
         let e = &f.entry;
         let cache = &self.services.cache;
-        let pin = f
-            .state
-            .pin
-            .get_or_try_init(|| async {
-                if let (Some(_), Some(sha256)) = (&e.window, &e.expected_sha256) {
-                    return Ok(Pin::of_content(sha256, e.mtime.into()));
-                }
-                let pin = reader::pin_listed(cache, &e.store, &e.key, &e.uri, e.size, e.mtime).await?;
-                // With its version known, checksums an earlier run recorded can be shown.
-                self.services.changed();
-                Ok::<Pin, crate::store::StoreError>(pin)
-            })
-            .await;
+        let pin = match known_pin(f) {
+            Some(pin) => Ok(pin),
+            None => f
+                .state
+                .pin
+                .get_or_try_init(|| async {
+                    let pin = reader::pin_listed(cache, &e.store, &e.key, &e.uri, e.size, e.mtime).await?;
+                    // With its version known, checksums an earlier run recorded can be shown.
+                    self.services.changed();
+                    Ok::<Pin, crate::store::StoreError>(pin)
+                })
+                .await
+                .cloned(),
+        };
         let pin = match pin {
-            Ok(p) => p.clone(),
+            Ok(p) => p,
             Err(err) => return Err(self.failed(node, f, err).await),
         };
-        let remote = Arc::new(Remote {
-            store: e.store.clone(),
-            key: e.key.clone(),
-            uri: e.uri.clone(),
-            size: e.size,
-            pin,
-            window: e.window,
-        });
+        let remote = remote_of(e, pin);
         let cached = reader::cached_object(cache, &remote).await?;
-        let mut slot = f.state.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(obj) = slot.upgrade() {
-            return Ok(obj);
+        Ok(install(f, remote, cached))
+    }
+
+    /// The objects of files about to be fetched ahead, opened with one trip to a blocking
+    /// thread for the cache index; files whose version must still be asked for are opened one
+    /// by one. Files that cannot be opened are left out (their own opens report why).
+    async fn open_objects(&self, files: &[Arc<Node>]) -> Vec<Option<Arc<OpenObject>>> {
+        let mut objs: Vec<Option<Arc<OpenObject>>> = vec![None; files.len()];
+        let mut batch = Vec::new();
+        for (i, node) in files.iter().enumerate() {
+            let NodeKind::File(f) = &node.kind else { continue };
+            if let Some(obj) = f.state.open.lock().unwrap_or_else(|e| e.into_inner()).upgrade() {
+                objs[i] = Some(obj);
+            } else if let Some(pin) = known_pin(f) {
+                batch.push((i, remote_of(&f.entry, pin)));
+            }
         }
-        let obj = OpenObject::new(remote, cached);
-        // A file with a promised checksum answers its reads from the cache, where the check runs.
-        let obj = Arc::new(if e.expected_sha256.is_some() { obj.checked_before_served() } else { obj });
-        *slot = Arc::downgrade(&obj);
-        Ok(obj)
+        let remotes: Vec<Arc<Remote>> = batch.iter().map(|(_, r)| r.clone()).collect();
+        let opened = reader::cached_objects(&self.services.cache, remotes).await;
+        for ((i, remote), cached) in batch.into_iter().zip(opened) {
+            let NodeKind::File(f) = &files[i].kind else { continue };
+            match cached {
+                Ok(cached) => objs[i] = Some(install(f, remote, cached)),
+                Err(e) => tracing::debug!("fetching {} ahead failed: {e}", files[i].path),
+            }
+        }
+        let unpinned = files.iter().enumerate().filter_map(|(i, node)| match &node.kind {
+            NodeKind::File(f) if objs[i].is_none() && f.state.pin.get().is_none() => Some((i, node, f)),
+            _ => None,
+        });
+        let opened = futures::future::join_all(unpinned.map(|(i, node, f)| async move {
+            let obj = self.open_object(node, f).await;
+            if let Err(e) = &obj {
+                tracing::debug!("fetching {} ahead failed: {e}", node.path);
+            }
+            (i, obj.ok())
+        }))
+        .await;
+        for (i, obj) in opened {
+            objs[i] = obj;
+        }
+        objs
     }
 
     /// Tells the sink why a file cannot be read and turns the cause into the caller's error.
@@ -428,31 +570,54 @@ impl InputNamespace {
                 _ => groups.push(vec![sibling]),
             }
         }
-        for group in groups {
-            let (this, permits) = (this.clone(), self.prefetching.clone());
-            self.services.runtime.spawn(async move {
-                let Ok(_permit) = permits.acquire_owned().await else { return };
-                // Only fetched: checksums and lineage wait until the job opens the file, and a
-                // failure is left for that open, which reports it.
-                let mut objs = Vec::with_capacity(group.len());
-                for sibling in &group {
-                    let NodeKind::File(sf) = &sibling.kind else { continue };
-                    match this.open_object(sibling, sf).await {
-                        Ok(obj) => objs.push(obj),
-                        Err(e) => tracing::debug!("fetching {} ahead failed: {e}", sibling.path),
-                    }
-                }
-                if objs.len() > 1 {
-                    this.services.reader.fetch_span(&objs).await;
-                    return;
-                }
-                for obj in objs {
-                    if let Err(e) = this.services.reader.fetch_all(&obj).await {
-                        tracing::debug!("fetching {} ahead failed: {e}", obj.remote.uri);
-                    }
-                }
-            });
+        if groups.is_empty() {
+            return;
         }
+        self.services.runtime.spawn(async move {
+            // Only fetched: checksums and lineage wait until the job opens the file, and a
+            // failure is left for that open, which reports it.
+            let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
+            let mut opened = this.open_objects(&groups.concat()).await.into_iter();
+            for size in sizes {
+                let objs: Vec<Arc<OpenObject>> = opened.by_ref().take(size).flatten().collect();
+                let (this, permits) = (this.clone(), this.prefetching.clone());
+                tokio::spawn(async move {
+                    let Ok(_permit) = permits.acquire_owned().await else { return };
+                    if objs.len() > 1 {
+                        this.services.reader.fetch_span(&objs).await;
+                    } else if let Some(obj) = objs.first() {
+                        if let Err(e) = this.services.reader.fetch_all(obj).await {
+                            tracing::debug!("fetching {} ahead failed: {e}", obj.remote.uri);
+                        }
+                    }
+                    this.hold(objs);
+                });
+            }
+        });
+    }
+
+    /// A file opened on `obj` (with `backing`, the verified cache file the kernel reads
+    /// directly); the files after it are fetched ahead.
+    fn opened_file(
+        &self,
+        node: &Arc<Node>,
+        f: &FileNode,
+        obj: Arc<OpenObject>,
+        backing: Option<std::fs::File>,
+    ) -> OpenedFile {
+        self.prefetch_after(node, f);
+        let complete = obj.cached.is_complete();
+        let file = Arc::new(InputFile {
+            services: self.services.clone(),
+            node: node.clone(),
+            obj,
+            seq: Mutex::new(Sequential::default()),
+        });
+        // Until a file is cached whole its bytes already sit in the cache file's pages: direct
+        // I/O keeps the kernel from holding a second copy (and our read-ahead does the
+        // prefetching). Whole files go through passthrough, or the page cache.
+        let direct_io = backing.is_none() && !complete;
+        OpenedFile { file, direct_io, keep_cache: !direct_io, backing, no_flush: true }
     }
 
     /// Fetches a file whole into the cache (`datumfs warm`); true if it was cached already.
@@ -553,13 +718,38 @@ impl Namespace for InputNamespace {
         }
     }
 
+    /// Opens a file whose object is open already (fetched ahead, or open through another
+    /// handle), unless checking it against its record or handing it to the kernel whole needs
+    /// the disk first.
+    fn try_open(&self, ino: u64, flags: i32, passthrough: bool) -> Option<FsResult<OpenedFile>> {
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return Some(Err(e)),
+        };
+        if is_write(flags) {
+            return Some(Err(FsError::ReadOnly));
+        }
+        let NodeKind::File(f) = &node.kind else { return Some(Err(FsError::IsDir)) };
+        if let Err(e) = check_content(f) {
+            return Some(Err(e));
+        }
+        let obj = f.state.open.lock().unwrap_or_else(|e| e.into_inner()).upgrade()?;
+        if obj.cached.is_complete()
+            && (f.entry.expected_sha256.is_some() && f.state.checksums.get().is_none()
+                || passthrough && !obj.cached.is_packed())
+        {
+            return None;
+        }
+        hash_when_complete(&self.services, &node, &obj, false);
+        Some(Ok(self.opened_file(&node, f, obj, None)))
+    }
+
     /// Opens a file for reading; its version is pinned here if its listing had no ETag. With
     /// `passthrough`, a wholly cached file comes back with its verified cache file, which the
     /// kernel can then read directly at local-disk speed.
     async fn open(&self, ino: u64, flags: i32, passthrough: bool) -> FsResult<OpenedFile> {
-        let write = (flags & libc::O_ACCMODE) != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let node = self.node(ino)?;
-        if write {
+        if is_write(flags) {
             return Err(FsError::ReadOnly);
         }
         let NodeKind::File(f) = &node.kind else { return Err(FsError::IsDir) };
@@ -585,18 +775,7 @@ impl Namespace for InputNamespace {
         } else {
             None
         };
-        self.prefetch_after(&node, f);
-        let file = Arc::new(InputFile {
-            services: self.services.clone(),
-            node: node.clone(),
-            obj,
-            seq: Mutex::new(Sequential::default()),
-        });
-        // Until a file is cached whole its bytes already sit in the cache file's pages: direct
-        // I/O keeps the kernel from holding a second copy (and our read-ahead does the
-        // prefetching). Whole files go through passthrough, or the page cache.
-        let direct_io = backing.is_none() && !complete;
-        Ok(OpenedFile { file, direct_io, keep_cache: !direct_io, backing, no_flush: true })
+        Ok(self.opened_file(&node, f, obj, backing))
     }
 
     /// Everything but our own names answers "no such attribute" at once: `ls -l` asks for ACLs

@@ -548,6 +548,15 @@ impl Fs {
         Opened { fh, direct_io: o.direct_io, keep_cache: o.keep_cache, backing: o.backing, no_flush: o.no_flush }
     }
 
+    /// Opens a file when that needs no I/O and no waiting (`None`: call [`Fs::open`]).
+    pub fn try_open(&self, ino: u64, flags: i32, passthrough: bool) -> Option<FsResult<Opened>> {
+        match self.owner(ino) {
+            Ok(Owner::Fixed) => Some(Err(FsError::IsDir)),
+            Ok(Owner::Ns(ns)) => Some(ns.try_open(ino, flags, passthrough)?.map(|o| self.opened(o))),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     /// Opens a file. With `passthrough`, a file with a verified local copy may come back with
     /// it, for the kernel to read directly.
     pub async fn open(&self, ino: u64, flags: i32, passthrough: bool) -> FsResult<Opened> {

@@ -113,6 +113,11 @@ pub trait Namespace: Send + Sync {
     /// Directory `ino` is being opened: a chance to prepare what a walk will ask for next.
     fn list_ahead(&self, _ino: u64) {}
 
+    /// Opens a file when that needs no I/O and no waiting (`None`: call [`Namespace::open`]).
+    fn try_open(&self, _ino: u64, _flags: i32, _passthrough: bool) -> Option<FsResult<OpenedFile>> {
+        None
+    }
+
     /// Opens a file; with `passthrough`, a verified local copy may come back for the kernel.
     async fn open(&self, ino: u64, flags: i32, passthrough: bool) -> FsResult<OpenedFile>;
 

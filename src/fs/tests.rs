@@ -364,6 +364,44 @@ async fn a_walk_in_listing_order_finds_the_next_files_fetched_and_each_is_fetche
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_fetched_ahead_opens_in_place_and_is_let_go_after_a_while() {
+    let f = fixture().await;
+    let gets = f.store.count(Op::Get);
+    f.read_all("inputs/many/f00.bin").await.unwrap();
+    wait_for_gets(&f.store, gets + 5).await;
+    // f01 was fetched ahead: its open is answered in place, and reads the right bytes.
+    let ino = f.ino("inputs/many/f01.bin").await.unwrap();
+    let o = f.fs.try_open(ino, libc::O_RDONLY, false).expect("answered in place").unwrap();
+    let mut got = Vec::new();
+    loop {
+        let buf = f.fs.read(o.fh, got.len() as u64, 128 << 10).await.unwrap();
+        if buf.is_empty() {
+            break;
+        }
+        got.extend(buf);
+    }
+    f.fs.release(o.fh);
+    assert_eq!(got, f.files["many/f01.bin"]);
+    // A file nobody fetched needs the cache index first; a write is refused in place too.
+    let far = f.ino("inputs/many/f19.bin").await.unwrap();
+    assert!(f.fs.try_open(far, libc::O_RDONLY, false).is_none());
+    assert_eq!(f.fs.try_open(ino, libc::O_RDWR, false).unwrap().err().map(|e| e.errno()), Some(libc::EROFS));
+    // Files fetched ahead are kept open for a few seconds after their last close, then let go
+    // (evictable again).
+    let ahead = [f.ino("inputs/many/f03.bin").await.unwrap(), f.ino("inputs/many/f04.bin").await.unwrap()];
+    for ino in ahead {
+        let o = f.fs.try_open(ino, libc::O_RDONLY, false).expect("fetched ahead").unwrap();
+        f.fs.release(o.fh);
+        assert!(f.fs.try_open(ino, libc::O_RDONLY, false).is_some_and(|o| o.map(|o| f.fs.release(o.fh)).is_ok()));
+    }
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    for ino in ahead {
+        assert!(f.fs.try_open(ino, libc::O_RDONLY, false).is_none(), "still held");
+    }
+    assert_eq!(f.read_all("inputs/many/f04.bin").await.unwrap(), f.files["many/f04.bin"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetching_ahead_stops_for_a_shuffled_reader_and_never_reads_files_not_opened() {
     let f = fixture().await;
     let gets = f.store.count(Op::Get);

@@ -382,8 +382,15 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let pt = self.passthrough.clone();
+        let allowed = pt.enabled.load(std::sync::atomic::Ordering::Relaxed) && !pt.has_ordinary(ino.0);
+        // A file whose object is already open (fetched ahead): answered from this thread.
+        if let Some(res) = self.fs.try_open(ino.0, flags.0, allowed) {
+            return match res {
+                Ok(o) => pt.reply_open(reply, ino.0, o),
+                Err(e) => reply.error(errno(&e)),
+            };
+        }
         self.spawn(move |fs| async move {
-            let allowed = pt.enabled.load(std::sync::atomic::Ordering::Relaxed) && !pt.has_ordinary(ino.0);
             match fs.open(ino.0, flags.0, allowed).await {
                 Ok(o) => pt.reply_open(reply, ino.0, o),
                 Err(e) => reply.error(errno(&e)),

@@ -292,6 +292,32 @@ pub async fn cached_object(cache: &Arc<Cache>, remote: &Remote) -> Result<Arc<Ca
         .map_err(|e| ReadError::cache(&remote.uri, e))
 }
 
+/// The cache entries of several objects, opened with one trip to a blocking thread (objects
+/// about to be fetched ahead together), each with its own outcome.
+pub async fn cached_objects(
+    cache: &Arc<Cache>,
+    remotes: Vec<Arc<Remote>>,
+) -> Vec<Result<Arc<CachedObject>, ReadError>> {
+    if remotes.is_empty() {
+        return Vec::new();
+    }
+    let c = cache.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        remotes
+            .iter()
+            .map(|r| {
+                c.object(&r.store.url, &r.cache_key(), &r.pin.version(), r.size, &r.uri)
+                    .map_err(|e| ReadError::cache(&r.uri, e))
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    match opened {
+        Ok(all) => all,
+        Err(e) => vec![Err(ReadError::task("the cache index", e))],
+    }
+}
+
 /// Per-handle memory of where the last read ended, to spot sequential readers.
 #[derive(Debug, Default)]
 pub struct Sequential {
