@@ -43,23 +43,45 @@ pub fn is_metadata_file(rel: &str) -> bool {
     rel == JSONL || rel.ends_with(SIDECAR_SUFFIX)
 }
 
-/// `valohai.metadata.jsonl`, checked, with each file's lines found by name. Only the text is
-/// kept, with 24 bytes per line to find it: a job that describes each of a hundred thousand
-/// outputs would otherwise hold a parsed JSON object per file (about 2 KB each), or a map from
-/// each name to its lines (about 190 bytes each), for the whole sync.
+/// `valohai.metadata.jsonl`, checked, with each file's lines found by name. Only an index is
+/// kept in memory, 32 bytes per line: a job that describes each of a hundred thousand outputs
+/// would otherwise hold a parsed JSON object per file (about 2 KB each), a map from each name to
+/// its lines (about 190 bytes each), or the text itself (about 90 bytes a line), for the whole
+/// sync. Lines are read again from the file as it was opened: a file replaced since (written
+/// anew and renamed over) still reads as it was; appended lines are not seen; a line whose
+/// bytes changed in place is an error naming it, never other metadata taken silently.
 #[derive(Debug, Clone, Default)]
 pub struct Jsonl {
-    text: String,
-    /// Per line: the hash of the file it names and its byte range, sorted by hash and, within
-    /// one hash, in file order.
-    lines: Vec<(u64, usize, usize)>,
+    /// The file, open since it was read.
+    file: Option<std::sync::Arc<std::fs::File>>,
+    /// Its lines, sorted by the hash of the file each names and, within one hash, in file order.
+    lines: Vec<Line>,
+}
+
+/// Where one line of the jsonl is, and what it held.
+#[derive(Debug, Clone, Copy)]
+struct Line {
+    /// The hash of the file it names.
+    name: u64,
+    /// The hash of its bytes when read.
+    text: u64,
+    /// Its first byte in the file.
+    start: u64,
+    /// Its length, without the line end.
+    len: u32,
+    /// Its number (from 1), for messages.
+    number: u32,
+}
+
+fn hash_of(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
 }
 
 fn name_hash(file: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::hash::DefaultHasher::new();
-    file.hash(&mut h);
-    h.finish()
+    hash_of(file.as_bytes())
 }
 
 /// The file a checked line names, as the index keys it.
@@ -67,16 +89,29 @@ fn named_file(line: &Map<String, Value>) -> Option<&str> {
     Some(line.get("file")?.as_str()?.trim_start_matches("./"))
 }
 
+fn jsonl_line(number: u32) -> String {
+    format!("outputs/{JSONL} line {number}")
+}
+
 impl Jsonl {
-    /// The merged metadata of `file` (later lines override earlier keys).
-    pub fn get(&self, file: &str) -> Option<Map<String, Value>> {
+    /// The merged metadata of `file` (later lines override earlier keys), or why its lines can
+    /// no longer be read as they were.
+    pub fn get(&self, file: &str) -> Result<Option<Map<String, Value>>, MetadataError> {
+        use std::os::unix::fs::FileExt;
+        let Some(f) = &self.file else { return Ok(None) };
         let hash = name_hash(file);
-        let first = self.lines.partition_point(|&(h, ..)| h < hash);
+        let first = self.lines.partition_point(|l| l.name < hash);
         let mut out = Map::new();
         let mut found = false;
-        for &(_, start, end) in self.lines[first..].iter().take_while(|&&(h, ..)| h == hash) {
+        let mut buf = Vec::new();
+        for line in self.lines[first..].iter().take_while(|l| l.name == hash) {
+            buf.resize(line.len as usize, 0);
+            f.read_exact_at(&mut buf, line.start).map_err(|e| bad(jsonl_line(line.number), e.to_string()))?;
+            if hash_of(&buf) != line.text {
+                return Err(bad(jsonl_line(line.number), "changed in place during the sync"));
+            }
             // Checked when read: parses again, and only lines naming this very file count.
-            if let Ok(Value::Object(mut line)) = serde_json::from_str::<Value>(&self.text[start..end]) {
+            if let Ok(Value::Object(mut line)) = serde_json::from_slice::<Value>(&buf) {
                 if named_file(&line) != Some(file) {
                     continue;
                 }
@@ -86,40 +121,50 @@ impl Jsonl {
                 }
             }
         }
-        found.then_some(out)
+        Ok(found.then_some(out))
     }
 }
 
 /// `valohai.metadata.jsonl` (empty when there is none), or the first malformed line's error.
 pub fn read_jsonl(root: &Path) -> Result<Jsonl, MetadataError> {
+    use std::io::BufRead;
     let path = root.join(JSONL);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
+    let whole = || format!("outputs/{JSONL}");
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => std::sync::Arc::new(f),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Jsonl::default()),
-        Err(e) => return Err(bad(format!("outputs/{JSONL}"), e.to_string())),
+        Err(e) => return Err(bad(whole(), e.to_string())),
     };
-    let mut lines = Vec::new();
-    let mut start = 0;
-    for (i, line) in text.split_inclusive('\n').enumerate() {
-        let span = (start, start + line.trim_end_matches(['\n', '\r']).len());
-        start += line.len();
-        if line.trim().is_empty() {
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, &*file);
+    let (mut lines, mut buf, mut start, mut number) = (Vec::new(), Vec::new(), 0u64, 0u32);
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).map_err(|e| bad(whole(), e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        number = number.saturating_add(1);
+        let at = start;
+        start += n as u64;
+        let text = buf.trim_ascii_end();
+        if text.is_empty() {
             continue;
         }
-        let bad = |why: String| bad(format!("outputs/{JSONL} line {}", i + 1), why);
-        let v: Map<String, Value> = match serde_json::from_str(line) {
+        let bad = |why: String| bad(jsonl_line(number), why);
+        let len = u32::try_from(text.len()).map_err(|_| bad("longer than 4 GiB".into()))?;
+        let v: Map<String, Value> = match serde_json::from_slice(text) {
             Ok(Value::Object(v)) => v,
             Ok(_) => return Err(bad("not a JSON object".into())),
             Err(e) => return Err(bad(e.to_string())),
         };
         let file = named_file(&v).ok_or_else(|| bad("no \"file\" string".into()))?;
         v.get("metadata").and_then(Value::as_object).ok_or_else(|| bad("no \"metadata\" object".into()))?;
-        lines.push((name_hash(file), span.0, span.1));
+        lines.push(Line { name: name_hash(file), text: hash_of(text), start: at, len, number });
     }
     // Stable: one file's lines stay in file order.
-    lines.sort_by_key(|&(h, ..)| h);
+    lines.sort_by_key(|l| l.name);
     lines.shrink_to_fit();
-    Ok(Jsonl { text, lines })
+    Ok(Jsonl { file: Some(file), lines })
 }
 
 /// Reads the sidecar of `rel` if it has one (`None`), or its parse error.
@@ -271,7 +316,7 @@ pub fn model_versions(rel: &str, v: &Value) -> Result<Vec<ModelTarget>, Metadata
 
 /// The metadata of `rel`: its jsonl entries, overridden key by key by its sidecar.
 pub fn for_file(root: &Path, rel: &str, jsonl: &Jsonl) -> Result<DatumMeta, MetadataError> {
-    let mut raw = jsonl.get(rel).unwrap_or_default();
+    let mut raw = jsonl.get(rel)?.unwrap_or_default();
     if let Some(side) = read_sidecar(root, rel)? {
         raw.extend(side);
     }
@@ -322,13 +367,39 @@ mod tests {
         std::fs::write(dir.path().join(JSONL), text).unwrap();
         let jsonl = read_jsonl(dir.path()).unwrap();
         for i in 0..2000 {
-            let m = jsonl.get(&format!("d/f{i}.bin")).unwrap();
+            let m = jsonl.get(&format!("d/f{i}.bin")).unwrap().unwrap();
             assert_eq!(m["n"], i, "d/f{i}.bin");
             assert_eq!(m["k"], if i == 7 { "second" } else { "first" });
         }
-        assert!(jsonl.get("d/f2000.bin").is_none() && jsonl.get("f7.bin").is_none());
+        assert!(jsonl.get("d/f2000.bin").unwrap().is_none() && jsonl.get("f7.bin").unwrap().is_none());
         let err = read_jsonl_text(dir.path(), "[1]\n");
         assert!(err.contains("line 1") && err.contains("not a JSON object"), "{err}");
+    }
+
+    #[test]
+    fn lines_read_later_are_the_lines_read_first_or_an_error_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |f: &str, n: u32| format!("{{\"file\": \"{f}\", \"metadata\": {{\"n\": {n}}}}}\n");
+        std::fs::write(dir.path().join(JSONL), line("a.bin", 1) + &line("b.bin", 2)).unwrap();
+        let jsonl = read_jsonl(dir.path()).unwrap();
+        // Appended after reading: not part of this sync.
+        let mut f = std::fs::OpenOptions::new().append(true).open(dir.path().join(JSONL)).unwrap();
+        std::io::Write::write_all(&mut f, line("a.bin", 3).as_bytes()).unwrap();
+        assert_eq!(jsonl.get("a.bin").unwrap().unwrap()["n"], 1);
+        // Written anew and renamed over: the file as it was read is still what counts.
+        std::fs::write(dir.path().join("new"), line("a.bin", 7) + &line("b.bin", 8)).unwrap();
+        std::fs::rename(dir.path().join("new"), dir.path().join(JSONL)).unwrap();
+        assert_eq!(jsonl.get("b.bin").unwrap().unwrap()["n"], 2);
+        // Changed in place: an error that names the line, never other metadata.
+        let jsonl = read_jsonl(dir.path()).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join(JSONL))
+            .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, line("b.bin", 9).as_bytes(), 0))
+            .unwrap();
+        let err = jsonl.get("a.bin").unwrap_err();
+        assert!(err.file.ends_with("line 1") && err.problem.contains("changed"), "{err}");
+        assert_eq!(jsonl.get("b.bin").unwrap().unwrap()["n"], 8);
     }
 
     fn read_jsonl_text(dir: &Path, text: &str) -> String {
