@@ -13,6 +13,7 @@ use crate::inputs::resolve::{self, ResolvedInput};
 use crate::inputs::table::DirRec;
 use crate::reader::{self, OpenObject, Pin, Reader, Remote, Sequential};
 use async_trait::async_trait;
+use futures::StreamExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
@@ -484,18 +485,25 @@ impl InputNamespace {
                 Err(e) => tracing::debug!("fetching {} ahead failed: {e}", files[i].path),
             }
         }
-        let unpinned = files.iter().enumerate().filter_map(|(i, node)| match &node.kind {
-            NodeKind::File(f) if objs[i].is_none() && f.state.pin.get().is_none() => Some((i, node, f)),
-            _ => None,
-        });
-        let opened = futures::future::join_all(unpinned.map(|(i, node, f)| async move {
-            let obj = self.open_object(node, f).await;
-            if let Err(e) = &obj {
-                tracing::debug!("fetching {} ahead failed: {e}", node.path);
-            }
-            (i, obj.ok())
-        }))
-        .await;
+        let unpinned: Vec<usize> = (0..files.len())
+            .filter(|&i| {
+                objs[i].is_none() && matches!(&files[i].kind, NodeKind::File(f) if f.state.pin.get().is_none())
+            })
+            .collect();
+        // (Each asks the store for the version first: no more at once than fetches ahead.)
+        let opened: Vec<_> = futures::stream::iter(unpinned)
+            .map(|i| async move {
+                let node = &files[i];
+                let NodeKind::File(f) = &node.kind else { return (i, None) };
+                let obj = self.open_object(node, f).await;
+                if let Err(e) = &obj {
+                    tracing::debug!("fetching {} ahead failed: {e}", node.path);
+                }
+                (i, obj.ok())
+            })
+            .buffer_unordered(PREFETCH_AT_ONCE)
+            .collect()
+            .await;
         for (i, obj) in opened {
             objs[i] = obj;
         }
