@@ -25,7 +25,7 @@ pub use records::{
     AliasMove, AliasRecord, DatumRecord, ExecutionInput, ExecutionRecord, FileRead, PackedIn, ReaderRecord, VolumeWrite,
 };
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// A catalog failure, naming the record or name it concerns.
@@ -157,6 +157,47 @@ pub fn check_alias(alias: &str) -> Result<(), CatalogError> {
 /// `datum://X` or `X` → `X`.
 pub fn strip_scheme(s: &str) -> &str {
     s.strip_prefix("datum://").unwrap_or(s).trim_end_matches('/')
+}
+
+/// A datum as `datum://ID`, kept in 16 bytes (its id is a ULID): a sync's report holds one per
+/// file. Shown, serialized and parsed as the URI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DatumUri([u8; 16]);
+
+impl DatumUri {
+    /// The datum whose id is `id`; `None` if `id` is not a datum id.
+    pub fn of_id(id: &str) -> Option<Self> {
+        ulid::Ulid::from_string(id).ok().map(|u| Self(u.0.to_be_bytes()))
+    }
+
+    /// The datum `datum://ID` (or a bare id) names; `None` if it names none.
+    pub fn parse(uri: &str) -> Option<Self> {
+        Self::of_id(strip_scheme(uri))
+    }
+
+    /// Its id.
+    pub fn id(&self) -> String {
+        ulid::Ulid(u128::from_be_bytes(self.0)).to_string()
+    }
+}
+
+impl std::fmt::Display for DatumUri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "datum://{}", ulid::Ulid(u128::from_be_bytes(self.0)))
+    }
+}
+
+impl Serialize for DatumUri {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DatumUri {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let uri = String::deserialize(d)?;
+        Self::parse(&uri).ok_or_else(|| serde::de::Error::custom(format!("{uri:?} is not a datum URI")))
+    }
 }
 
 pub use crate::util::hostname;
@@ -589,6 +630,23 @@ async fn lock_local(dir: &std::path::Path, rel: &str) -> std::io::Result<nix::fc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_datum_uri_is_kept_in_sixteen_bytes_and_reads_back_as_written() {
+        let id = new_id();
+        let d = DatumUri::of_id(&id).unwrap();
+        assert_eq!(std::mem::size_of::<DatumUri>(), 16);
+        assert_eq!((d.id(), d.to_string()), (id.clone(), format!("datum://{id}")));
+        assert_eq!(DatumUri::parse(&format!("datum://{id}")), Some(d));
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(json, format!("\"datum://{id}\""));
+        assert_eq!(serde_json::from_str::<DatumUri>(&json).unwrap(), d);
+        for bad in ["datum://latest", "", "datum://", "s3://b/k"] {
+            assert!(DatumUri::parse(bad).is_none(), "{bad}");
+        }
+        let err = serde_json::from_str::<DatumUri>("\"datum://nope\"").unwrap_err().to_string();
+        assert!(err.contains("datum://nope") && err.contains("not a datum URI"), "{err}");
+    }
 
     fn catalog() -> Catalog {
         Catalog::in_memory()

@@ -248,7 +248,7 @@ impl Execution {
         let mut error = None;
         // Every datum the outputs are now, not only the ones this sync made: an earlier sync
         // killed after its datums were made but before this record was written left them out.
-        let made: Vec<String> = report.datums.iter().map(|d| strip(&d.datum)).collect();
+        let made: Vec<String> = report.datums.iter().map(|d| d.datum.id()).collect();
         // The reads of the last moments, and their warnings, go into the record too.
         self.recorder.flush_all().await;
         match self.record(true).await {
@@ -437,8 +437,4 @@ pub(super) fn ticker(
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
     })
-}
-
-fn strip(datum_uri: &str) -> String {
-    catalog::strip_scheme(datum_uri).to_string()
 }

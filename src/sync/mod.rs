@@ -86,6 +86,8 @@ fn made(rel: &str, rec: DatumRecord, shared: &Shared) -> Result<Made, SyncError>
     let sha256 = Sha256Digest::from_hex(&rec.checksums.sha256)
         .map_err(|e| catalog::CatalogError::Malformed { uri: rec.uri.clone(), reason: e.to_string() })?;
     let alias = rec.alias.clone().map(|a| Box::new((a, rec.uri.clone())));
+    let datum = catalog::DatumUri::parse(&rec.uri)
+        .ok_or_else(|| catalog::CatalogError::Malformed { uri: rec.uri.clone(), reason: "not a datum URI".into() })?;
     let dataset_versions = rec
         .properties
         .get("valohai.dataset-versions")
@@ -100,7 +102,7 @@ fn made(rel: &str, rec: DatumRecord, shared: &Shared) -> Result<Made, SyncError>
     let wanted = !dataset_versions.is_empty() || !model_versions.is_empty();
     let file = SyncedFile {
         path: rel.to_string(),
-        datum: rec.uri,
+        datum,
         object_uri: match rec.packed {
             Some(_) => shared.uri(rec.object_uri),
             None => rec.object_uri.into(),
@@ -164,7 +166,7 @@ pub struct SyncedFile {
     /// Path relative to `outputs/`.
     pub path: String,
     /// `datum://ID`.
-    pub datum: String,
+    pub datum: catalog::DatumUri,
     /// Where its bytes are.
     pub object_uri: Arc<str>,
     /// Size.
@@ -614,9 +616,14 @@ impl Syncer {
                             continue;
                         }
                     };
+                    let Some(datum) = catalog::DatumUri::of_id(&datum) else {
+                        let error = format!("its sync state names {datum:?}, which is not a datum id");
+                        report.failed.push(FailedFile { path: rel, error });
+                        continue;
+                    };
                     report.datums.push(SyncedFile {
                         path: rel,
-                        datum: format!("datum://{datum}"),
+                        datum,
                         object_uri: self.catalog.store().uri_of(&KeyPath::from(key.as_str())).into(),
                         size: stamp.size,
                         sha256,
@@ -754,7 +761,7 @@ impl Syncer {
         }
         crate::crash::point("state-flushed");
         let packed_datums = results.iter().filter_map(|r| r.as_ref().ok().filter(|(f, _)| f.packed.is_some()));
-        let packs = packed_datums.filter_map(|(f, _)| pack_of(catalog::strip_scheme(&f.datum)));
+        let packs = packed_datums.filter_map(|(f, _)| pack_of(&f.datum.id()));
         let packs = packs.collect::<std::collections::BTreeSet<_>>().into_iter().collect();
         self.index(indexed.into_inner().unwrap_or_else(|e| e.into_inner()), packs).await;
         // Collected in place (the standard library reuses the results' buffer for the entries,
@@ -1084,13 +1091,13 @@ impl Syncer {
 
     /// The version record's entry for a synced file (its checksums read back if not kept).
     async fn version_file(&self, d: &SyncedFile) -> Result<catalog::datasets::VersionFile, catalog::CatalogError> {
-        let id = catalog::strip_scheme(&d.datum);
+        let id = d.datum.id();
         let (checksums, packed) = match &d.md5_sha1 {
             Some((md5, sha1)) => {
                 let packed = match d.packed {
                     Some((offset, pack_size)) => {
-                        let pack = pack_of(id).ok_or_else(|| catalog::CatalogError::Malformed {
-                            uri: d.datum.clone(),
+                        let pack = pack_of(&id).ok_or_else(|| catalog::CatalogError::Malformed {
+                            uri: d.datum.to_string(),
                             reason: "a packed datum's id names no pack".into(),
                         })?;
                         Some(PackedIn { pack, offset, pack_size })
@@ -1100,7 +1107,7 @@ impl Syncer {
                 (FileDigests::new(d.sha256.0, Some(*md5), Some(*sha1)), packed)
             }
             None => {
-                let rec = self.catalog.datum(id).await?;
+                let rec = self.catalog.datum(&id).await?;
                 let checksums = FileDigests::of(&rec.checksums)
                     .map_err(|e| catalog::CatalogError::Malformed { uri: rec.uri.clone(), reason: e.to_string() })?;
                 (checksums, rec.packed)
@@ -1108,7 +1115,7 @@ impl Syncer {
         };
         Ok(catalog::datasets::VersionFile {
             path: d.path.clone(),
-            datum: id.to_string(),
+            datum: id,
             size: d.size,
             checksums,
             object_uri: d.object_uri.clone(),
@@ -1291,14 +1298,14 @@ mod tests {
         // A crash after the pack's record was stored, before half of its files' states were:
         // those are still pending, as they were planned.
         for d in first.datums.iter().step_by(2) {
-            let rec = syncer.catalog.datum(catalog::strip_scheme(&d.datum)).await.unwrap();
+            let rec = syncer.catalog.datum(&d.datum.id()).await.unwrap();
             let Some(PathState::Synced { stamp, .. }) = state.get(&d.path) else { panic!("{} not synced", d.path) };
             let offset = rec.packed.as_ref().map(|p| p.offset);
             state.set(&d.path, &PathState::Pending { stamp, datum: rec.id, key: rec.key, packed: offset }).unwrap();
         }
         let again = syncer.sync(&root, &state, &Progress::default(), &none_known).await;
         assert!(again.failed.is_empty(), "{:?}", again.failed);
-        let ids = |r: &SyncReport| r.datums.iter().map(|d| (d.path.clone(), d.datum.clone())).collect::<Vec<_>>();
+        let ids = |r: &SyncReport| r.datums.iter().map(|d| (d.path.clone(), d.datum)).collect::<Vec<_>>();
         assert_eq!(ids(&again), ids(&first), "the same datums, none made twice");
         assert_eq!(syncer.catalog.packs().await.unwrap().len(), 1, "no second pack");
         assert_eq!(syncer.catalog.datums().await.unwrap().len(), 10);
