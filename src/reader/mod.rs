@@ -301,7 +301,7 @@ pub async fn cached_objects(
     if remotes.is_empty() {
         return Vec::new();
     }
-    let c = cache.clone();
+    let (c, count) = (cache.clone(), remotes.len());
     let opened = tokio::task::spawn_blocking(move || {
         remotes
             .iter()
@@ -314,7 +314,8 @@ pub async fn cached_objects(
     .await;
     match opened {
         Ok(all) => all,
-        Err(e) => vec![Err(ReadError::task("the cache index", e))],
+        // Each object gets the failure: none is left without an outcome.
+        Err(e) => vec![Err(ReadError::task("the cache index", e)); count],
     }
 }
 

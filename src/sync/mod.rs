@@ -83,11 +83,10 @@ impl Shared {
 /// hundred thousand files then never holds all their records at once (and each entry keeps
 /// what it shares with others once, see [`Shared`]).
 fn made(rel: &str, rec: DatumRecord, shared: &Shared) -> Result<Made, SyncError> {
-    let sha256 = Sha256Digest::from_hex(&rec.checksums.sha256)
-        .map_err(|e| catalog::CatalogError::Malformed { uri: rec.uri.clone(), reason: e.to_string() })?;
+    let malformed = |reason: String| catalog::CatalogError::Malformed { uri: rec.uri.clone(), reason };
+    let sha256 = Sha256Digest::from_hex(&rec.checksums.sha256).map_err(|e| malformed(e.to_string()))?;
+    let datum = catalog::DatumUri::parse(&rec.uri).ok_or_else(|| malformed("not a datum URI".into()))?;
     let alias = rec.alias.clone().map(|a| Box::new((a, rec.uri.clone())));
-    let datum = catalog::DatumUri::parse(&rec.uri)
-        .ok_or_else(|| catalog::CatalogError::Malformed { uri: rec.uri.clone(), reason: "not a datum URI".into() })?;
     let dataset_versions = rec
         .properties
         .get("valohai.dataset-versions")
