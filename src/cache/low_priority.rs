@@ -44,6 +44,14 @@ impl LowPriorityPool {
         Ok(Self { jobs: Mutex::new(Some(tx)) })
     }
 
+    /// Queues `work` for one of the pool's threads, without waiting for it (dropped if the
+    /// pool is gone).
+    pub fn submit(&self, work: impl FnOnce() + Send + 'static) {
+        if let Some(jobs) = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = jobs.send(Box::new(work));
+        }
+    }
+
     /// Runs `work` on one of the pool's threads and waits (asynchronously) for its result.
     /// `None` if the pool is gone or the job panicked.
     pub async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Option<T> {

@@ -183,6 +183,8 @@ pub(crate) struct CacheShared {
     pub(crate) packs: pack::Packs,
     /// Threads that checksum whole objects, at a low priority.
     pub(crate) hashing: low_priority::LowPriorityPool,
+    /// Small objects waiting to be checksummed together.
+    pub(crate) hash_batch: object::HashBatch,
 }
 
 /// Makes complete objects durable shortly after they complete, whatever sled's own flush timer
@@ -284,6 +286,7 @@ impl Cache {
                 std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
             )
             .map_err(|error| CacheError::Io { path: index.clone(), error })?,
+            hash_batch: Default::default(),
         });
         {
             let (durability, weak) = (shared.durability.clone(), Arc::downgrade(&shared));

@@ -490,12 +490,12 @@ impl CachedObject {
             .get_or_try_init(|| async move {
                 let worker = this.clone();
                 // Hashing a large file takes seconds of CPU: the reads that jobs wait on go first.
-                let sums = this
-                    .shared
-                    .hashing
-                    .run(move || worker.hash_file())
-                    .await
-                    .ok_or_else(|| this.io(std::io::Error::other("the checksum thread is gone")))??;
+                let sums = if this.size <= BATCHED_MAX {
+                    HashBatch::checksums(&this.shared, worker).await
+                } else {
+                    this.shared.hashing.run(move || worker.hash_file()).await
+                };
+                let sums = sums.ok_or_else(|| this.io(std::io::Error::other("the checksum thread is gone")))??;
                 this.update_record(|rec| {
                     rec.checksums = Some(sums.clone());
                     true
@@ -508,6 +508,13 @@ impl CachedObject {
 
     fn hash_file(&self) -> Result<Checksums, CacheError> {
         let mut hasher = MultiHasher::new();
+        self.read_verified(|chunk| hasher.update(chunk))?;
+        Ok(hasher.finish())
+    }
+
+    /// The whole content, block by block, each checked against its CRC first; a block that
+    /// fails is dropped (fetched again on the next read) and named in the error.
+    fn read_verified(&self, mut each: impl FnMut(&[u8])) -> Result<(), CacheError> {
         let mut buf = vec![0u8; self.block_size.min(self.size) as usize];
         for idx in 0..self.block_count() {
             let crc = match self.state(idx) {
@@ -522,9 +529,9 @@ impl CachedObject {
                 self.drop_block(idx);
                 return Err(CacheError::Corrupt { uri, block: idx });
             }
-            hasher.update(chunk);
+            each(chunk);
         }
-        Ok(hasher.finish())
+        Ok(())
     }
 
     /// A copy of the index record.
@@ -585,4 +592,60 @@ fn read_exact_at_uninit(file: &File, len: usize, offset: u64) -> std::io::Result
         }
     }
     Ok(buf)
+}
+
+/// Objects up to this size are checksummed together with others waiting (their md5s side by
+/// side, see [`crate::checksum::digests_of_many`]); bigger ones on their own, streaming.
+const BATCHED_MAX: u64 = 256 << 10;
+/// Objects checksummed together at most.
+const BATCH: usize = 32;
+
+/// A small object waiting to be checksummed, and where its checksums go.
+type Waiting = (Arc<CachedObject>, tokio::sync::oneshot::Sender<Result<Checksums, CacheError>>);
+
+/// Small objects waiting to be checksummed together. The first to wait queues a job on the
+/// checksum threads; those that come before it runs join it. A walk through many small files
+/// so costs little more md5 than one file does.
+#[derive(Default)]
+pub(crate) struct HashBatch {
+    waiting: Mutex<Vec<Waiting>>,
+}
+
+impl HashBatch {
+    /// The checksums of `obj` (complete, at most [`BATCHED_MAX`]), computed with whatever else
+    /// waits; `None` if the checksum threads are gone.
+    async fn checksums(shared: &Arc<CacheShared>, obj: Arc<CachedObject>) -> Option<Result<Checksums, CacheError>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let first = {
+            let mut waiting = shared.hash_batch.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            waiting.push((obj, tx));
+            waiting.len() == 1
+        };
+        if first {
+            let shared = shared.clone();
+            shared.clone().hashing.submit(move || shared.hash_batch.hash_waiting());
+        }
+        rx.await.ok()
+    }
+
+    /// Checksums everything waiting, [`BATCH`] at a time.
+    fn hash_waiting(&self) {
+        let waiting = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut waiting = waiting.into_iter().peekable();
+        while waiting.peek().is_some() {
+            let mut read = Vec::with_capacity(BATCH);
+            for (obj, tx) in waiting.by_ref().take(BATCH) {
+                let mut data = Vec::with_capacity(obj.size as usize);
+                match obj.read_verified(|chunk| data.extend_from_slice(chunk)) {
+                    Ok(()) => read.push((data, tx)),
+                    Err(e) => drop(tx.send(Err(e))),
+                }
+            }
+            let contents: Vec<&[u8]> = read.iter().map(|(data, _)| data.as_slice()).collect();
+            let digests = crate::checksum::digests_of_many(&contents);
+            for ((_, tx), digests) in read.into_iter().zip(digests) {
+                let _ = tx.send(Ok(digests.to_checksums()));
+            }
+        }
+    }
 }

@@ -240,3 +240,41 @@ fn concurrent_opens_share_one_instance_per_object_and_eviction_spares_open_ones(
     let report = cache.evict(&EvictWhat::All).unwrap();
     assert_eq!(report.objects, 1 + 8 * 50, "all closed now: all evicted");
 }
+
+#[test]
+fn small_objects_checksummed_together_each_get_their_own_sums_and_a_corrupt_one_only_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<Vec<u8>> = (0..70).map(|i| bytes(i, 1000 + 997 * i as usize)).collect();
+    let slot_bad = {
+        let cache = Cache::open(dir.path(), 1 << 20).unwrap();
+        let objs: Vec<_> = data.iter().enumerate().map(|(i, d)| cache_whole(&cache, &format!("o{i}"), d)).collect();
+        cache.flush().unwrap();
+        objs[13].record().packed.unwrap()
+    };
+    let pack = dir.path().join("packs").join(format!("{:08}", slot_bad.pack));
+    let mut raw = std::fs::read(&pack).unwrap();
+    raw[(slot_bad.offset + 5) as usize] ^= 0xff;
+    std::fs::write(&pack, raw).unwrap();
+
+    let cache = reopen(dir.path());
+    let objs: Vec<_> = data
+        .iter()
+        .enumerate()
+        .map(|(i, d)| cache.object("mem://b", &format!("o{i}"), "v1", d.len() as u64, "u").unwrap())
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+    // All at once, as a walk through many small files asks for them: more than one batch.
+    let sums = rt.block_on(futures::future::join_all(objs.iter().map(|o| o.checksums())));
+    for (i, (got, d)) in sums.into_iter().zip(&data).enumerate() {
+        match got {
+            Ok(sums) => {
+                assert_ne!(i, 13, "the corrupt object is not checksummed");
+                assert_eq!(sums, crate::checksum::MultiHasher::of_reader(&d[..]).unwrap().0, "object {i}");
+            }
+            Err(e) => {
+                assert_eq!(i, 13, "only the corrupt object fails: {e}");
+                assert!(matches!(e, CacheError::Corrupt { ref uri, block: 0 } if uri.ends_with("/o13")), "{e}");
+            }
+        }
+    }
+}

@@ -402,7 +402,7 @@ mod tests {
     fn file(i: usize) -> VersionFile {
         let h = |n: usize| hex::encode(Sha256::digest(format!("{i}").as_bytes()))[..n].to_string();
         let datum = format!("01K{i:023}");
-        let packed = (i % 5 == 0).then(|| crate::catalog::PackedIn {
+        let packed = i.is_multiple_of(5).then(|| crate::catalog::PackedIn {
             pack: crate::catalog::packs::pack_of(&datum).unwrap(),
             offset: 512 * i as u64,
             pack_size: 1 << 25,
@@ -413,7 +413,7 @@ mod tests {
             datum,
             size: 1000 + i as u64,
             checksums: FileDigests::of(&Checksums { md5: h(32), sha1: h(40), sha256: h(64) }).unwrap(),
-            object_uri: if i % 3 == 0 {
+            object_uri: if i.is_multiple_of(3) {
                 format!("s3://bucket/data/exec-1/img-{i}.jpg").into()
             } else {
                 format!("file:///srv/d/{i}.jpg").into()

@@ -156,7 +156,8 @@ pub struct Opened {
     pub direct_io: bool,
     /// Keep cached pages across opens (immutable inputs).
     pub keep_cache: bool,
-    /// The verified cache file, when the kernel may read it directly (FUSE passthrough).
+    /// A local file the kernel may use directly (FUSE passthrough): a verified cache file, or
+    /// a staging file (read and written).
     pub backing: Option<std::fs::File>,
     /// Closing it needs no word to us (read-only inputs): one round trip less per file.
     pub no_flush: bool,
@@ -600,10 +601,27 @@ impl Fs {
         }
     }
 
-    /// Creates and opens a file, `caller`'s.
-    pub fn create(&self, parent: u64, name: &str, mode: u32, flags: i32, caller: Caller) -> FsResult<(Attr, Opened)> {
-        let (attr, o) = self.ns(parent)?.create(parent, name, mode, flags, caller)?;
+    /// Creates and opens a file, `caller`'s; with `passthrough`, a local file may come back for
+    /// the kernel to read and write directly.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+        passthrough: bool,
+    ) -> FsResult<(Attr, Opened)> {
+        let (attr, o) = self.ns(parent)?.create(parent, name, mode, flags, caller, passthrough)?;
         Ok((attr, self.opened(o)))
+    }
+
+    /// Handle `fh` is answered through the kernel's passthrough (`backing`: the file its open
+    /// offered, if any), or not: told before the kernel has the handle.
+    pub fn passed_through(&self, fh: u64, backing: Option<std::fs::File>) {
+        if let Ok(f) = self.file(fh) {
+            f.passed_through(backing);
+        }
     }
 
     /// Changes mode, size or times of an entry.

@@ -32,6 +32,11 @@ pub trait OpenFile: Send + Sync {
         Ok(())
     }
 
+    /// The kernel reads and writes the handle's file directly (FUSE passthrough), through
+    /// `backing`, the file [`OpenedFile::backing`] offered (`None`: another handle's), from now
+    /// on: what it writes never reaches [`OpenFile::write`].
+    fn passed_through(&self, _backing: Option<std::fs::File>) {}
+
     /// The handle is closed.
     fn release(&self) {}
 
@@ -49,7 +54,8 @@ pub struct OpenedFile {
     pub direct_io: bool,
     /// Keep cached pages across opens (immutable content).
     pub keep_cache: bool,
-    /// A verified local file the kernel may read directly (FUSE passthrough).
+    /// A local file the kernel may read (and, for a staged file, write) directly (FUSE
+    /// passthrough): a verified cache file, or a staging file.
     pub backing: Option<std::fs::File>,
     /// Closing it needs no word to us.
     pub no_flush: bool,
@@ -151,7 +157,8 @@ pub trait Namespace: Send + Sync {
         Err(FsError::Os(libc::EINVAL))
     }
 
-    /// Creates and opens a file, `caller`'s.
+    /// Creates and opens a file, `caller`'s; with `passthrough`, a local file may come back for
+    /// the kernel to read and write directly.
     fn create(
         &self,
         _parent: u64,
@@ -159,6 +166,7 @@ pub trait Namespace: Send + Sync {
         _mode: u32,
         _flags: i32,
         _caller: Caller,
+        _passthrough: bool,
     ) -> FsResult<(Attr, OpenedFile)> {
         Err(FsError::ReadOnly)
     }

@@ -29,9 +29,28 @@ impl OutputsNamespace {
         Self { staging, top, parent, open: Mutex::default() }
     }
 
-    fn opened(&self, ino: u64, file: std::fs::File, id: u64) -> OpenedFile {
-        let set_id = file.metadata().is_ok_and(|m| has_set_id(m.mode()));
-        let file = Arc::new(StagedFile { file, id, staging: self.staging.clone(), set_id: AtomicBool::new(set_id) });
+    /// The answer to an open of `ino` (staging file `file`, identity `id`) with `flags`. With
+    /// `passthrough` (the file was opened for reading and writing), a regular file comes with a
+    /// backing file the kernel reads and writes directly: no request per write, and no copy of
+    /// the bytes through the daemon.
+    fn opened(&self, ino: u64, file: std::fs::File, id: u64, flags: i32, passthrough: bool) -> OpenedFile {
+        let meta = file.metadata().ok();
+        let set_id = meta.as_ref().is_some_and(|m| has_set_id(m.mode()));
+        // A write by the daemon's own user keeps set-id bits a write by the caller would
+        // clear: files that have them are written through us, which clears them.
+        let backing = match passthrough && !set_id && meta.as_ref().is_some_and(|m| m.is_file()) {
+            true => file.try_clone().ok(),
+            false => None,
+        };
+        let file = Arc::new(StagedFile {
+            file,
+            id,
+            staging: self.staging.clone(),
+            set_id: AtomicBool::new(set_id),
+            writes: flags & libc::O_ACCMODE != libc::O_RDONLY,
+            readable: passthrough || flags & libc::O_ACCMODE != libc::O_WRONLY,
+            direct: AtomicBool::new(false),
+        });
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let handles = open.entry(ino).or_default();
         handles.retain(|h| h.strong_count() > 0);
@@ -42,7 +61,7 @@ impl OutputsNamespace {
         }
         // Writes reach the staging file as they come, so a close has nothing left to flush: the
         // kernel need not send the request at all (one of the few each copied file costs).
-        OpenedFile { file, direct_io: true, keep_cache: false, backing: None, no_flush: true }
+        OpenedFile { file, direct_io: true, keep_cache: false, backing, no_flush: true }
     }
 
     /// Every file open on `ino`.
@@ -148,19 +167,46 @@ impl Namespace for OutputsNamespace {
         )
     }
 
-    async fn open(&self, ino: u64, flags: i32, _passthrough: bool) -> FsResult<OpenedFile> {
-        let (file, id) = self.staging.open_file(ino, flags)?;
-        Ok(self.opened(ino, file, id))
+    async fn open(&self, ino: u64, flags: i32, passthrough: bool) -> FsResult<OpenedFile> {
+        // For passthrough, the staging file is opened to read and write whatever the caller
+        // asked (the kernel holds it to the caller's mode); a daemon that may not (a read-only
+        // file, the daemon not root) opens it as asked, and the kernel comes to us.
+        let (file, id, passthrough) = match passthrough.then(|| self.staging.open_file(ino, flags, true)) {
+            Some(Ok((file, id))) => (file, id, true),
+            Some(Err(e)) if e.raw_os_error() != Some(libc::EACCES) => return Err(e.into()),
+            _ => {
+                let (file, id) = self.staging.open_file(ino, flags, false)?;
+                (file, id, false)
+            }
+        };
+        Ok(self.opened(ino, file, id, flags, passthrough))
     }
 
     fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         Ok(self.staging.readlink(ino)?)
     }
 
-    fn create(&self, parent: u64, name: &str, mode: u32, flags: i32, caller: Caller) -> FsResult<(Attr, OpenedFile)> {
-        let (a, file, id) = self.staging.create(parent, OsStr::new(name), mode, flags, caller)?;
+    fn create(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+        passthrough: bool,
+    ) -> FsResult<(Attr, OpenedFile)> {
+        let name = OsStr::new(name);
+        let (a, file, id, passthrough) =
+            match passthrough.then(|| self.staging.create(parent, name, mode, flags, caller, true)) {
+                Some(Ok((a, file, id))) => (a, file, id, true),
+                Some(Err(e)) if e.raw_os_error() != Some(libc::EACCES) => return Err(e.into()),
+                _ => {
+                    let (a, file, id) = self.staging.create(parent, name, mode, flags, caller, false)?;
+                    (a, file, id, false)
+                }
+            };
         let ino = a.ino;
-        Ok((attr(a), self.opened(ino, file, id)))
+        Ok((attr(a), self.opened(ino, file, id, flags, passthrough)))
     }
 
     fn setattr(&self, ino: u64, change: SetAttr, file: Option<&dyn OpenFile>) -> FsResult<Attr> {
@@ -226,6 +272,7 @@ impl Namespace for OutputsNamespace {
 }
 
 /// An open staged file; writes are followed by the hasher so that sync need not read them back.
+/// A file the kernel writes directly is hashed whole when its last such handle is closed.
 struct StagedFile {
     file: std::fs::File,
     /// The staging file's identity (st_ino).
@@ -234,6 +281,13 @@ struct StagedFile {
     /// Whether the file may have its set-user-id or set-group-id bit, which a write by anyone
     /// but root clears (the kernel leaves that to us for the direct writes outputs take).
     set_id: AtomicBool,
+    /// Whether the handle was opened for writing.
+    writes: bool,
+    /// Whether the staging file was opened for reading.
+    readable: bool,
+    /// Whether the kernel writes through this handle directly (FUSE passthrough): its writes
+    /// never reach [`OpenFile::write`], and the hasher reads the file whole once it is closed.
+    direct: AtomicBool,
 }
 
 /// Whether `mode` has bits a write by an unprivileged user clears: set-user-id, and
@@ -283,8 +337,24 @@ impl OpenFile for StagedFile {
         Ok(())
     }
 
+    fn passed_through(&self, _backing: Option<std::fs::File>) {
+        if self.writes {
+            // Told before the kernel has the handle, so before any write through it.
+            self.staging.hasher.direct_open(self.id);
+            self.direct.store(true, Ordering::Release);
+        }
+    }
+
     fn release(&self) {
-        self.staging.hasher.seal(self.id);
+        if self.direct.swap(false, Ordering::AcqRel) {
+            // The staging file was opened to read and write when the kernel was to write it
+            // directly; a handle of another inode's backing (a file opened read-only) gives
+            // the hasher nothing, and sync hashes the file itself.
+            let read = self.file.try_clone().ok().filter(|_| self.readable);
+            self.staging.hasher.direct_close(self.id, read);
+        } else {
+            self.staging.hasher.seal(self.id);
+        }
     }
 
     fn staged_file(&self) -> Option<&std::fs::File> {

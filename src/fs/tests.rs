@@ -167,8 +167,8 @@ async fn inputs_and_config_are_read_only_and_nothing_moves_between_namespaces() 
     let file = f.ino("inputs/data/a.bin").await.unwrap();
     let config = f.ino("config").await.unwrap();
     let erofs = |r: FsResult<()>| assert_eq!(r.unwrap_err().errno(), libc::EROFS);
-    erofs(f.fs.create(data, "new", 0o644, libc::O_WRONLY, ME).map(|_| ()));
-    erofs(f.fs.create(config, "new", 0o644, libc::O_WRONLY, ME).map(|_| ()));
+    erofs(f.fs.create(data, "new", 0o644, libc::O_WRONLY, ME, false).map(|_| ()));
+    erofs(f.fs.create(config, "new", 0o644, libc::O_WRONLY, ME, false).map(|_| ()));
     erofs(f.fs.mkdir(ROOT, "new", 0o755, ME).map(|_| ()));
     erofs(f.fs.mkdir(INPUTS, "new", 0o755, ME).map(|_| ()));
     erofs(f.fs.unlink(data, "a.bin"));
@@ -176,7 +176,7 @@ async fn inputs_and_config_are_read_only_and_nothing_moves_between_namespaces() 
     erofs(f.fs.open(f.ino("config/inputs.json").await.unwrap(), libc::O_WRONLY, false).await.map(|_| ()));
     erofs(f.fs.setattr(file, SetAttr { size: Some(0), ..Default::default() }, None).map(|_| ()));
     erofs(f.fs.rename(data, "a.bin", OUTPUTS, "a.bin", 0));
-    let (_, o) = f.fs.create(OUTPUTS, "x", 0o644, libc::O_WRONLY, ME).unwrap();
+    let (_, o) = f.fs.create(OUTPUTS, "x", 0o644, libc::O_WRONLY, ME, false).unwrap();
     f.fs.release(o.fh);
     erofs(f.fs.rename(OUTPUTS, "x", data, "x", 0));
     assert!(f.fs.check_writable(OUTPUTS).is_ok());
@@ -186,7 +186,7 @@ async fn inputs_and_config_are_read_only_and_nothing_moves_between_namespaces() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outputs_are_the_staging_tree() {
     let f = fixture().await;
-    let (attr, o) = f.fs.create(OUTPUTS, "model.pt", 0o644, libc::O_RDWR, ME).unwrap();
+    let (attr, o) = f.fs.create(OUTPUTS, "model.pt", 0o644, libc::O_RDWR, ME, false).unwrap();
     assert_eq!(attr.kind, Kind::File);
     let payload = bytes(9, 300_000);
     for (i, chunk) in payload.chunks(1 << 16).enumerate() {

@@ -453,7 +453,15 @@ impl Namespace for VolumeNamespace {
         self.staged.readlink(ino)
     }
 
-    fn create(&self, parent: u64, name: &str, mode: u32, flags: i32, caller: Caller) -> FsResult<(Attr, OpenedFile)> {
+    fn create(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+        passthrough: bool,
+    ) -> FsResult<(Attr, OpenedFile)> {
         self.list_blocking(parent)?;
         if flags & libc::O_EXCL == 0 {
             // An existing file is opened as open(2) would: its bucket bytes first.
@@ -466,7 +474,7 @@ impl Namespace for VolumeNamespace {
                 return Ok((attr, opened));
             }
         }
-        let (attr, opened) = self.staged.create(parent, name, mode, flags, caller)?;
+        let (attr, opened) = self.staged.create(parent, name, mode, flags, caller, passthrough)?;
         let id = self.staged_id(attr.ino)?;
         Ok((attr, self.wrap_writer(opened, id)))
     }
@@ -576,6 +584,10 @@ impl OpenFile for Writer {
 
     fn fsync(&self, datasync: bool) -> FsResult<()> {
         self.inner.fsync(datasync)
+    }
+
+    fn passed_through(&self, backing: Option<std::fs::File>) {
+        self.inner.passed_through(backing)
     }
 
     fn release(&self) {

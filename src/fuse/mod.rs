@@ -364,17 +364,16 @@ impl Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         let Some(name) = name_str(name) else { return reply.error(errno(&FsError::BadName)) };
-        match self.fs.create(parent.0, &name, mode & !umask, flags, caller(req)) {
+        let allowed = self.passthrough.enabled.load(std::sync::atomic::Ordering::Relaxed);
+        match self.fs.create(parent.0, &name, mode & !umask, flags, caller(req), allowed) {
             Ok((a, o)) => {
                 let attr = file_attr(&a, self.uid, self.gid);
-                let mut flags = FopenFlags::empty();
-                if o.direct_io {
-                    flags |= FopenFlags::FOPEN_DIRECT_IO;
+                let fh = FileHandle(o.fh);
+                let (flags, backing) = self.passthrough.choose(&self.fs, a.ino, o, |f| reply.open_backing(f));
+                match backing {
+                    Some(id) => reply.created_passthrough(&ttl(&a), &attr, Generation(0), fh, flags, &id),
+                    None => reply.created(&ttl(&a), &attr, Generation(0), fh, flags),
                 }
-                if o.no_flush {
-                    flags |= FopenFlags::FOPEN_NOFLUSH;
-                }
-                reply.created(&ttl(&a), &attr, Generation(0), FileHandle(o.fh), flags)
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -386,13 +385,13 @@ impl Filesystem for FuseAdapter {
         // A file whose object is already open (fetched ahead): answered from this thread.
         if let Some(res) = self.fs.try_open(ino.0, flags.0, allowed) {
             return match res {
-                Ok(o) => pt.reply_open(reply, ino.0, o),
+                Ok(o) => pt.reply_open(&self.fs, reply, ino.0, o),
                 Err(e) => reply.error(errno(&e)),
             };
         }
         self.spawn(move |fs| async move {
             match fs.open(ino.0, flags.0, allowed).await {
-                Ok(o) => pt.reply_open(reply, ino.0, o),
+                Ok(o) => pt.reply_open(&fs, reply, ino.0, o),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -589,50 +588,73 @@ impl Passthrough {
         self.lock().ordinary.contains_key(&ino)
     }
 
-    /// Answers an open: through the kernel's passthrough when the filesystem offered a verified
-    /// backing file and no ordinary handle is open on the inode, otherwise normally.
-    fn reply_open(&self, reply: ReplyOpen, ino: u64, o: crate::fs::Opened) {
+    /// Answers an open: through the kernel's passthrough when the filesystem offered a backing
+    /// file (or another handle of the inode has one) and no ordinary handle is open on the
+    /// inode, otherwise normally.
+    fn reply_open(&self, fs: &Fs, reply: ReplyOpen, ino: u64, o: crate::fs::Opened) {
+        let fh = FileHandle(o.fh);
+        let (flags, backing) = self.choose(fs, ino, o, |f| reply.open_backing(f));
+        match backing {
+            Some(id) => reply.opened_passthrough(fh, flags, &id),
+            None => reply.opened(fh, flags),
+        }
+    }
+
+    /// How handle `o` of `ino` is answered: its open flags, and the backing the kernel uses
+    /// directly, if any (`open_backing` registers a new one). The filesystem hears which, before
+    /// the kernel has the handle.
+    fn choose(
+        &self,
+        fs: &Fs,
+        ino: u64,
+        o: crate::fs::Opened,
+        open_backing: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
+    ) -> (FopenFlags, Option<Arc<BackingId>>) {
         let mut flags = FopenFlags::empty();
-        if o.direct_io {
-            flags |= FopenFlags::FOPEN_DIRECT_IO;
-        }
-        if o.keep_cache {
-            flags |= FopenFlags::FOPEN_KEEP_CACHE;
-        }
         if o.no_flush {
             flags |= FopenFlags::FOPEN_NOFLUSH;
         }
         let mut st = self.lock();
         let existing = st.by_inode.get(&ino).and_then(Weak::upgrade);
-        let backing = match (o.backing, existing) {
+        let backing = match (&o.backing, existing) {
             (_, Some(id)) => Some(id),
-            (Some(file), None) if !st.ordinary.contains_key(&ino) => match reply.open_backing(&file) {
+            (Some(file), None) if !st.ordinary.contains_key(&ino) => match open_backing(file) {
                 Ok(id) => {
                     let id = Arc::new(id);
                     st.by_inode.insert(ino, Arc::downgrade(&id));
                     Some(id)
                 }
                 Err(e) => {
+                    if e.raw_os_error() == Some(libc::EPERM) {
+                        // Not allowed to this daemon (it needs CAP_SYS_ADMIN): not asked again.
+                        self.enabled.store(false, std::sync::atomic::Ordering::Relaxed);
+                    }
                     tracing::debug!("passthrough refused by the kernel: {e}");
                     None
                 }
             },
             _ => None,
         };
-        match backing {
+        match &backing {
             Some(id) => {
                 st.by_handle.insert(o.fh, id.clone());
-                drop(st);
-                // The kernel accepts no page-cache flags with passthrough (EIO at open otherwise).
-                reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id);
             }
             None => {
                 *st.ordinary.entry(ino).or_default() += 1;
                 st.ordinary_handles.insert(o.fh, ino);
-                drop(st);
-                reply.opened(FileHandle(o.fh), flags);
+                if o.direct_io {
+                    flags |= FopenFlags::FOPEN_DIRECT_IO;
+                }
+                if o.keep_cache {
+                    flags |= FopenFlags::FOPEN_KEEP_CACHE;
+                }
             }
         }
+        drop(st);
+        if backing.is_some() {
+            fs.passed_through(o.fh, o.backing);
+        }
+        (flags, backing)
     }
 
     fn release(&self, fh: u64) {

@@ -4,10 +4,14 @@
 //! Writes that continue a file from where its bytes end (the common case: `torch.save`, `cp`,
 //! log appends) are fed, in order, to one hashing thread; any other write, a truncation or an
 //! unknown file makes its checksums unknown, and `sync` then hashes while uploading, as always.
+//!
+//! A file the kernel writes directly (FUSE passthrough: its writes never reach the daemon) is
+//! hashed whole, from the staging file, when the last handle that could write it is closed;
+//! until then its checksums are unknown.
 
 use crate::checksum::{Digests, MultiHasher};
 use std::collections::HashMap;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::time::Duration;
 
 enum Msg {
@@ -19,6 +23,11 @@ enum Msg {
     Invalidate { file: u64 },
     /// A handle of the file was closed: its digests so far are kept, not the hashing state.
     Seal { file: u64 },
+    /// A handle the kernel writes through directly was opened on the file.
+    DirectOpen { file: u64 },
+    /// A handle opened with [`Msg::DirectOpen`] was closed; `read` reads the file (`None`:
+    /// the handle was never written through directly, and nothing can be said of the file).
+    DirectClose { file: u64, read: Option<std::fs::File> },
     /// What the checksums of each file's first `len` bytes are now, if known.
     Snapshot { files: Vec<u64>, reply: SyncSender<Vec<Option<(u64, Digests)>>> },
 }
@@ -34,6 +43,12 @@ enum FileState {
     Sealed {
         len: u64,
         digests: Digests,
+    },
+    /// Open for writing through `writers` handles whose writes the kernel makes directly.
+    Direct {
+        writers: u32,
+        /// Whether one of them closed without a way to read the file.
+        lost: bool,
     },
     Unknown,
 }
@@ -84,6 +99,19 @@ impl WriteHasher {
         let _ = self.tx.send(Msg::Invalidate { file });
     }
 
+    /// Notes a handle of `file` that the kernel writes through without telling us: the file is
+    /// hashed whole once the last such handle is closed ([`WriteHasher::direct_close`]).
+    pub fn direct_open(&self, file: u64) {
+        let _ = self.tx.send(Msg::DirectOpen { file });
+    }
+
+    /// Notes that a handle of [`WriteHasher::direct_open`] was closed; `read` reads the file
+    /// (`None` for a handle that was not written through directly after all: its file's
+    /// checksums are then left to sync).
+    pub fn direct_close(&self, file: u64, read: Option<std::fs::File>) {
+        let _ = self.tx.send(Msg::DirectClose { file, read });
+    }
+
     /// The checksums of `file`'s first bytes and how many bytes they cover, if known. Every
     /// write noted before this call is included.
     pub fn snapshot(&self, file: u64) -> Option<(u64, Digests)> {
@@ -102,48 +130,191 @@ impl WriteHasher {
     }
 }
 
+/// Files up to this size, closed by their last direct writer, are hashed together (their md5s
+/// side by side); bigger ones are hashed on their own, streaming.
+const BATCHED_MAX: u64 = 256 << 10;
+/// Files hashed together at most.
+const BATCH: usize = 32;
+/// How long files wait for others to be hashed with when nothing else comes.
+const BATCH_WAIT: Duration = Duration::from_millis(2);
+
+/// Small files read whole, waiting to be hashed together.
+#[derive(Default)]
+struct Batch {
+    files: Vec<(u64, Vec<u8>)>,
+}
+
+impl Batch {
+    fn holds(&self, file: u64) -> bool {
+        self.files.iter().any(|(f, _)| *f == file)
+    }
+
+    /// Hashes what waits, and seals each file with its digests.
+    fn hash(&mut self, files: &mut HashMap<u64, FileState>) {
+        if self.files.is_empty() {
+            return;
+        }
+        let contents: Vec<&[u8]> = self.files.iter().map(|(_, data)| data.as_slice()).collect();
+        let digests = crate::checksum::digests_of_many(&contents);
+        for ((file, data), digests) in self.files.drain(..).zip(digests) {
+            files.insert(file, FileState::Sealed { len: data.len() as u64, digests });
+        }
+    }
+}
+
 fn run(rx: Receiver<Msg>) {
     let mut files: HashMap<u64, FileState> = HashMap::new();
-    while let Ok(msg) = rx.recv() {
-        match msg {
-            Msg::Write { file, offset, data } => {
-                let state = files.entry(file).or_insert(FileState::Unknown);
-                match state {
-                    FileState::Hashing { next, hasher } if *next == offset => {
-                        hasher.update_parallel(&data);
-                        *next += data.len() as u64;
-                    }
-                    _ => *state = FileState::Unknown,
+    let mut batch = Batch::default();
+    loop {
+        let msg = if batch.files.is_empty() {
+            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            rx.recv_timeout(BATCH_WAIT)
+        };
+        let msg = match msg {
+            Ok(msg) => msg,
+            Err(RecvTimeoutError::Timeout) => {
+                batch.hash(&mut files);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        // Whatever asks about or changes a file waiting in the batch sees it hashed first.
+        let waits = match &msg {
+            Msg::Snapshot { .. } => true,
+            Msg::DirectClose { .. } => false,
+            Msg::Write { file, .. }
+            | Msg::Reset { file }
+            | Msg::Invalidate { file }
+            | Msg::Seal { file }
+            | Msg::DirectOpen { file } => batch.holds(*file),
+        };
+        if waits {
+            batch.hash(&mut files);
+        }
+        handle(msg, &mut files, &mut batch);
+        if batch.files.len() >= BATCH {
+            batch.hash(&mut files);
+        }
+    }
+}
+
+fn handle(msg: Msg, files: &mut HashMap<u64, FileState>, batch: &mut Batch) {
+    match msg {
+        Msg::Write { file, offset, data } => {
+            let state = files.entry(file).or_insert(FileState::Unknown);
+            match state {
+                FileState::Hashing { next, hasher } if *next == offset => {
+                    hasher.update_parallel(&data);
+                    *next += data.len() as u64;
                 }
+                // The whole file is hashed when its direct writers are done.
+                FileState::Direct { .. } => {}
+                _ => *state = FileState::Unknown,
             }
-            Msg::Reset { file } => {
-                files.insert(file, FileState::Hashing { next: 0, hasher: Box::default() });
+        }
+        Msg::Reset { file } => {
+            let state = files.entry(file).or_insert(FileState::Unknown);
+            if !matches!(state, FileState::Direct { .. }) {
+                *state = FileState::Hashing { next: 0, hasher: Box::default() };
             }
-            Msg::Invalidate { file } => {
-                files.insert(file, FileState::Unknown);
+        }
+        Msg::Invalidate { file } => {
+            let state = files.entry(file).or_insert(FileState::Unknown);
+            if !matches!(state, FileState::Direct { .. }) {
+                *state = FileState::Unknown;
             }
-            Msg::Seal { file } => {
-                let sealed = match files.get(&file) {
-                    Some(FileState::Hashing { next, hasher }) => {
-                        FileState::Sealed { len: *next, digests: (**hasher).clone().digests() }
-                    }
-                    _ => continue,
-                };
-                files.insert(file, sealed);
+        }
+        Msg::DirectOpen { file } => {
+            let state = files.entry(file).or_insert(FileState::Unknown);
+            match state {
+                FileState::Direct { writers, .. } => *writers += 1,
+                _ => *state = FileState::Direct { writers: 1, lost: false },
             }
-            Msg::Snapshot { files: asked, reply } => {
-                let answer = asked
-                    .iter()
-                    .map(|file| match files.get(file) {
-                        Some(FileState::Hashing { next, hasher }) => Some((*next, (**hasher).clone().digests())),
-                        Some(FileState::Sealed { len, digests }) => Some((*len, *digests)),
-                        _ => None,
-                    })
-                    .collect();
-                let _ = reply.send(answer);
+        }
+        Msg::DirectClose { file, read } => {
+            let Some(FileState::Direct { writers, lost }) = files.get_mut(&file) else { return };
+            *writers = writers.saturating_sub(1);
+            *lost |= read.is_none();
+            if *writers > 0 {
+                return;
+            }
+            let read = match (*lost, read) {
+                (false, Some(f)) => f,
+                _ => return drop(files.insert(file, FileState::Unknown)),
+            };
+            // A small file waits for others, to be hashed with them; a big one is hashed now.
+            let small = read.metadata().ok().filter(|m| m.len() <= BATCHED_MAX);
+            if let Some(data) = small.and_then(|m| read_whole(&read, m.len())) {
+                return batch.files.push((file, data));
+            }
+            let whole = hash_whole(&read);
+            files.insert(file, whole.map_or(FileState::Unknown, |(len, digests)| FileState::Sealed { len, digests }));
+        }
+        Msg::Seal { file } => {
+            let sealed = match files.get(&file) {
+                Some(FileState::Hashing { next, hasher }) => {
+                    FileState::Sealed { len: *next, digests: (**hasher).clone().digests() }
+                }
+                _ => return,
+            };
+            files.insert(file, sealed);
+        }
+        Msg::Snapshot { files: asked, reply } => {
+            let answer = asked
+                .iter()
+                .map(|file| match files.get(file) {
+                    Some(FileState::Hashing { next, hasher }) => Some((*next, (**hasher).clone().digests())),
+                    Some(FileState::Sealed { len, digests }) => Some((*len, *digests)),
+                    _ => None,
+                })
+                .collect();
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+/// The first `size` bytes of `file` (fewer if it is shorter now); `None` if it cannot be read.
+fn read_whole(file: &std::fs::File, size: u64) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut data = vec![0u8; size as usize];
+    let mut at = 0;
+    while at < data.len() {
+        match file.read_at(&mut data[at..], at as u64) {
+            Ok(0) => break,
+            Ok(n) => at += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    data.truncate(at);
+    Some(data)
+}
+
+/// The length and digests of everything in `file` as its size says, read from its start
+/// (`None` if it cannot be read: sync then hashes it itself). No handle writes it meanwhile;
+/// a file that changed size anyway is hashed by sync, which finds the length differ.
+fn hash_whole(file: &std::fs::File) -> Option<(u64, Digests)> {
+    use std::os::unix::fs::FileExt;
+    let size = file.metadata().ok()?.len();
+    let mut hasher = MultiHasher::new();
+    let mut buf = vec![0u8; size.clamp(1, 4 << 20) as usize];
+    let mut at = 0u64;
+    while at < size {
+        match file.read_at(&mut buf, at) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update_parallel(&buf[..n]);
+                at += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::debug!("hashing a staged file: {e}; sync will hash it");
+                return None;
             }
         }
     }
+    Some((at, hasher.digests()))
 }
 
 #[cfg(test)]
@@ -191,5 +362,45 @@ mod tests {
         h.write(1, 0, b"a");
         h.seal(1);
         assert_eq!(h.snapshot(1).unwrap().0, 1, "a truncation starts afresh");
+    }
+
+    #[test]
+    fn a_file_written_directly_is_hashed_whole_when_its_last_writer_closes() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let read = || std::fs::File::open(&path).unwrap();
+        let h = WriteHasher::new();
+        h.reset(7);
+        h.direct_open(7);
+        h.direct_open(7);
+        f.write_all(b"hello ").unwrap();
+        assert!(h.snapshot(7).is_none(), "unknown while written directly");
+        h.direct_close(7, Some(read()));
+        f.write_all(b"world").unwrap();
+        assert!(h.snapshot(7).is_none(), "unknown while another direct writer is open");
+        h.write(7, 3, b"x");
+        h.reset(7);
+        assert!(h.snapshot(7).is_none(), "what comes through us meanwhile changes nothing");
+        h.direct_close(7, Some(read()));
+        let (len, sums) = h.snapshot(7).unwrap();
+        assert_eq!(
+            (len, sums.sha256_hex().as_str()),
+            (11, "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"),
+            "the whole file, as it is once the last writer closed"
+        );
+        // A writer that could not give the file to read leaves it to sync.
+        h.direct_open(7);
+        h.direct_open(7);
+        h.direct_close(7, None);
+        h.direct_close(7, Some(read()));
+        assert!(h.snapshot(7).is_none());
+        // A close never opened is ignored; a file reopened directly starts over.
+        h.direct_close(8, Some(read()));
+        assert!(h.snapshot(8).is_none());
+        h.direct_open(7);
+        h.direct_close(7, Some(read()));
+        assert_eq!(h.snapshot(7).unwrap().0, 11);
     }
 }

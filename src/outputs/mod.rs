@@ -507,7 +507,8 @@ impl Staging {
     }
 
     /// Creates (or, without `O_EXCL`, opens) a file and opens it with `flags`, any access mode
-    /// included (`O_RDONLY` makes an empty file, as lock files are made).
+    /// included (`O_RDONLY` makes an empty file, as lock files are made); with `read_write`,
+    /// the staging file is opened to read and write whatever `flags` ask.
     pub fn create(
         &self,
         parent: u64,
@@ -515,8 +516,11 @@ impl Staging {
         mode: u32,
         flags: i32,
         caller: Caller,
+        read_write: bool,
     ) -> io::Result<(EntryAttr, std::fs::File, u64)> {
         let path = self.child(parent, name)?;
+        let asked = flags;
+        let flags = if read_write { (flags & !libc::O_ACCMODE) | libc::O_RDWR } else { flags };
         // Made here, or opened as it was: only a file made here takes the mode and the caller.
         let file = loop {
             match open_with(&path, flags | libc::O_CREAT | libc::O_EXCL, mode & 0o7777) {
@@ -534,17 +538,19 @@ impl Staging {
             }
         };
         let meta = file.metadata()?;
-        if meta.len() == 0 {
+        if meta.len() == 0 && (asked & libc::O_ACCMODE) != libc::O_RDONLY {
             self.hasher.reset(meta.ino());
         }
         let ino = self.remember(parent, name, &meta);
         Ok((self.attr(ino, &meta), file, meta.ino()))
     }
 
-    /// Opens `ino` with `flags`; returns the file and its staging identity (for
-    /// [`hashing::WriteHasher`]).
-    pub fn open_file(&self, ino: u64, flags: i32) -> io::Result<(std::fs::File, u64)> {
-        let file = open_with(&self.path(ino)?, flags & !(libc::O_CREAT | libc::O_EXCL), 0)?;
+    /// Opens `ino` with `flags` (with `read_write`, to read and write whatever they ask);
+    /// returns the file and its staging identity (for [`hashing::WriteHasher`]).
+    pub fn open_file(&self, ino: u64, flags: i32, read_write: bool) -> io::Result<(std::fs::File, u64)> {
+        let access = if read_write { libc::O_RDWR } else { flags & libc::O_ACCMODE };
+        let opened = (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_ACCMODE)) | access;
+        let file = open_with(&self.path(ino)?, opened, 0)?;
         let meta = file.metadata()?;
         if meta.len() == 0 && (flags & libc::O_ACCMODE) != libc::O_RDONLY {
             self.hasher.reset(meta.ino());
