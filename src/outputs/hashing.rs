@@ -11,8 +11,13 @@
 
 use crate::checksum::{Digests, MultiHasher};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+/// Each file's checksums and the length they cover, where known.
+type Snapshot = Vec<Option<(u64, Digests)>>;
 
 enum Msg {
     /// Bytes written at `offset`.
@@ -28,8 +33,14 @@ enum Msg {
     /// A handle opened with [`Msg::DirectOpen`] was closed; `read` reads the file (`None`:
     /// the handle was never written through directly, and nothing can be said of the file).
     DirectClose { file: u64, read: Option<std::fs::File> },
-    /// What the checksums of each file's first `len` bytes are now, if known.
-    Snapshot { files: Vec<u64>, reply: SyncSender<Vec<Option<(u64, Digests)>>> },
+    /// What the checksums of each file's first `len` bytes are now, if known (a big file
+    /// still being hashed is not: its run stops, and the asker hashes it).
+    Snapshot { files: Vec<u64>, reply: SyncSender<Snapshot> },
+    /// A big file hashed on its own thread: its length and digests, if it could be read.
+    Hashed { file: u64, run: u64, whole: Option<(u64, Digests)> },
+    /// A file's digests once sealed, without stopping a run (tests wait with it).
+    #[cfg(test)]
+    Sealed { file: u64, reply: SyncSender<Option<(u64, Digests)>> },
 }
 
 enum FileState {
@@ -44,6 +55,11 @@ enum FileState {
         len: u64,
         digests: Digests,
     },
+    /// Being hashed whole on its own thread (hashing run `run`; `cancel` stops it).
+    Background {
+        run: u64,
+        cancel: Arc<AtomicBool>,
+    },
     /// Open for writing through `writers` handles whose writes the kernel makes directly.
     Direct {
         writers: u32,
@@ -55,7 +71,9 @@ enum FileState {
 
 /// Follows the writes of every staged file on one background thread.
 pub struct WriteHasher {
-    tx: SyncSender<Msg>,
+    /// Shared (weakly) with the threads hashing big files, which send their results back; the
+    /// hashing thread ends once this is dropped.
+    tx: Arc<SyncSender<Msg>>,
 }
 
 /// Messages (up to 1 MiB each) queued before a writer waits: bounds the memory held.
@@ -71,7 +89,9 @@ impl WriteHasher {
     /// Starts the hashing thread (it ends when the hasher is dropped).
     pub fn new() -> Self {
         let (tx, rx) = sync_channel(QUEUE);
-        let spawned = std::thread::Builder::new().name("datumfs-hash".into()).spawn(move || run(rx));
+        let tx = Arc::new(tx);
+        let results = Arc::downgrade(&tx);
+        let spawned = std::thread::Builder::new().name("datumfs-hash".into()).spawn(move || run(rx, results));
         if let Err(e) = spawned {
             tracing::warn!("no write-time hashing ({e}); sync will hash outputs itself");
         }
@@ -113,9 +133,18 @@ impl WriteHasher {
     }
 
     /// The checksums of `file`'s first bytes and how many bytes they cover, if known. Every
-    /// write noted before this call is included.
+    /// write noted before this call is included. A big file still being hashed whole is not
+    /// known: the caller (sync) hashes it as it uploads it, and the run here stops.
     pub fn snapshot(&self, file: u64) -> Option<(u64, Digests)> {
         self.snapshots(vec![file]).pop().flatten()
+    }
+
+    /// The digests of `file` if it is sealed (hashed whole, or closed), without stopping a run.
+    #[cfg(test)]
+    fn sealed(&self, file: u64) -> Option<(u64, Digests)> {
+        let (reply, answer) = sync_channel(1);
+        self.tx.send(Msg::Sealed { file, reply }).ok()?;
+        answer.recv().ok().flatten()
     }
 
     /// [`WriteHasher::snapshot`] of many files in one exchange with the hashing thread (a sync
@@ -162,11 +191,20 @@ impl Batch {
     }
 }
 
-fn run(rx: Receiver<Msg>) {
-    let mut files: HashMap<u64, FileState> = HashMap::new();
-    let mut batch = Batch::default();
+/// What the hashing thread keeps besides the files' states.
+struct Runner {
+    files: HashMap<u64, FileState>,
+    batch: Batch,
+    /// Where threads hashing big files send their results.
+    results: Weak<SyncSender<Msg>>,
+    /// Hashing runs started, to tell a run's result from a later one's.
+    runs: u64,
+}
+
+fn run(rx: Receiver<Msg>, results: Weak<SyncSender<Msg>>) {
+    let mut r = Runner { files: HashMap::new(), batch: Batch::default(), results, runs: 0 };
     loop {
-        let msg = if batch.files.is_empty() {
+        let msg = if r.batch.files.is_empty() {
             rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
         } else {
             rx.recv_timeout(BATCH_WAIT)
@@ -174,7 +212,7 @@ fn run(rx: Receiver<Msg>) {
         let msg = match msg {
             Ok(msg) => msg,
             Err(RecvTimeoutError::Timeout) => {
-                batch.hash(&mut files);
+                r.batch.hash(&mut r.files);
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => break,
@@ -182,94 +220,131 @@ fn run(rx: Receiver<Msg>) {
         // Whatever asks about or changes a file waiting in the batch sees it hashed first.
         let waits = match &msg {
             Msg::Snapshot { .. } => true,
-            Msg::DirectClose { .. } => false,
+            Msg::DirectClose { .. } | Msg::Hashed { .. } => false,
+            #[cfg(test)]
+            Msg::Sealed { .. } => true,
             Msg::Write { file, .. }
             | Msg::Reset { file }
             | Msg::Invalidate { file }
             | Msg::Seal { file }
-            | Msg::DirectOpen { file } => batch.holds(*file),
+            | Msg::DirectOpen { file } => r.batch.holds(*file),
         };
         if waits {
-            batch.hash(&mut files);
+            r.batch.hash(&mut r.files);
         }
-        handle(msg, &mut files, &mut batch);
-        if batch.files.len() >= BATCH {
-            batch.hash(&mut files);
+        r.handle(msg);
+        if r.batch.files.len() >= BATCH {
+            r.batch.hash(&mut r.files);
         }
     }
 }
 
-fn handle(msg: Msg, files: &mut HashMap<u64, FileState>, batch: &mut Batch) {
-    match msg {
-        Msg::Write { file, offset, data } => {
-            let state = files.entry(file).or_insert(FileState::Unknown);
-            match state {
-                FileState::Hashing { next, hasher } if *next == offset => {
-                    hasher.update_parallel(&data);
-                    *next += data.len() as u64;
+impl Runner {
+    fn handle(&mut self, msg: Msg) {
+        let (files, batch) = (&mut self.files, &mut self.batch);
+        match msg {
+            Msg::Write { file, offset, data } => {
+                let state = files.entry(file).or_insert(FileState::Unknown);
+                match state {
+                    FileState::Hashing { next, hasher } if *next == offset => {
+                        hasher.update_parallel(&data);
+                        *next += data.len() as u64;
+                    }
+                    // The whole file is hashed when its direct writers are done.
+                    FileState::Direct { .. } => {}
+                    _ => *state = FileState::Unknown,
                 }
-                // The whole file is hashed when its direct writers are done.
-                FileState::Direct { .. } => {}
-                _ => *state = FileState::Unknown,
             }
-        }
-        Msg::Reset { file } => {
-            let state = files.entry(file).or_insert(FileState::Unknown);
-            if !matches!(state, FileState::Direct { .. }) {
-                *state = FileState::Hashing { next: 0, hasher: Box::default() };
-            }
-        }
-        Msg::Invalidate { file } => {
-            let state = files.entry(file).or_insert(FileState::Unknown);
-            if !matches!(state, FileState::Direct { .. }) {
-                *state = FileState::Unknown;
-            }
-        }
-        Msg::DirectOpen { file } => {
-            let state = files.entry(file).or_insert(FileState::Unknown);
-            match state {
-                FileState::Direct { writers, .. } => *writers += 1,
-                _ => *state = FileState::Direct { writers: 1, lost: false },
-            }
-        }
-        Msg::DirectClose { file, read } => {
-            let Some(FileState::Direct { writers, lost }) = files.get_mut(&file) else { return };
-            *writers = writers.saturating_sub(1);
-            *lost |= read.is_none();
-            if *writers > 0 {
-                return;
-            }
-            let read = match (*lost, read) {
-                (false, Some(f)) => f,
-                _ => return drop(files.insert(file, FileState::Unknown)),
-            };
-            // A small file waits for others, to be hashed with them; a big one is hashed now.
-            let small = read.metadata().ok().filter(|m| m.len() <= BATCHED_MAX);
-            if let Some(data) = small.and_then(|m| read_whole(&read, m.len())) {
-                return batch.files.push((file, data));
-            }
-            let whole = hash_whole(&read);
-            files.insert(file, whole.map_or(FileState::Unknown, |(len, digests)| FileState::Sealed { len, digests }));
-        }
-        Msg::Seal { file } => {
-            let sealed = match files.get(&file) {
-                Some(FileState::Hashing { next, hasher }) => {
-                    FileState::Sealed { len: *next, digests: (**hasher).clone().digests() }
+            Msg::Reset { file } => {
+                let state = files.entry(file).or_insert(FileState::Unknown);
+                if !matches!(state, FileState::Direct { .. }) {
+                    *state = FileState::Hashing { next: 0, hasher: Box::default() };
                 }
-                _ => return,
-            };
-            files.insert(file, sealed);
-        }
-        Msg::Snapshot { files: asked, reply } => {
-            let answer = asked
-                .iter()
-                .map(|file| match files.get(file) {
-                    Some(FileState::Hashing { next, hasher }) => Some((*next, (**hasher).clone().digests())),
+            }
+            Msg::Invalidate { file } => {
+                let state = files.entry(file).or_insert(FileState::Unknown);
+                if !matches!(state, FileState::Direct { .. }) {
+                    *state = FileState::Unknown;
+                }
+            }
+            Msg::DirectOpen { file } => {
+                let state = files.entry(file).or_insert(FileState::Unknown);
+                match state {
+                    FileState::Direct { writers, .. } => *writers += 1,
+                    _ => *state = FileState::Direct { writers: 1, lost: false },
+                }
+            }
+            Msg::DirectClose { file, read } => {
+                let Some(FileState::Direct { writers, lost }) = files.get_mut(&file) else { return };
+                *writers = writers.saturating_sub(1);
+                *lost |= read.is_none();
+                if *writers > 0 {
+                    return;
+                }
+                let read = match (*lost, read) {
+                    (false, Some(f)) => f,
+                    _ => return drop(files.insert(file, FileState::Unknown)),
+                };
+                // A small file waits for others, to be hashed with them; a big one is hashed now.
+                let small = read.metadata().ok().filter(|m| m.len() <= BATCHED_MAX);
+                if let Some(data) = small.and_then(|m| read_whole(&read, m.len())) {
+                    return batch.files.push((file, data));
+                }
+                // A big one on a thread of its own: the requests of every other file go on
+                // meanwhile (creating a file waits on this thread).
+                self.runs += 1;
+                let (run, results, cancel) = (self.runs, self.results.clone(), Arc::new(AtomicBool::new(false)));
+                files.insert(file, FileState::Background { run, cancel: cancel.clone() });
+                let spawned = std::thread::Builder::new().name("datumfs-hash-big".into()).spawn(move || {
+                    let whole = hash_whole(&read, &cancel);
+                    if let Some(tx) = results.upgrade() {
+                        let _ = tx.send(Msg::Hashed { file, run, whole });
+                    }
+                });
+                if spawned.is_err() {
+                    files.insert(file, FileState::Unknown);
+                }
+            }
+            Msg::Seal { file } => {
+                let sealed = match files.get(&file) {
+                    Some(FileState::Hashing { next, hasher }) => {
+                        FileState::Sealed { len: *next, digests: (**hasher).clone().digests() }
+                    }
+                    _ => return,
+                };
+                files.insert(file, sealed);
+            }
+            Msg::Snapshot { files: asked, reply } => {
+                let answer = asked
+                    .iter()
+                    .map(|file| match files.get(file) {
+                        Some(FileState::Hashing { next, hasher }) => Some((*next, (**hasher).clone().digests())),
+                        Some(FileState::Sealed { len, digests }) => Some((*len, *digests)),
+                        Some(FileState::Background { cancel, .. }) => {
+                            // Sync asks now: it hashes the file while uploading it, sooner than
+                            // this run would finish and the upload start after it.
+                            cancel.store(true, Ordering::Relaxed);
+                            files.insert(*file, FileState::Unknown);
+                            None
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                let _ = reply.send(answer);
+            }
+            #[cfg(test)]
+            Msg::Sealed { file, reply } => {
+                let _ = reply.send(match files.get(&file) {
                     Some(FileState::Sealed { len, digests }) => Some((*len, *digests)),
                     _ => None,
-                })
-                .collect();
-            let _ = reply.send(answer);
+                });
+            }
+            Msg::Hashed { file, run, whole } => {
+                if matches!(files.get(&file), Some(FileState::Background { run: r, .. }) if *r == run) {
+                    let state = whole.map_or(FileState::Unknown, |(len, digests)| FileState::Sealed { len, digests });
+                    files.insert(file, state);
+                }
+            }
         }
     }
 }
@@ -294,13 +369,16 @@ fn read_whole(file: &std::fs::File, size: u64) -> Option<Vec<u8>> {
 /// The length and digests of everything in `file` as its size says, read from its start
 /// (`None` if it cannot be read: sync then hashes it itself). No handle writes it meanwhile;
 /// a file that changed size anyway is hashed by sync, which finds the length differ.
-fn hash_whole(file: &std::fs::File) -> Option<(u64, Digests)> {
+fn hash_whole(file: &std::fs::File, cancel: &AtomicBool) -> Option<(u64, Digests)> {
     use std::os::unix::fs::FileExt;
     let size = file.metadata().ok()?.len();
     let mut hasher = MultiHasher::new();
     let mut buf = vec![0u8; size.clamp(1, 4 << 20) as usize];
     let mut at = 0u64;
     while at < size {
+        if cancel.load(Ordering::Relaxed) {
+            return None;
+        }
         match file.read_at(&mut buf, at) {
             Ok(0) => break,
             Ok(n) => {
@@ -402,5 +480,42 @@ mod tests {
         h.direct_open(7);
         h.direct_close(7, Some(read()));
         assert_eq!(h.snapshot(7).unwrap().0, 11);
+    }
+
+    #[test]
+    fn a_big_file_is_hashed_on_its_own_thread_and_a_sync_asking_first_hashes_it_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let (big, small) = (dir.path().join("big"), dir.path().join("small"));
+        let data: Vec<u8> = (0..(3 << 20) as u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+        std::fs::write(&big, &data).unwrap();
+        std::fs::write(&small, b"hello world").unwrap();
+        let want = crate::checksum::MultiHasher::of_reader(&data[..]).unwrap().0;
+        let h = WriteHasher::new();
+        let close = |id, path: &std::path::Path| {
+            h.reset(id);
+            h.direct_open(id);
+            h.direct_close(id, Some(std::fs::File::open(path).unwrap()));
+        };
+        close(1, &big);
+        close(2, &small);
+        // Asked at once: the small one is known, the big one is either done (its digests) or
+        // left to the asker (unknown, its run stopped), never wrong and never waited for.
+        let got = h.snapshots(vec![1, 2]);
+        assert_eq!(got[1].unwrap().1.sha256_hex(), "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
+        assert!(got[0].is_none_or(|(len, sums)| len == data.len() as u64 && sums.to_checksums() == want));
+        // Left alone, the run finishes and its digests are kept.
+        close(1, &big);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut settled = None;
+        while settled.is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            settled = h.sealed(1);
+        }
+        let (len, sums) = settled.expect("the big file's run finishes");
+        assert_eq!((len, sums.to_checksums()), (data.len() as u64, want.clone()));
+        // A writer reopening the file makes a run's result stale: unknown until it closes.
+        h.direct_open(1);
+        assert!(h.snapshot(1).is_none());
+        h.direct_close(1, Some(std::fs::File::open(&big).unwrap()));
     }
 }
