@@ -622,8 +622,8 @@ impl HashBatch {
             waiting.len() == 1
         };
         if first {
-            let shared = shared.clone();
-            shared.clone().hashing.submit(move || shared.hash_batch.hash_waiting());
+            let batch_of = shared.clone();
+            shared.hashing.submit(move || batch_of.hash_batch.hash_waiting());
         }
         rx.await.ok()
     }

@@ -616,11 +616,10 @@ impl Fs {
         Ok((attr, self.opened(o)))
     }
 
-    /// Handle `fh` is answered through the kernel's passthrough (`backing`: the file its open
-    /// offered, if any), or not: told before the kernel has the handle.
-    pub fn passed_through(&self, fh: u64, backing: Option<std::fs::File>) {
+    /// Handle `fh` is answered through the kernel's passthrough: told before the kernel has it.
+    pub fn passed_through(&self, fh: u64) {
         if let Ok(f) = self.file(fh) {
-            f.passed_through(backing);
+            f.passed_through();
         }
     }
 

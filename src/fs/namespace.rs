@@ -32,10 +32,10 @@ pub trait OpenFile: Send + Sync {
         Ok(())
     }
 
-    /// The kernel reads and writes the handle's file directly (FUSE passthrough), through
-    /// `backing`, the file [`OpenedFile::backing`] offered (`None`: another handle's), from now
-    /// on: what it writes never reaches [`OpenFile::write`].
-    fn passed_through(&self, _backing: Option<std::fs::File>) {}
+    /// The kernel reads and writes the handle's file directly (FUSE passthrough, through the
+    /// backing file this open offered or another handle of the inode did): what it writes
+    /// never reaches [`OpenFile::write`]. Called before the kernel has the handle.
+    fn passed_through(&self) {}
 
     /// The handle is closed.
     fn release(&self) {}

@@ -337,7 +337,7 @@ impl OpenFile for StagedFile {
         Ok(())
     }
 
-    fn passed_through(&self, _backing: Option<std::fs::File>) {
+    fn passed_through(&self) {
         if self.writes {
             // Told before the kernel has the handle, so before any write through it.
             self.staging.hasher.direct_open(self.id);
@@ -347,9 +347,9 @@ impl OpenFile for StagedFile {
 
     fn release(&self) {
         if self.direct.swap(false, Ordering::AcqRel) {
-            // The staging file was opened to read and write when the kernel was to write it
-            // directly; a handle of another inode's backing (a file opened read-only) gives
-            // the hasher nothing, and sync hashes the file itself.
+            // The hasher reads the file through this handle's staging file. A handle the daemon
+            // could not open for reading (passthrough came from another handle of the inode)
+            // gives it nothing: sync then hashes the file itself.
             let read = self.file.try_clone().ok().filter(|_| self.readable);
             self.staging.hasher.direct_close(self.id, read);
         } else {

@@ -586,8 +586,8 @@ impl OpenFile for Writer {
         self.inner.fsync(datasync)
     }
 
-    fn passed_through(&self, backing: Option<std::fs::File>) {
-        self.inner.passed_through(backing)
+    fn passed_through(&self) {
+        self.inner.passed_through()
     }
 
     fn release(&self) {

@@ -636,6 +636,8 @@ impl Passthrough {
             _ => None,
         };
         match &backing {
+            // No page-cache flags with passthrough: the kernel fails such an open with EIO
+            // (FOPEN_NOFLUSH it takes).
             Some(id) => {
                 st.by_handle.insert(o.fh, id.clone());
             }
@@ -652,7 +654,7 @@ impl Passthrough {
         }
         drop(st);
         if backing.is_some() {
-            fs.passed_through(o.fh, o.backing);
+            fs.passed_through(o.fh);
         }
         (flags, backing)
     }
