@@ -11,7 +11,7 @@
 
 use crate::checksum::{Digests, MultiHasher};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -166,6 +166,9 @@ const BATCHED_MAX: u64 = 256 << 10;
 const BATCH: usize = 32;
 /// How long files wait for others to be hashed with when nothing else comes.
 const BATCH_WAIT: Duration = Duration::from_millis(2);
+/// Big files hashed on threads of their own at once; past that, sync hashes a big file itself
+/// (a job writing many big files at once must not get a thread per file).
+const BIG_AT_ONCE: usize = 2;
 
 /// Small files read whole, waiting to be hashed together.
 #[derive(Default)]
@@ -199,10 +202,13 @@ struct Runner {
     results: Weak<SyncSender<Msg>>,
     /// Hashing runs started, to tell a run's result from a later one's.
     runs: u64,
+    /// Runs of big files not finished yet.
+    big_running: Arc<AtomicUsize>,
 }
 
 fn run(rx: Receiver<Msg>, results: Weak<SyncSender<Msg>>) {
-    let mut r = Runner { files: HashMap::new(), batch: Batch::default(), results, runs: 0 };
+    let mut r =
+        Runner { files: HashMap::new(), batch: Batch::default(), results, runs: 0, big_running: Arc::default() };
     loop {
         let msg = if r.batch.files.is_empty() {
             rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
@@ -271,7 +277,13 @@ impl Runner {
                 let state = files.entry(file).or_insert(FileState::Unknown);
                 match state {
                     FileState::Direct { writers, .. } => *writers += 1,
-                    _ => *state = FileState::Direct { writers: 1, lost: false },
+                    _ => {
+                        if let FileState::Background { cancel, .. } = state {
+                            // Written again: that run's result would be stale.
+                            cancel.store(true, Ordering::Relaxed);
+                        }
+                        *state = FileState::Direct { writers: 1, lost: false };
+                    }
                 }
             }
             Msg::DirectClose { file, read } => {
@@ -292,16 +304,23 @@ impl Runner {
                 }
                 // A big one on a thread of its own: the requests of every other file go on
                 // meanwhile (creating a file waits on this thread).
+                if self.big_running.load(Ordering::Acquire) >= BIG_AT_ONCE {
+                    return drop(files.insert(file, FileState::Unknown));
+                }
                 self.runs += 1;
                 let (run, results, cancel) = (self.runs, self.results.clone(), Arc::new(AtomicBool::new(false)));
+                let running = self.big_running.clone();
+                running.fetch_add(1, Ordering::AcqRel);
                 files.insert(file, FileState::Background { run, cancel: cancel.clone() });
                 let spawned = std::thread::Builder::new().name("datumfs-hash-big".into()).spawn(move || {
                     let whole = hash_whole(&read, &cancel);
+                    running.fetch_sub(1, Ordering::AcqRel);
                     if let Some(tx) = results.upgrade() {
                         let _ = tx.send(Msg::Hashed { file, run, whole });
                     }
                 });
                 if spawned.is_err() {
+                    self.big_running.fetch_sub(1, Ordering::AcqRel);
                     files.insert(file, FileState::Unknown);
                 }
             }
@@ -517,5 +536,39 @@ mod tests {
         h.direct_open(1);
         assert!(h.snapshot(1).is_none());
         h.direct_close(1, Some(std::fs::File::open(&big).unwrap()));
+    }
+
+    #[test]
+    fn big_files_closed_together_get_at_most_two_threads_and_the_rest_are_left_to_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(24 << 20) as u32).map(|i| (i.wrapping_mul(2654435761) >> 9) as u8).collect();
+        let want = crate::checksum::MultiHasher::of_reader(&data[..]).unwrap().0;
+        let h = WriteHasher::new();
+        let files: Vec<std::fs::File> = (1..=4)
+            .map(|id| {
+                let path = dir.path().join(id.to_string());
+                std::fs::write(&path, &data).unwrap();
+                std::fs::File::open(&path).unwrap()
+            })
+            .collect();
+        for (id, file) in (1..=4).zip(files) {
+            h.reset(id);
+            h.direct_open(id);
+            h.direct_close(id, Some(file));
+        }
+        // The first two are hashed (each takes far longer than the four closes' messages)...
+        for id in [1, 2] {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let mut got = None;
+            while got.is_none() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+                got = h.sealed(id);
+            }
+            let (len, sums) = got.expect("hashed on its own thread");
+            assert_eq!((len, sums.to_checksums()), (data.len() as u64, want.clone()));
+        }
+        // ...the other two never were: sync hashes them.
+        assert_eq!((h.sealed(3), h.sealed(4)), (None, None));
+        assert_eq!(h.snapshots(vec![3, 4]), vec![None, None]);
     }
 }
