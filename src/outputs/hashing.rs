@@ -161,9 +161,11 @@ impl WriteHasher {
 
 /// Files up to this size, closed by their last direct writer, are hashed together (their md5s
 /// side by side); bigger ones are hashed on their own, streaming.
-const BATCHED_MAX: u64 = 256 << 10;
+const BATCHED_MAX: u64 = 4 << 20;
 /// Files hashed together at most.
 const BATCH: usize = 32;
+/// Bytes of files waiting to be hashed together at most (read whole, they are held in memory).
+const BATCH_BYTES: usize = 8 << 20;
 /// How long files wait for others to be hashed with when nothing else comes.
 const BATCH_WAIT: Duration = Duration::from_millis(2);
 /// Big files hashed on threads of their own at once; past that, sync hashes a big file itself
@@ -174,6 +176,8 @@ const BIG_AT_ONCE: usize = 2;
 #[derive(Default)]
 struct Batch {
     files: Vec<(u64, Vec<u8>)>,
+    /// Their bytes in all.
+    bytes: usize,
 }
 
 impl Batch {
@@ -191,6 +195,7 @@ impl Batch {
         for ((file, data), digests) in self.files.drain(..).zip(digests) {
             files.insert(file, FileState::Sealed { len: data.len() as u64, digests });
         }
+        self.bytes = 0;
     }
 }
 
@@ -239,7 +244,7 @@ fn run(rx: Receiver<Msg>, results: Weak<SyncSender<Msg>>) {
             r.batch.hash(&mut r.files);
         }
         r.handle(msg);
-        if r.batch.files.len() >= BATCH {
+        if r.batch.files.len() >= BATCH || r.batch.bytes >= BATCH_BYTES {
             r.batch.hash(&mut r.files);
         }
     }
@@ -300,6 +305,7 @@ impl Runner {
                 // A small file waits for others, to be hashed with them; a big one is hashed now.
                 let small = read.metadata().ok().filter(|m| m.len() <= BATCHED_MAX);
                 if let Some(data) = small.and_then(|m| read_whole(&read, m.len())) {
+                    batch.bytes += data.len();
                     return batch.files.push((file, data));
                 }
                 // A big one on a thread of its own: the requests of every other file go on
@@ -505,7 +511,7 @@ mod tests {
     fn a_big_file_is_hashed_on_its_own_thread_and_a_sync_asking_first_hashes_it_itself() {
         let dir = tempfile::tempdir().unwrap();
         let (big, small) = (dir.path().join("big"), dir.path().join("small"));
-        let data: Vec<u8> = (0..(3 << 20) as u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+        let data: Vec<u8> = (0..(6 << 20) as u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
         std::fs::write(&big, &data).unwrap();
         std::fs::write(&small, b"hello world").unwrap();
         let want = crate::checksum::MultiHasher::of_reader(&data[..]).unwrap().0;
