@@ -168,17 +168,7 @@ impl Namespace for OutputsNamespace {
     }
 
     async fn open(&self, ino: u64, flags: i32, passthrough: bool) -> FsResult<OpenedFile> {
-        // For passthrough, the staging file is opened to read and write whatever the caller
-        // asked (the kernel holds it to the caller's mode); a daemon that may not (a read-only
-        // file, the daemon not root) opens it as asked, and the kernel comes to us.
-        let (file, id, passthrough) = match passthrough.then(|| self.staging.open_file(ino, flags, true)) {
-            Some(Ok((file, id))) => (file, id, true),
-            Some(Err(e)) if e.raw_os_error() != Some(libc::EACCES) => return Err(e.into()),
-            _ => {
-                let (file, id) = self.staging.open_file(ino, flags, false)?;
-                (file, id, false)
-            }
-        };
+        let ((file, id), passthrough) = read_write_if(passthrough, |rw| self.staging.open_file(ino, flags, rw))?;
         Ok(self.opened(ino, file, id, flags, passthrough))
     }
 
@@ -196,15 +186,8 @@ impl Namespace for OutputsNamespace {
         passthrough: bool,
     ) -> FsResult<(Attr, OpenedFile)> {
         let name = OsStr::new(name);
-        let (a, file, id, passthrough) =
-            match passthrough.then(|| self.staging.create(parent, name, mode, flags, caller, true)) {
-                Some(Ok((a, file, id))) => (a, file, id, true),
-                Some(Err(e)) if e.raw_os_error() != Some(libc::EACCES) => return Err(e.into()),
-                _ => {
-                    let (a, file, id) = self.staging.create(parent, name, mode, flags, caller, false)?;
-                    (a, file, id, false)
-                }
-            };
+        let ((a, file, id), passthrough) =
+            read_write_if(passthrough, |rw| self.staging.create(parent, name, mode, flags, caller, rw))?;
         let ino = a.ino;
         Ok((attr(a), self.opened(ino, file, id, flags, passthrough)))
     }
@@ -269,6 +252,21 @@ impl Namespace for OutputsNamespace {
     fn symlink(&self, parent: u64, name: &str, target: &Path, caller: Caller) -> FsResult<Attr> {
         Ok(attr(self.staging.symlink(parent, OsStr::new(name), target, caller)?))
     }
+}
+
+/// Opens a staging file with `open(read_write)`: for passthrough (`wanted`), to read and write
+/// whatever the caller asked (the kernel holds the handle to the caller's mode); a daemon that
+/// may not (a read-only file, the daemon not root) opens it as asked, and the kernel comes to
+/// us. Returns what `open` gave and whether it was read-write.
+fn read_write_if<T>(wanted: bool, open: impl Fn(bool) -> std::io::Result<T>) -> FsResult<(T, bool)> {
+    if wanted {
+        match open(true) {
+            Ok(t) => return Ok((t, true)),
+            Err(e) if e.raw_os_error() != Some(libc::EACCES) => return Err(e.into()),
+            Err(_) => {}
+        }
+    }
+    Ok((open(false)?, false))
 }
 
 /// An open staged file; writes are followed by the hasher so that sync need not read them back.

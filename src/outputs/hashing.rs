@@ -176,13 +176,16 @@ const BIG_AT_ONCE: usize = 2;
 #[derive(Default)]
 struct Batch {
     files: Vec<(u64, Vec<u8>)>,
-    /// Their bytes in all.
-    bytes: usize,
 }
 
 impl Batch {
     fn holds(&self, file: u64) -> bool {
         self.files.iter().any(|(f, _)| *f == file)
+    }
+
+    /// Bytes waiting in all.
+    fn bytes(&self) -> usize {
+        self.files.iter().map(|(_, data)| data.len()).sum()
     }
 
     /// Hashes what waits, and seals each file with its digests.
@@ -195,7 +198,6 @@ impl Batch {
         for ((file, data), digests) in self.files.drain(..).zip(digests) {
             files.insert(file, FileState::Sealed { len: data.len() as u64, digests });
         }
-        self.bytes = 0;
     }
 }
 
@@ -244,7 +246,7 @@ fn run(rx: Receiver<Msg>, results: Weak<SyncSender<Msg>>) {
             r.batch.hash(&mut r.files);
         }
         r.handle(msg);
-        if r.batch.files.len() >= BATCH || r.batch.bytes >= BATCH_BYTES {
+        if r.batch.files.len() >= BATCH || r.batch.bytes() >= BATCH_BYTES {
             r.batch.hash(&mut r.files);
         }
     }
@@ -305,7 +307,6 @@ impl Runner {
                 // A small file waits for others, to be hashed with them; a big one is hashed now.
                 let small = read.metadata().ok().filter(|m| m.len() <= BATCHED_MAX);
                 if let Some(data) = small.and_then(|m| read_whole(&read, m.len())) {
-                    batch.bytes += data.len();
                     return batch.files.push((file, data));
                 }
                 // A big one on a thread of its own: the requests of every other file go on
