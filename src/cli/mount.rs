@@ -22,8 +22,6 @@ pub struct MountArgs {
     /// several, separated by ';'.
     #[arg(long = "volume", value_name = "NAME=URI[:MODE]", env = "DATUMFS_VOLUME", value_delimiter = ';')]
     volume: Vec<String>,
-    /// A YAML or JSON file listing inputs as a Valohai step does (name, default,
-    /// keep-directories, filename, optional), or a valohai.yaml (with --step).
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (store requests by operation and
     /// outcome with latencies, fetches in flight, read-ahead, failed reads, bytes served and
     /// synced and outputs pending per mount, cache hits, fetches, evictions and size); the
@@ -34,6 +32,8 @@ pub struct MountArgs {
     /// execution and its outputs are recorded [default: the store's default project].
     #[arg(long, value_name = "NAME", env = "DATUMFS_PROJECT")]
     project: Option<String>,
+    /// A YAML or JSON file listing inputs as a Valohai step does (name, default,
+    /// keep-directories, filename, optional), or a valohai.yaml (with --step).
     #[arg(long = "inputs", value_name = "FILE", env = "DATUMFS_INPUTS")]
     inputs_file: Option<PathBuf>,
     /// The step of a valohai.yaml whose inputs to mount.
