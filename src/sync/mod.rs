@@ -345,6 +345,14 @@ struct MetaSource {
     jsonl: metadata::Jsonl,
 }
 
+/// What the packs of one sync share.
+#[derive(Clone, Copy)]
+struct Packing<'a> {
+    state: &'a SyncState,
+    progress: &'a Progress,
+    buffers: &'a pack::Buffers,
+}
+
 /// One file to turn into a datum.
 struct Job {
     rel: String,
@@ -801,6 +809,7 @@ impl Syncer {
     /// path order, a few packs in flight at once.
     async fn sync_packed(&self, jobs: Vec<Job>, state: &SyncState, progress: &Progress) -> Vec<Kept> {
         let mut results = Vec::with_capacity(jobs.len());
+        let with = Packing { state, progress, buffers: &pack::Buffers::default() };
         let mut fresh = Vec::new();
         let mut resumed: BTreeMap<String, Vec<Job>> = BTreeMap::new();
         for job in jobs {
@@ -844,7 +853,7 @@ impl Syncer {
                 fresh.extend(members);
                 continue;
             }
-            match self.make_pack(id, key, true, members, state, progress).await {
+            match self.make_pack(id, key, true, members, &with).await {
                 Ok(done) => results.extend(done.into_iter().map(kept)),
                 Err(again) => fresh.extend(again),
             }
@@ -862,11 +871,12 @@ impl Syncer {
             }
             bytes += packs.last().map_or(0, |p| p.last().map_or(0, |j| j.stamp.size));
         }
+        let with = &with;
         let mut made = futures::stream::iter(packs)
             .map(|members| async move {
                 let id = catalog::packs::new_pack_id();
                 let key = self.catalog.store().data_key(&format!("{}/.packs/{id}.tar", self.execution)).to_string();
-                match self.make_pack(id, key, false, members, state, progress).await {
+                match self.make_pack(id, key, false, members, with).await {
                     Ok(done) => done,
                     Err(members) => members
                         .into_iter()
@@ -894,9 +904,9 @@ impl Syncer {
         key: String,
         resuming: bool,
         members: Vec<Job>,
-        state: &SyncState,
-        progress: &Progress,
+        with: &Packing<'_>,
     ) -> Result<Vec<(String, DatumResult)>, Vec<Job>> {
+        let Packing { state, progress, buffers } = *with;
         let spec: Vec<pack::Member> = members
             .iter()
             .map(|j| pack::Member {
@@ -906,7 +916,8 @@ impl Syncer {
                 known: j.known.as_ref().map(Digests::to_checksums),
             })
             .collect();
-        let built = match tokio::task::spawn_blocking(move || pack::build(&spec)).await {
+        let buf = buffers.take();
+        let built = match tokio::task::spawn_blocking(move || pack::build(&spec, buf)).await {
             Ok(b) => b,
             Err(e) => {
                 let fail = |j: Job| {
@@ -955,7 +966,10 @@ impl Syncer {
         let ds = self.catalog.store();
         let pack_size = built.bytes.len() as u64;
         let pack_key = KeyPath::from(key.as_str());
-        match upload::upload_bytes(ds, &pack_key, bytes::Bytes::from(built.bytes), resuming).await {
+        let body = bytes::Bytes::from(built.bytes);
+        let uploaded = upload::upload_bytes(ds, &pack_key, body.clone(), resuming).await;
+        buffers.give_back(body);
+        match uploaded {
             Ok(true) => {}
             Ok(false) if resuming => return Err(kept.into_iter().map(|(j, _)| j).collect()),
             Ok(false) => {
