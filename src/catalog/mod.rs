@@ -317,6 +317,11 @@ impl Catalog {
     async fn put<T: Serialize>(&self, key: &Path, value: &T, mode: PutMode) -> Result<(), object_store::Error> {
         let body = serde_json::to_vec_pretty(value)
             .map_err(|e| object_store::Error::Generic { store: "catalog", source: Box::new(e) })?;
+        self.put_body(key, body, mode).await
+    }
+
+    /// Stores `body` as the record at `key`.
+    async fn put_body(&self, key: &Path, body: Vec<u8>, mode: PutMode) -> Result<(), object_store::Error> {
         let opts = PutOptions { mode, ..Default::default() };
         self.ds.handle.inner.put_opts(key, PutPayload::from(body), opts).await.map(|_| ())
     }

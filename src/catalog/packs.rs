@@ -41,8 +41,9 @@ pub fn pack_of(id: &str) -> Option<String> {
     Some(ulid::Ulid(ulid::Ulid::from_string(id).ok()?.0 & !MEMBER_MASK).to_string())
 }
 
-/// One pack and the records of every datum in it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// One pack and the records of every datum in it. Stored with what its datums share written
+/// once (see [`StoredPack`]); records written before that, with every datum whole, still read.
+#[derive(Debug, Clone, PartialEq)]
 pub struct PackRecord {
     /// The pack id.
     pub id: String,
@@ -58,6 +59,172 @@ pub struct PackRecord {
     pub execution: Option<String>,
     /// Its datums, in the order of their bytes in the pack.
     pub datums: Vec<DatumRecord>,
+}
+
+/// A pack record as stored. A pack's datums share their store, key, object, creation time,
+/// execution and pack: those are written once, and each datum is its path, size, offset,
+/// checksums and metadata (about a quarter of a whole datum record). A pack whose datums do not
+/// all share them is stored with every datum whole, as records were before.
+#[derive(Serialize)]
+struct StoredPack<'a> {
+    id: &'a str,
+    key: &'a str,
+    object_uri: &'a str,
+    size: u64,
+    created_at: &'a str,
+    execution: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    members: Option<Vec<StoredMember<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    datums: Option<&'a [DatumRecord]>,
+}
+
+/// One datum of a [`StoredPack`]. Its id is left out when it is its place's member id.
+#[derive(Serialize)]
+struct StoredMember<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    path: &'a str,
+    size: u64,
+    offset: u64,
+    checksums: &'a crate::checksum::Checksums,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    tags: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alias: &'a Option<String>,
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    properties: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+impl PackRecord {
+    /// Its datums as members of a [`StoredPack`], if they all share the pack's fields.
+    fn members(&self) -> Option<(&str, Vec<StoredMember<'_>>)> {
+        let store = self.datums.first()?.store.as_str();
+        let shares = |d: &DatumRecord| {
+            d.store == store
+                && d.key == self.key
+                && d.object_uri == self.object_uri
+                && d.created_at == self.created_at
+                && d.execution == self.execution
+                && d.uri.strip_prefix("datum://") == Some(d.id.as_str())
+                && d.packed.as_ref().is_some_and(|p| p.pack == self.id && p.pack_size == self.size)
+        };
+        if !self.datums.iter().all(shares) {
+            return None;
+        }
+        let members = self.datums.iter().enumerate().map(|(n, d)| StoredMember {
+            id: (member_id(&self.id, n).as_deref() != Some(d.id.as_str())).then_some(d.id.as_str()),
+            path: &d.path,
+            size: d.size,
+            offset: d.packed.as_ref().map_or(0, |p| p.offset),
+            checksums: &d.checksums,
+            tags: &d.tags,
+            alias: &d.alias,
+            properties: &d.properties,
+        });
+        Some((store, members.collect()))
+    }
+}
+
+impl Serialize for PackRecord {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (store, members, datums) = match self.members() {
+            Some((store, members)) => (Some(store), Some(members), None),
+            None => (None, None, Some(self.datums.as_slice())),
+        };
+        StoredPack {
+            id: &self.id,
+            key: &self.key,
+            object_uri: &self.object_uri,
+            size: self.size,
+            created_at: &self.created_at,
+            execution: &self.execution,
+            store,
+            members,
+            datums,
+        }
+        .serialize(serializer)
+    }
+}
+
+/// A [`StoredPack`] read back, in either form.
+#[derive(Deserialize)]
+struct ReadPack {
+    id: String,
+    key: String,
+    object_uri: String,
+    size: u64,
+    created_at: String,
+    execution: Option<String>,
+    #[serde(default)]
+    store: Option<String>,
+    #[serde(default)]
+    members: Option<Vec<ReadMember>>,
+    #[serde(default)]
+    datums: Vec<DatumRecord>,
+}
+
+/// A [`StoredMember`] read back.
+#[derive(Deserialize)]
+struct ReadMember {
+    #[serde(default)]
+    id: Option<String>,
+    path: String,
+    size: u64,
+    offset: u64,
+    checksums: crate::checksum::Checksums,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    alias: Option<String>,
+    #[serde(default)]
+    properties: serde_json::Map<String, serde_json::Value>,
+}
+
+impl<'de> Deserialize<'de> for PackRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let read = ReadPack::deserialize(deserializer)?;
+        let mut datums = read.datums;
+        if let Some(members) = read.members {
+            let store = read.store.ok_or_else(|| D::Error::missing_field("store"))?;
+            datums.reserve_exact(members.len());
+            for (n, m) in members.into_iter().enumerate() {
+                let id = match m.id {
+                    Some(id) => id,
+                    None => member_id(&read.id, n)
+                        .ok_or_else(|| D::Error::custom(format!("member {n} of pack {} has no id", read.id)))?,
+                };
+                datums.push(DatumRecord {
+                    uri: format!("datum://{id}"),
+                    id,
+                    store: store.clone(),
+                    key: read.key.clone(),
+                    object_uri: read.object_uri.clone(),
+                    size: m.size,
+                    checksums: m.checksums,
+                    created_at: read.created_at.clone(),
+                    execution: read.execution.clone(),
+                    path: m.path,
+                    tags: m.tags,
+                    alias: m.alias,
+                    properties: m.properties,
+                    packed: Some(super::PackedIn { pack: read.id.clone(), offset: m.offset, pack_size: read.size }),
+                });
+            }
+        }
+        Ok(PackRecord {
+            id: read.id,
+            key: read.key,
+            object_uri: read.object_uri,
+            size: read.size,
+            created_at: read.created_at,
+            execution: read.execution,
+            datums,
+        })
+    }
 }
 
 /// Pack records kept in memory: looking up many datums of one pack reads its record once.
@@ -77,7 +244,13 @@ impl Catalog {
     /// does, is a no-op).
     pub async fn put_pack(&self, rec: &PackRecord) -> Result<(), CatalogError> {
         let key = self.ds.record_key(&pack_rel(&rec.id));
-        match self.put(&key, rec, PutMode::Create).await {
+        // Without indentation: a record of thousands of datums is not read by eye, and
+        // indentation made it a fifth bigger.
+        let body = serde_json::to_vec(rec).map_err(|e| CatalogError::Malformed {
+            uri: self.ds.uri_of(&key),
+            reason: format!("could not write the pack record: {e}"),
+        })?;
+        match self.put_body(&key, body, PutMode::Create).await {
             Ok(()) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
                 match self.read::<PackRecord>(&key).await? {
@@ -180,5 +353,105 @@ mod tests {
         assert!(member_id(&pack, MAX_MEMBERS).is_none());
         assert!(member_id(&m, 1).is_none(), "a member id is not a pack id");
         assert!(m > pack && member_id(&pack, 12346).unwrap() > m, "members sort in pack order");
+    }
+
+    fn pack_of_three() -> PackRecord {
+        let id = new_pack_id();
+        let mut rec = record(
+            id.clone(),
+            format!("data/e/.packs/{id}.tar"),
+            format!("s3://b/data/e/.packs/{id}.tar"),
+            4096,
+            Some("e".into()),
+        );
+        for n in 0..3 {
+            let datum = member_id(&id, n).unwrap();
+            rec.datums.push(DatumRecord {
+                uri: format!("datum://{datum}"),
+                id: datum,
+                store: "s3://b".into(),
+                key: rec.key.clone(),
+                object_uri: rec.object_uri.clone(),
+                size: 100 + n as u64,
+                checksums: crate::checksum::Checksums {
+                    md5: format!("{n:032x}"),
+                    sha1: format!("{n:040x}"),
+                    sha256: format!("{n:064x}"),
+                },
+                created_at: rec.created_at.clone(),
+                execution: rec.execution.clone(),
+                path: format!("dir/f{n}.bin"),
+                tags: if n == 1 { vec!["t".into()] } else { Vec::new() },
+                alias: (n == 2).then(|| "best".into()),
+                properties: if n == 0 {
+                    serde_json::json!({"k": [1, 2]}).as_object().unwrap().clone()
+                } else {
+                    Default::default()
+                },
+                packed: Some(super::super::PackedIn {
+                    pack: id.clone(),
+                    offset: 512 + 1024 * n as u64,
+                    pack_size: 4096,
+                }),
+            });
+        }
+        rec
+    }
+
+    #[test]
+    fn a_pack_record_writes_what_its_datums_share_once_and_reads_back_whole() {
+        let rec = pack_of_three();
+        let text = serde_json::to_string(&rec).unwrap();
+        assert_eq!(text.matches(rec.object_uri.as_str()).count(), 1, "the object is named once: {text}");
+        assert!(!text.contains("\"datums\""));
+        assert_eq!(serde_json::from_str::<PackRecord>(&text).unwrap(), rec);
+        let whole = serde_json::to_string(&StoredPack {
+            id: &rec.id,
+            key: &rec.key,
+            object_uri: &rec.object_uri,
+            size: rec.size,
+            created_at: &rec.created_at,
+            execution: &rec.execution,
+            store: None,
+            members: None,
+            datums: Some(&rec.datums),
+        })
+        .unwrap();
+        assert!(text.len() * 2 < whole.len(), "{} bytes against {} with every datum whole", text.len(), whole.len());
+    }
+
+    #[test]
+    fn a_pack_record_written_with_every_datum_whole_still_reads() {
+        let rec = pack_of_three();
+        // The form every pack record had before: the struct's fields, every datum whole.
+        let mut old = serde_json::json!({
+            "id": rec.id, "key": rec.key, "object_uri": rec.object_uri, "size": rec.size,
+            "created_at": rec.created_at, "execution": rec.execution,
+        });
+        old["datums"] = serde_json::to_value(&rec.datums).unwrap();
+        assert_eq!(serde_json::from_value::<PackRecord>(old).unwrap(), rec);
+    }
+
+    #[test]
+    fn datums_that_do_not_share_the_packs_fields_are_written_whole() {
+        let mut rec = pack_of_three();
+        rec.datums[1].created_at = "2020-01-01T00:00:00Z".into();
+        let text = serde_json::to_string(&rec).unwrap();
+        assert!(text.contains("\"datums\"") && !text.contains("\"members\""));
+        assert_eq!(serde_json::from_str::<PackRecord>(&text).unwrap(), rec);
+        // A member out of its place keeps its own id.
+        let mut rec = pack_of_three();
+        rec.datums.swap(0, 2);
+        let back = serde_json::from_str::<PackRecord>(&serde_json::to_string(&rec).unwrap()).unwrap();
+        assert_eq!(back, rec);
+    }
+
+    #[test]
+    fn a_pack_record_without_its_store_is_refused_by_name() {
+        let rec = pack_of_three();
+        let mut v = serde_json::to_value(&rec).unwrap();
+        v.as_object_mut().unwrap().remove("store");
+        let err = serde_json::from_value::<PackRecord>(v).unwrap_err().to_string();
+        assert!(err.contains("store"), "{err}");
     }
 }
