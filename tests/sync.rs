@@ -612,7 +612,7 @@ fn sync_killed_while_packing_finishes_on_rerun_with_every_file_once() {
     let input = input_dir(scratch.path());
     let args = ["--input", input.as_str(), "--store", store.as_str(), "--execution", "exec-pack-kill"];
     let m = TestMount::new(&args, &s3.env());
-    // Just under the pack threshold: three packs, the first two uploaded in parts.
+    // Just under the pack threshold: five packs of up to 16 files, each one PUT.
     let files: Vec<(String, Vec<u8>)> =
         (0..70).map(|i| (format!("shard-{}/item-{i:02}.bin", i % 3), bytes(300 + i, 1_000_000))).collect();
     for (name, data) in &files {
@@ -641,6 +641,36 @@ fn sync_killed_while_packing_finishes_on_rerun_with_every_file_once() {
     // A second sync finds everything done.
     let again = json(&m.run(&["sync", m.mnt.to_str().unwrap(), "--json"]));
     assert!(again["datums"].as_array().unwrap().iter().all(|d| d["new"] == false), "{again}");
+}
+
+#[test]
+fn a_pack_bigger_than_one_put_goes_up_in_parts_and_reads_back() {
+    if !fuse_available() {
+        return;
+    }
+    let (s3, store) = s3_store();
+    let scratch = tempfile::tempdir().unwrap();
+    let input = input_dir(scratch.path());
+    // Packing files up to 40 MB: one of 20 MB makes a pack above the single-PUT size.
+    let args =
+        ["--input", input.as_str(), "--store", store.as_str(), "--execution", "exec-big-pack", "--pack-below", "40MB"];
+    let m = TestMount::new(&args, &s3.env());
+    let files: Vec<(String, Vec<u8>)> = vec![
+        ("a.bin".into(), bytes(500, 1000)),
+        ("big.bin".into(), bytes(501, 20_000_000)),
+        ("c.bin".into(), bytes(502, 3)),
+    ];
+    for (name, data) in &files {
+        fs::write(m.path(&format!("outputs/{name}")), data).unwrap();
+    }
+    let report = json(&m.run(&["sync", m.mnt.to_str().unwrap(), "--json"]));
+    assert_eq!(datums(&report).len(), files.len(), "{report}");
+    let all = assert_each_file_once(&s3, &m.home, &store, &files);
+    let big = all.iter().find(|d| d["path"] == "big.bin").unwrap();
+    assert!(big["packed"].is_object(), "{big}");
+    let key = big["key"].as_str().unwrap();
+    assert!(s3.requests().iter().any(|r| r.method == "PUT" && r.path.contains(key) && r.query.contains("partNumber")));
+    assert_eq!(untar(&s3.object(BUCKET, key).unwrap())["big.bin"], files[1].1);
 }
 
 #[test]

@@ -360,7 +360,7 @@ struct Job {
     root: Arc<Path>,
     stamp: FileStamp,
     /// Whether its metadata could be used when the sync was planned.
-    meta: Result<(), metadata::MetadataError>,
+    meta: Result<(), Box<metadata::MetadataError>>,
     /// Where its metadata is (none when the jsonl file could not be read).
     meta_source: Option<Arc<MetaSource>>,
     /// The datum id and key, fixed (and recorded as pending) before any upload starts.
@@ -381,7 +381,7 @@ impl Job {
 
     /// Its metadata (sidecar and jsonl), read again.
     fn meta(&self) -> Result<DatumMeta, metadata::MetadataError> {
-        self.meta.clone()?;
+        self.meta.clone().map_err(|e| *e)?;
         match &self.meta_source {
             Some(src) => metadata::for_file(&src.root, &self.rel, &src.jsonl),
             None => Ok(DatumMeta::default()),
@@ -397,6 +397,11 @@ impl Syncer {
     }
 
     /// A new datum id and the natural key (execution and path) for output path `rel`.
+    /// Whether a file new to this sync goes into a pack.
+    fn packs(&self, meta: &Result<(), Box<metadata::MetadataError>>, size: u64) -> bool {
+        meta.is_ok() && size < self.pack_below
+    }
+
     fn plan(&self, rel: &str) -> (String, String) {
         (catalog::new_id(), self.catalog.store().data_key(&format!("{}/{rel}", self.execution)).to_string())
     }
@@ -646,13 +651,15 @@ impl Syncer {
                 _ => None,
             };
             let resuming = planned.is_some();
+            let meta = match &jsonl {
+                Ok(j) => metadata::for_file(root, &rel, &j.jsonl).map(|_| ()).map_err(Box::new),
+                Err(e) => Err(Box::new(e.clone())),
+            };
             let (planned, packed) = match planned {
                 Some((datum, key, packed)) => ((datum, key), packed),
+                // A file for a pack gets its id and key from its pack.
+                None if self.packs(&meta, stamp.size) => ((String::new(), String::new()), None),
                 None => (self.plan(&rel), None),
-            };
-            let meta = match &jsonl {
-                Ok(j) => metadata::for_file(root, &rel, &j.jsonl).map(|_| ()),
-                Err(e) => Err(e.clone()),
             };
             jobs.push(Job {
                 root: shared_root.clone(),
@@ -697,9 +704,12 @@ impl Syncer {
         }
         // Small files go into packs (a file an interrupted sync was uploading on its own stays
         // on its own, to finish that upload).
-        let (packed_jobs, mut jobs): (Vec<Job>, Vec<Job>) = jobs
-            .into_iter()
-            .partition(|j| j.meta.is_ok() && j.stamp.size < self.pack_below && (!j.resuming || j.packed.is_some()));
+        // Taken out in place: a hundred thousand jobs are tens of MB, and a partition into two
+        // new lists would hold them twice.
+        let packs = |j: &Job| self.packs(&j.meta, j.stamp.size) && (!j.resuming || j.packed.is_some());
+        let mut packed_jobs = Vec::with_capacity(jobs.iter().filter(|j| packs(j)).count());
+        packed_jobs.extend(jobs.extract_if(.., |j| packs(j)));
+        jobs.shrink_to_fit();
         // Every upload's datum id and key are on disk before the first byte goes: a crash at
         // any point then resumes the same datums instead of making new ones.
         let pending: Vec<(String, PathState)> = jobs
@@ -810,14 +820,12 @@ impl Syncer {
     async fn sync_packed(&self, jobs: Vec<Job>, state: &SyncState, progress: &Progress) -> Vec<Kept> {
         let mut results = Vec::with_capacity(jobs.len());
         let with = Packing { state, progress, buffers: &pack::Buffers::default() };
-        let mut fresh = Vec::new();
+        // The jobs stay in the list they came in (no second list of tens of MB); the few an
+        // interrupted sync was packing are taken out.
+        let mut fresh = jobs;
         let mut resumed: BTreeMap<String, Vec<Job>> = BTreeMap::new();
-        for job in jobs {
-            if job.resuming && job.packed.is_some() {
-                resumed.entry(job.planned.1.clone()).or_default().push(job);
-            } else {
-                fresh.push(job);
-            }
+        for job in fresh.extract_if(.., |j| j.resuming && j.packed.is_some()) {
+            resumed.entry(job.planned.1.clone()).or_default().push(job);
         }
         for (key, mut members) in resumed {
             members.sort_by_key(|j| j.packed);
@@ -858,33 +866,23 @@ impl Syncer {
                 Err(again) => fresh.extend(again),
             }
         }
-        fresh.sort_by(|a, b| a.rel.cmp(&b.rel));
-        let mut packs: Vec<Vec<Job>> = Vec::new();
-        let mut bytes = 0;
-        for job in fresh {
-            match packs.last_mut() {
-                Some(p) if bytes < pack::PACK_TARGET && p.len() < pack::PACK_MEMBERS => p.push(job),
-                _ => {
-                    bytes = 0;
-                    packs.push(vec![job]);
-                }
-            }
-            bytes += packs.last().map_or(0, |p| p.last().map_or(0, |j| j.stamp.size));
-        }
+        // Each path once: an unstable sort is enough, and needs no buffer.
+        fresh.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
+        // A pack's jobs are taken from the list only when it is made.
+        let counts = pack::split(fresh.iter().map(|j| (j.rel.as_str(), j.stamp.size)));
+        let mut fresh = fresh.into_iter();
+        let packs = counts.into_iter().map(move |n| fresh.by_ref().take(n).collect::<Vec<Job>>());
         let with = &with;
         let mut made = futures::stream::iter(packs)
             .map(|members| async move {
                 let id = catalog::packs::new_pack_id();
                 let key = self.catalog.store().data_key(&format!("{}/.packs/{id}.tar", self.execution)).to_string();
+                let uri = self.catalog.store().uri_of(&KeyPath::from(key.as_str()));
                 match self.make_pack(id, key, false, members, with).await {
                     Ok(done) => done,
-                    Err(members) => members
-                        .into_iter()
-                        .map(|j| {
-                            let uri = self.catalog.store().uri_of(&KeyPath::from(j.planned.1.as_str()));
-                            (j.rel, Err(SyncError::KeyTaken { uri }))
-                        })
-                        .collect(),
+                    Err(members) => {
+                        members.into_iter().map(|j| (j.rel, Err(SyncError::KeyTaken { uri: uri.clone() }))).collect()
+                    }
                 }
             })
             .buffer_unordered(PACKS_IN_FLIGHT);

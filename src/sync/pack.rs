@@ -8,10 +8,11 @@ use std::path::PathBuf;
 
 /// Files below this size go into packs by default.
 pub const DEFAULT_PACK_BELOW: u64 = 1 << 20;
-/// A pack takes no more files once it holds this many bytes. Two packs are built in memory at
-/// once (one uploading while the next is read): 16 MiB keeps that near 32 MiB, and each pack
-/// still goes up in one conditional PUT.
+/// A pack's tar (headers, padding and closing blocks included) is at most this big, unless a
+/// single file needs more. Two packs are built in memory at once (one uploading while the next
+/// is read): 16 MiB keeps that near 32 MiB, and each pack goes up in one conditional PUT.
 pub const PACK_TARGET: u64 = 16 << 20;
+const _: () = assert!(PACK_TARGET <= super::upload::SINGLE_PUT_MAX);
 /// Files per pack at most (keeps a pack's record a few MiB at most).
 pub const PACK_MEMBERS: usize = 4096;
 
@@ -50,16 +51,44 @@ fn padded(size: u64) -> u64 {
     size.div_ceil(512) * 512
 }
 
+/// The bytes a file `rel` of `size` bytes takes in a pack: its header (two for a name too long
+/// for one) and its bytes padded to a block.
+fn entry_bytes(rel: &str, size: u64) -> u64 {
+    let long_name = if rel.len() >= 100 { 512 + padded(rel.len() as u64 + 1) } else { 0 };
+    512 + long_name + padded(size)
+}
+
+/// The two zero blocks that end a tar.
+const TAR_END: u64 = 1024;
+
+/// Splits files (name and size, in the order they are packed) into packs: how many files each
+/// pack takes, in order. A pack's tar stays within [`PACK_TARGET`] bytes and
+/// [`PACK_MEMBERS`] files; a file that needs more than the target alone gets a pack of its own.
+pub fn split<'a>(files: impl IntoIterator<Item = (&'a str, u64)>) -> Vec<usize> {
+    let mut counts: Vec<usize> = Vec::new();
+    let mut bytes = 0;
+    for (rel, size) in files {
+        let entry = entry_bytes(rel, size);
+        match counts.last_mut() {
+            Some(n) if bytes + entry + TAR_END <= PACK_TARGET && *n < PACK_MEMBERS => {
+                *n += 1;
+                bytes += entry;
+            }
+            _ => {
+                counts.push(1);
+                bytes = entry;
+            }
+        }
+    }
+    counts
+}
+
 /// The bytes a pack of `members` takes, and room to write it without ever growing the buffer:
-/// every header (two for a name too long for one) and padded file, the closing blocks, and the
-/// 8 KiB that copying a file into a `Vec` reserves beyond what it writes (without it the last
-/// file would double the buffer).
+/// every entry, the closing blocks, and the 8 KiB that copying a file into a `Vec` reserves
+/// beyond what it writes (without it the last file would double the buffer).
 fn capacity_for(members: &[Member]) -> usize {
-    let entry = |m: &Member| {
-        let long_name = if m.rel.len() >= 100 { 512 + padded(m.rel.len() as u64 + 1) } else { 0 };
-        (512 + long_name + padded(m.stamp.size)) as usize
-    };
-    members.iter().map(entry).sum::<usize>() + 1024 + (8 << 10)
+    let entries: u64 = members.iter().map(|m| entry_bytes(&m.rel, m.stamp.size)).sum();
+    (entries + TAR_END) as usize + (8 << 10)
 }
 
 /// Buffers for packs, each kept for a later pack once its pack is uploaded. A pack's bytes then
@@ -129,6 +158,37 @@ pub fn build(members: &[Member], mut buf: Vec<u8>) -> Built {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packs_stay_within_one_put_headers_and_all() {
+        // Files of 10 KiB: their bytes alone reach the target a hundred files before their tar
+        // does.
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..1700).map(|i| format!("shard/item-{i:06}.bin")).collect();
+        let counts = split(names.iter().map(|n| (n.as_str(), 10240)));
+        assert_eq!(counts.iter().sum::<usize>(), names.len());
+        assert!(counts.len() == 2 && counts[0] > 1500, "{counts:?}");
+        let members: Vec<Member> = names[..counts[0]]
+            .iter()
+            .enumerate()
+            .map(|(i, rel)| {
+                let local = dir.path().join(i.to_string());
+                std::fs::write(&local, [i as u8; 10240]).unwrap();
+                let stamp = FileStamp::of(&std::fs::metadata(&local).unwrap());
+                Member { rel: rel.clone(), local, stamp, known: None }
+            })
+            .collect();
+        let built = build(&members, Vec::new());
+        assert!(built.placed.iter().all(Result::is_ok));
+        assert!(built.bytes.len() as u64 <= PACK_TARGET, "{} bytes", built.bytes.len());
+        assert!(built.bytes.len() as u64 + entry_bytes(&names[counts[0]], 10240) > PACK_TARGET, "the pack is full");
+        // A file bigger than the target alone is a pack of its own; long names count their
+        // extra header.
+        assert_eq!(split([("a", 1), ("big", PACK_TARGET), ("b", 1)]), vec![1, 1, 1]);
+        let long = "d/".repeat(60);
+        assert_eq!(entry_bytes(&long, 1), 512 + 512 + 512 + 512);
+        assert_eq!(split((0..PACK_MEMBERS + 1).map(|_| ("x", 0))), vec![PACK_MEMBERS, 1]);
+    }
 
     #[test]
     fn a_buffer_comes_back_for_the_next_pack_only_once_nothing_else_holds_it() {

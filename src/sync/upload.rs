@@ -258,7 +258,19 @@ pub async fn upload_bytes(
             .map_err(|e| StoreError::Other { uri: ds.uri_of(key), cause: e.to_string() })?;
         Ok::<bool, UploadError>(remote_sha256(ds, key).await? == local)
     };
-    if bytes.len() as u64 <= SINGLE_PUT_MAX {
+    let single = bytes.len() as u64 <= SINGLE_PUT_MAX;
+    // The key is checked first when resuming (the bytes may be there already, and a refused
+    // create-only PUT can be answered before its body is read, which some servers do by closing
+    // the connection mid-body: an error, not a refusal), and before a multipart upload (its
+    // completion is not conditional; the key holds an id no other writer uses).
+    if resuming || !single {
+        match ds.handle.inner.head(key).await {
+            Ok(_) => return same_bytes(bytes).await,
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(err(e).into()),
+        }
+    }
+    if single {
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
         return match ds.handle.inner.put_opts(key, PutPayload::from(bytes.clone()), opts).await {
             Ok(_) => Ok(true),
@@ -267,13 +279,6 @@ pub async fn upload_bytes(
             }
             Err(e) => Err(err(e).into()),
         };
-    }
-    // As for files: multipart completion is not conditional, so the key is checked first (it
-    // holds a pack id no other writer uses).
-    match ds.handle.inner.head(key).await {
-        Ok(_) => return same_bytes(bytes).await,
-        Err(object_store::Error::NotFound { .. }) => {}
-        Err(e) => return Err(err(e).into()),
     }
     // Parts are slices of the pack itself (a multipart writer would copy them into buffers of
     // its own), all in flight at once: a pack is a few parts.
