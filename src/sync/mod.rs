@@ -868,10 +868,16 @@ impl Syncer {
         }
         // Each path once: an unstable sort is enough, and needs no buffer.
         fresh.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
-        // A pack's jobs are taken from the list only when it is made.
-        let counts = pack::split(fresh.iter().map(|j| (j.rel.as_str(), j.stamp.size)));
-        let mut fresh = fresh.into_iter();
-        let packs = counts.into_iter().map(move |n| fresh.by_ref().take(n).collect::<Vec<Job>>());
+        // Each pack's jobs in a list of their own, cut from the end of the list they came in,
+        // which shrinks as they go: the memory of a pack's jobs is freed once it is made, and
+        // the list is never held twice.
+        let mut counts = pack::split(fresh.iter().map(|j| (j.rel.as_str(), j.stamp.size)));
+        let mut packs: Vec<Vec<Job>> = Vec::with_capacity(counts.len());
+        while let Some(n) = counts.pop() {
+            packs.push(fresh.split_off(fresh.len() - n));
+            fresh.shrink_to_fit();
+        }
+        packs.reverse();
         let with = &with;
         let mut made = futures::stream::iter(packs)
             .map(|members| async move {
