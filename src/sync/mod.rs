@@ -396,12 +396,12 @@ impl Syncer {
         Self { catalog, execution, pack_below, shared: Arc::default() }
     }
 
-    /// A new datum id and the natural key (execution and path) for output path `rel`.
     /// Whether a file new to this sync goes into a pack.
     fn packs(&self, meta: &Result<(), Box<metadata::MetadataError>>, size: u64) -> bool {
         meta.is_ok() && size < self.pack_below
     }
 
+    /// A new datum id and the natural key (execution and path) for output path `rel`.
     fn plan(&self, rel: &str) -> (String, String) {
         (catalog::new_id(), self.catalog.store().data_key(&format!("{}/{rel}", self.execution)).to_string())
     }
