@@ -155,6 +155,29 @@ impl Response {
         self
     }
 
+    /// The answer as one line of JSON, in pieces to write one after the other: a status
+    /// already in its text (a sync report of a hundred thousand files is tens of MB) is written
+    /// as it is, not copied into a second buffer with the rest.
+    pub fn into_line(mut self) -> Vec<Vec<u8>> {
+        let status = self.status_text.take();
+        if status.is_some() {
+            self.status = None;
+        }
+        let mut head = serde_json::to_vec(&self).unwrap_or_default();
+        match status {
+            Some(raw) if head.last() == Some(&b'}') => {
+                head.pop();
+                head.extend_from_slice(b",\"status\":");
+                let raw: Box<str> = raw.into();
+                vec![head, raw.into_boxed_bytes().into_vec(), b"}\n".to_vec()]
+            }
+            _ => {
+                head.push(b'\n');
+                vec![head]
+            }
+        }
+    }
+
     /// A failed answer.
     pub fn failed(error: String, status: Option<serde_json::Value>) -> Self {
         Self {
@@ -286,9 +309,39 @@ pub async fn serve(listener: tokio::net::UnixListener, handler: std::sync::Arc<d
                 let _ = write.write_all(&out).await;
             }
             let resp = work.await.unwrap_or_else(|e| Response::failed(format!("internal error: {e}"), None));
-            let mut out = serde_json::to_vec(&resp).unwrap_or_default();
-            out.push(b'\n');
-            let _ = write.write_all(&out).await;
+            for part in resp.into_line() {
+                if write.write_all(&part).await.is_err() {
+                    break;
+                }
+            }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Response;
+
+    fn line(resp: Response) -> serde_json::Value {
+        let bytes: Vec<u8> = resp.into_line().concat();
+        assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 1, "one line");
+        assert_eq!(bytes.last(), Some(&b'\n'));
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn an_answer_is_one_line_of_json_with_its_status_written_as_it_is() {
+        let report = serde_json::json!({"datums": [{"path": "a \"b\"\n", "size": 3}], "failed": []});
+        let v = line(Response::failed("1 file(s) could not be synced".into(), None).with_status_of(&report));
+        assert_eq!(v["status"], report);
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["error"], "1 file(s) could not be synced");
+        let v = line(Response::ok(Some(serde_json::json!({"mounts": []}))));
+        assert_eq!(v["status"], serde_json::json!({"mounts": []}));
+        let v = line(Response::ok(None));
+        assert_eq!((v["ok"].as_bool(), v.get("status")), (Some(true), None));
+        // Read back as a client reads it.
+        let back: Response = serde_json::from_value(line(Response::ok(None).with_status_of(&report))).unwrap();
+        assert_eq!(back.status, Some(report));
     }
 }
