@@ -63,7 +63,7 @@ pub struct PackRecord {
 
 /// A pack record as stored. A pack's datums share their store, key, object, creation time,
 /// execution and pack: those are written once, and each datum is its path, size, offset,
-/// checksums and metadata (about a quarter of a whole datum record). A pack whose datums do not
+/// checksums and metadata (about a third of a whole datum record). A pack whose datums do not
 /// all share them is stored with every datum whole, as records were before.
 #[derive(Serialize)]
 struct StoredPack<'a> {
