@@ -219,18 +219,25 @@ fn sync_killed_midway_finishes_on_rerun_with_every_file_once() {
     assert_eq!(ids, want);
 }
 
-#[test]
-fn datum_ls_reads_one_index_record_per_sync_not_one_record_per_datum() {
+/// A mount of execution `execution` on a fresh S3 store, packing outputs below `pack_below`, with
+/// the scratch dir its input lives in (None without FUSE). Bind all four: the mount goes first.
+fn packing_mount(execution: &str, pack_below: &str) -> Option<(S3Server, String, tempfile::TempDir, TestMount)> {
     if !fuse_available() {
-        return;
+        return None;
     }
     let (s3, store) = s3_store();
     let scratch = tempfile::tempdir().unwrap();
     let input = input_dir(scratch.path());
-    // Files of 20 KB and more are uploaded alone, smaller ones packed.
     let args =
-        ["--input", input.as_str(), "--store", store.as_str(), "--execution", "exec-index", "--pack-below", "20000"];
+        ["--input", input.as_str(), "--store", store.as_str(), "--execution", execution, "--pack-below", pack_below];
     let m = TestMount::new(&args, &s3.env());
+    Some((s3, store, scratch, m))
+}
+
+#[test]
+fn datum_ls_reads_one_index_record_per_sync_not_one_record_per_datum() {
+    // Files of 20 KB and more are uploaded alone, smaller ones packed.
+    let Some((s3, store, _scratch, m)) = packing_mount("exec-index", "20000") else { return };
     let files: Vec<(String, Vec<u8>)> =
         (0..40).map(|i| (format!("f-{i:02}.bin"), bytes(500 + i, if i % 4 == 0 { 100 } else { 30_000 }))).collect();
     for (name, data) in &files {
@@ -645,16 +652,8 @@ fn sync_killed_while_packing_finishes_on_rerun_with_every_file_once() {
 
 #[test]
 fn a_pack_bigger_than_one_put_goes_up_in_parts_and_reads_back() {
-    if !fuse_available() {
-        return;
-    }
-    let (s3, store) = s3_store();
-    let scratch = tempfile::tempdir().unwrap();
-    let input = input_dir(scratch.path());
     // Packing files up to 40 MB: one of 20 MB makes a pack above the single-PUT size.
-    let args =
-        ["--input", input.as_str(), "--store", store.as_str(), "--execution", "exec-big-pack", "--pack-below", "40MB"];
-    let m = TestMount::new(&args, &s3.env());
+    let Some((s3, store, _scratch, m)) = packing_mount("exec-big-pack", "40MB") else { return };
     let files: Vec<(String, Vec<u8>)> = vec![
         ("a.bin".into(), bytes(500, 1000)),
         ("big.bin".into(), bytes(501, 20_000_000)),
