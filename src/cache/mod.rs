@@ -252,6 +252,13 @@ pub fn create_private_dir(path: &Path) -> Result<(), CacheError> {
 }
 
 impl Cache {
+    /// Runs `work` with every checksum request treated as waited for: checksums held back
+    /// for a pause in the fetches are computed now.
+    pub async fn while_checksums_wanted<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        let _urgent = self.shared.hash_batch.urgent();
+        work.await
+    }
+
     /// Opens (or creates) the cache in `dir`; new objects are cut into `block_size` blocks.
     pub fn open(dir: &Path, block_size: u64) -> Result<Self, CacheError> {
         create_private_dir(dir)?;

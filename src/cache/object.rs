@@ -7,8 +7,9 @@ use crate::checksum::{Checksums, MultiHasher};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 thread_local! {
     /// The buffer a thread checks cached blocks in.
@@ -337,6 +338,7 @@ impl CachedObject {
             .insert(block_key(&self.id, idx), &crc.to_be_bytes())
             .map_err(|error| CacheError::Index { path: self.shared.dir.join("index"), error })?;
         self.shared.stats.fetched_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.shared.hash_batch.fetched();
         let newly = {
             let mut blocks = self.lock_blocks();
             let was_present = matches!(blocks[idx as usize], BlockState::Present { .. });
@@ -485,6 +487,20 @@ impl CachedObject {
     /// The content checksums, computing them from the cached file (verifying every block on the
     /// way) the first time they are asked for. Only call once the object is complete.
     pub async fn checksums(self: &Arc<Self>) -> Result<Checksums, CacheError> {
+        if let Some(sums) = self.checksums.get() {
+            return Ok(sums.clone());
+        }
+        let _urgent = self.shared.hash_batch.urgent();
+        self.compute_checksums().await
+    }
+
+    /// [`Self::checksums`] for a caller that does not wait on them: a small object's are
+    /// computed once the fetches pause, so that they never take the CPU cold reads need.
+    pub async fn checksums_in_background(self: &Arc<Self>) -> Result<Checksums, CacheError> {
+        self.compute_checksums().await
+    }
+
+    async fn compute_checksums(self: &Arc<Self>) -> Result<Checksums, CacheError> {
         let this = self.clone();
         self.checksums
             .get_or_try_init(|| async move {
@@ -599,16 +615,87 @@ fn read_exact_at_uninit(file: &File, len: usize, offset: u64) -> std::io::Result
 const BATCHED_MAX: u64 = 256 << 10;
 /// Objects checksummed together at most.
 const BATCH: usize = 32;
+/// Small objects' checksums wait until the cache has stored no fetched block for this long:
+/// on a machine with few cores, hashing beside a burst of cold reads takes the CPU they need.
+const QUIET: Duration = Duration::from_millis(200);
+/// Objects whose checksums wait for quiet, at most (they stay pinned in the cache until then).
+const DEFERRED_MAX: usize = 16_384;
+/// Bytes of objects whose checksums wait for quiet, at most (a quarter of the cache's cap
+/// when that is smaller).
+const DEFERRED_BYTES: u64 = 2 << 30;
+/// Longest a checksum waits for quiet: reads that never pause still get their checksums.
+const DEFERRED_FOR: Duration = Duration::from_secs(30);
 
 /// A small object waiting to be checksummed, and where its checksums go.
 type Waiting = (Arc<CachedObject>, tokio::sync::oneshot::Sender<Result<Checksums, CacheError>>);
 
 /// Small objects waiting to be checksummed together. The first to wait queues a job on the
 /// checksum threads; those that come before it runs join it. A walk through many small files
-/// so costs little more md5 than one file does.
-#[derive(Default)]
+/// so costs little more md5 than one file does. Unless someone waits for a result, the job
+/// first waits for the fetches to pause (see [`QUIET`]).
 pub(crate) struct HashBatch {
-    waiting: Mutex<Vec<Waiting>>,
+    waiting: Mutex<Deferred>,
+    /// Wakes a job held back for quiet when it becomes due before that.
+    due: tokio::sync::Notify,
+    /// Callers waiting for checksums (an open checking a datum, an xattr): jobs run now.
+    urgent: AtomicUsize,
+    /// When the cache last stored a fetched block, in milliseconds since `origin`.
+    last_fetch_ms: AtomicU64,
+    origin: Instant,
+}
+
+/// The objects of the next checksum job.
+#[derive(Default)]
+struct Deferred {
+    objs: Vec<Waiting>,
+    bytes: u64,
+    since: Option<Instant>,
+}
+
+impl Deferred {
+    /// Whether the job must run now, fetches or not (`urgent`: someone waits for a result).
+    fn is_due(&self, cap: u64, urgent: bool) -> bool {
+        held_job_is_due(self.objs.len(), self.bytes, self.since, cap, urgent)
+    }
+}
+
+/// Whether a checksum job holding `held` objects of `bytes` since `since` must run now, with
+/// the cache's cap at `cap` (0: none).
+pub(super) fn held_job_is_due(held: usize, bytes: u64, since: Option<Instant>, cap: u64, urgent: bool) -> bool {
+    let max_bytes = if cap > 0 { DEFERRED_BYTES.min(cap / 4) } else { DEFERRED_BYTES };
+    urgent || held >= DEFERRED_MAX || bytes >= max_bytes || since.is_some_and(|t| t.elapsed() >= DEFERRED_FOR)
+}
+
+/// Queues the waiting objects' checksum job when dropped: however the wait for quiet ends
+/// (even cancelled, or a panic), nobody is left waiting for a job that never runs.
+struct SubmitOnDrop(Arc<CacheShared>);
+
+impl Drop for SubmitOnDrop {
+    fn drop(&mut self) {
+        let shared = self.0.clone();
+        self.0.hashing.submit(move || shared.hash_batch.hash_waiting());
+    }
+}
+
+/// Keeps [`HashBatch`] jobs running at once while someone waits for a result.
+pub(super) struct UrgentGuard<'a>(&'a HashBatch);
+
+impl Drop for UrgentGuard<'_> {
+    fn drop(&mut self) {
+        self.0.urgent.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Default for HashBatch {
+    fn default() -> Self {
+        Self {
+            waiting: Mutex::default(),
+            due: tokio::sync::Notify::new(),
+            urgent: AtomicUsize::new(0),
+            last_fetch_ms: AtomicU64::new(0),
+            origin: Instant::now(),
+        }
+    }
 }
 
 impl HashBatch {
@@ -616,21 +703,76 @@ impl HashBatch {
     /// waits; `None` if the checksum threads are gone.
     async fn checksums(shared: &Arc<CacheShared>, obj: Arc<CachedObject>) -> Option<Result<Checksums, CacheError>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let first = {
-            let mut waiting = shared.hash_batch.waiting.lock().unwrap_or_else(|e| e.into_inner());
-            waiting.push((obj, tx));
-            waiting.len() == 1
+        let this = &shared.hash_batch;
+        let (first, due) = {
+            let mut waiting = this.lock();
+            waiting.bytes += obj.size;
+            waiting.objs.push((obj, tx));
+            waiting.since.get_or_insert_with(Instant::now);
+            (waiting.objs.len() == 1, this.is_due(&waiting, shared))
         };
         if first {
-            let batch_of = shared.clone();
-            shared.hashing.submit(move || batch_of.hash_batch.hash_waiting());
+            let job = SubmitOnDrop(shared.clone());
+            tokio::spawn(async move {
+                job.0.hash_batch.until_due(&job.0).await;
+                drop(job);
+            });
+        } else if due {
+            this.due.notify_waiters();
         }
         rx.await.ok()
     }
 
+    /// Someone waits for checksums: jobs run at once until the guard is dropped.
+    pub(super) fn urgent(&self) -> UrgentGuard<'_> {
+        self.urgent.fetch_add(1, Ordering::AcqRel);
+        self.due.notify_waiters();
+        UrgentGuard(self)
+    }
+
+    fn is_due(&self, waiting: &Deferred, shared: &CacheShared) -> bool {
+        waiting.is_due(shared.cap.load(Ordering::Relaxed), self.urgent.load(Ordering::Acquire) > 0)
+    }
+
+    /// The cache stored a fetched block.
+    pub(crate) fn fetched(&self) {
+        let ms = self.origin.elapsed().as_millis() as u64;
+        // A plain load first: the store is a write to a line every fetch shares.
+        if self.last_fetch_ms.load(Ordering::Relaxed) != ms {
+            self.last_fetch_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// How long since the cache last stored a fetched block.
+    fn quiet_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_fetch_ms.load(Ordering::Relaxed));
+        self.origin.elapsed().saturating_sub(last)
+    }
+
+    /// Returns once the fetches have paused for [`QUIET`], or the waiting job is due anyway.
+    async fn until_due(&self, shared: &CacheShared) {
+        loop {
+            let woken = self.due.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let quiet_for = self.quiet_for();
+            if quiet_for >= QUIET || self.is_due(&self.lock(), shared) {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(QUIET - quiet_for) => {}
+                _ = woken => {}
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Deferred> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Checksums everything waiting, [`BATCH`] at a time.
     fn hash_waiting(&self) {
-        let waiting = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+        let waiting = std::mem::take(&mut *self.lock()).objs;
         let mut waiting = waiting.into_iter().peekable();
         while waiting.peek().is_some() {
             let mut read = Vec::with_capacity(BATCH);

@@ -2,6 +2,7 @@
 
 use super::*;
 use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::Ordering;
 
 fn bytes(seed: u64, len: usize) -> Vec<u8> {
     (0..len).map(|i| ((i as u64 * 31 + seed * 7) % 251) as u8).collect()
@@ -277,4 +278,55 @@ fn small_objects_checksummed_together_each_get_their_own_sums_and_a_corrupt_one_
             }
         }
     }
+}
+
+#[test]
+fn checksums_nobody_waits_for_are_held_while_fetches_go_on_and_a_waiting_caller_releases_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path(), 1 << 20).unwrap();
+    let data: Vec<Vec<u8>> = (0..3).map(|i| bytes(i, 10_000 + i as usize)).collect();
+    let objs: Vec<_> = data.iter().enumerate().map(|(i, d)| cache_whole(&cache, &format!("o{i}"), d)).collect();
+    let want = |i: usize| crate::checksum::MultiHasher::of_reader(&data[i][..]).unwrap().0;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_time().build().unwrap();
+    let fetching = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    // Blocks keep arriving (a cold read of many files), a millisecond apart.
+    let fetcher = {
+        let (shared, fetching) = (cache.shared.clone(), fetching.clone());
+        std::thread::spawn(move || {
+            while fetching.load(Ordering::Relaxed) {
+                shared.hash_batch.fetched();
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        })
+    };
+    rt.block_on(async {
+        let background = tokio::spawn({
+            let obj = objs[0].clone();
+            async move { obj.checksums_in_background().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        assert!(!background.is_finished(), "no checksums while the fetches go on");
+        // An open checking a datum waits for another object's: both are computed now.
+        assert_eq!(objs[1].checksums().await.unwrap(), want(1));
+        assert_eq!(background.await.unwrap().unwrap(), want(0));
+        fetching.store(false, Ordering::Relaxed);
+        // Once the fetches pause, a background request is answered too.
+        assert_eq!(objs[2].checksums_in_background().await.unwrap(), want(2));
+    });
+    fetcher.join().unwrap();
+    assert_eq!(objs[0].record().checksums, Some(want(0)), "kept in the index");
+}
+
+#[test]
+fn a_held_checksum_job_is_due_past_its_count_its_bytes_its_age_or_when_someone_waits() {
+    let now = Some(std::time::Instant::now());
+    let due = |held: usize, bytes: u64, cap: u64| object::held_job_is_due(held, bytes, now, cap, false);
+    assert!(!due(1, 100, 0));
+    assert!(object::held_job_is_due(1, 100, now, 0, true), "someone waits");
+    assert!(due(16_384, 100, 0), "too many objects held");
+    assert!(due(10, 2 << 30, 0), "too many bytes held");
+    assert!(!due(10, 1 << 30, 0));
+    assert!(due(10, 1 << 30, 2 << 30), "a quarter of a 2 GiB cap");
+    let old = Some(std::time::Instant::now() - std::time::Duration::from_secs(31));
+    assert!(object::held_job_is_due(1, 100, old, 0, false), "held too long");
 }

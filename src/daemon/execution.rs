@@ -250,6 +250,7 @@ impl Execution {
         // killed after its datums were made but before this record was written left them out.
         let made: Vec<String> = report.datums.iter().map(|d| d.datum.id()).collect();
         // The reads of the last moments, and their warnings, go into the record too.
+        self.fs.inputs_checksummed().await;
         self.recorder.flush_all().await;
         match self.record(true).await {
             Ok(mut rec) => {
@@ -330,6 +331,7 @@ impl Execution {
     pub fn finish(&self) {
         // The inputs read last are recorded before the daemon may exit, and the execution
         // record says what the mount read and saw (a mount without a sync writes it only here).
+        self.recorder.block_on(self.fs.inputs_checksummed());
         self.recorder.flush_blocking();
         if let Err(e) = self.recorder.block_on(async {
             let rec = self.record(true).await?;

@@ -42,6 +42,34 @@ pub struct InputServices {
     pub started: SystemTime,
     /// Bumped whenever something `inputs.json` shows changes (a listing, checksums).
     pub generation: std::sync::atomic::AtomicU64,
+    /// Files read whole whose checksums are still being computed.
+    checksumming: Checksumming,
+}
+
+/// The background checksum tasks of a mount, counted so that the mount's end (and a sync)
+/// can wait for the reads they record.
+#[derive(Default)]
+struct Checksumming {
+    running: std::sync::atomic::AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+/// One running checksum task; counted down when dropped, however the task ends.
+struct ChecksumTask(Arc<InputServices>);
+
+impl ChecksumTask {
+    fn start(services: &Arc<InputServices>) -> Self {
+        services.checksumming.running.fetch_add(1, Ordering::AcqRel);
+        Self(services.clone())
+    }
+}
+
+impl Drop for ChecksumTask {
+    fn drop(&mut self) {
+        if self.0.checksumming.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.checksumming.done.notify_waiters();
+        }
+    }
 }
 
 impl InputServices {
@@ -56,7 +84,30 @@ impl InputServices {
             listing_ahead: Arc::new(tokio::sync::Semaphore::new(LIST_AHEAD_SIBLINGS)),
             started: SystemTime::now(),
             generation: std::sync::atomic::AtomicU64::new(0),
+            checksumming: Checksumming::default(),
         })
+    }
+
+    /// Waits (at most `limit`) until every file read whole so far has its checksums and its
+    /// read is reported; checksums held back for a pause in the fetches are computed now. The
+    /// number of files still being checksummed when `limit` passed.
+    pub async fn checksums_settled(&self, limit: std::time::Duration) -> usize {
+        let running = &self.checksumming.running;
+        let all_done = async {
+            loop {
+                let done = self.checksumming.done.notified();
+                tokio::pin!(done);
+                done.as_mut().enable();
+                if running.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                done.await;
+            }
+        };
+        match tokio::time::timeout(limit, self.cache.while_checksums_wanted(all_done)).await {
+            Ok(()) => 0,
+            Err(_) => running.load(Ordering::Acquire),
+        }
     }
 
     fn mount_path(&self, node: &Node) -> String {
@@ -1018,16 +1069,18 @@ fn hash_when_complete(services: &Arc<InputServices>, node: &Arc<Node>, obj: &Arc
     }
     let cached = obj.cached.clone();
     let node = node.clone();
+    let task = ChecksumTask::start(services);
     let services = services.clone();
     let version = obj.remote.pin.version();
     services.runtime.clone().spawn(async move {
+        let _task = task;
         let NodeKind::File(f) = &node.kind else { return };
         if !complete && !cached.wait_complete().await {
             f.state.hashing.store(false, Ordering::Release);
             return;
         }
         let path = services.mount_path(&node);
-        match cached.checksums().await {
+        match cached.checksums_in_background().await {
             Ok(sums) => {
                 if let Some(want) = &f.entry.expected_sha256 {
                     if *want != sums.sha256 {

@@ -341,6 +341,18 @@ impl Fs {
         self.inputs.iter().map(|i| i.summary().clone()).collect()
     }
 
+    /// Waits until every input file read whole so far has its checksums and its read is
+    /// reported (at most a minute: a warning names how many are left out).
+    pub async fn inputs_checksummed(&self) {
+        const LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+        let left = self.services.checksums_settled(LIMIT).await;
+        if left > 0 {
+            tracing::warn!(
+                "{left} input files were still being checksummed after {LIMIT:?}: their reads go unrecorded"
+            );
+        }
+    }
+
     /// The tokio runtime the filesystem's work runs on.
     pub fn runtime(&self) -> &tokio::runtime::Handle {
         &self.services.runtime

@@ -233,6 +233,7 @@ async fn a_file_read_whole_is_checksummed_once_and_shown() {
     assert_eq!(f.read_all("inputs/data/a.bin").await.unwrap(), f.files["train/a.bin"]);
     assert_eq!(f.store.count(Op::Get), gets, "a cached file makes no request");
     tokio::time::sleep(Duration::from_millis(100)).await;
+    f.fs.inputs_checksummed().await;
     let reported = f.events.0.lock().unwrap().iter().filter(|e| matches!(e, FsEvent::InputChecksummed(_))).count();
     assert_eq!(reported, 1);
     let json: serde_json::Value = {
@@ -359,6 +360,7 @@ async fn a_walk_in_listing_order_finds_the_next_files_fetched_and_each_is_fetche
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(f.store.count(Op::Get) - gets, 20, "every file fetched exactly once");
     // Fetching ahead is not reading: only the files the job opened count as read.
+    f.fs.inputs_checksummed().await;
     let checksummed = f.events.0.lock().unwrap().iter().filter(|e| matches!(e, FsEvent::InputChecksummed(_))).count();
     assert_eq!(checksummed, 20);
 }
@@ -412,6 +414,7 @@ async fn fetching_ahead_stops_for_a_shuffled_reader_and_never_reads_files_not_op
     tokio::time::sleep(Duration::from_millis(300)).await;
     let extra = f.store.count(Op::Get) - gets - 8;
     assert!(extra <= 8, "{extra} files fetched ahead for a shuffled reader of 8");
+    f.fs.inputs_checksummed().await;
     let checksummed = f.events.0.lock().unwrap().iter().filter(|e| matches!(e, FsEvent::InputChecksummed(_))).count();
     assert_eq!(checksummed, 8, "only opened files are read");
 }
