@@ -13,10 +13,24 @@ use std::sync::Arc;
 
 /// Files up to this size go up in one create-only PUT; bigger ones as multipart uploads.
 pub const SINGLE_PUT_MAX: u64 = 16 << 20;
-/// Part size of multipart uploads.
-const PART_SIZE: usize = 8 << 20;
-/// Parts in flight per file.
-const PARTS_IN_FLIGHT: usize = 6;
+/// Part size of multipart uploads (larger for files that would need more than [`MAX_PARTS`]).
+const PART_SIZE: usize = 16 << 20;
+/// Parts of one multipart upload, at most (S3's limit; other stores allow as many or more).
+const MAX_PARTS: u64 = 10_000;
+/// Bytes of parts in flight per file, about (at least two parts).
+const BYTES_IN_FLIGHT: usize = 64 << 20;
+
+/// The part size for a file of `size` bytes: [`PART_SIZE`], or a larger whole number of MiB
+/// when the file would need more than [`MAX_PARTS`] parts (a 200 GiB checkpoint: 21 MiB).
+fn part_size_for(size: u64) -> usize {
+    let least = size.div_ceil(MAX_PARTS).next_multiple_of(1 << 20);
+    usize::try_from(least).unwrap_or(usize::MAX).max(PART_SIZE)
+}
+
+/// How many parts of `part_size` go up at once.
+fn parts_in_flight(part_size: usize) -> usize {
+    (BYTES_IN_FLIGHT / part_size).max(2)
+}
 
 /// What happened to an upload.
 #[derive(Debug)]
@@ -191,22 +205,30 @@ pub(crate) async fn put_multipart_file(
 ) -> Result<(Checksums, u64), UploadError> {
     let shown = ds.uri_of(key);
     let err = |e| StoreError::from_object_store(&shown, ds.handle.bucket.as_deref(), e);
-    let upload = ds.handle.inner.put_multipart(key).await.map_err(err)?;
-    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-    let mut reader = {
+    let (reader, size) = {
         let path = file.to_path_buf();
-        Some(blocking(file, move || std::fs::File::open(&path)).await?)
+        blocking(file, move || {
+            let f = std::fs::File::open(&path)?;
+            let size = f.metadata()?.len();
+            Ok((f, size))
+        })
+        .await?
     };
+    let mut reader = Some(reader);
+    let part_size = part_size_for(size);
+    let in_flight = parts_in_flight(part_size);
+    let upload = ds.handle.inner.put_multipart(key).await.map_err(err)?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, part_size);
     // `None` inside: the checksums are known already, nothing to hash.
     let mut hasher = Some(if known.is_some() { None } else { Some(MultiHasher::new()) });
     let mut total = 0u64;
     let result: Result<(), UploadError> = async {
         loop {
-            writer.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(err)?;
+            writer.wait_for_capacity(in_flight).await.map_err(err)?;
             let (mut f, mut h) = (reader.take().expect("reader"), hasher.take().expect("hasher"));
             let (f, h, chunk) = blocking(file, move || {
-                let mut buf = Vec::with_capacity(PART_SIZE);
-                (&mut f).take(PART_SIZE as u64).read_to_end(&mut buf)?;
+                let mut buf = Vec::with_capacity(part_size);
+                (&mut f).take(part_size as u64).read_to_end(&mut buf)?;
                 if let Some(h) = h.as_mut() {
                     h.update_parallel(&buf);
                 }
@@ -282,10 +304,11 @@ pub async fn upload_bytes(
     }
     // Parts are slices of the pack itself (a multipart writer would copy them into buffers of
     // its own), all in flight at once: a pack is a few parts.
+    let part_size = part_size_for(bytes.len() as u64);
     let mut upload = ds.handle.inner.put_multipart(key).await.map_err(err)?;
     let parts: Vec<_> = (0..bytes.len())
-        .step_by(PART_SIZE)
-        .map(|at| upload.put_part(PutPayload::from(bytes.slice(at..(at + PART_SIZE).min(bytes.len())))))
+        .step_by(part_size)
+        .map(|at| upload.put_part(PutPayload::from(bytes.slice(at..(at + part_size).min(bytes.len())))))
         .collect();
     if let Err(e) = futures::future::try_join_all(parts).await {
         let _ = upload.abort().await;
@@ -293,4 +316,25 @@ pub async fn upload_bytes(
     }
     upload.complete().await.map_err(err)?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_grow_only_when_a_file_would_need_more_than_the_store_allows() {
+        const GIB: u64 = 1 << 30;
+        assert_eq!(part_size_for(20 << 20), PART_SIZE);
+        assert_eq!(part_size_for(GIB), PART_SIZE);
+        assert_eq!(part_size_for(PART_SIZE as u64 * MAX_PARTS), PART_SIZE, "exactly the limit");
+        for size in [200 * GIB, 1024 * GIB, 5 * 1024 * GIB, PART_SIZE as u64 * MAX_PARTS + 1] {
+            let part = part_size_for(size) as u64;
+            assert!(size.div_ceil(part) <= MAX_PARTS, "{size} bytes in parts of {part}");
+            assert_eq!(part % (1 << 20), 0, "whole MiB");
+        }
+        assert_eq!(part_size_for(200 * GIB), 21 << 20);
+        assert_eq!(parts_in_flight(PART_SIZE), 4);
+        assert_eq!(parts_in_flight(part_size_for(5 * 1024 * GIB)), 2, "memory stays bounded");
+    }
 }
