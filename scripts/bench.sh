@@ -150,6 +150,34 @@ for readers in 1 8 16; do
     fi
     unmount_it
 done
+# A shuffled loader (files in a random order, each worker opening one at a time): nothing to
+# fetch ahead, so it scales only with its readers. 16 readers vs 16 GETs in flight.
+direct=$("$s3bench" get-many s3://bench/small/ 16 | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])')
+mount_at small-shuffled "$T/cache-small-shuffled" --input small=s3://bench/small/
+(cd "$MNT/inputs/small" && find . -type f) | python3 -c 'import random,sys; f=sys.stdin.read().split(); random.Random(7).shuffle(f); sys.stdout.write("\0".join(f))' >"$T/shuffled"
+t0=$(now)
+(cd "$MNT/inputs/small" && python3 - "$T/shuffled" 16 <<'PY'
+import sys, threading
+files, lock = iter(open(sys.argv[1]).read().split("\0")), threading.Lock()
+def worker():
+    while True:
+        with lock:
+            name = next(files, None)
+        if name is None:
+            return
+        with open(name, "rb") as f:
+            while f.read(1 << 20):
+                pass
+workers = [threading.Thread(target=worker) for _ in range(int(sys.argv[2]))]
+for w in workers:
+    w.start()
+for w in workers:
+    w.join()
+PY
+)
+t1=$(now)
+record "small files cold, shuffled, 16 readers" "$(secs "$t0" "$t1")" "$direct"
+unmount_it
 
 fi
 

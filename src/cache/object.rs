@@ -494,8 +494,8 @@ impl CachedObject {
         self.compute_checksums().await
     }
 
-    /// [`Self::checksums`] for a caller that does not wait on them: a small object's are
-    /// computed once the fetches pause, so that they never take the CPU cold reads need.
+    /// [`Self::checksums`] for a caller that does not wait on them: they are computed once the
+    /// fetches pause, so that they never take the CPU cold reads need.
     pub async fn checksums_in_background(self: &Arc<Self>) -> Result<Checksums, CacheError> {
         self.compute_checksums().await
     }
@@ -505,10 +505,13 @@ impl CachedObject {
         self.checksums
             .get_or_try_init(|| async move {
                 let worker = this.clone();
-                // Hashing a large file takes seconds of CPU: the reads that jobs wait on go first.
+                // Hashing a large file takes seconds of CPU: the reads that jobs wait on go first,
+                // and unless someone waits, so do the fetches still coming in.
                 let sums = if this.size <= BATCHED_MAX {
                     HashBatch::checksums(&this.shared, worker).await
                 } else {
+                    let (batch, asked) = (&this.shared.hash_batch, Instant::now());
+                    batch.until_quiet(|| batch.is_urgent() || asked.elapsed() >= DEFERRED_FOR).await;
                     this.shared.hashing.run(move || worker.hash_file()).await
                 };
                 let sums = sums.ok_or_else(|| this.io(std::io::Error::other("the checksum thread is gone")))??;
@@ -615,10 +618,11 @@ fn read_exact_at_uninit(file: &File, len: usize, offset: u64) -> std::io::Result
 const BATCHED_MAX: u64 = 256 << 10;
 /// Objects checksummed together at most.
 const BATCH: usize = 32;
-/// Small objects' checksums wait until the cache has stored no fetched block for this long:
+/// Checksums nobody waits for wait until the cache has stored no fetched block for this long:
 /// on a machine with few cores, hashing beside a burst of cold reads takes the CPU they need.
 const QUIET: Duration = Duration::from_millis(200);
-/// Objects whose checksums wait for quiet, at most (they stay pinned in the cache until then).
+/// Small objects whose checksums wait for quiet, at most (they stay pinned in the cache until
+/// then; a big object waits on its own).
 const DEFERRED_MAX: usize = 16_384;
 /// Bytes of objects whose checksums wait for quiet, at most (a quarter of the cache's cap
 /// when that is smaller).
@@ -714,7 +718,8 @@ impl HashBatch {
         if first {
             let job = SubmitOnDrop(shared.clone());
             tokio::spawn(async move {
-                job.0.hash_batch.until_due(&job.0).await;
+                let (batch, shared) = (&job.0.hash_batch, &job.0);
+                batch.until_quiet(|| batch.is_due(&batch.lock(), shared)).await;
                 drop(job);
             });
         } else if due {
@@ -731,7 +736,12 @@ impl HashBatch {
     }
 
     fn is_due(&self, waiting: &Deferred, shared: &CacheShared) -> bool {
-        waiting.is_due(shared.cap.load(Ordering::Relaxed), self.urgent.load(Ordering::Acquire) > 0)
+        waiting.is_due(shared.cap.load(Ordering::Relaxed), self.is_urgent())
+    }
+
+    /// Whether someone waits for checksums now.
+    fn is_urgent(&self) -> bool {
+        self.urgent.load(Ordering::Acquire) > 0
     }
 
     /// The cache stored a fetched block.
@@ -749,14 +759,15 @@ impl HashBatch {
         self.origin.elapsed().saturating_sub(last)
     }
 
-    /// Returns once the fetches have paused for [`QUIET`], or the waiting job is due anyway.
-    async fn until_due(&self, shared: &CacheShared) {
+    /// Returns once the fetches have paused for [`QUIET`], or once `due` (checked again
+    /// whenever someone starts waiting for checksums, and at least every [`QUIET`]).
+    async fn until_quiet(&self, due: impl Fn() -> bool) {
         loop {
             let woken = self.due.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
             let quiet_for = self.quiet_for();
-            if quiet_for >= QUIET || self.is_due(&self.lock(), shared) {
+            if quiet_for >= QUIET || due() {
                 return;
             }
             tokio::select! {

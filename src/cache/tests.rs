@@ -282,9 +282,15 @@ fn small_objects_checksummed_together_each_get_their_own_sums_and_a_corrupt_one_
 
 #[test]
 fn checksums_nobody_waits_for_are_held_while_fetches_go_on_and_a_waiting_caller_releases_them() {
+    // Small objects (checksummed in batches) and big ones (each on its own).
+    held_while_fetching(10_000);
+    held_while_fetching(600_000);
+}
+
+fn held_while_fetching(size: usize) {
     let dir = tempfile::tempdir().unwrap();
     let cache = Cache::open(dir.path(), 1 << 20).unwrap();
-    let data: Vec<Vec<u8>> = (0..3).map(|i| bytes(i, 10_000 + i as usize)).collect();
+    let data: Vec<Vec<u8>> = (0..3).map(|i| bytes(i, size + i as usize)).collect();
     let objs: Vec<_> = data.iter().enumerate().map(|(i, d)| cache_whole(&cache, &format!("o{i}"), d)).collect();
     let want = |i: usize| crate::checksum::MultiHasher::of_reader(&data[i][..]).unwrap().0;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_time().build().unwrap();
