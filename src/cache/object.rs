@@ -484,6 +484,11 @@ impl CachedObject {
         File::open(&self.data.path).ok()
     }
 
+    /// The content checksums, if they were computed already.
+    pub fn known_checksums(&self) -> Option<&Checksums> {
+        self.checksums.get()
+    }
+
     /// The content checksums, computing them from the cached file (verifying every block on the
     /// way) the first time they are asked for. Only call once the object is complete.
     pub async fn checksums(self: &Arc<Self>) -> Result<Checksums, CacheError> {

@@ -633,12 +633,15 @@ impl InputNamespace {
             return;
         }
         self.services.runtime.spawn(async move {
-            // Only fetched: checksums and lineage wait until the job opens the file, and a
-            // failure is left for that open, which reports it.
+            // Only fetched: lineage waits until the job opens the file, and a failure is left
+            // for that open, which reports it. A datum's bytes are checked against its record
+            // now, so that its open does not wait for that.
             let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
-            let mut opened = this.open_objects(&groups.concat()).await.into_iter();
+            let nodes = groups.concat();
+            let mut opened = this.open_objects(&nodes).await.into_iter().zip(&nodes);
             for size in sizes {
-                let objs: Vec<Arc<OpenObject>> = opened.by_ref().take(size).flatten().collect();
+                let (objs, datums): (Vec<Arc<OpenObject>>, Vec<bool>) =
+                    opened.by_ref().take(size).filter_map(|(obj, node)| obj.map(|obj| (obj, is_datum(node)))).unzip();
                 let (this, permits) = (this.clone(), this.prefetching.clone());
                 tokio::spawn(async move {
                     let Ok(_permit) = permits.acquire_owned().await else { return };
@@ -648,6 +651,10 @@ impl InputNamespace {
                         if let Err(e) = this.services.reader.fetch_all(obj).await {
                             tracing::debug!("fetching {} ahead failed: {e}", obj.remote.uri);
                         }
+                    }
+                    for (obj, _) in objs.iter().zip(datums).filter(|(o, datum)| *datum && o.cached.is_complete()) {
+                        let cached = obj.cached.clone();
+                        tokio::spawn(async move { drop(cached.checksums().await) });
                     }
                     this.hold(objs);
                 });
@@ -793,6 +800,17 @@ impl Namespace for InputNamespace {
             return Some(Err(e));
         }
         let obj = f.state.open.lock().unwrap_or_else(|e| e.into_inner()).upgrade()?;
+        // A datum fetched ahead was checked against its record then: its open needs no wait.
+        if let (Some(want), None, Some(sums)) =
+            (&f.entry.expected_sha256, f.state.checksums.get(), obj.cached.known_checksums())
+        {
+            if sums.sha256 == *want {
+                if let Some(d) = Digests::of(sums) {
+                    let _ = f.state.checksums.set(d);
+                    self.services.changed();
+                }
+            }
+        }
         if obj.cached.is_complete()
             && (f.entry.expected_sha256.is_some() && f.state.checksums.get().is_none()
                 || passthrough && !obj.cached.is_packed())
@@ -986,6 +1004,11 @@ impl OpenFile for InputFile {
         // the fetched bytes): checksum the file once it lands.
         hash_when_complete(&self.services, &self.node, &self.obj, true);
     }
+}
+
+/// Whether `node` is a file whose sha256 its record promises (a datum).
+fn is_datum(node: &Node) -> bool {
+    matches!(&node.kind, NodeKind::File(f) if f.entry.expected_sha256.is_some())
 }
 
 /// Tells the sink why a file cannot be read and turns the cause into the caller's error.
