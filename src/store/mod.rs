@@ -44,6 +44,16 @@ impl StoreHandle {
         rest == Some(key)
     }
 
+    /// Parts one multipart upload may have in this store: S3 allows 10,000, Swift's large
+    /// objects 1,000 segments (its default `max_manifest_segments`).
+    pub fn max_parts(&self) -> u64 {
+        if self.url.starts_with("swift://") {
+            1_000
+        } else {
+            10_000
+        }
+    }
+
     /// The URI of `key` in this store, for messages.
     pub fn uri_of(&self, key: &str) -> String {
         if self.url == "file://" {

@@ -13,17 +13,16 @@ use std::sync::Arc;
 
 /// Files up to this size go up in one create-only PUT; bigger ones as multipart uploads.
 pub const SINGLE_PUT_MAX: u64 = 16 << 20;
-/// Part size of multipart uploads (larger for files that would need more than [`MAX_PARTS`]).
+/// Part size of multipart uploads (larger for files that would need more parts than the store
+/// allows).
 const PART_SIZE: usize = 16 << 20;
-/// Parts of one multipart upload, at most (S3's limit; other stores allow as many or more).
-const MAX_PARTS: u64 = 10_000;
 /// Bytes of parts in flight per file, about (at least two parts).
 const BYTES_IN_FLIGHT: usize = 64 << 20;
 
 /// The part size for a file of `size` bytes: [`PART_SIZE`], or a larger whole number of MiB
-/// when the file would need more than [`MAX_PARTS`] parts (a 200 GiB checkpoint: 21 MiB).
-fn part_size_for(size: u64) -> usize {
-    let least = size.div_ceil(MAX_PARTS).next_multiple_of(1 << 20);
+/// when the file would need more than `max_parts` parts (a 200 GiB checkpoint on S3: 21 MiB).
+fn part_size_for(size: u64, max_parts: u64) -> usize {
+    let least = size.div_ceil(max_parts).next_multiple_of(1 << 20);
     usize::try_from(least).unwrap_or(usize::MAX).max(PART_SIZE)
 }
 
@@ -215,7 +214,7 @@ pub(crate) async fn put_multipart_file(
         .await?
     };
     let mut reader = Some(reader);
-    let part_size = part_size_for(size);
+    let part_size = part_size_for(size, ds.handle.max_parts());
     let in_flight = parts_in_flight(part_size);
     let upload = ds.handle.inner.put_multipart(key).await.map_err(err)?;
     let mut writer = WriteMultipart::new_with_chunk_size(upload, part_size);
@@ -304,7 +303,7 @@ pub async fn upload_bytes(
     }
     // Parts are slices of the pack itself (a multipart writer would copy them into buffers of
     // its own), all in flight at once: a pack is a few parts.
-    let part_size = part_size_for(bytes.len() as u64);
+    let part_size = part_size_for(bytes.len() as u64, ds.handle.max_parts());
     let mut upload = ds.handle.inner.put_multipart(key).await.map_err(err)?;
     let parts: Vec<_> = (0..bytes.len())
         .step_by(part_size)
@@ -325,16 +324,26 @@ mod tests {
     #[test]
     fn parts_grow_only_when_a_file_would_need_more_than_the_store_allows() {
         const GIB: u64 = 1 << 30;
-        assert_eq!(part_size_for(20 << 20), PART_SIZE);
-        assert_eq!(part_size_for(GIB), PART_SIZE);
-        assert_eq!(part_size_for(PART_SIZE as u64 * MAX_PARTS), PART_SIZE, "exactly the limit");
-        for size in [200 * GIB, 1024 * GIB, 5 * 1024 * GIB, PART_SIZE as u64 * MAX_PARTS + 1] {
-            let part = part_size_for(size) as u64;
-            assert!(size.div_ceil(part) <= MAX_PARTS, "{size} bytes in parts of {part}");
-            assert_eq!(part % (1 << 20), 0, "whole MiB");
+        for max_parts in [10_000, 1_000] {
+            assert_eq!(part_size_for(20 << 20, max_parts), PART_SIZE);
+            assert_eq!(part_size_for(GIB, max_parts), PART_SIZE);
+            assert_eq!(part_size_for(PART_SIZE as u64 * max_parts, max_parts), PART_SIZE, "exactly the limit");
+            for size in [20 * GIB, 200 * GIB, 1024 * GIB, 5 * 1024 * GIB, PART_SIZE as u64 * max_parts + 1] {
+                let part = part_size_for(size, max_parts) as u64;
+                assert!(size.div_ceil(part) <= max_parts, "{size} bytes in parts of {part}");
+                assert_eq!(part % (1 << 20), 0, "whole MiB");
+            }
         }
-        assert_eq!(part_size_for(200 * GIB), 21 << 20);
+        assert_eq!(part_size_for(200 * GIB, 10_000), 21 << 20);
+        assert_eq!(part_size_for(20 * GIB, 1_000), 21 << 20, "a 20 GiB output to Swift");
         assert_eq!(parts_in_flight(PART_SIZE), 4);
-        assert_eq!(parts_in_flight(part_size_for(5 * 1024 * GIB)), 2, "memory stays bounded");
+        assert_eq!(parts_in_flight(part_size_for(5 * 1024 * GIB, 1_000)), 2, "memory stays bounded");
+    }
+
+    #[test]
+    fn swift_large_objects_take_fewer_segments_than_s3_parts() {
+        let store = |url: &str| crate::store::StoreHandle::new(url, Arc::new(object_store::memory::InMemory::new()));
+        assert_eq!(store("swift://records").max_parts(), 1_000);
+        assert_eq!(store("s3://bucket").max_parts(), 10_000);
     }
 }
