@@ -661,13 +661,6 @@ struct Deferred {
     since: Option<Instant>,
 }
 
-impl Deferred {
-    /// Whether the job must run now, fetches or not (`urgent`: someone waits for a result).
-    fn is_due(&self, cap: u64, urgent: bool) -> bool {
-        held_job_is_due(self.objs.len(), self.bytes, self.since, cap, urgent)
-    }
-}
-
 /// Whether a checksum job holding `held` objects of `bytes` since `since` must run now, with
 /// the cache's cap at `cap` (0: none).
 pub(super) fn held_job_is_due(held: usize, bytes: u64, since: Option<Instant>, cap: u64, urgent: bool) -> bool {
@@ -740,8 +733,10 @@ impl HashBatch {
         UrgentGuard(self)
     }
 
+    /// Whether the `waiting` job must run now, fetches or not.
     fn is_due(&self, waiting: &Deferred, shared: &CacheShared) -> bool {
-        waiting.is_due(shared.cap.load(Ordering::Relaxed), self.is_urgent())
+        let cap = shared.cap.load(Ordering::Relaxed);
+        held_job_is_due(waiting.objs.len(), waiting.bytes, waiting.since, cap, self.is_urgent())
     }
 
     /// Whether someone waits for checksums now.

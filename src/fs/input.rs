@@ -805,10 +805,7 @@ impl Namespace for InputNamespace {
             (&f.entry.expected_sha256, f.state.checksums.get(), obj.cached.known_checksums())
         {
             if sums.sha256 == *want {
-                if let Some(d) = Digests::of(sums) {
-                    let _ = f.state.checksums.set(d);
-                    self.services.changed();
-                }
+                verified(&self.services, f, sums);
             }
         }
         if obj.cached.is_complete()
@@ -1070,11 +1067,17 @@ async fn check_expected(services: &InputServices, node: &Node, f: &FileNode, obj
         mismatch(services, node, f, want, &sums.sha256).await;
         return check_content(f);
     }
-    if let Some(d) = Digests::of(&sums) {
+    verified(services, f, &sums);
+    Ok(())
+}
+
+/// A datum's bytes matched its record: keeps their checksums (an open no longer waits for them,
+/// `inputs.json` shows them).
+fn verified(services: &InputServices, f: &FileNode, sums: &Checksums) {
+    if let Some(d) = Digests::of(sums) {
         let _ = f.state.checksums.set(d);
     }
     services.changed();
-    Ok(())
 }
 
 /// Once a file is wholly cached, computes its checksums (once) and tells the sink. With `wait`,
