@@ -193,6 +193,61 @@ pub fn digests_of_many(contents: &[&[u8]]) -> Vec<Digests> {
         .collect()
 }
 
+/// What was computed of a file's checksums before its upload (as it was written).
+#[derive(Clone)]
+pub enum KnownSums {
+    /// The digests of the file's first `len` bytes.
+    Done {
+        /// Bytes covered.
+        len: u64,
+        /// Their digests.
+        digests: Digests,
+    },
+    /// A hash of the file's first bytes, stopped part way: the uploader goes on from there.
+    Started(Box<MultiHasher>),
+}
+
+impl KnownSums {
+    /// How many of the file's first bytes they cover.
+    pub fn len(&self) -> u64 {
+        match self {
+            KnownSums::Done { len, .. } => *len,
+            KnownSums::Started(h) => h.len(),
+        }
+    }
+
+    /// Whether they cover nothing yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// These, if they can serve a file of `size` bytes: digests of exactly that many bytes, or
+    /// a hash of no more than that.
+    pub fn fit(self, size: u64) -> Option<Self> {
+        match &self {
+            KnownSums::Done { len, .. } => (*len == size).then_some(self),
+            KnownSums::Started(h) => (h.len() <= size).then_some(self),
+        }
+    }
+
+    /// The finished digests, when that is what these are.
+    pub fn done(&self) -> Option<&Digests> {
+        match self {
+            KnownSums::Done { digests, .. } => Some(digests),
+            KnownSums::Started(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for KnownSums {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KnownSums::Done { len, digests } => write!(f, "Done({len} bytes, sha256 {})", digests.sha256_hex()),
+            KnownSums::Started(h) => write!(f, "Started({} bytes)", h.len()),
+        }
+    }
+}
+
 /// Feeds bytes once into all three digests.
 #[derive(Default, Clone)]
 pub struct MultiHasher {
@@ -255,17 +310,22 @@ impl MultiHasher {
         }
     }
 
-    /// Hashes everything a reader yields, in 1 MiB steps.
-    pub fn of_reader(mut reader: impl Read) -> std::io::Result<(Checksums, u64)> {
-        let mut hasher = MultiHasher::new();
+    /// Feeds everything a reader yields, in 1 MiB steps.
+    pub fn update_from(&mut self, mut reader: impl Read) -> std::io::Result<()> {
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = reader.read(&mut buf)?;
             if n == 0 {
-                break;
+                return Ok(());
             }
-            hasher.update(&buf[..n]);
+            self.update(&buf[..n]);
         }
+    }
+
+    /// Hashes everything a reader yields, in 1 MiB steps.
+    pub fn of_reader(reader: impl Read) -> std::io::Result<(Checksums, u64)> {
+        let mut hasher = MultiHasher::new();
+        hasher.update_from(reader)?;
         let len = hasher.len();
         Ok((hasher.finish(), len))
     }

@@ -232,10 +232,7 @@ impl Execution {
         let staging = self.staging.clone();
         let known = move |files: &[(u64, u64)]| {
             let sums = tokio::task::block_in_place(|| staging.hasher.snapshots(files.iter().map(|f| f.0).collect()));
-            sums.into_iter()
-                .zip(files)
-                .map(|(s, &(_, size))| s.filter(|(len, _)| *len == size).map(|(_, sums)| sums))
-                .collect()
+            sums.into_iter().zip(files).map(|(s, &(_, size))| s.and_then(|s| s.fit(size))).collect()
         };
         let report = self.syncer.sync(self.staging.files_dir(), &self.state, &counters, &known).await;
         ticker.abort();

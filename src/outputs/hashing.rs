@@ -9,15 +9,15 @@
 //! hashed whole, from the staging file, when the last handle that could write it is closed;
 //! until then its checksums are unknown.
 
-use crate::checksum::{Digests, MultiHasher};
+use crate::checksum::{Digests, KnownSums, MultiHasher};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-/// Each file's checksums and the length they cover, where known.
-type Snapshot = Vec<Option<(u64, Digests)>>;
+/// What is known of each file's checksums.
+type Snapshot = Vec<Option<KnownSums>>;
 
 enum Msg {
     /// Bytes written at `offset`.
@@ -33,14 +33,25 @@ enum Msg {
     /// A handle opened with [`Msg::DirectOpen`] was closed; `read` reads the file (`None`:
     /// the handle was never written through directly, and nothing can be said of the file).
     DirectClose { file: u64, read: Option<std::fs::File> },
-    /// What the checksums of each file's first `len` bytes are now, if known (a big file
-    /// still being hashed is not: its run stops, and the asker hashes it).
+    /// What is known of each file's checksums now (a big file still being hashed: its run
+    /// stops, and the asker goes on from where it got).
     Snapshot { files: Vec<u64>, reply: SyncSender<Snapshot> },
     /// A big file hashed on its own thread: its length and digests, if it could be read.
     Hashed { file: u64, run: u64, whole: Option<(u64, Digests)> },
     /// A file's digests once sealed, without stopping a run (tests wait with it).
     #[cfg(test)]
     Sealed { file: u64, reply: SyncSender<Option<(u64, Digests)>> },
+}
+
+/// The hash of a big file's run, shared with the thread that feeds it: `None` once taken.
+type RunningHash = Arc<Mutex<Option<Box<MultiHasher>>>>;
+
+/// Stops a big file's run (if `state` is one), returning what it hashed so far.
+fn stop_run(state: &FileState) -> Option<Box<MultiHasher>> {
+    match state {
+        FileState::Background { hash, .. } => hash.lock().unwrap_or_else(|e| e.into_inner()).take(),
+        _ => None,
+    }
 }
 
 enum FileState {
@@ -55,10 +66,11 @@ enum FileState {
         len: u64,
         digests: Digests,
     },
-    /// Being hashed whole on its own thread (hashing run `run`; `cancel` stops it).
+    /// Being hashed whole on its own thread (hashing run `run`), which feeds `hash`; taking the
+    /// hash out of it stops the run.
     Background {
         run: u64,
-        cancel: Arc<AtomicBool>,
+        hash: RunningHash,
     },
     /// Open for writing through `writers` handles whose writes the kernel makes directly.
     Direct {
@@ -132,10 +144,10 @@ impl WriteHasher {
         let _ = self.tx.send(Msg::DirectClose { file, read });
     }
 
-    /// The checksums of `file`'s first bytes and how many bytes they cover, if known. Every
-    /// write noted before this call is included. A big file still being hashed whole is not
-    /// known: the caller (sync) hashes it as it uploads it, and the run here stops.
-    pub fn snapshot(&self, file: u64) -> Option<(u64, Digests)> {
+    /// What is known of the checksums of `file`'s first bytes. Every write noted before this
+    /// call is included. A big file still being hashed whole is handed over part way: its run
+    /// stops, and the caller (sync) hashes the rest as it uploads it.
+    pub fn snapshot(&self, file: u64) -> Option<KnownSums> {
         self.snapshots(vec![file]).pop().flatten()
     }
 
@@ -149,7 +161,7 @@ impl WriteHasher {
 
     /// [`WriteHasher::snapshot`] of many files in one exchange with the hashing thread (a sync
     /// of a hundred thousand files would otherwise wait for it as many times).
-    pub fn snapshots(&self, files: Vec<u64>) -> Vec<Option<(u64, Digests)>> {
+    pub fn snapshots(&self, files: Vec<u64>) -> Vec<Option<KnownSums>> {
         let n = files.len();
         let (reply, answer) = sync_channel(1);
         if self.tx.send(Msg::Snapshot { files, reply }).is_err() {
@@ -258,6 +270,8 @@ impl Runner {
         match msg {
             Msg::Write { file, offset, data } => {
                 let state = files.entry(file).or_insert(FileState::Unknown);
+                // A run's result would be stale.
+                stop_run(state);
                 match state {
                     FileState::Hashing { next, hasher } if *next == offset => {
                         hasher.update_parallel(&data);
@@ -270,12 +284,14 @@ impl Runner {
             }
             Msg::Reset { file } => {
                 let state = files.entry(file).or_insert(FileState::Unknown);
+                stop_run(state);
                 if !matches!(state, FileState::Direct { .. }) {
                     *state = FileState::Hashing { next: 0, hasher: Box::default() };
                 }
             }
             Msg::Invalidate { file } => {
                 let state = files.entry(file).or_insert(FileState::Unknown);
+                stop_run(state);
                 if !matches!(state, FileState::Direct { .. }) {
                     *state = FileState::Unknown;
                 }
@@ -285,10 +301,8 @@ impl Runner {
                 match state {
                     FileState::Direct { writers, .. } => *writers += 1,
                     _ => {
-                        if let FileState::Background { cancel, .. } = state {
-                            // Written again: that run's result would be stale.
-                            cancel.store(true, Ordering::Relaxed);
-                        }
+                        // Written again: that run's result would be stale.
+                        stop_run(state);
                         *state = FileState::Direct { writers: 1, lost: false };
                     }
                 }
@@ -315,12 +329,13 @@ impl Runner {
                     return drop(files.insert(file, FileState::Unknown));
                 }
                 self.runs += 1;
-                let (run, results, cancel) = (self.runs, self.results.clone(), Arc::new(AtomicBool::new(false)));
+                let (run, results, hash) = (self.runs, self.results.clone(), RunningHash::default());
+                *hash.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::default());
                 let running = self.big_running.clone();
                 running.fetch_add(1, Ordering::AcqRel);
-                files.insert(file, FileState::Background { run, cancel: cancel.clone() });
+                files.insert(file, FileState::Background { run, hash: hash.clone() });
                 let spawned = std::thread::Builder::new().name("datumfs-hash-big".into()).spawn(move || {
-                    let whole = hash_whole(&read, &cancel);
+                    let whole = hash_whole(&read, &hash);
                     running.fetch_sub(1, Ordering::AcqRel);
                     if let Some(tx) = results.upgrade() {
                         let _ = tx.send(Msg::Hashed { file, run, whole });
@@ -344,14 +359,19 @@ impl Runner {
                 let answer = asked
                     .iter()
                     .map(|file| match files.get(file) {
-                        Some(FileState::Hashing { next, hasher }) => Some((*next, (**hasher).clone().digests())),
-                        Some(FileState::Sealed { len, digests }) => Some((*len, *digests)),
-                        Some(FileState::Background { cancel, .. }) => {
-                            // Sync asks now: it hashes the file while uploading it, sooner than
-                            // this run would finish and the upload start after it.
-                            cancel.store(true, Ordering::Relaxed);
+                        Some(FileState::Hashing { next, hasher }) => {
+                            Some(KnownSums::Done { len: *next, digests: (**hasher).clone().digests() })
+                        }
+                        Some(FileState::Sealed { len, digests }) => {
+                            Some(KnownSums::Done { len: *len, digests: *digests })
+                        }
+                        Some(state @ FileState::Background { .. }) => {
+                            // Sync asks now: it goes on hashing the file from where this run
+                            // got, while uploading it, sooner than the run would finish and the
+                            // upload start after it.
+                            let started = stop_run(state);
                             files.insert(*file, FileState::Unknown);
-                            None
+                            started.map(KnownSums::Started)
                         }
                         _ => None,
                     })
@@ -392,23 +412,23 @@ fn read_whole(file: &std::fs::File, size: u64) -> Option<Vec<u8>> {
     Some(data)
 }
 
-/// The length and digests of everything in `file` as its size says, read from its start
-/// (`None` if it cannot be read: sync then hashes it itself). No handle writes it meanwhile;
-/// a file that changed size anyway is hashed by sync, which finds the length differ.
-fn hash_whole(file: &std::fs::File, cancel: &AtomicBool) -> Option<(u64, Digests)> {
+/// The length and digests of everything in `file` as its size says, read from its start into
+/// `hash` (`None` if it cannot be read: sync then hashes it itself, or once `hash` was taken
+/// out: the taker goes on). No handle writes it meanwhile; a file that changed size anyway is
+/// hashed by sync, which finds the length differ.
+fn hash_whole(file: &std::fs::File, hash: &Mutex<Option<Box<MultiHasher>>>) -> Option<(u64, Digests)> {
     use std::os::unix::fs::FileExt;
     let size = file.metadata().ok()?.len();
-    let mut hasher = MultiHasher::new();
     let mut buf = vec![0u8; size.clamp(1, 4 << 20) as usize];
     let mut at = 0u64;
     while at < size {
-        if cancel.load(Ordering::Relaxed) {
-            return None;
-        }
         match file.read_at(&mut buf, at) {
             Ok(0) => break,
             Ok(n) => {
-                hasher.update_parallel(&buf[..n]);
+                // Held while hashing one buffer: a taker waits at most that long, and gets the
+                // hash of exactly the first `at` bytes.
+                let mut held = hash.lock().unwrap_or_else(|e| e.into_inner());
+                held.as_mut()?.update_parallel(&buf[..n]);
                 at += n as u64;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -418,6 +438,7 @@ fn hash_whole(file: &std::fs::File, cancel: &AtomicBool) -> Option<(u64, Digests
             }
         }
     }
+    let hasher = hash.lock().unwrap_or_else(|e| e.into_inner()).take()?;
     Some((at, hasher.digests()))
 }
 
@@ -425,25 +446,30 @@ fn hash_whole(file: &std::fs::File, cancel: &AtomicBool) -> Option<(u64, Digests
 mod tests {
     use super::*;
 
+    /// Finished digests and the length they cover, if that is what is known.
+    fn done(known: Option<KnownSums>) -> Option<(u64, Digests)> {
+        known.and_then(|k| k.done().map(|d| (k.len(), *d)))
+    }
+
     #[test]
     fn follows_sequential_writes_and_gives_up_on_others() {
         let h = WriteHasher::new();
         h.reset(1);
         h.write(1, 0, b"hello ");
         h.write(1, 6, b"world");
-        let (len, sums) = h.snapshot(1).unwrap();
+        let (len, sums) = done(h.snapshot(1)).unwrap();
         assert_eq!(len, 11);
         assert_eq!(sums.sha256_hex(), "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
         h.write(1, 11, b"!");
-        assert_eq!(h.snapshot(1).unwrap().0, 12, "appends continue after a snapshot");
+        assert_eq!(done(h.snapshot(1)).unwrap().0, 12, "appends continue after a snapshot");
         h.write(1, 3, b"x");
-        assert!(h.snapshot(1).is_none(), "a rewrite makes the checksums unknown");
+        assert!(done(h.snapshot(1)).is_none(), "a rewrite makes the checksums unknown");
         h.reset(1);
         h.write(1, 0, b"a");
-        assert_eq!(h.snapshot(1).unwrap().0, 1);
-        assert!(h.snapshot(2).is_none(), "a file never seen from its start is unknown");
+        assert_eq!(done(h.snapshot(1)).unwrap().0, 1);
+        assert!(done(h.snapshot(2)).is_none(), "a file never seen from its start is unknown");
         h.write(3, 0, b"a");
-        assert!(h.snapshot(3).is_none(), "writes without a known start are not trusted");
+        assert!(done(h.snapshot(3)).is_none(), "writes without a known start are not trusted");
     }
 
     #[test]
@@ -453,19 +479,19 @@ mod tests {
         h.write(1, 0, b"hello ");
         h.write(1, 6, b"world");
         h.seal(1);
-        let (len, sums) = h.snapshot(1).unwrap();
+        let (len, sums) = done(h.snapshot(1)).unwrap();
         assert_eq!(
             (len, sums.sha256_hex().as_str()),
             (11, "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9")
         );
         h.seal(1);
-        assert_eq!(h.snapshot(1).unwrap().0, 11, "sealing twice changes nothing");
+        assert_eq!(done(h.snapshot(1)).unwrap().0, 11, "sealing twice changes nothing");
         h.write(1, 11, b"!");
-        assert!(h.snapshot(1).is_none(), "an append after the close is left to sync");
+        assert!(done(h.snapshot(1)).is_none(), "an append after the close is left to sync");
         h.reset(1);
         h.write(1, 0, b"a");
         h.seal(1);
-        assert_eq!(h.snapshot(1).unwrap().0, 1, "a truncation starts afresh");
+        assert_eq!(done(h.snapshot(1)).unwrap().0, 1, "a truncation starts afresh");
     }
 
     #[test]
@@ -480,15 +506,15 @@ mod tests {
         h.direct_open(7);
         h.direct_open(7);
         f.write_all(b"hello ").unwrap();
-        assert!(h.snapshot(7).is_none(), "unknown while written directly");
+        assert!(done(h.snapshot(7)).is_none(), "unknown while written directly");
         h.direct_close(7, Some(read()));
         f.write_all(b"world").unwrap();
-        assert!(h.snapshot(7).is_none(), "unknown while another direct writer is open");
+        assert!(done(h.snapshot(7)).is_none(), "unknown while another direct writer is open");
         h.write(7, 3, b"x");
         h.reset(7);
-        assert!(h.snapshot(7).is_none(), "what comes through us meanwhile changes nothing");
+        assert!(done(h.snapshot(7)).is_none(), "what comes through us meanwhile changes nothing");
         h.direct_close(7, Some(read()));
-        let (len, sums) = h.snapshot(7).unwrap();
+        let (len, sums) = done(h.snapshot(7)).unwrap();
         assert_eq!(
             (len, sums.sha256_hex().as_str()),
             (11, "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"),
@@ -499,17 +525,17 @@ mod tests {
         h.direct_open(7);
         h.direct_close(7, None);
         h.direct_close(7, Some(read()));
-        assert!(h.snapshot(7).is_none());
+        assert!(done(h.snapshot(7)).is_none());
         // A close never opened is ignored; a file reopened directly starts over.
         h.direct_close(8, Some(read()));
-        assert!(h.snapshot(8).is_none());
+        assert!(done(h.snapshot(8)).is_none());
         h.direct_open(7);
         h.direct_close(7, Some(read()));
-        assert_eq!(h.snapshot(7).unwrap().0, 11);
+        assert_eq!(done(h.snapshot(7)).unwrap().0, 11);
     }
 
     #[test]
-    fn a_big_file_is_hashed_on_its_own_thread_and_a_sync_asking_first_hashes_it_itself() {
+    fn a_big_file_is_hashed_on_its_own_thread_and_a_sync_asking_first_takes_over_its_hash() {
         let dir = tempfile::tempdir().unwrap();
         let (big, small) = (dir.path().join("big"), dir.path().join("small"));
         let data: Vec<u8> = (0..(6 << 20) as u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
@@ -525,10 +551,22 @@ mod tests {
         close(1, &big);
         close(2, &small);
         // Asked at once: the small one is known, the big one is either done (its digests) or
-        // left to the asker (unknown, its run stopped), never wrong and never waited for.
-        let got = h.snapshots(vec![1, 2]);
-        assert_eq!(got[1].unwrap().1.sha256_hex(), "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
-        assert!(got[0].is_none_or(|(len, sums)| len == data.len() as u64 && sums.to_checksums() == want));
+        // handed over part way (its run stopped), never wrong and never waited for.
+        let mut got = h.snapshots(vec![1, 2]);
+        let small_sums = done(got.pop().unwrap()).unwrap().1;
+        assert_eq!(small_sums.sha256_hex(), "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
+        match got.pop().unwrap() {
+            Some(KnownSums::Done { len, digests }) => {
+                assert_eq!((len, digests.to_checksums()), (data.len() as u64, want.clone()))
+            }
+            Some(KnownSums::Started(mut start)) => {
+                // The first bytes' hash: fed the rest, it gives the file's checksums.
+                assert!(start.len() <= data.len() as u64);
+                start.update(&data[start.len() as usize..]);
+                assert_eq!(start.finish(), want, "the hash handed over is of the file's first bytes");
+            }
+            None => panic!("a big file's run that was asked about is handed over, not dropped"),
+        }
         // Left alone, the run finishes and its digests are kept.
         close(1, &big);
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -541,7 +579,7 @@ mod tests {
         assert_eq!((len, sums.to_checksums()), (data.len() as u64, want.clone()));
         // A writer reopening the file makes a run's result stale: unknown until it closes.
         h.direct_open(1);
-        assert!(h.snapshot(1).is_none());
+        assert!(done(h.snapshot(1)).is_none());
         h.direct_close(1, Some(std::fs::File::open(&big).unwrap()));
     }
 
@@ -576,6 +614,6 @@ mod tests {
         }
         // ...the other two never were: sync hashes them.
         assert_eq!((h.sealed(3), h.sealed(4)), (None, None));
-        assert_eq!(h.snapshots(vec![3, 4]), vec![None, None]);
+        assert!(h.snapshots(vec![3, 4]).iter().all(Option::is_none));
     }
 }

@@ -9,7 +9,7 @@ pub mod upload;
 
 use crate::catalog::packs::{member_id, pack_of};
 use crate::catalog::{self, Catalog, DatumRecord, PackedIn};
-use crate::checksum::{Checksums, Digests, FileDigests, Sha256Digest};
+use crate::checksum::{Digests, FileDigests, KnownSums, Sha256Digest};
 use crate::outputs::state::{FileStamp, PathState, SyncState};
 use futures::StreamExt;
 use metadata::DatumMeta;
@@ -118,8 +118,9 @@ fn made(rel: &str, rec: DatumRecord, shared: &Shared) -> Result<Made, SyncError>
 }
 
 /// Checksums computed while files were written, asked for by (staging inode, size), for many
-/// files at once; `None` where they are not known for exactly those bytes.
-pub type KnownChecksums = dyn Fn(&[(u64, u64)]) -> Vec<Option<Digests>> + Sync;
+/// files at once: of exactly those bytes, or a hash of their start to go on from; `None` where
+/// nothing is known.
+pub type KnownChecksums = dyn Fn(&[(u64, u64)]) -> Vec<Option<KnownSums>> + Sync;
 
 /// Live counters of a sync, for progress bars.
 #[derive(Debug, Default)]
@@ -369,8 +370,8 @@ struct Job {
     resuming: bool,
     /// For a file an interrupted sync was packing: its offset in the planned pack.
     packed: Option<u64>,
-    /// Checksums computed while the file was written, if they cover exactly its bytes.
-    known: Option<Digests>,
+    /// Checksums computed while the file was written: of exactly its bytes, or of its start.
+    known: Option<KnownSums>,
 }
 
 impl Job {
@@ -417,7 +418,7 @@ impl Syncer {
         meta: DatumMeta,
         (mut id, mut key): (String, String),
         resuming: bool,
-        known: Option<(&Checksums, FileStamp)>,
+        known: Option<(&KnownSums, FileStamp)>,
         sent: &Arc<AtomicU64>,
         on_replanned: impl FnOnce(String, String) -> futures::future::BoxFuture<'static, Result<(), SyncError>>,
     ) -> Result<DatumRecord, SyncError> {
@@ -560,14 +561,14 @@ impl Syncer {
                             };
                             Box::pin(write) as futures::future::BoxFuture<'static, _>
                         };
-                        let known = job.known.as_ref().map(Digests::to_checksums);
+                        let known = job.known.as_ref();
                         self.make_datum(
                             &job.rel,
                             &job.local(),
                             meta,
                             job.planned,
                             job.resuming,
-                            known.as_ref().map(|k| (k, job.stamp)),
+                            known.map(|k| (k, job.stamp)),
                             &progress.bytes_done,
                             replanned,
                         )
@@ -917,7 +918,7 @@ impl Syncer {
                 rel: j.rel.clone(),
                 local: j.local(),
                 stamp: j.stamp,
-                known: j.known.as_ref().map(Digests::to_checksums),
+                known: j.known.as_ref().and_then(KnownSums::done).map(Digests::to_checksums),
             })
             .collect();
         let buf = buffers.take();
@@ -1301,7 +1302,7 @@ mod tests {
         (dir, state, syncer)
     }
 
-    fn none_known(files: &[(u64, u64)]) -> Vec<Option<Digests>> {
+    fn none_known(files: &[(u64, u64)]) -> Vec<Option<KnownSums>> {
         vec![None; files.len()]
     }
 
