@@ -1,7 +1,7 @@
 //! A fault-injecting, request-counting wrapper around any store, for tests: every operation
 //! (GET, HEAD, LIST, PUT, conditional PUT, multipart start, part upload and completion, DELETE,
-//! COPY) can be counted, made to fail the next N times with a transient error, or delayed, so
-//! every error path can be provoked on demand.
+//! COPY) can be counted, made to fail the next N times with a transient error, have its answer
+//! lost after it was done, or be delayed, so every error path can be provoked on demand.
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -47,6 +47,7 @@ const OPS: usize = 10;
 struct Counters {
     seen: [AtomicUsize; OPS],
     fail_next: [AtomicUsize; OPS],
+    lose_next: [AtomicUsize; OPS],
     delay_ms: [AtomicU64; OPS],
 }
 
@@ -63,6 +64,18 @@ impl Counters {
             return Err(injected(op));
         }
         Ok(())
+    }
+
+    /// `done`, or an error in its place when a lost answer is armed for `op`.
+    fn leave<T>(&self, op: Op, done: Result<T>) -> Result<T> {
+        let lost = self.lose_next[op as usize].fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        match (done, lost) {
+            (Ok(_), Ok(_)) => Err(object_store::Error::Generic {
+                store: "faulty",
+                source: format!("injected fault after {op:?} was done: timed out waiting for the answer").into(),
+            }),
+            (done, _) => done,
+        }
     }
 }
 
@@ -87,6 +100,12 @@ impl FaultyStore {
     /// Fails the next `n` requests of `op` with a transient error (0 disarms).
     pub fn fail_next(&self, op: Op, n: usize) {
         self.counters.fail_next[op as usize].store(n, Ordering::SeqCst);
+    }
+
+    /// Serves the next `n` requests of `op` but answers each with a transient error, as when the
+    /// connection drops before the answer arrives (0 disarms).
+    pub fn lose_answer_next(&self, op: Op, n: usize) {
+        self.counters.lose_next[op as usize].store(n, Ordering::SeqCst);
     }
 
     /// Delays every request of `op` by `delay` before it is served (zero: none).
@@ -181,7 +200,8 @@ impl MultipartUpload for FaultyUpload {
 
     async fn complete(&mut self) -> Result<PutResult> {
         self.counters.enter(Op::MultipartComplete).await?;
-        self.inner.complete().await
+        let done = self.inner.complete().await;
+        self.counters.leave(Op::MultipartComplete, done)
     }
 
     async fn abort(&mut self) -> Result<()> {

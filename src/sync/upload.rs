@@ -326,7 +326,18 @@ pub(crate) async fn put_multipart_file(
         (None, Some(KnownSums::Done { digests, .. })) => digests.to_checksums(),
         (None, _) => unreachable!("a hasher exists whenever no checksums were given"),
     };
-    writer.finish().await.map_err(err)?;
+    if let Err(e) = writer.finish().await {
+        // The completion's answer can be lost after the store did it: a store assembling a big
+        // object can outlast the read timeout, and the retry then finds the upload gone. The key
+        // was free when the upload started, so if it now holds these very bytes, they are ours.
+        let e = err(e);
+        match remote_sha256(ds, key).await {
+            Ok(stored) if stored == checksums.sha256 => {
+                tracing::info!("{e}; the store holds the uploaded bytes at {shown} all the same");
+            }
+            _ => return Err(e.into()),
+        }
+    }
     Ok((checksums, total))
 }
 
@@ -442,6 +453,32 @@ mod tests {
                 assert!(back[..] == data[..], "{key}: the stored bytes are the file's");
             }
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_completion_whose_answer_was_lost_counts_only_if_the_store_holds_the_bytes() {
+        use crate::store::faulty::{FaultyStore, Op};
+        let faulty = Arc::new(FaultyStore::new(Arc::new(object_store::memory::InMemory::new())));
+        let handle = Arc::new(crate::store::StoreHandle::new("mem://u", faulty.clone()));
+        let ds = DataStore { handle, prefix: String::new(), url: "mem://u".into(), local_dir: None, project: None };
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(20 << 20) as u32 + 11).map(|i| (i.wrapping_mul(2246822519) >> 7) as u8).collect();
+        let path = dir.path().join("model.bin");
+        std::fs::write(&path, &data).unwrap();
+        let want = MultiHasher::of_reader(&data[..]).unwrap().0;
+        let sent = Arc::new(AtomicU64::new(0));
+        // Done by the store, its answer lost: the stored bytes are checked, and it counts.
+        faulty.lose_answer_next(Op::MultipartComplete, 1);
+        let got = upload(&ds, &path, &Path::from("done"), false, None, &sent).await.unwrap();
+        assert!(
+            matches!(got, Outcome::Stored { ref checksums, size } if *checksums == want && size == data.len() as u64)
+        );
+        assert_eq!(faulty.count(Op::MultipartComplete), 1);
+        // Not done by the store: an error naming the object, and nothing at the key.
+        faulty.fail_next(Op::MultipartComplete, 1);
+        let e = upload(&ds, &path, &Path::from("failed"), false, None, &sent).await.unwrap_err();
+        assert!(e.to_string().contains("mem://u/failed"), "{e}");
+        assert!(ds.handle.inner.head(&Path::from("failed")).await.is_err());
     }
 
     #[test]
