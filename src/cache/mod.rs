@@ -251,6 +251,9 @@ pub fn create_private_dir(path: &Path) -> Result<(), CacheError> {
     crate::util::create_private_dir(path).map_err(|error| CacheError::Io { path: path.to_path_buf(), error })
 }
 
+/// Memory sled may hold for the cache index (and the outputs' sync state in the same database).
+const INDEX_CACHE: u64 = 16 << 20;
+
 impl Cache {
     /// Runs `work` with every checksum request treated as waited for: checksums held back
     /// for a pause in the fetches are computed now.
@@ -267,7 +270,9 @@ impl Cache {
         let index = dir.join("index");
         let db = sled::Config::new()
             .path(&index)
-            .cache_capacity(32 << 20)
+            // sled's page cache: with 8 MiB, reading back 100,000 small files measured about 10%
+            // slower; 16 MiB reads as fast as 32 and keeps 15 MiB less at the peak.
+            .cache_capacity(INDEX_CACHE)
             .flush_every_ms(Some(500))
             .open()
             .map_err(|error| CacheError::Index { path: index.clone(), error })?;
