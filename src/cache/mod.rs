@@ -252,6 +252,8 @@ pub fn create_private_dir(path: &Path) -> Result<(), CacheError> {
 }
 
 /// Memory sled may hold for the cache index (and the outputs' sync state in the same database).
+/// Reading back 100,000 small files, 16 MiB measured as fast as 32 with 15 MiB less at the
+/// peak; 8 MiB was about 10% slower.
 const INDEX_CACHE: u64 = 16 << 20;
 
 impl Cache {
@@ -270,8 +272,6 @@ impl Cache {
         let index = dir.join("index");
         let db = sled::Config::new()
             .path(&index)
-            // sled's page cache: with 8 MiB, reading back 100,000 small files measured about 10%
-            // slower; 16 MiB reads as fast as 32 and keeps 15 MiB less at the peak.
             .cache_capacity(INDEX_CACHE)
             .flush_every_ms(Some(500))
             .open()
