@@ -1,7 +1,8 @@
 //! A fault-injecting, request-counting wrapper around any store, for tests: every operation
 //! (GET, HEAD, LIST, PUT, conditional PUT, multipart start, part upload and completion, DELETE,
-//! COPY) can be counted, made to fail the next N times with a transient error, have its answer
-//! lost after it was done, or be delayed, so every error path can be provoked on demand.
+//! COPY) can be counted, made to fail the next N times with a transient error, or delayed, and
+//! every one with a single answer (all but DELETE and the streamed LIST) can have that answer
+//! lost after it was done, so every error path can be provoked on demand.
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -103,7 +104,8 @@ impl FaultyStore {
     }
 
     /// Serves the next `n` requests of `op` but answers each with a transient error, as when the
-    /// connection drops before the answer arrives (0 disarms).
+    /// connection drops before the answer arrives (0 disarms; DELETE and the streamed LIST
+    /// ignore it).
     pub fn lose_answer_next(&self, op: Op, n: usize) {
         self.counters.lose_next[op as usize].store(n, Ordering::SeqCst);
     }
@@ -132,18 +134,22 @@ impl ObjectStore for FaultyStore {
     async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
         let op = if matches!(opts.mode, PutMode::Overwrite) { Op::Put } else { Op::ConditionalPut };
         self.counters.enter(op).await?;
-        self.inner.put_opts(location, payload, opts).await
+        let done = self.inner.put_opts(location, payload, opts).await;
+        self.counters.leave(op, done)
     }
 
     async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> Result<Box<dyn MultipartUpload>> {
         self.counters.enter(Op::MultipartStart).await?;
-        let inner = self.inner.put_multipart_opts(location, opts).await?;
+        let done = self.inner.put_multipart_opts(location, opts).await;
+        let inner = self.counters.leave(Op::MultipartStart, done)?;
         Ok(Box::new(FaultyUpload { inner, counters: self.counters.clone() }))
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        self.counters.enter(if options.head { Op::Head } else { Op::Get }).await?;
-        self.inner.get_opts(location, options).await
+        let op = if options.head { Op::Head } else { Op::Get };
+        self.counters.enter(op).await?;
+        let done = self.inner.get_opts(location, options).await;
+        self.counters.leave(op, done)
     }
 
     fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
@@ -171,12 +177,14 @@ impl ObjectStore for FaultyStore {
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
         self.counters.enter(Op::List).await?;
-        self.inner.list_with_delimiter(prefix).await
+        let done = self.inner.list_with_delimiter(prefix).await;
+        self.counters.leave(Op::List, done)
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
         self.counters.enter(Op::Copy).await?;
-        self.inner.copy_opts(from, to, options).await
+        let done = self.inner.copy_opts(from, to, options).await;
+        self.counters.leave(Op::Copy, done)
     }
 }
 
@@ -194,7 +202,8 @@ impl MultipartUpload for FaultyUpload {
         let part = self.inner.put_part(data);
         Box::pin(async move {
             counters.enter(Op::PartUpload).await?;
-            part.await
+            let done = part.await;
+            counters.leave(Op::PartUpload, done)
         })
     }
 
@@ -257,5 +266,30 @@ mod tests {
         let started = std::time::Instant::now();
         let _ = store.head(&Path::from("m")).await;
         assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn a_lost_answer_comes_after_the_operation_was_done() {
+        let store = FaultyStore::new(Arc::new(InMemory::new()));
+        let create = PutOptions { mode: PutMode::Create, ..Default::default() };
+        store.lose_answer_next(Op::ConditionalPut, 1);
+        let key = Path::from("k");
+        assert!(store.put_opts(&key, PutPayload::from_static(b"x"), create.clone()).await.is_err());
+        assert_eq!(&store.get(&key).await.unwrap().bytes().await.unwrap()[..], b"x", "stored all the same");
+        let again = store.put_opts(&key, PutPayload::from_static(b"x"), create).await;
+        assert!(matches!(again, Err(object_store::Error::AlreadyExists { .. })), "a retry is refused: {again:?}");
+
+        store.lose_answer_next(Op::Copy, 1);
+        assert!(store.copy(&key, &Path::from("c")).await.is_err());
+        assert!(store.head(&Path::from("c")).await.is_ok(), "copied all the same");
+
+        let mut up = store.put_multipart(&Path::from("m")).await.unwrap();
+        store.lose_answer_next(Op::PartUpload, 1);
+        assert!(up.put_part(PutPayload::from_static(b"part")).await.is_err());
+        store.lose_answer_next(Op::MultipartComplete, 1);
+        assert!(up.complete().await.is_err());
+        assert_eq!(&store.get(&Path::from("m")).await.unwrap().bytes().await.unwrap()[..], b"part");
+        // Disarmed once used.
+        assert!(store.head(&Path::from("m")).await.is_ok());
     }
 }
