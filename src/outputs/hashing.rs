@@ -43,14 +43,27 @@ enum Msg {
     Sealed { file: u64, reply: SyncSender<Option<(u64, Digests)>> },
 }
 
-/// The hash of a big file's run, shared with the thread that feeds it: `None` once taken.
-type RunningHash = Arc<Mutex<Option<Box<MultiHasher>>>>;
+/// Where a big file's run stands, shared with the thread that runs it.
+enum Run {
+    /// Hashing: the hash of the bytes read so far.
+    Hashing(Box<MultiHasher>),
+    /// Done: the file's length and digests (until the run's result reaches the hashing thread).
+    Done(u64, Digests),
+    /// Stopped, or its hash taken over.
+    Stopped,
+}
 
-/// Stops a big file's run (if `state` is one), returning what it hashed so far.
-fn stop_run(state: &FileState) -> Option<Box<MultiHasher>> {
-    match state {
-        FileState::Background { hash, .. } => hash.lock().unwrap_or_else(|e| e.into_inner()).take(),
-        _ => None,
+/// A big file's run, shared with the thread that runs it.
+type RunningHash = Arc<Mutex<Run>>;
+
+/// Stops a big file's run (if `state` is one), returning what it got: the digests if it was
+/// done, else the hash of the bytes it had read.
+fn stop_run(state: &FileState) -> Option<KnownSums> {
+    let FileState::Background { hash, .. } = state else { return None };
+    match std::mem::replace(&mut *hash.lock().unwrap_or_else(|e| e.into_inner()), Run::Stopped) {
+        Run::Hashing(h) => Some(KnownSums::Started(h)),
+        Run::Done(len, digests) => Some(KnownSums::Done { len, digests }),
+        Run::Stopped => None,
     }
 }
 
@@ -66,8 +79,8 @@ enum FileState {
         len: u64,
         digests: Digests,
     },
-    /// Being hashed whole on its own thread (hashing run `run`), which feeds `hash`; taking the
-    /// hash out of it stops the run.
+    /// Being hashed whole on its own thread (hashing run `run`), which feeds `hash`
+    /// ([`stop_run`] stops it).
     Background {
         run: u64,
         hash: RunningHash,
@@ -329,8 +342,8 @@ impl Runner {
                     return drop(files.insert(file, FileState::Unknown));
                 }
                 self.runs += 1;
-                let (run, results, hash) = (self.runs, self.results.clone(), RunningHash::default());
-                *hash.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::default());
+                let hash = Arc::new(Mutex::new(Run::Hashing(Box::default())));
+                let (run, results) = (self.runs, self.results.clone());
                 let running = self.big_running.clone();
                 running.fetch_add(1, Ordering::AcqRel);
                 files.insert(file, FileState::Background { run, hash: hash.clone() });
@@ -369,9 +382,15 @@ impl Runner {
                             // Sync asks now: it goes on hashing the file from where this run
                             // got, while uploading it, sooner than the run would finish and the
                             // upload start after it.
-                            let started = stop_run(state);
-                            files.insert(*file, FileState::Unknown);
-                            started.map(KnownSums::Started)
+                            let known = stop_run(state);
+                            let kept = match &known {
+                                Some(KnownSums::Done { len, digests }) => {
+                                    FileState::Sealed { len: *len, digests: *digests }
+                                }
+                                _ => FileState::Unknown,
+                            };
+                            files.insert(*file, kept);
+                            known
                         }
                         _ => None,
                     })
@@ -413,10 +432,10 @@ fn read_whole(file: &std::fs::File, size: u64) -> Option<Vec<u8>> {
 }
 
 /// The length and digests of everything in `file` as its size says, read from its start into
-/// `hash` (`None` if it cannot be read: sync then hashes it itself, or once `hash` was taken
-/// out: the taker goes on). No handle writes it meanwhile; a file that changed size anyway is
-/// hashed by sync, which finds the length differ.
-fn hash_whole(file: &std::fs::File, hash: &Mutex<Option<Box<MultiHasher>>>) -> Option<(u64, Digests)> {
+/// `run` and left there once done (`None` if it cannot be read: sync then hashes it itself, or
+/// once the run was stopped: whoever stopped it goes on). No handle writes it meanwhile; a file
+/// that changed size anyway is hashed by sync, which finds the length differ.
+fn hash_whole(file: &std::fs::File, run: &Mutex<Run>) -> Option<(u64, Digests)> {
     use std::os::unix::fs::FileExt;
     let size = file.metadata().ok()?.len();
     let mut buf = vec![0u8; size.clamp(1, 4 << 20) as usize];
@@ -427,8 +446,8 @@ fn hash_whole(file: &std::fs::File, hash: &Mutex<Option<Box<MultiHasher>>>) -> O
             Ok(n) => {
                 // Held while hashing one buffer: a taker waits at most that long, and gets the
                 // hash of exactly the first `at` bytes.
-                let mut held = hash.lock().unwrap_or_else(|e| e.into_inner());
-                held.as_mut()?.update_parallel(&buf[..n]);
+                let Run::Hashing(hash) = &mut *run.lock().unwrap_or_else(|e| e.into_inner()) else { return None };
+                hash.update_parallel(&buf[..n]);
                 at += n as u64;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -438,8 +457,11 @@ fn hash_whole(file: &std::fs::File, hash: &Mutex<Option<Box<MultiHasher>>>) -> O
             }
         }
     }
-    let hasher = hash.lock().unwrap_or_else(|e| e.into_inner()).take()?;
-    Some((at, hasher.digests()))
+    let mut held = run.lock().unwrap_or_else(|e| e.into_inner());
+    let Run::Hashing(hash) = std::mem::replace(&mut *held, Run::Stopped) else { return None };
+    let digests = hash.digests();
+    *held = Run::Done(at, digests);
+    Some((at, digests))
 }
 
 #[cfg(test)]
@@ -581,6 +603,21 @@ mod tests {
         h.direct_open(1);
         assert!(done(h.snapshot(1)).is_none());
         h.direct_close(1, Some(std::fs::File::open(&big).unwrap()));
+    }
+
+    #[test]
+    fn a_stopped_run_gives_what_it_got() {
+        let run = |r: Run| FileState::Background { run: 1, hash: Arc::new(Mutex::new(r)) };
+        let mut h = Box::<MultiHasher>::default();
+        h.update(b"hello ");
+        let started = run(Run::Hashing(h));
+        assert!(matches!(stop_run(&started), Some(KnownSums::Started(h)) if h.len() == 6));
+        assert!(stop_run(&started).is_none(), "taken once");
+        // Done, its result not yet back with the hashing thread: the digests, not a new hash.
+        let digests = MultiHasher::default().digests();
+        assert!(matches!(stop_run(&run(Run::Done(0, digests))), Some(KnownSums::Done { len: 0, .. })));
+        assert!(stop_run(&run(Run::Stopped)).is_none());
+        assert!(stop_run(&FileState::Unknown).is_none());
     }
 
     #[test]
