@@ -74,27 +74,33 @@ impl Drop for LentBuffer {
     }
 }
 
+/// The hash an upload goes on with, given what is `known`: none when the checksums are done
+/// already, a copy of a hash of the file's start, or a new one.
+fn hash_to_continue(known: Option<&KnownSums>) -> Option<Box<MultiHasher>> {
+    match known {
+        Some(KnownSums::Done { .. }) => None,
+        Some(KnownSums::Started(h)) => Some(h.clone()),
+        None => Some(Box::default()),
+    }
+}
+
 /// The checksums of `bytes`, a whole file: `known` ones, or those of a hash of its start fed
 /// the rest.
 fn complete_hash(known: Option<&KnownSums>, bytes: &[u8]) -> Checksums {
-    let mut h = match known {
-        Some(KnownSums::Done { digests, .. }) => return digests.to_checksums(),
-        Some(KnownSums::Started(h)) if h.len() <= bytes.len() as u64 => h.clone(),
-        _ => Box::default(),
-    };
+    if let Some(KnownSums::Done { digests, .. }) = known {
+        return digests.to_checksums();
+    }
+    let mut h = hash_to_continue(known).filter(|h| h.len() <= bytes.len() as u64).unwrap_or_default();
     h.update_parallel(&bytes[h.len() as usize..]);
     h.finish()
 }
 
 /// The checksums of the file at `path`, hashed from its start or, with a hash of its start
 /// (`started`), from where that hash got.
-fn hash_file_from(started: Option<KnownSums>, path: &std::path::Path) -> std::io::Result<Checksums> {
+fn hash_file_from(started: Option<&KnownSums>, path: &std::path::Path) -> std::io::Result<Checksums> {
     use std::io::{Seek, SeekFrom};
     let mut f = std::fs::File::open(path)?;
-    let mut h = match started {
-        Some(KnownSums::Started(h)) => h,
-        _ => Box::default(),
-    };
+    let mut h = hash_to_continue(started).unwrap_or_default();
     f.seek(SeekFrom::Start(h.len()))?;
     h.update_from(f)?;
     Ok(h.finish())
@@ -209,7 +215,7 @@ pub async fn upload(
                 let known = known.cloned();
                 let local_sums = match known {
                     Some(KnownSums::Done { digests, .. }) => digests.to_checksums(),
-                    started => blocking(file, move || hash_file_from(started, &path)).await?,
+                    started => blocking(file, move || hash_file_from(started.as_ref(), &path)).await?,
                 };
                 if remote_sha256(ds, key).await? == local_sums.sha256 {
                     sent.fetch_add(size, Ordering::Relaxed);
@@ -283,11 +289,7 @@ pub(crate) async fn put_multipart_file(
     let mut writer = WriteMultipart::new_with_chunk_size(upload, part_size);
     // `None` inside: the checksums are known already, nothing to hash; else the hash goes on
     // from the bytes it has been fed (those of the file's start, hashed as it was written).
-    let mut hasher = Some(match known {
-        Some(KnownSums::Done { .. }) => None,
-        Some(KnownSums::Started(h)) => Some(h.clone()),
-        None => Some(Box::default()),
-    });
+    let mut hasher = Some(hash_to_continue(known));
     let mut total = 0u64;
     let buffers = PartBuffers::default();
     let result: Result<(), UploadError> = async {
