@@ -130,3 +130,80 @@ fn another_user_sees_only_what_mode_bits_allow_and_cannot_drive_the_mount() {
         }
     }
 }
+
+/// Sets bits (and a file capability), lets the other user write or truncate, and prints what
+/// is left: run the same way on outputs and on a local directory, the two must print the same.
+const DROP_PRIVILEGES_SCRIPT: &str = r#"
+import os, sys, time
+d, other = sys.argv[1], int(sys.argv[2])
+# A valid file capability (cap_net_raw, effective): revision 2, 20 bytes.
+cap = (0x02000001).to_bytes(4, "little") + (1 << 13).to_bytes(4, "little") + bytes(12)
+
+def as_other(work):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgid(other); os.setuid(other); work(); os._exit(0)
+        except BaseException as e:
+            print("other:", e, file=sys.stderr); os._exit(1)
+    return pid
+
+def state(p):
+    try:
+        caps = "caps" if os.getxattr(p, "security.capability") else "no caps"
+    except OSError:
+        caps = "no caps"
+    return f"{os.stat(p).st_mode & 0o7777:o} {caps}"
+
+for mode in (0o4777, 0o2777, 0o2767, 0o0777):
+    for how in ("write, opened before", "write, opened after", "truncate", "write by root"):
+        p = os.path.join(d, f"f{mode:o}")
+        with open(p, "wb") as f: f.write(b"a" * 100)
+        os.chmod(p, 0o777)
+        r, w = os.pipe()
+        def early():
+            fd = os.open(p, os.O_WRONLY)
+            os.write(w, b"x")
+            time.sleep(0.3)  # the bits are set meanwhile
+            os.pwrite(fd, b"b", 0); os.close(fd)
+        child = as_other(early) if how == "write, opened before" else None
+        if child: os.read(r, 1)
+        os.chmod(p, mode)
+        os.setxattr(p, "security.capability", cap)
+        if how == "write, opened after":
+            child = as_other(lambda: (os.pwrite(fd := os.open(p, os.O_WRONLY), b"c", 0), os.close(fd)))
+        elif how == "truncate":
+            child = as_other(lambda: os.truncate(p, 5))
+        elif how == "write by root":
+            fd = os.open(p, os.O_WRONLY); os.pwrite(fd, b"d", 0); os.close(fd)
+        if child: assert os.waitpid(child, 0)[1] == 0, how
+        print(f"{mode:o} {how}: {state(p)}")
+        os.unlink(p)
+"#;
+
+#[test]
+fn a_write_or_truncate_by_another_user_drops_set_id_bits_and_capabilities_as_a_local_disk_does() {
+    if !fuse_available() || !is_root() {
+        return;
+    }
+    let m = TestMount::new(&["-o", "allow_other"], &[]);
+    let local = m.dir.path().join("local");
+    fs::create_dir(&local).unwrap();
+    for d in [m.dir.path(), local.as_path(), m.path("outputs").as_path()] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let run = |dir: &Path| {
+        let out = Command::new("python3")
+            .args(["-c", DROP_PRIVILEGES_SCRIPT, dir.to_str().unwrap(), &OTHER.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "in {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let want = run(&local);
+    // The local disk must show what this test is about, or the comparison proves nothing.
+    assert!(want.contains("4777 write, opened before: 777 no caps"), "{want}");
+    assert!(want.contains("2767 truncate: 767 no caps"), "{want}");
+    assert!(want.contains("4777 write by root: 4777 no caps"), "{want}");
+    assert_eq!(run(&m.path("outputs")), want, "outputs/ against a local directory");
+}

@@ -24,7 +24,7 @@ pub use warm::{warm_uri, WarmReport, WarmUri};
 
 use crate::cache::Cache;
 use crate::inputs::resolve::ResolvedInput;
-use crate::outputs::{Caller, Staging};
+use crate::outputs::{Caller, Staging, Writer};
 use crate::reader::Reader;
 use input::{InputNamespace, InputServices};
 use std::collections::HashMap;
@@ -600,9 +600,9 @@ impl Fs {
         res
     }
 
-    /// Writes to an open file for `caller`; returns the bytes written.
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8], caller: Caller) -> FsResult<u32> {
-        self.file(fh)?.write(offset, data, caller)
+    /// Writes to an open file for `writer`; returns the bytes written.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], writer: Writer) -> FsResult<u32> {
+        self.file(fh)?.write(offset, data, writer)
     }
 
     /// Flushes an open file to stable storage.

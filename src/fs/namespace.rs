@@ -8,7 +8,7 @@
 //! implement the reading half: every change answers EROFS by default.
 
 use super::{Attr, CacheFor, DirEntry, FsError, FsResult};
-use crate::outputs::Caller;
+use crate::outputs::{Caller, Writer};
 use async_trait::async_trait;
 use std::path::Path;
 use std::sync::Arc;
@@ -22,8 +22,8 @@ pub trait OpenFile: Send + Sync {
     /// Reads, fetching what is missing.
     async fn read(&self, offset: u64, size: u32) -> FsResult<Vec<u8>>;
 
-    /// Writes `data` at `offset` for `caller`; returns the bytes written.
-    fn write(&self, _offset: u64, _data: &[u8], _caller: Caller) -> FsResult<u32> {
+    /// Writes `data` at `offset` for `writer`; returns the bytes written.
+    fn write(&self, _offset: u64, _data: &[u8], _writer: Writer) -> FsResult<u32> {
         Err(FsError::ReadOnly)
     }
 

@@ -4,7 +4,7 @@
 
 use super::namespace::{Namespace, OpenFile, OpenedFile, SetAttr};
 use super::{Attr, DirEntry, FsResult, Kind};
-use crate::outputs::{Caller, EntryAttr, EntryKind, Staging};
+use crate::outputs::{Caller, EntryAttr, EntryKind, Staging, Writer};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -288,21 +288,20 @@ struct StagedFile {
     direct: AtomicBool,
 }
 
-/// Whether `mode` has bits a write by an unprivileged user clears: set-user-id, and
-/// set-group-id on a group-executable file.
+/// Whether `mode` has bits a write by an unprivileged user may clear: set-user-id or
+/// set-group-id.
 fn has_set_id(mode: u32) -> bool {
-    mode & libc::S_ISUID != 0 || mode & (libc::S_ISGID | libc::S_IXGRP) == (libc::S_ISGID | libc::S_IXGRP)
+    mode & (libc::S_ISUID | libc::S_ISGID) != 0
 }
 
 impl StagedFile {
-    /// Clears the set-id bits before a write by `caller`, as a local filesystem does.
-    fn drop_set_id(&self, caller: Caller) -> std::io::Result<()> {
-        if caller.uid == 0 || !self.set_id.swap(false, Ordering::Relaxed) {
+    /// Clears the set-id bits before a write by `writer`, as a local filesystem does.
+    fn drop_set_id(&self, writer: Writer) -> std::io::Result<()> {
+        if writer.uid == 0 || !self.set_id.swap(false, Ordering::Relaxed) {
             return Ok(());
         }
-        let mode = self.file.metadata()?.mode();
-        if has_set_id(mode) {
-            let kept = mode & !libc::S_ISUID & if mode & libc::S_IXGRP != 0 { !libc::S_ISGID } else { !0 };
+        let meta = self.file.metadata()?;
+        if let Some(kept) = writer.clears(meta.mode(), meta.gid()) {
             self.file.set_permissions(std::fs::Permissions::from_mode(kept & 0o7777))?;
         }
         Ok(())
@@ -319,8 +318,8 @@ impl OpenFile for StagedFile {
         pread(&self.file, offset, size)
     }
 
-    fn write(&self, offset: u64, data: &[u8], caller: Caller) -> FsResult<u32> {
-        self.drop_set_id(caller)?;
+    fn write(&self, offset: u64, data: &[u8], writer: Writer) -> FsResult<u32> {
+        self.drop_set_id(writer)?;
         self.file.write_all_at(data, offset)?;
         self.staging.hasher.write(self.id, offset, data);
         Ok(data.len() as u32)

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 /// The test process, as the caller of changes.
 const ME: crate::outputs::Caller = crate::outputs::Caller { uid: 0, gid: 0 };
+const WRITER: crate::outputs::Writer = crate::outputs::Writer { uid: 0, gid: 0, pid: 1 };
 
 /// Collects every event.
 #[derive(Default)]
@@ -190,7 +191,7 @@ async fn outputs_are_the_staging_tree() {
     assert_eq!(attr.kind, Kind::File);
     let payload = bytes(9, 300_000);
     for (i, chunk) in payload.chunks(1 << 16).enumerate() {
-        assert_eq!(f.fs.write(o.fh, (i << 16) as u64, chunk, ME).unwrap() as usize, chunk.len());
+        assert_eq!(f.fs.write(o.fh, (i << 16) as u64, chunk, WRITER).unwrap() as usize, chunk.len());
     }
     f.fs.fsync(o.fh, false).unwrap();
     f.fs.release(o.fh);

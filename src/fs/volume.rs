@@ -578,8 +578,8 @@ impl OpenFile for Writer {
         self.inner.read(offset, size).await
     }
 
-    fn write(&self, offset: u64, data: &[u8], caller: Caller) -> FsResult<u32> {
-        self.inner.write(offset, data, caller)
+    fn write(&self, offset: u64, data: &[u8], writer: crate::outputs::Writer) -> FsResult<u32> {
+        self.inner.write(offset, data, writer)
     }
 
     fn fsync(&self, datasync: bool) -> FsResult<()> {

@@ -3,7 +3,7 @@
 //! the network), and sends errors as the errno `fs::error` chose.
 
 use crate::fs::{Attr, Fs, FsError, Kind};
-use crate::outputs::{Caller, SetTime};
+use crate::outputs::{Caller, SetTime, Writer};
 use fuser::BackingId;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
@@ -221,6 +221,11 @@ fn caller(req: &Request) -> Caller {
     Caller { uid: req.uid(), gid: req.gid() }
 }
 
+/// The user writing or truncating, for the set-id bits that clears.
+fn writer(req: &Request) -> Writer {
+    Writer { uid: req.uid(), gid: req.gid(), pid: req.pid() }
+}
+
 fn name_str(name: &OsStr) -> Option<String> {
     name.to_str().map(str::to_string)
 }
@@ -235,6 +240,10 @@ impl Filesystem for FuseAdapter {
         // torch), which the kernel allows with this flag (Linux 6.6+).
         let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        // We clear set-id bits and file capabilities ourselves (see `setattr`), so the kernel
+        // stops asking for `security.capability` before every write to an output it writes
+        // directly: one request per open instead of one per write() call.
+        let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         let _ = config.set_max_readahead(self.max_readahead);
         let _ = config.set_max_background(64);
         // Writes to outputs in 1 MiB requests rather than the default 128 KiB.
@@ -272,7 +281,7 @@ impl Filesystem for FuseAdapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -280,7 +289,7 @@ impl Filesystem for FuseAdapter {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
+        ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
@@ -294,7 +303,21 @@ impl Filesystem for FuseAdapter {
                 TimeOrNow::SpecificTime(t) => SetTime::At(t),
             })
         };
-        let change = crate::fs::SetAttr { mode, uid, gid, size, atime: conv(atime), mtime: conv(mtime) };
+        let nothing = mode.is_none()
+            && uid.is_none()
+            && gid.is_none()
+            && size.is_none()
+            && atime.is_none()
+            && mtime.is_none()
+            && ctime.is_none();
+        // With FUSE_HANDLE_KILLPRIV_V2, an unprivileged caller's truncate carries the kernel's
+        // "kill set-id" flag, and before its first write to a file with set-id bits or
+        // capabilities the kernel sends a setattr that changes nothing: both ask us to clear
+        // them (fuser passes neither flag on). Root's writes keep set-id bits, as on a local
+        // disk; the capabilities its writes clear, the staging file's own filesystem clears.
+        let drop_privileges = (req.uid() != 0 && (size.is_some() || nothing)).then(|| writer(req));
+        let change =
+            crate::fs::SetAttr { mode, uid, gid, size, atime: conv(atime), mtime: conv(mtime), drop_privileges };
         let res = self.fs.setattr(ino.0, change, fh.map(|f| f.0));
         reply_attr(reply, res, self.uid, self.gid);
     }
@@ -435,7 +458,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(fh.0, offset, data, caller(req)) {
+        match self.fs.write(fh.0, offset, data, writer(req)) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
         }

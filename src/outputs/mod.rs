@@ -82,6 +82,47 @@ pub struct Caller {
     pub gid: u32,
 }
 
+/// Who writes to or truncates a file, as the kernel names them: what that clears of the file's
+/// set-id bits depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Writer {
+    /// The writer's user id (0: privileged, clears nothing).
+    pub uid: u32,
+    /// The writer's group id.
+    pub gid: u32,
+    /// The writer's process, for its supplementary groups.
+    pub pid: u32,
+}
+
+impl Writer {
+    /// `mode` (of a regular file of group `file_gid`) without what a write or truncate by this
+    /// writer clears on a local disk, or `None` if it clears nothing: set-user-id, and
+    /// set-group-id if the file is group-executable or the writer is not in its group.
+    pub fn clears(&self, mode: u32, file_gid: u32) -> Option<u32> {
+        if self.uid == 0 || mode & (libc::S_ISUID | libc::S_ISGID) == 0 {
+            return None;
+        }
+        let mut kept = mode & !libc::S_ISUID;
+        if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || !self.in_group(file_gid)) {
+            kept &= !libc::S_ISGID;
+        }
+        (kept != mode).then_some(kept)
+    }
+
+    /// Whether the writer is in group `gid`: its own, or one of its process's supplementary
+    /// groups (as `/proc` shows them; none if the process is gone).
+    fn in_group(&self, gid: u32) -> bool {
+        if self.gid == gid {
+            return true;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Groups:"))
+            .is_some_and(|groups| groups.split_whitespace().any(|g| g.parse() == Ok(gid)))
+    }
+}
+
 /// Attributes of a staged entry.
 #[derive(Debug, Clone)]
 pub struct EntryAttr {
@@ -421,7 +462,7 @@ impl Staging {
     /// A setattr through a file open on the inode (which may have no name left).
     fn setattr_open(&self, ino: u64, change: &Change, f: &std::fs::File) -> io::Result<EntryAttr> {
         use std::os::fd::AsRawFd;
-        let Change { mode, uid, gid, size, atime, mtime } = *change;
+        let Change { mode, uid, gid, size, atime, mtime, drop_privileges: drop } = *change;
         if uid.is_some() || gid.is_some() {
             std::os::unix::fs::fchown(f, uid, gid)?;
         }
@@ -430,6 +471,15 @@ impl Staging {
         }
         if let Some(size) = size {
             self.truncate(f, size)?;
+        }
+        if let Some(writer) = drop {
+            // SAFETY: an open descriptor and a valid C string.
+            drop_privileges(
+                writer,
+                f.metadata()?,
+                |m| f.set_permissions(m),
+                |name| unsafe { libc::fremovexattr(f.as_raw_fd(), name.as_ptr()) },
+            )?;
         }
         if atime.is_some() || mtime.is_some() {
             let times = [timespec(atime), timespec(mtime)];
@@ -443,7 +493,7 @@ impl Staging {
 
     /// A setattr by the inode's name.
     fn setattr_path(&self, ino: u64, change: &Change) -> io::Result<EntryAttr> {
-        let Change { mode, uid, gid, size, atime, mtime } = *change;
+        let Change { mode, uid, gid, size, atime, mtime, drop_privileges: drop } = *change;
         let path = self.path(ino)?;
         if uid.is_some() || gid.is_some() {
             std::os::unix::fs::lchown(&path, uid, gid)?;
@@ -455,6 +505,16 @@ impl Staging {
         }
         if let Some(size) = size {
             self.truncate(&std::fs::OpenOptions::new().write(true).open(&path)?, size)?;
+        }
+        if let Some(writer) = drop {
+            let c = cstr(&path)?;
+            // SAFETY: valid C strings.
+            drop_privileges(
+                writer,
+                std::fs::symlink_metadata(&path)?,
+                |m| std::fs::set_permissions(&path, m),
+                |name| unsafe { libc::lremovexattr(c.as_ptr(), name.as_ptr()) },
+            )?;
         }
         if atime.is_some() || mtime.is_some() {
             let times = [timespec(atime), timespec(mtime)];
@@ -712,6 +772,34 @@ pub struct Change {
     pub atime: Option<SetTime>,
     /// New modification time.
     pub mtime: Option<SetTime>,
+    /// An unprivileged writer whose truncate or direct write this is: clear the set-id bits
+    /// it clears and the file's capabilities, as a local filesystem does. The kernel leaves
+    /// that to us (`FUSE_HANDLE_KILLPRIV_V2`), also for the writes it makes directly.
+    pub drop_privileges: Option<Writer>,
+}
+
+/// Clears what [`Change::drop_privileges`] asks of a staging file, given its metadata, a way
+/// to set its mode and one to remove its `security.capability` (returning what the syscall
+/// returned). Only regular files have anything to clear.
+fn drop_privileges(
+    writer: Writer,
+    meta: std::fs::Metadata,
+    chmod: impl FnOnce(std::fs::Permissions) -> io::Result<()>,
+    remove_capability: impl FnOnce(&std::ffi::CStr) -> libc::c_int,
+) -> io::Result<()> {
+    if !meta.is_file() {
+        return Ok(());
+    }
+    if let Some(kept) = writer.clears(meta.mode(), meta.gid()) {
+        chmod(std::fs::Permissions::from_mode(kept & 0o7777))?;
+    }
+    if remove_capability(c"security.capability") != 0 {
+        let e = io::Error::last_os_error();
+        if !matches!(e.raw_os_error(), Some(libc::ENODATA | libc::ENOTSUP)) {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 fn xattr_name(name: &OsStr) -> io::Result<CString> {
@@ -759,4 +847,23 @@ fn open_with(path: &Path, flags: i32, mode: u32) -> io::Result<std::fs::File> {
     }
     // SAFETY: `fd` was just opened and is owned by nothing else.
     Ok(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Writer;
+
+    #[test]
+    fn a_writer_clears_the_set_id_bits_a_local_disk_clears() {
+        let me = std::process::id();
+        let user = Writer { uid: 1000, gid: 1000, pid: me };
+        let root = Writer { uid: 0, gid: 0, pid: me };
+        assert_eq!(root.clears(0o104755, 5), None, "root keeps them");
+        assert_eq!(user.clears(0o100644, 5), None, "nothing to clear");
+        assert_eq!(user.clears(0o104755, 1000), Some(0o100755));
+        assert_eq!(user.clears(0o102775, 1000), Some(0o100775), "group-executable: set-group-id goes");
+        assert_eq!(user.clears(0o102765, 1000), None, "not group-executable, the writer's group: kept");
+        assert_eq!(user.clears(0o102765, 4242), Some(0o100765), "not group-executable, another group: gone");
+        assert_eq!(user.clears(0o106765, 1000), Some(0o102765));
+    }
 }
