@@ -4,6 +4,7 @@
 //! names a purge when a datum's bytes are gone.
 
 use crate::catalog::{Catalog, ExecutionInput, FileRead};
+use crate::checksum::Digests;
 use crate::fs::events::log_event;
 use crate::fs::{EventSink, FsEvent, HashedFile, InputSummary};
 use crate::inputs::integrity::{self, IntegrityRecord};
@@ -18,6 +19,38 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(2);
 /// ... and as soon as this many files wait.
 pub const BATCH: usize = 2000;
 
+/// What the execution record keeps of a file read whole, in little memory (a job may read
+/// millions): no version (it went into the integrity record), a datum's URI as its 16-byte id.
+struct ReadFile {
+    uri: ReadUri,
+    size: u64,
+    checksums: Digests,
+}
+
+/// A read file's URI: most are `datum://<id>` (dataset and datum inputs).
+enum ReadUri {
+    Datum(u128),
+    Other(Box<str>),
+}
+
+impl ReadUri {
+    fn of(uri: String) -> Self {
+        let id = uri.strip_prefix("datum://").and_then(|id| ulid::Ulid::from_string(id).ok().map(|u| (id, u)));
+        match id {
+            // Only where the id comes back exactly as it was written.
+            Some((id, u)) if u.to_string() == id => ReadUri::Datum(u.0),
+            _ => ReadUri::Other(uri.into_boxed_str()),
+        }
+    }
+
+    fn to_uri(&self) -> String {
+        match self {
+            ReadUri::Datum(id) => format!("datum://{}", ulid::Ulid(*id)),
+            ReadUri::Other(uri) => uri.to_string(),
+        }
+    }
+}
+
 /// Records what one mount's filesystem reports.
 pub struct MountRecorder {
     data_store: Option<DataStore>,
@@ -26,8 +59,8 @@ pub struct MountRecorder {
     /// Warnings so far (an input whose content differs from its last use), for the record.
     warnings: Mutex<Vec<String>>,
     runtime: tokio::runtime::Handle,
-    /// The files read whole, by path (each value's own `path` left empty: the key holds it).
-    hashed: Mutex<BTreeMap<String, HashedFile>>,
+    /// The files read whole, by path.
+    hashed: Mutex<BTreeMap<Box<str>, ReadFile>>,
     /// Reads waiting for their integrity records.
     pending: Mutex<Vec<IntegrityRecord>>,
     /// How many of those a flush kept back for later (see `integrity::split_due`).
@@ -136,7 +169,17 @@ impl MountRecorder {
     /// The files read whole so far, by path.
     pub fn files(&self) -> Vec<HashedFile> {
         let hashed = self.hashed.lock().unwrap_or_else(|e| e.into_inner());
-        hashed.iter().map(|(path, f)| HashedFile { path: path.clone(), ..f.clone() }).collect()
+        hashed
+            .iter()
+            .map(|(path, f)| HashedFile {
+                path: path.to_string(),
+                uri: f.uri.to_uri(),
+                size: f.size,
+                version: String::new(),
+                checksums: f.checksums,
+                recorded: false,
+            })
+            .collect()
     }
 
     /// Each input as an execution record shows it: URIs, datums, and the files read whole.
@@ -148,8 +191,8 @@ impl MountRecorder {
                 let prefix = mountpoint.join("inputs").join(&i.name);
                 let files_read = hashed
                     .iter()
-                    .filter(|(path, _)| Path::new(path).starts_with(&prefix))
-                    .map(|(_, f)| FileRead { uri: f.uri.clone(), size: f.size, checksums: f.checksums.to_checksums() })
+                    .filter(|(path, _)| Path::new(&***path).starts_with(&prefix))
+                    .map(|(_, f)| FileRead { uri: f.uri.to_uri(), size: f.size, checksums: f.checksums.to_checksums() })
                     .collect();
                 ExecutionInput {
                     name: i.name.clone(),
@@ -167,7 +210,7 @@ impl MountRecorder {
 impl EventSink for MountRecorder {
     async fn event(&self, event: FsEvent) {
         match event {
-            FsEvent::InputChecksummed(mut file) => {
+            FsEvent::InputChecksummed(file) => {
                 log_event(&FsEvent::InputChecksummed(file.clone()));
                 // A datum's bytes are checked against its record instead: no history to keep.
                 let rec = (!file.recorded).then(|| IntegrityRecord {
@@ -179,8 +222,8 @@ impl EventSink for MountRecorder {
                     host: integrity::hostname(),
                     execution: self.execution.clone(),
                 });
-                let path = std::mem::take(&mut file.path);
-                self.hashed.lock().unwrap_or_else(|e| e.into_inner()).insert(path, file);
+                let read = ReadFile { uri: ReadUri::of(file.uri), size: file.size, checksums: file.checksums };
+                self.hashed.lock().unwrap_or_else(|e| e.into_inner()).insert(file.path.into_boxed_str(), read);
                 let Some(rec) = rec else { return };
                 let full = {
                     let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -204,5 +247,26 @@ impl EventSink for MountRecorder {
             }
             other => log_event(&other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReadUri;
+
+    #[test]
+    fn a_read_file_keeps_its_uri_exactly_whatever_its_form() {
+        let id = crate::catalog::new_id();
+        for uri in [
+            format!("datum://{id}"),
+            format!("datum://{}", id.to_lowercase()),
+            "datum://not-an-id".to_string(),
+            "datum://".to_string(),
+            "s3://bucket/train/a.bin".to_string(),
+            "dataset://imagenet/v1".to_string(),
+        ] {
+            assert_eq!(ReadUri::of(uri.clone()).to_uri(), uri);
+        }
+        assert!(matches!(ReadUri::of(format!("datum://{id}")), ReadUri::Datum(_)), "a datum id is kept in 16 bytes");
     }
 }
